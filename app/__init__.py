@@ -1,0 +1,1 @@
+"""The fleetbreaker gateway service (built on the ``breaker`` library)."""
