@@ -1,0 +1,191 @@
+"""The I/O layer: run a breaker script on Redis, or on the embedded backend.
+
+Everything redis-py can raise is mapped here, once, to ``BackendUnavailableError``.
+A backend that failed is left alone for a backoff that grows with each consecutive
+failure (with jitter), so a dead Redis costs the callers nothing while it is down
+and is probed by one call at a time when the backoff ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import fakeredis
+import redis
+import redis.asyncio
+
+from ._events import EventSubscriber
+from ._exceptions import BackendUnavailableError
+from ._scripts import Scripts
+
+BackendKind = Literal["redis", "embedded", "fallback"]
+
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 5.0
+# Keys redis-py's pool adds to the connection settings for itself; a copied pool
+# must not inherit them (they are rebuilt from the remaining settings).
+_POOL_OWNED = (
+    "retry",
+    "retry_on_error",
+    "maint_notifications_pool_handler",
+    "himport_registry",
+    "orig_host_address",
+    "orig_socket_timeout",
+    "orig_socket_connect_timeout",
+)
+
+
+def derive_client(client: Any, timeout: float | None) -> Any:
+    """A client on the same server as ``client``, with bounded timeouts and no retries.
+
+    The caller's client is left untouched: the breaker gets its own small pool, so a
+    hung Redis costs each call at most ``timeout``, instead of redis-py's default of
+    10 retries of a 5 s socket timeout.
+    """
+    pool = client.connection_pool
+    settings = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
+    settings["socket_timeout"] = timeout
+    settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
+    copy = type(pool)(connection_class=pool.connection_class, **settings)
+    return type(client)(connection_pool=copy)
+
+
+class BackendHealth:
+    """Consecutive-failure backoff, shared by every breaker on one backend."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._down_until = 0.0
+        self.last_error = ""
+
+    def is_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self._failures += 1
+            ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+            self._down_until = time.monotonic() + random.uniform(ceiling / 2, ceiling)
+            self.last_error = error
+
+    def succeeded(self) -> None:
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+                self._down_until = 0.0
+                self.last_error = ""
+
+
+class Backend:
+    """Scripts bound to one client, with the health of that client.
+
+    ``sync`` and ``async_`` say which calling styles it serves: a redis-py client
+    serves one, the embedded backend (in memory) serves both.
+    """
+
+    def __init__(
+        self, client: Any, kind: BackendKind, *, timeout: float | None, subscribe: Any = None
+    ) -> None:
+        self.client = client
+        self.kind = kind
+        self.timeout = timeout
+        self.is_async = isinstance(client, redis.asyncio.Redis)
+        self.serves_sync = kind != "redis" or not self.is_async
+        self.serves_async = kind != "redis" or self.is_async
+        self.scripts = Scripts.register(client)
+        self.health = BackendHealth()
+        # The client the events subscribers use; None when no other process can publish.
+        self._subscribe_client = subscribe
+        self._subscribers: dict[str, EventSubscriber] = {}
+        self._subscribers_lock = threading.Lock()
+
+    def subscriber(self, channel: str) -> EventSubscriber | None:
+        """The one subscriber of ``channel`` on this backend; None for in-process backends."""
+        if self._subscribe_client is None:
+            return None
+        with self._subscribers_lock:
+            if channel not in self._subscribers:
+                self._subscribers[channel] = EventSubscriber(self._subscribe_client, channel)
+            return self._subscribers[channel]
+
+    @contextlib.contextmanager
+    def _mapped(self, name: str) -> Iterator[None]:
+        if self.health.is_down():
+            raise BackendUnavailableError(name, f"backing off: {self.health.last_error}")
+        try:
+            yield
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.health.failed(reason)
+            raise BackendUnavailableError(name, reason) from exc
+        self.health.succeeded()
+
+    def run(self, name: str, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        with self._mapped(name):
+            reply: list[Any] = getattr(self.scripts, script)(keys=keys, args=args)
+            return reply
+
+    async def arun(self, name: str, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        if not self.is_async:
+            return self.run(name, script, keys, args)
+        with self._mapped(name):
+            async with asyncio.timeout(self.timeout):
+                reply: list[Any] = await getattr(self.scripts, script)(keys=keys, args=args)
+                return reply
+
+
+def _embedded() -> Backend:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return Backend(client, "embedded", timeout=None)
+
+
+_EMBEDDED: Backend | None = None
+_FALLBACK: Backend | None = None
+_REDIS: weakref.WeakKeyDictionary[Any, dict[float, Backend]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def embedded_backend() -> Backend:
+    """The process-wide embedded backend: fakeredis running the same Lua scripts."""
+    global _EMBEDDED
+    with _LOCK:
+        if _EMBEDDED is None:
+            _EMBEDDED = _embedded()
+        return _EMBEDDED
+
+
+def fallback_backend() -> Backend:
+    """The process-wide fallback for Redis-backed breakers while Redis is unreachable."""
+    global _FALLBACK
+    with _LOCK:
+        if _FALLBACK is None:
+            _FALLBACK = _embedded()
+            _FALLBACK.kind = "fallback"
+        return _FALLBACK
+
+
+def redis_backend(client: Any, timeout: float) -> Backend:
+    """The backend for a caller's redis-py client: one per client and timeout, shared."""
+    if not isinstance(client, redis.Redis | redis.asyncio.Redis):
+        raise TypeError(
+            "redis must be a redis.Redis or redis.asyncio.Redis client, "
+            f"not {type(client).__name__}"
+        )
+    with _LOCK:
+        per_timeout = _REDIS.setdefault(client, {})
+        if timeout not in per_timeout:
+            per_timeout[timeout] = Backend(
+                derive_client(client, timeout),
+                "redis",
+                timeout=timeout,
+                subscribe=derive_client(client, None),
+            )
+        return per_timeout[timeout]

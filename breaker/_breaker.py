@@ -1,0 +1,495 @@
+"""``CircuitBreaker``: one breaker per name, shared through Redis by every process.
+
+A guarded call costs, in Redis round trips:
+
+- closed, success: 1 (``record``), or about 0 with ``batch_interval`` set;
+- closed, failure: 1 (``record``);
+- open: 0 while this process knows ``open_until`` (from a reply or an event);
+- half-open trial: 1 to take a lease (``acquire``) and 1 to record it.
+
+The process asks ``acquire`` only when its local view cannot decide: on first use, once
+``open_until`` has passed, in half-open, and when a closed view is older than
+``reset_timeout``. Sync and async paths differ only by ``await``; every decision is in
+``_core`` (local) or in the Lua scripts (shared).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
+
+from ._backend import Backend, embedded_backend, fallback_backend, redis_backend
+from ._clock import Clock, SystemClock
+from ._config import BreakerConfig, BreakerSettings, make_config
+from ._core import BreakerCore, Ticket
+from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
+from ._keys import BreakerKeys, events_channel
+from ._protocol import (
+    BreakerSnapshot,
+    ControlAction,
+    Outcome,
+    TransitionEvent,
+    acquire_args,
+    control_args,
+    decode_reply,
+    decode_snapshot,
+    record_args,
+    snapshot_args,
+)
+
+logger = logging.getLogger("breaker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+Listener = Callable[[TransitionEvent], None]
+
+# The tickets of the calls under way in this thread or task, as (breaker id, ticket):
+# ``with cb:`` may be entered concurrently by many threads and tasks, and nested.
+_ACTIVE: ContextVar[tuple[tuple[int, Ticket], ...]] = ContextVar("fleetbreaker_active", default=())
+
+
+class CircuitBreaker:
+    """A circuit breaker whose state lives in Redis, shared by every worker and replica.
+
+    >>> cb = CircuitBreaker("payments", failure_threshold=3)   # embedded backend
+    >>> with cb:
+    ...     pass
+    >>> cb.snapshot().state
+    'closed'
+
+    ``redis`` is a ``redis.Redis`` (sync use: ``with``, ``call``, decorator) or a
+    ``redis.asyncio.Redis`` (``async with``, ``await call``); ``None`` uses the
+    embedded in-process backend, which serves both. Settings are ``BreakerConfig``'s
+    fields as keywords, or a whole ``config``. ``clock`` is for tests (``ManualClock``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis: Any = None,
+        config: BreakerConfig | None = None,
+        listeners: Iterable[Listener] = (),
+        clock: Clock | None = None,
+        **settings: Unpack[BreakerSettings],
+    ) -> None:
+        if config is not None and settings:
+            raise ConfigurationError("config", "give either config or keyword settings, not both")
+        self.config = config if config is not None else make_config(settings)
+        self.name = name
+        self.keys = BreakerKeys.of(self.config.prefix, name)
+        self._key_list = self.keys.as_list()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._backend: Backend = (
+            embedded_backend()
+            if redis is None
+            else redis_backend(redis, self.config.backend_timeout)
+        )
+        self._core = BreakerCore(name, self.config, self._clock, fallback=False)
+        self._fallback_core = BreakerCore(name, self.config, self._clock, fallback=True)
+        self._listeners: list[Listener] = list(listeners)
+        self._subscriber = self._backend.subscriber(events_channel(self.config.prefix))
+        if self._subscriber is not None:
+            self._subscriber.register(name, self)
+
+    def __repr__(self) -> str:
+        view = self._core.view
+        state = view.state if view else "unknown"
+        return f"<CircuitBreaker {self.name!r} {state} on {self._backend.kind}>"
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every transition of this breaker, in any process.
+
+        Events from other processes arrive on the events thread (sync client) or in the
+        event loop (asyncio client); a listener must not block.
+        """
+        self._listeners.append(listener)
+
+    # -- guarding calls: sync ------------------------------------------------------
+
+    def __enter__(self) -> CircuitBreaker:
+        _push(self, self._admit())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ticket = _pop(self)
+        self._record(ticket, self._core_of(ticket).classify(exc))
+
+    @overload
+    def call(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` through the breaker; await it if ``fn`` is async."""
+        if inspect.iscoroutinefunction(fn):
+            return self._acall(fn, *args, **kwargs)
+        ticket = self._admit()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record(ticket, self._core_of(ticket).classify(exc))
+            raise
+        self._record(ticket, self._core_of(ticket).classify(None, result))
+        return result
+
+    def __call__(self, fn: F) -> F:
+        """Use the breaker as a decorator, on a sync or an async function."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                return await self._acall(fn, *args, **kwargs)
+
+            return cast(F, guarded_async)
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return self.call(fn, *args, **kwargs)
+
+        return cast(F, guarded)
+
+    def _admit(self) -> Ticket:
+        self._require(sync=True)
+        if self._subscriber is not None:
+            self._subscriber.start_thread()
+        step = self._plan()
+        if isinstance(step, Ticket):
+            return step
+        try:
+            raw = self._backend.run(self.name, "acquire", self._key_list, self._acquire(step))
+        except BackendUnavailableError as exc:
+            return self._admit_fallback(exc)
+        return self._admitted(self._core, raw, step)
+
+    def _record(self, ticket: Ticket, outcome: Outcome) -> None:
+        core = self._core_of(ticket)
+        args = self._record_args(core, ticket, outcome)
+        if args is None:
+            return
+        if ticket.via_fallback:
+            self._record_in_fallback_now(args)
+            return
+        try:
+            raw = self._backend.run(self.name, "record", self._key_list, args)
+        except BackendUnavailableError:
+            self._record_in_fallback(outcome, core.is_slow(ticket))
+            return
+        self._apply(core, raw)
+
+    # -- guarding calls: async -----------------------------------------------------
+
+    async def __aenter__(self) -> CircuitBreaker:
+        _push(self, await self._aadmit())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ticket = _pop(self)
+        await self._arecord(ticket, self._core_of(ticket).classify(exc))
+
+    async def _acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        ticket = await self._aadmit()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            await self._arecord(ticket, self._core_of(ticket).classify(exc))
+            raise
+        await self._arecord(ticket, self._core_of(ticket).classify(None, result))
+        return result
+
+    async def _aadmit(self) -> Ticket:
+        self._require(sync=False)
+        if self._subscriber is not None:
+            self._subscriber.start_task()
+        step = self._plan()
+        if isinstance(step, Ticket):
+            return step
+        try:
+            raw = await self._backend.arun(
+                self.name, "acquire", self._key_list, self._acquire(step)
+            )
+        except BackendUnavailableError as exc:
+            return self._admit_fallback(exc)
+        return self._admitted(self._core, raw, step)
+
+    async def _arecord(self, ticket: Ticket, outcome: Outcome) -> None:
+        core = self._core_of(ticket)
+        args = self._record_args(core, ticket, outcome)
+        if args is None:
+            return
+        if ticket.via_fallback:
+            self._record_in_fallback_now(args)
+            return
+        try:
+            raw = await self._backend.arun(self.name, "record", self._key_list, args)
+        except BackendUnavailableError:
+            self._record_in_fallback(outcome, core.is_slow(ticket))
+            return
+        self._apply(core, raw)
+
+    # -- operator control and inspection ------------------------------------------
+
+    def reset(self) -> None:
+        """Close the breaker and clear its counters and operator state, fleet-wide."""
+        self._control("reset")
+
+    def force_open(self) -> None:
+        """Reject every call, fleet-wide, until ``reset``."""
+        self._control("force_open")
+
+    def disable(self) -> None:
+        """Let every call through, fleet-wide, still counting outcomes, until ``reset``."""
+        self._control("disable")
+
+    def snapshot(self) -> BreakerSnapshot:
+        """The breaker's state and counters, read atomically from its backend."""
+        self._require(sync=True)
+        args = snapshot_args(self.config, self.name, self._clock.epoch_ms())
+        raw = self._backend.run(self.name, "snapshot", self._key_list, args)
+        return decode_snapshot(self.name, raw, self._backend.kind)
+
+    def flush(self) -> None:
+        """Record the successes counted locally in batched mode, now."""
+        self._require(sync=True)
+        args = self._flush_args()
+        if args is not None:
+            with _logged_outage(self.name):
+                self._apply(
+                    self._core, self._backend.run(self.name, "record", self._key_list, args)
+                )
+
+    async def areset(self) -> None:
+        """``reset`` for a breaker on an asyncio client."""
+        await self._acontrol("reset")
+
+    async def aforce_open(self) -> None:
+        """``force_open`` for a breaker on an asyncio client."""
+        await self._acontrol("force_open")
+
+    async def adisable(self) -> None:
+        """``disable`` for a breaker on an asyncio client."""
+        await self._acontrol("disable")
+
+    async def asnapshot(self) -> BreakerSnapshot:
+        """``snapshot`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        args = snapshot_args(self.config, self.name, self._clock.epoch_ms())
+        raw = await self._backend.arun(self.name, "snapshot", self._key_list, args)
+        return decode_snapshot(self.name, raw, self._backend.kind)
+
+    async def aflush(self) -> None:
+        """``flush`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        args = self._flush_args()
+        if args is not None:
+            with _logged_outage(self.name):
+                raw = await self._backend.arun(self.name, "record", self._key_list, args)
+                self._apply(self._core, raw)
+
+    def _control(self, action: ControlAction) -> None:
+        self._require(sync=True)
+        args = control_args(self.config, self.name, action, self._clock.epoch_ms())
+        self._apply(self._core, self._backend.run(self.name, "control", self._key_list, args))
+
+    async def _acontrol(self, action: ControlAction) -> None:
+        self._require(sync=False)
+        args = control_args(self.config, self.name, action, self._clock.epoch_ms())
+        raw = await self._backend.arun(self.name, "control", self._key_list, args)
+        self._apply(self._core, raw)
+
+    # -- shared steps (no I/O on the Redis backend) --------------------------------
+
+    def _require(self, *, sync: bool) -> None:
+        if sync and not self._backend.serves_sync:
+            raise TypeError(
+                f"breaker {self.name!r} uses an asyncio Redis client: "
+                "use 'async with', 'await cb.call(async_fn)' and the a-prefixed methods"
+            )
+        if not sync and not self._backend.serves_async:
+            raise TypeError(
+                f"breaker {self.name!r} uses a sync Redis client: use 'with' and 'cb.call(fn)'"
+            )
+
+    def _plan(self) -> Ticket | str:
+        """A ticket when no round trip is needed, else a fresh lease id to acquire with."""
+        if self._backend.health.is_down():
+            return self._admit_fallback(None)
+        ticket = self._core.admit_locally()
+        return ticket if ticket is not None else uuid.uuid4().hex
+
+    def _acquire(self, lease_id: str) -> list[str | int]:
+        return acquire_args(self.config, self.name, lease_id, self._clock.epoch_ms())
+
+    def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Ticket:
+        reply = decode_reply(raw)
+        self._deliver(core, reply.events)
+        return core.admit_from(reply, lease_id)
+
+    def _apply(self, core: BreakerCore, raw: list[Any]) -> None:
+        reply = decode_reply(raw)
+        core.apply(reply)
+        self._deliver(core, reply.events)
+
+    def _core_of(self, ticket: Ticket) -> BreakerCore:
+        return self._fallback_core if ticket.via_fallback else self._core
+
+    def _record_args(
+        self, core: BreakerCore, ticket: Ticket, outcome: Outcome
+    ) -> list[str | int | float] | None:
+        """The ``record`` arguments for this outcome, or None when no round trip is due."""
+        slow = core.is_slow(ticket)
+        absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
+        if absorbed and not core.flush_due():
+            return None
+        flush = core.take_flush(ticket.generation)
+        sent: Outcome = "none" if absorbed else outcome
+        if sent in ("none", "release") and not ticket.lease_id and flush.count == 0:
+            return None
+        return record_args(
+            self.config,
+            self.name,
+            generation=ticket.generation,
+            lease_id=ticket.lease_id,
+            outcome=sent,
+            slow=slow,
+            batched=flush.count,
+            seen_last_failure_at=flush.seen_last_failure_at,
+            jitter_sample=random.random(),
+            now_ms=self._clock.epoch_ms(),
+        )
+
+    def _flush_args(self) -> list[str | int | float] | None:
+        view = self._core.view
+        if view is None:
+            return None
+        flush = self._core.take_flush(view.generation)
+        if flush.count == 0:
+            return None
+        return record_args(
+            self.config,
+            self.name,
+            generation=flush.generation,
+            lease_id="",
+            outcome="none",
+            slow=False,
+            batched=flush.count,
+            seen_last_failure_at=flush.seen_last_failure_at,
+            jitter_sample=random.random(),
+            now_ms=self._clock.epoch_ms(),
+        )
+
+    # -- the in-process fallback, while Redis is unreachable -----------------------
+
+    def _admit_fallback(self, error: BackendUnavailableError | None) -> Ticket:
+        """Admit through the in-process breaker: same scripts, same config, local state."""
+        if self.config.on_backend_error == "fail_closed":
+            reason = error.reason if error else self._backend.health.last_error
+            raise BackendUnavailableError(self.name, reason) from error
+        core = self._fallback_core
+        ticket = core.admit_locally()
+        if ticket is not None:
+            return ticket
+        lease_id = uuid.uuid4().hex
+        raw = fallback_backend().run(self.name, "acquire", self._key_list, self._acquire(lease_id))
+        return self._admitted(core, raw, lease_id)
+
+    def _record_in_fallback_now(self, args: list[str | int | float]) -> None:
+        self._apply(
+            self._fallback_core,
+            fallback_backend().run(self.name, "record", self._key_list, args),
+        )
+
+    def _record_in_fallback(self, outcome: Outcome, slow: bool) -> None:
+        """Redis failed while recording a call it admitted: let the fallback count it."""
+        if outcome not in ("success", "failure") or self.config.on_backend_error != "fail_open":
+            return
+        try:
+            ticket = self._admit_fallback(None)
+        except CircuitOpenError:
+            return
+        args = record_args(
+            self.config,
+            self.name,
+            generation=ticket.generation,
+            lease_id=ticket.lease_id,
+            outcome=outcome,
+            slow=slow,
+            batched=0,
+            seen_last_failure_at=0,
+            jitter_sample=random.random(),
+            now_ms=self._clock.epoch_ms(),
+        )
+        self._record_in_fallback_now(args)
+
+    # -- events --------------------------------------------------------------------
+
+    def receive_event(self, event: TransitionEvent) -> None:
+        """Called by the events subscriber for a transition made anywhere in the fleet."""
+        self._core.apply_event(event)
+        self._deliver(self._core, (event,))
+
+    def _deliver(self, core: BreakerCore, events: tuple[TransitionEvent, ...]) -> None:
+        for event in core.unseen(events):
+            logger.info(
+                "breaker %s: %s -> %s (%s)%s",
+                event.name,
+                event.from_state,
+                event.to_state,
+                event.reason,
+                " [fallback]" if core.fallback else "",
+            )
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("breaker listener %r failed", listener)
+
+
+def _push(breaker: CircuitBreaker, ticket: Ticket) -> None:
+    _ACTIVE.set((*_ACTIVE.get(), (id(breaker), ticket)))
+
+
+def _pop(breaker: CircuitBreaker) -> Ticket:
+    active = _ACTIVE.get()
+    for index in range(len(active) - 1, -1, -1):
+        if active[index][0] == id(breaker):
+            _ACTIVE.set(active[:index] + active[index + 1 :])
+            return active[index][1]
+    raise RuntimeError(f"breaker {breaker.name!r} exited without being entered")
+
+
+class _logged_outage:
+    """Swallow and log an outage during a best-effort flush: the successes are lost."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, BackendUnavailableError):
+            logger.warning("breaker %s: batched successes lost: %s", self.name, exc.reason)
+            return True
+        return False

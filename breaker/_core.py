@@ -1,0 +1,187 @@
+"""What one process knows of one breaker, and the decisions it makes without Redis.
+
+The state machine itself lives in Lua; this module only keeps the process's view of
+it fresh (from script replies and from events) and uses that view to skip round
+trips: a closed breaker admits without asking, an open one rejects without asking
+until ``open_until``. No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from ._clock import Clock
+from ._config import BreakerConfig
+from ._exceptions import CircuitOpenError
+from ._protocol import Outcome, Reply, State, TransitionEvent
+
+_REMEMBERED_EVENTS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LocalView:
+    """The breaker as this process last heard of it. Deadlines are local monotonic time."""
+
+    state: State
+    generation: int
+    last_failure_at: int
+    open_until: float
+    # A closed view is trusted for reset_timeout: a breaker that opened after the view
+    # was taken cannot be half-open before then, so no admitted call can bypass the
+    # fleet-wide trial limit.
+    trusted_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted call: what record needs to know about its admission."""
+
+    generation: int
+    lease_id: str
+    started: float
+    via_fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Successes counted locally, to be recorded with the next round trip."""
+
+    count: int
+    generation: int
+    seen_last_failure_at: int
+
+
+class BreakerCore:
+    """The local view of one breaker on one backend (Redis, or the in-process fallback)."""
+
+    def __init__(self, name: str, config: BreakerConfig, clock: Clock, *, fallback: bool) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.fallback = fallback
+        self.view: LocalView | None = None
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._pending_generation = -1
+        self._next_flush = 0.0
+        self._seen: deque[int] = deque(maxlen=_REMEMBERED_EVENTS)
+
+    # -- admission ---------------------------------------------------------------
+
+    def admit_locally(self) -> Ticket | None:
+        """A ticket when the view decides alone; raises when it rejects; None: ask Redis."""
+        view = self.view
+        now = self.clock.monotonic()
+        if view is None:
+            return None
+        if view.state in ("closed", "disabled") and now < view.trusted_until:
+            return Ticket(view.generation, "", now, self.fallback)
+        if view.state == "open" and now < view.open_until:
+            raise CircuitOpenError(self.name, view.open_until - now)
+        if view.state == "forced_open" and now < view.trusted_until:
+            raise CircuitOpenError(self.name, self.config.reset_timeout, state="forced_open")
+        return None
+
+    def admit_from(self, reply: Reply, lease_id: str) -> Ticket:
+        """Turn an ``acquire`` reply into a ticket, or raise ``CircuitOpenError``."""
+        self.apply(reply)
+        now = self.clock.monotonic()
+        if reply.verdict == "admit":
+            return Ticket(reply.generation, "", now, self.fallback)
+        if reply.verdict == "trial":
+            return Ticket(reply.generation, lease_id, now, self.fallback)
+        if reply.state == "forced_open":
+            raise CircuitOpenError(self.name, self.config.reset_timeout, state="forced_open")
+        retry_at = int(reply.extra) if reply.extra else reply.open_until
+        raise CircuitOpenError(
+            self.name, max(0.0, (retry_at - reply.now) / 1000), state=reply.state
+        )
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def classify(self, error: BaseException | None, result: object = None) -> Outcome:
+        """success, failure, or release (counts as nothing), by the configured rules."""
+        config = self.config
+        if error is not None:
+            if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                return "release"
+            if isinstance(error, config.ignore_exceptions):
+                return "release"
+            return "failure" if isinstance(error, config.record_exceptions) else "release"
+        if config.failure_predicate is not None and config.failure_predicate(result):
+            return "failure"
+        return "success"
+
+    def is_slow(self, ticket: Ticket) -> bool:
+        limit = self.config.slow_call_duration
+        return limit is not None and self.clock.monotonic() - ticket.started >= limit
+
+    def absorb_success(self, ticket: Ticket) -> bool:
+        """Count a closed-state success locally (batched mode); True when it was absorbed."""
+        if self.config.batch_interval is None or ticket.lease_id:
+            return False
+        view = self.view
+        if view is None or view.state != "closed" or view.generation != ticket.generation:
+            return False
+        with self._lock:
+            if self._pending_generation != ticket.generation:
+                # Successes of an older closed period say nothing about this one.
+                self._pending = 0
+                self._pending_generation = ticket.generation
+            if self._pending == 0:
+                self._next_flush = self.clock.monotonic() + self.config.batch_interval
+            self._pending += 1
+        return True
+
+    def flush_due(self) -> bool:
+        return self._pending > 0 and self.clock.monotonic() >= self._next_flush
+
+    def take_flush(self, generation: int) -> Flush:
+        """Hand over the locally counted successes of ``generation`` for the next record."""
+        view = self.view
+        with self._lock:
+            count = self._pending if self._pending_generation == generation else 0
+            self._pending = 0
+            return Flush(count, generation, view.last_failure_at if view else 0)
+
+    # -- keeping the view fresh --------------------------------------------------
+
+    def apply(self, reply: Reply) -> None:
+        view = self.view
+        if view is not None and reply.generation < view.generation:
+            return
+        now = self.clock.monotonic()
+        self.view = LocalView(
+            state=reply.state,
+            generation=reply.generation,
+            last_failure_at=reply.last_failure_at,
+            open_until=now + reply.retry_after if reply.state == "open" else 0.0,
+            trusted_until=now + self.config.reset_timeout,
+        )
+
+    def apply_event(self, event: TransitionEvent) -> None:
+        view = self.view
+        if view is not None and event.generation <= view.generation:
+            return
+        now = self.clock.monotonic()
+        remaining = max(0.0, (event.open_until - event.at) / 1000)
+        self.view = LocalView(
+            state=event.to_state,  # type: ignore[arg-type]  # written by our scripts
+            generation=event.generation,
+            last_failure_at=view.last_failure_at if view else 0,
+            open_until=now + remaining if event.to_state == "open" else 0.0,
+            trusted_until=now + self.config.reset_timeout,
+        )
+
+    def unseen(self, events: tuple[TransitionEvent, ...]) -> list[TransitionEvent]:
+        """The events not yet delivered to listeners (replies and pub/sub both carry them)."""
+        fresh = []
+        with self._lock:
+            for event in events:
+                if event.generation not in self._seen:
+                    self._seen.append(event.generation)
+                    fresh.append(event)
+        return fresh

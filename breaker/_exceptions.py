@@ -1,0 +1,49 @@
+"""The exceptions of the breaker library.
+
+Every exception the library raises on purpose derives from ``BreakerError``; a raw
+``redis`` exception never reaches the caller::
+
+    BreakerError
+    ├── CircuitOpenError          the breaker rejected the call; nothing was called
+    ├── BackendUnavailableError   Redis could not be reached and the policy is fail_closed
+    └── ConfigurationError        an invalid setting (also a ValueError), raised at construction
+"""
+
+from __future__ import annotations
+
+
+class BreakerError(Exception):
+    """Root of every exception raised by the breaker library."""
+
+
+class CircuitOpenError(BreakerError):
+    """The breaker is open: the protected call was not made.
+
+    ``retry_after`` is how many seconds remain before the breaker lets a trial call
+    through; for a breaker an operator forced open it is the configured
+    ``reset_timeout``, a hint, since only a reset ends that state.
+    """
+
+    def __init__(self, name: str, retry_after: float, *, state: str = "open") -> None:
+        super().__init__(f"circuit {name!r} is {state}; retry after {retry_after:.3f}s")
+        self.name = name
+        self.retry_after = retry_after
+        self.state = state
+
+
+class BackendUnavailableError(BreakerError):
+    """Redis could not be reached in time, and the breaker's policy is ``fail_closed``."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"breaker backend unavailable for {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class ConfigurationError(BreakerError, ValueError):
+    """An invalid setting. ``field`` names the setting and ``problem`` says what is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem

@@ -1,0 +1,89 @@
+"""The Redis key schema: the one place that builds a key or a channel name.
+
+==================================  ======  =============================================
+key                                 type    content
+==================================  ======  =============================================
+``<prefix>:{<name>}``               hash    ``state`` (closed, open, half_open, forced_open,
+                                            disabled), ``failures`` (consecutive),
+                                            ``last_failure_at``, ``opened_at``,
+                                            ``open_until`` (epoch ms), ``generation``
+                                            (bumped by every transition), ``reopens``,
+                                            ``trial_successes``
+``<prefix>:{<name>}:window``        hash    ``<bucket>:c`` calls, ``<bucket>:f`` failures,
+                                            ``<bucket>:s`` slow calls, one bucket per
+                                            ``window_bucket`` seconds of epoch time
+``<prefix>:{<name>}:leases``        zset    half-open trial lease ids, scored by expiry (ms)
+``<prefix>:events``                 pubsub  JSON transition events of every breaker
+==================================  ======  =============================================
+
+Every key carries a TTL (``key_ttl``), refreshed on each write. The braces are a
+Redis Cluster hash tag: all keys of one breaker live in one slot. Inside them the name
+is escaped so that it can never close the tag early or reach another breaker's keys:
+``%``, ``{``, ``}``, whitespace other than the plain space, and control characters
+become ``%XX`` (UTF-8 bytes); everything else, URLs included, stays readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._exceptions import ConfigurationError
+
+MAX_NAME_LENGTH = 512
+_ESCAPED = frozenset("%{}")
+
+
+def escape_name(name: str) -> str:
+    """Return the readable, injective form of ``name`` used inside the hash tag.
+
+    >>> escape_name("https://api.example.com:443")
+    'https://api.example.com:443'
+    >>> escape_name("a}b{c%")
+    'a%7Db%7Bc%25'
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError("name", "must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError("name", f"is longer than {MAX_NAME_LENGTH} characters")
+    parts = []
+    for char in name:
+        if char in _ESCAPED or (not char.isprintable() and char != " "):
+            parts.append("".join(f"%{byte:02X}" for byte in char.encode("utf-8")))
+        else:
+            parts.append(char)
+    return "".join(parts)
+
+
+def check_prefix(prefix: str) -> None:
+    """Refuse a prefix that would break the hash tag or the scan pattern."""
+    if not prefix or any(char in prefix for char in "{}*?[] ") or not prefix.isprintable():
+        raise ConfigurationError(
+            "prefix", "must be non-empty, printable, without braces, spaces or glob characters"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerKeys:
+    """The Redis keys of one breaker, in the order the scripts take them as KEYS."""
+
+    state: str
+    window: str
+    leases: str
+
+    @classmethod
+    def of(cls, prefix: str, name: str) -> BreakerKeys:
+        """The keys of breaker ``name`` under ``prefix``.
+
+        >>> BreakerKeys.of("breaker", "payments").state
+        'breaker:{payments}'
+        """
+        base = f"{prefix}:{{{escape_name(name)}}}"
+        return cls(state=base, window=f"{base}:window", leases=f"{base}:leases")
+
+    def as_list(self) -> list[str]:
+        return [self.state, self.window, self.leases]
+
+
+def events_channel(prefix: str) -> str:
+    """The pub/sub channel that carries every transition of every breaker under ``prefix``."""
+    return f"{prefix}:events"

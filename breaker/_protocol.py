@@ -1,0 +1,231 @@
+"""Pure functions between Python and the Lua scripts: build ARGV, decode replies.
+
+Nothing here does I/O, so all of it is tested without Redis. The argument order is
+the scripts' header contracts (``lua/*.lua``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._config import BreakerConfig
+from ._keys import events_channel
+
+State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
+STATES: tuple[State, ...] = ("closed", "open", "half_open", "forced_open", "disabled")
+Outcome = Literal["success", "failure", "release", "none"]
+ControlAction = Literal["reset", "force_open", "disable"]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionEvent:
+    """One state change of one breaker, as published on ``<prefix>:events``.
+
+    ``at`` and ``open_until`` are epoch milliseconds of the Redis clock; ``generation``
+    orders the transitions of one breaker.
+    """
+
+    name: str
+    from_state: str
+    to_state: str
+    at: int
+    reason: str
+    generation: int
+    open_until: int
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TransitionEvent | None:
+        """Decode a published event; None for anything that is not one."""
+        try:
+            body = json.loads(raw)
+            return cls(
+                name=str(body["name"]),
+                from_state=str(body["from"]),
+                to_state=str(body["to"]),
+                at=int(body["at"]),
+                reason=str(body["reason"]),
+                generation=int(body["generation"]),
+                open_until=int(body["open_until"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as published: ``from`` and ``to`` rather than the attribute names."""
+        return {
+            "name": self.name,
+            "from": self.from_state,
+            "to": self.to_state,
+            "at": self.at,
+            "reason": self.reason,
+            "generation": self.generation,
+            "open_until": self.open_until,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The reply every script shares: a verdict, the breaker's view, and its events."""
+
+    verdict: str
+    state: State
+    generation: int
+    open_until: int
+    now: int
+    failures: int
+    last_failure_at: int
+    extra: str
+    events: tuple[TransitionEvent, ...]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until ``open_until`` on the Redis clock (0 when it has passed)."""
+        return max(0.0, (self.open_until - self.now) / 1000)
+
+
+def decode_reply(raw: list[Any]) -> Reply:
+    state = _text(raw[1])
+    if state not in STATES:
+        raise ValueError(f"unknown breaker state in reply: {state!r}")
+    events = tuple(
+        event for event in (TransitionEvent.from_json(item) for item in raw[8:]) if event
+    )
+    return Reply(
+        verdict=_text(raw[0]),
+        state=state,
+        generation=int(raw[2]),
+        open_until=int(raw[3]),
+        now=int(raw[4]),
+        failures=int(raw[5]),
+        last_failure_at=int(raw[6]),
+        extra=_text(raw[7]),
+        events=events,
+    )
+
+
+def _common(config: BreakerConfig, name: str, now_ms: int | None) -> list[str | int]:
+    return [
+        "" if now_ms is None else now_ms,
+        name,
+        events_channel(config.prefix),
+        _ms(config.key_ttl),
+    ]
+
+
+def acquire_args(
+    config: BreakerConfig, name: str, lease_id: str, now_ms: int | None
+) -> list[str | int]:
+    return [
+        *_common(config, name, now_ms),
+        config.half_open_max_calls,
+        _ms(config.half_open_lease),
+        lease_id,
+    ]
+
+
+def record_args(
+    config: BreakerConfig,
+    name: str,
+    *,
+    generation: int,
+    lease_id: str,
+    outcome: Outcome,
+    slow: bool,
+    batched: int,
+    seen_last_failure_at: int,
+    jitter_sample: float,
+    now_ms: int | None,
+) -> list[str | int | float]:
+    return [
+        *_common(config, name, now_ms),
+        generation,
+        lease_id,
+        outcome,
+        1 if slow else 0,
+        batched,
+        seen_last_failure_at,
+        config.failure_threshold,
+        config.success_threshold,
+        _rate(config.failure_rate_threshold),
+        _rate(config.slow_call_rate_threshold),
+        config.minimum_calls,
+        _ms(config.window_bucket),
+        config.buckets,
+        _ms(config.reset_timeout),
+        0 if config.reset_timeout_max is None else _ms(config.reset_timeout_max),
+        repr(float(config.reset_timeout_multiplier)),
+        repr(float(config.reset_timeout_jitter)),
+        repr(float(jitter_sample)),
+    ]
+
+
+def _rate(value: float | None) -> str:
+    return "-1" if value is None else repr(float(value))
+
+
+def control_args(
+    config: BreakerConfig, name: str, action: ControlAction, now_ms: int | None
+) -> list[str | int]:
+    return [*_common(config, name, now_ms), action]
+
+
+def snapshot_args(config: BreakerConfig, name: str, now_ms: int | None) -> list[str | int]:
+    return [*_common(config, name, now_ms), _ms(config.window_bucket), config.buckets]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A consistent read of one breaker. Times are epoch ms of the Redis clock (0: never)."""
+
+    name: str
+    state: State
+    failures: int
+    last_failure_at: int
+    opened_at: int
+    open_until: int
+    retry_after: float
+    generation: int
+    reopens: int
+    trial_successes: int
+    half_open_leases: int
+    window_calls: int
+    window_failures: int
+    window_slow_calls: int
+    backend: Literal["redis", "embedded", "fallback"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__slots__}
+
+
+def decode_snapshot(
+    name: str, raw: list[Any], backend: Literal["redis", "embedded", "fallback"]
+) -> BreakerSnapshot:
+    reply = decode_reply(raw)
+    detail = json.loads(reply.extra)
+    return BreakerSnapshot(
+        name=name,
+        state=reply.state,
+        failures=reply.failures,
+        last_failure_at=reply.last_failure_at,
+        opened_at=int(detail["opened_at"]),
+        open_until=reply.open_until,
+        retry_after=reply.retry_after if reply.state == "open" else 0.0,
+        generation=reply.generation,
+        reopens=int(detail["reopens"]),
+        trial_successes=int(detail["trial_successes"]),
+        half_open_leases=int(detail["leases"]),
+        window_calls=int(detail["calls"]),
+        window_failures=int(detail["failed"]),
+        window_slow_calls=int(detail["slow"]),
+        backend=backend,
+    )

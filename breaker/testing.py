@@ -1,0 +1,14 @@
+"""Helpers for testing code that uses fleetbreaker: drive time instead of sleeping.
+
+>>> from breaker import CircuitBreaker
+>>> from breaker.testing import ManualClock
+>>> clock = ManualClock()
+>>> cb = CircuitBreaker("testing-doc", clock=clock, reset_timeout=30.0)
+>>> clock.advance(30.0)   # the breaker's open time passes without a sleep
+"""
+
+from __future__ import annotations
+
+from ._clock import Clock, ManualClock, SystemClock
+
+__all__ = ["Clock", "ManualClock", "SystemClock"]
