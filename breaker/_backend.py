@@ -21,7 +21,7 @@ import fakeredis
 import redis
 import redis.asyncio
 
-from ._events import EventSubscriber
+from ._events import EventHub
 from ._exceptions import BackendUnavailableError
 from ._scripts import Scripts
 
@@ -102,19 +102,21 @@ class Backend:
         self.serves_async = kind != "redis" or self.is_async
         self.scripts = Scripts.register(client)
         self.health = BackendHealth()
-        # The client the events subscribers use; None when no other process can publish.
+        # The client the event hubs follow the channel with; None when no other
+        # process can publish (the in-process backends).
         self._subscribe_client = subscribe
-        self._subscribers: dict[str, EventSubscriber] = {}
-        self._subscribers_lock = threading.Lock()
+        self._hubs: dict[str, EventHub] = {}
+        self._hubs_lock = threading.Lock()
 
-    def subscriber(self, channel: str) -> EventSubscriber | None:
-        """The one subscriber of ``channel`` on this backend; None for in-process backends."""
-        if self._subscribe_client is None:
-            return None
-        with self._subscribers_lock:
-            if channel not in self._subscribers:
-                self._subscribers[channel] = EventSubscriber(self._subscribe_client, channel)
-            return self._subscribers[channel]
+    def hub(self, channel: str) -> EventHub:
+        """The one event hub of ``channel`` on this backend."""
+        with self._hubs_lock:
+            if channel not in self._hubs:
+                hub = EventHub(self._subscribe_client, channel)
+                # The hub's thread outlives nothing: it stops with this backend.
+                weakref.finalize(self, hub.stop)
+                self._hubs[channel] = hub
+            return self._hubs[channel]
 
     @contextlib.contextmanager
     def _mapped(self, name: str) -> Iterator[None]:

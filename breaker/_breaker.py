@@ -29,6 +29,7 @@ from ._backend import Backend, embedded_backend, fallback_backend, redis_backend
 from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
 from ._core import BreakerCore, Ticket
+from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
 from ._keys import BreakerKeys, events_channel
 from ._protocol import (
@@ -96,9 +97,11 @@ class CircuitBreaker:
         self._core = BreakerCore(name, self.config, self._clock, fallback=False)
         self._fallback_core = BreakerCore(name, self.config, self._clock, fallback=True)
         self._listeners: list[Listener] = list(listeners)
-        self._subscriber = self._backend.subscriber(events_channel(self.config.prefix))
-        if self._subscriber is not None:
-            self._subscriber.register(name, self)
+        channel = events_channel(self.config.prefix)
+        self._hub = self._backend.hub(channel)
+        self._hub.register(name, self._receive)
+        self._fallback_hub = fallback_backend().hub(channel)
+        self._fallback_hub.register(name, self._receive_fallback)
 
     def __repr__(self) -> str:
         view = self._core.view
@@ -167,8 +170,7 @@ class CircuitBreaker:
 
     def _admit(self) -> Ticket:
         self._require(sync=True)
-        if self._subscriber is not None:
-            self._subscriber.start_thread()
+        self._hub.start_thread()
         step = self._plan()
         if isinstance(step, Ticket):
             return step
@@ -220,8 +222,7 @@ class CircuitBreaker:
 
     async def _aadmit(self) -> Ticket:
         self._require(sync=False)
-        if self._subscriber is not None:
-            self._subscriber.start_task()
+        self._hub.start_task()
         step = self._plan()
         if isinstance(step, Ticket):
             return step
@@ -343,13 +344,18 @@ class CircuitBreaker:
 
     def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Ticket:
         reply = decode_reply(raw)
-        self._deliver(core, reply.events)
-        return core.admit_from(reply, lease_id)
+        try:
+            return core.admit_from(reply, lease_id)
+        finally:
+            self._hub_of(core).relay(reply.events)
 
     def _apply(self, core: BreakerCore, raw: list[Any]) -> None:
         reply = decode_reply(raw)
         core.apply(reply)
-        self._deliver(core, reply.events)
+        self._hub_of(core).relay(reply.events)
+
+    def _hub_of(self, core: BreakerCore) -> EventHub:
+        return self._fallback_hub if core.fallback else self._hub
 
     def _core_of(self, ticket: Ticket) -> BreakerCore:
         return self._fallback_core if ticket.via_fallback else self._core
@@ -444,10 +450,14 @@ class CircuitBreaker:
 
     # -- events --------------------------------------------------------------------
 
-    def receive_event(self, event: TransitionEvent) -> None:
-        """Called by the events subscriber for a transition made anywhere in the fleet."""
+    def _receive(self, event: TransitionEvent) -> None:
+        """A transition of this breaker, made by this process or any other."""
         self._core.apply_event(event)
         self._deliver(self._core, (event,))
+
+    def _receive_fallback(self, event: TransitionEvent) -> None:
+        self._fallback_core.apply_event(event)
+        self._deliver(self._fallback_core, (event,))
 
     def _deliver(self, core: BreakerCore, events: tuple[TransitionEvent, ...]) -> None:
         for event in core.unseen(events):

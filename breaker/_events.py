@@ -1,10 +1,14 @@
-"""Follows the events channel, so that a transition decided anywhere in the fleet
-reaches this process's local views (and its listeners) without waiting for a call.
+"""Carries transitions to every breaker object that shares a name, so that a
+transition decided anywhere reaches this process's local views (and listeners)
+without waiting for a call.
 
-One subscriber per backend and channel, started by the first breaker that needs it:
-a daemon thread for a sync client, a task in the running loop for an asyncio client.
-It reconnects with backoff; events missed while disconnected only leave a local view
-stale for as long as its trust lasts (see ``_core.LocalView``).
+One hub per backend and channel. Events in a script's reply are handed to the other
+breaker objects of this process at once; events of other processes arrive through
+the Redis channel, followed by a daemon thread (sync client) or a task in the running
+loop (asyncio client), started by the first breaker that needs it. It reconnects with
+backoff; events missed while disconnected only leave a local view stale for as long
+as its trust lasts (see ``_core.LocalView``). In-process backends have no channel to
+follow: their hub only relays.
 """
 
 from __future__ import annotations
@@ -28,37 +32,48 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 
 
-class EventSubscriber:
-    """Delivers each event on ``channel`` to the receivers registered under its name."""
+class EventHub:
+    """Delivers each event of ``channel`` to the receivers registered under its name."""
 
     def __init__(self, client: Any, channel: str) -> None:
         self.client = client
         self.channel = channel
-        self._receivers: dict[str, weakref.WeakSet[Any]] = {}
+        self._receivers: dict[str, list[weakref.WeakMethod[Receiver]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         self.subscribed = threading.Event()
 
-    def register(self, name: str, receiver: Any) -> None:
-        """``receiver.receive_event(event)`` is called for every event of ``name``."""
+    def register(self, name: str, receiver: Receiver) -> None:
+        """Call ``receiver`` (a bound method, held weakly) for every event of ``name``."""
         with self._lock:
-            self._receivers.setdefault(name, weakref.WeakSet()).add(receiver)
+            alive = [ref for ref in self._receivers.get(name, []) if ref() is not None]
+            alive.append(weakref.WeakMethod(receiver))
+            self._receivers[name] = alive
+
+    def relay(self, events: tuple[TransitionEvent, ...]) -> None:
+        """Hand events to every receiver of their breaker in this process."""
+        for event in events:
+            with self._lock:
+                refs = list(self._receivers.get(event.name, ()))
+            for ref in refs:
+                receiver = ref()
+                if receiver is not None:
+                    receiver(event)
 
     def deliver(self, raw: bytes | str) -> None:
         event = TransitionEvent.from_json(raw)
         if event is None:
             logger.warning("ignoring a malformed message on %s", self.channel)
             return
-        with self._lock:
-            receivers = list(self._receivers.get(event.name, ()))
-        for receiver in receivers:
-            receiver.receive_event(event)
+        self.relay((event,))
 
     # -- sync: a daemon thread -----------------------------------------------------
 
     def start_thread(self) -> None:
+        if self.client is None:
+            return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -90,6 +105,8 @@ class EventSubscriber:
     # -- async: a task in the running loop ----------------------------------------
 
     def start_task(self) -> None:
+        if self.client is None:
+            return
         loop = asyncio.get_running_loop()
         task = self._task
         if task is not None and not task.done() and task.get_loop() is loop:

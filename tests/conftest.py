@@ -1,0 +1,142 @@
+"""Shared fixtures: every behaviour runs over every backend.
+
+- ``redis``: the real Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379``), on a
+  dedicated db (``FLEETBREAKER_TEST_DB``, default 13), flushed before each test. Db 0 is
+  never touched. Outside CI these cases skip when no Redis answers; with ``CI=true``
+  they fail instead.
+- ``embedded``: fakeredis with lupa, running the same Lua, flushed before each test.
+
+Time is a ``ManualClock``: tests advance it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from breaker import CircuitBreaker
+from breaker._backend import embedded_backend, fallback_backend
+from breaker.testing import ManualClock
+from tests.support.servers import RedisServer
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _test_url() -> str:
+    """REDIS_URL with its db replaced by the dedicated test db."""
+    parts = urlsplit(REDIS_URL)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{TEST_DB}", parts.query, ""))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of the dedicated test db; skips (or fails in CI) when Redis is down."""
+    url = _test_url()
+    if url.endswith("/0"):
+        pytest.fail("refusing to run the tests on db 0 of the shared Redis")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but no Redis at {url}: {exc}")
+        pytest.skip(f"no Redis reachable at {url} ({exc}); set REDIS_URL to run these")
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+    del client
+    # Backends are per client: collecting it stops its events thread.
+    gc.collect()
+
+
+@dataclass
+class Harness:
+    """One backend of the matrix: builds breakers on it and reads its raw keys."""
+
+    kind: str
+    clock: ManualClock
+    raw: Any
+    client: Any
+    breakers: list[CircuitBreaker] = field(default_factory=list)
+
+    def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
+        cb = CircuitBreaker(name, redis=self.client, clock=self.clock, **settings)
+        self.breakers.append(cb)
+        return cb
+
+    def hash(self, key: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.raw.hgetall(key).items()}
+
+
+def _flush_embedded() -> None:
+    embedded_backend().client.flushall()
+    fallback_backend().client.flushall()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    _flush_embedded()
+    if request.param == "redis":
+        client = request.getfixturevalue("sync_redis")
+        yield Harness("redis", ManualClock(), client, client)
+    else:
+        yield Harness("embedded", ManualClock(), embedded_backend().client, None)
+
+
+@dataclass
+class AsyncHarness:
+    """The async side of the matrix: an asyncio client made inside the test's loop."""
+
+    kind: str
+    clock: ManualClock
+    url: str | None
+    clients: list[aioredis.Redis] = field(default_factory=list)
+
+    def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
+        client = None
+        if self.url is not None:
+            client = aioredis.Redis.from_url(self.url)
+            self.clients.append(client)
+        return CircuitBreaker(name, redis=client, clock=self.clock, **settings)
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+@pytest.fixture(params=["redis-async", "embedded"])
+def async_harness(request: pytest.FixtureRequest) -> Iterator[AsyncHarness]:
+    _flush_embedded()
+    if request.param == "redis-async":
+        request.getfixturevalue("sync_redis")  # flushes the db around the test
+        yield AsyncHarness("redis-async", ManualClock(), request.getfixturevalue("redis_url"))
+    else:
+        yield AsyncHarness("embedded", ManualClock(), None)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, on a free port: free to kill, pause, count."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
