@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import fakeredis
@@ -27,7 +27,7 @@ from ._scripts import Scripts
 
 BackendKind = Literal["redis", "embedded", "fallback"]
 
-_BACKOFF_FIRST = 0.05
+_BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 # Keys redis-py's pool adds to the connection settings for itself; a copied pool
 # must not inherit them (they are rebuilt from the remaining settings).
@@ -58,22 +58,28 @@ def derive_client(client: Any, timeout: float | None) -> Any:
 
 
 class BackendHealth:
-    """Consecutive-failure backoff, shared by every breaker on one backend."""
+    """Consecutive-failure backoff, shared by every breaker on one backend.
 
-    def __init__(self) -> None:
+    After the n-th consecutive failure the backend is left alone for a random time in
+    [b/2, b], b = min(5 s, 0.1 s * 2^(n-1)): a dead Redis is probed a few times a
+    second at first, then every few seconds, and never by every caller at once.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._failures = 0
         self._down_until = 0.0
         self.last_error = ""
 
     def is_down(self) -> bool:
-        return time.monotonic() < self._down_until
+        return self.clock() < self._down_until
 
     def failed(self, error: str) -> None:
         with self._lock:
             self._failures += 1
             ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
-            self._down_until = time.monotonic() + random.uniform(ceiling / 2, ceiling)
+            self._down_until = self.clock() + random.uniform(ceiling / 2, ceiling)
             self.last_error = error
 
     def succeeded(self) -> None:

@@ -410,8 +410,11 @@ class CircuitBreaker:
     def _admit_fallback(self, error: BackendUnavailableError | None) -> Ticket:
         """Admit through the in-process breaker: same scripts, same config, local state."""
         if self.config.on_backend_error == "fail_closed":
-            reason = error.reason if error else self._backend.health.last_error
-            raise BackendUnavailableError(self.name, reason) from error
+            if error is not None:
+                raise error
+            raise BackendUnavailableError(
+                self.name, f"backing off: {self._backend.health.last_error}"
+            )
         core = self._fallback_core
         ticket = core.admit_locally()
         if ticket is not None:

@@ -87,14 +87,15 @@ class Harness:
         return {k.decode(): v.decode() for k, v in self.raw.hgetall(key).items()}
 
 
-def _flush_embedded() -> None:
+@pytest.fixture(autouse=True)
+def _fresh_in_process_backends() -> None:
+    """The embedded and fallback backends are process-wide: empty them for each test."""
     embedded_backend().client.flushall()
     fallback_backend().client.flushall()
 
 
 @pytest.fixture(params=["redis", "embedded"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    _flush_embedded()
     if request.param == "redis":
         client = request.getfixturevalue("sync_redis")
         yield Harness("redis", ManualClock(), client, client)
@@ -125,7 +126,6 @@ class AsyncHarness:
 
 @pytest.fixture(params=["redis-async", "embedded"])
 def async_harness(request: pytest.FixtureRequest) -> Iterator[AsyncHarness]:
-    _flush_embedded()
     if request.param == "redis-async":
         request.getfixturevalue("sync_redis")  # flushes the db around the test
         yield AsyncHarness("redis-async", ManualClock(), request.getfixturevalue("redis_url"))

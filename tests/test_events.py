@@ -1,0 +1,140 @@
+"""Transitions are published on <prefix>:events, and other processes' views follow them.
+
+A breaker on a second client has a backend (and events subscriber) of its own, as a
+breaker in another process has; the OS-process version is in test_fleet_processes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+
+from breaker import CircuitBreaker, CircuitOpenError, TransitionEvent
+from breaker.testing import ManualClock
+from tests.support.servers import RedisServer
+from tests.test_round_trips import commands_during, fail, succeed
+
+_DELIVERY_TIMEOUT = 10.0  # a bound on waiting for a message, never a delay
+
+
+def test_transition_is_published_as_json(sync_redis: redis.Redis) -> None:
+    pubsub = sync_redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe("breaker:events")
+    clock = ManualClock()
+    cb = CircuitBreaker("payments", redis=sync_redis, clock=clock, failure_threshold=1)
+    fail(cb)
+    deadline = time.monotonic() + _DELIVERY_TIMEOUT
+    message = None
+    # get_message returns None when it consumed the subscribe confirmation.
+    while message is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+    pubsub.close()
+    assert message is not None
+    event = json.loads(message["data"])
+    assert event == {
+        "name": "payments",
+        "from": "closed",
+        "to": "open",
+        "at": clock.epoch_ms(),
+        "reason": "failure_threshold",
+        "generation": 1,
+        "open_until": clock.epoch_ms() + 10_000,
+    }
+
+
+def test_another_process_learns_of_a_trip_without_a_call(redis_server: RedisServer) -> None:
+    clock = ManualClock()
+    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    heard = threading.Event()
+    there.add_listener(lambda event: heard.set() if event.to_state == "open" else None)
+    succeed(there)  # its view: closed, trusted
+    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    fail(here)
+    fail(here)
+    assert heard.wait(_DELIVERY_TIMEOUT)
+
+    def rejected() -> None:
+        with pytest.raises(CircuitOpenError):
+            succeed(there)
+
+    assert commands_during(redis_server, rejected) == {}
+
+
+def test_operator_reset_reaches_a_process_that_holds_the_open_view(
+    redis_server: RedisServer,
+) -> None:
+    clock = ManualClock()
+    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    closed_again = threading.Event()
+    there.add_listener(lambda event: closed_again.set() if event.reason == "reset" else None)
+    succeed(there)
+    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    fail(there)
+    here.reset()
+    assert closed_again.wait(_DELIVERY_TIMEOUT)
+    succeed(there)  # open_until is far away, yet the reset let it through at once
+
+
+def test_listener_hears_other_processes_transitions_once(redis_server: RedisServer) -> None:
+    clock = ManualClock()
+    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    heard: list[TransitionEvent] = []
+    done = threading.Event()
+    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+
+    def listen(event: TransitionEvent) -> None:
+        heard.append(event)
+        if event.reason == "reset":
+            done.set()
+
+    there.add_listener(listen)
+    succeed(there)
+    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    fail(here)
+    here.reset()
+    assert done.wait(_DELIVERY_TIMEOUT)
+    assert [(e.to_state, e.generation) for e in heard] == [("open", 1), ("closed", 2)]
+
+
+def test_a_malformed_message_on_the_channel_is_ignored(redis_server: RedisServer) -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    heard = threading.Event()
+    cb.add_listener(lambda event: heard.set())
+    succeed(cb)
+    assert cb._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    publisher = redis_server.client()
+    publisher.publish("breaker:events", b"{not json")
+    publisher.publish("breaker:events", json.dumps({"name": "p"}))
+    other = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    fail(other)
+    assert heard.wait(_DELIVERY_TIMEOUT)  # the subscriber survived the bad messages
+    assert cb.snapshot().state == "open"
+
+
+def test_sync_calls_from_many_threads_run_concurrently(sync_redis: redis.Redis) -> None:
+    cb = CircuitBreaker("p", redis=sync_redis)
+    # Every thread must be inside the protected call at once to pass the barrier: a
+    # breaker that held a lock around the call would break it (BrokenBarrierError).
+    barrier = threading.Barrier(8, timeout=30)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            cb.call(barrier.wait)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cb.snapshot().window_calls == 8
