@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from breaker import CircuitBreaker
 from breaker._backend import embedded_backend, fallback_backend
 from breaker.testing import ManualClock
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, text_hash
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
@@ -84,7 +84,7 @@ class Harness:
         return cb
 
     def hash(self, key: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.raw.hgetall(key).items()}
+        return text_hash(self.raw, key)
 
 
 @pytest.fixture(autouse=True)

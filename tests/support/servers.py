@@ -124,3 +124,12 @@ class BlackHole:
         self.sock.close()
         for conn in self._held:
             conn.close()
+
+
+def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
+    """HGETALL as text, as an operator reads it in redis-cli."""
+    return {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
