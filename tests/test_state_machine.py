@@ -353,3 +353,18 @@ def test_listeners_hear_each_transition_once(harness: Harness) -> None:
         ("closed", "forced_open", "force_open"),
         ("forced_open", "closed", "reset"),
     ]
+
+
+def test_batched_successes_do_not_reset_failures_they_cannot_be_ordered_after(
+    harness: Harness,
+) -> None:
+    batching = harness.breaker(failure_threshold=3, batch_interval=60.0)
+    other = harness.breaker(failure_threshold=3)
+    succeed(batching)
+    fail(other, 2)  # after the batching process last heard from Redis
+    succeed(batching, 5)
+    batching.flush()
+    snapshot = batching.snapshot()
+    assert (snapshot.window_calls, snapshot.failures) == (8, 2)
+    fail(other)
+    assert batching.snapshot().state == "open"
