@@ -44,7 +44,8 @@ def main() -> None:
         except ConnectionError as exc:
             print(f"  call {attempt}: failed ({exc})")
         except CircuitOpenError as exc:
-            print(f"  call {attempt}: rejected, upstream not called (retry in {exc.retry_after:.1f}s)")
+            wait = f"retry in {exc.retry_after:.1f}s"
+            print(f"  call {attempt}: rejected, upstream not called ({wait})")
     snapshot = cb.snapshot()
     print(f"state: {snapshot.state}, consecutive failures: {snapshot.failures}")
 
