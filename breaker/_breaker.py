@@ -20,7 +20,7 @@ import inspect
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
@@ -50,6 +50,8 @@ logger = logging.getLogger("breaker")
 P = ParamSpec("P")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+# An operation's steps: yields (script, args), receives the raw reply, returns T.
+Steps = Generator[tuple[str, list[Any]], list[Any], T]
 Listener = Callable[[TransitionEvent], None]
 
 # The tickets of the calls under way in this thread or task, as (breaker id, ticket):
@@ -171,29 +173,10 @@ class CircuitBreaker:
     def _admit(self) -> Ticket:
         self._require(sync=True)
         self._hub.start_thread()
-        step = self._plan()
-        if isinstance(step, Ticket):
-            return step
-        try:
-            raw = self._backend.run(self.name, "acquire", self._key_list, self._acquire(step))
-        except BackendUnavailableError as exc:
-            return self._admit_fallback(exc)
-        return self._admitted(self._core, raw, step)
+        return self._run(self._admission())
 
     def _record(self, ticket: Ticket, outcome: Outcome) -> None:
-        core = self._core_of(ticket)
-        args = self._record_args(core, ticket, outcome)
-        if args is None:
-            return
-        if ticket.via_fallback:
-            self._record_in_fallback_now(args)
-            return
-        try:
-            raw = self._backend.run(self.name, "record", self._key_list, args)
-        except BackendUnavailableError:
-            self._record_in_fallback(outcome, core.is_slow(ticket))
-            return
-        self._apply(core, raw)
+        self._run(self._recording(ticket, outcome))
 
     # -- guarding calls: async -----------------------------------------------------
 
@@ -223,18 +206,111 @@ class CircuitBreaker:
     async def _aadmit(self) -> Ticket:
         self._require(sync=False)
         self._hub.start_task()
+        return await self._arun(self._admission())
+
+    async def _arecord(self, ticket: Ticket, outcome: Outcome) -> None:
+        await self._arun(self._recording(ticket, outcome))
+
+    # -- operator control and inspection ------------------------------------------
+
+    def reset(self) -> None:
+        """Close the breaker and clear its counters and operator state, fleet-wide."""
+        self._require(sync=True)
+        self._run(self._control("reset"))
+
+    def force_open(self) -> None:
+        """Reject every call, fleet-wide, until ``reset``."""
+        self._require(sync=True)
+        self._run(self._control("force_open"))
+
+    def disable(self) -> None:
+        """Let every call through, fleet-wide, still counting outcomes, until ``reset``."""
+        self._require(sync=True)
+        self._run(self._control("disable"))
+
+    def snapshot(self) -> BreakerSnapshot:
+        """The breaker's state and counters, read atomically from its backend."""
+        self._require(sync=True)
+        return self._run(self._snapshot())
+
+    def flush(self) -> None:
+        """Record the successes counted locally in batched mode, now."""
+        self._require(sync=True)
+        self._run(self._flush())
+
+    async def areset(self) -> None:
+        """``reset`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        await self._arun(self._control("reset"))
+
+    async def aforce_open(self) -> None:
+        """``force_open`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        await self._arun(self._control("force_open"))
+
+    async def adisable(self) -> None:
+        """``disable`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        await self._arun(self._control("disable"))
+
+    async def asnapshot(self) -> BreakerSnapshot:
+        """``snapshot`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        return await self._arun(self._snapshot())
+
+    async def aflush(self) -> None:
+        """``flush`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        await self._arun(self._flush())
+
+    # -- the steps of every operation, written once --------------------------------
+    #
+    # Each operation is a generator that yields (script, args) whenever it needs
+    # Redis and gets the raw reply back (or the BackendUnavailableError thrown in).
+    # ``_run`` drives it with blocking calls, ``_arun`` with awaits: that is the only
+    # difference between the sync and the async API.
+
+    def _run(self, steps: Steps[T]) -> T:
+        try:
+            request = next(steps)
+            while True:
+                try:
+                    raw = self._backend.run(self.name, request[0], self._key_list, request[1])
+                except BackendUnavailableError as exc:
+                    request = steps.throw(exc)
+                else:
+                    request = steps.send(raw)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _arun(self, steps: Steps[T]) -> T:
+        try:
+            request = next(steps)
+            while True:
+                try:
+                    raw = await self._backend.arun(
+                        self.name, request[0], self._key_list, request[1]
+                    )
+                except BackendUnavailableError as exc:
+                    request = steps.throw(exc)
+                else:
+                    request = steps.send(raw)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _admission(self) -> Steps[Ticket]:
         step = self._plan()
         if isinstance(step, Ticket):
             return step
         try:
-            raw = await self._backend.arun(
-                self.name, "acquire", self._key_list, self._acquire(step)
-            )
+            raw = yield "acquire", self._acquire(step)
         except BackendUnavailableError as exc:
             return self._admit_fallback(exc)
         return self._admitted(self._core, raw, step)
 
-    async def _arecord(self, ticket: Ticket, outcome: Outcome) -> None:
+    def _recording(self, ticket: Ticket, outcome: Outcome) -> Steps[None]:
         core = self._core_of(ticket)
         args = self._record_args(core, ticket, outcome)
         if args is None:
@@ -243,80 +319,29 @@ class CircuitBreaker:
             self._record_in_fallback_now(args)
             return
         try:
-            raw = await self._backend.arun(self.name, "record", self._key_list, args)
+            raw = yield "record", args
         except BackendUnavailableError:
             self._record_in_fallback(outcome, core.is_slow(ticket))
             return
         self._apply(core, raw)
 
-    # -- operator control and inspection ------------------------------------------
+    def _control(self, action: ControlAction) -> Steps[None]:
+        raw = yield "control", control_args(self.config, self.name, action, self._clock.epoch_ms())
+        self._apply(self._core, raw)
 
-    def reset(self) -> None:
-        """Close the breaker and clear its counters and operator state, fleet-wide."""
-        self._control("reset")
-
-    def force_open(self) -> None:
-        """Reject every call, fleet-wide, until ``reset``."""
-        self._control("force_open")
-
-    def disable(self) -> None:
-        """Let every call through, fleet-wide, still counting outcomes, until ``reset``."""
-        self._control("disable")
-
-    def snapshot(self) -> BreakerSnapshot:
-        """The breaker's state and counters, read atomically from its backend."""
-        self._require(sync=True)
-        args = snapshot_args(self.config, self.name, self._clock.epoch_ms())
-        raw = self._backend.run(self.name, "snapshot", self._key_list, args)
+    def _snapshot(self) -> Steps[BreakerSnapshot]:
+        raw = yield "snapshot", snapshot_args(self.config, self.name, self._clock.epoch_ms())
         return decode_snapshot(self.name, raw, self._backend.kind)
 
-    def flush(self) -> None:
-        """Record the successes counted locally in batched mode, now."""
-        self._require(sync=True)
+    def _flush(self) -> Steps[None]:
         args = self._flush_args()
-        if args is not None:
-            with _logged_outage(self.name):
-                self._apply(
-                    self._core, self._backend.run(self.name, "record", self._key_list, args)
-                )
-
-    async def areset(self) -> None:
-        """``reset`` for a breaker on an asyncio client."""
-        await self._acontrol("reset")
-
-    async def aforce_open(self) -> None:
-        """``force_open`` for a breaker on an asyncio client."""
-        await self._acontrol("force_open")
-
-    async def adisable(self) -> None:
-        """``disable`` for a breaker on an asyncio client."""
-        await self._acontrol("disable")
-
-    async def asnapshot(self) -> BreakerSnapshot:
-        """``snapshot`` for a breaker on an asyncio client."""
-        self._require(sync=False)
-        args = snapshot_args(self.config, self.name, self._clock.epoch_ms())
-        raw = await self._backend.arun(self.name, "snapshot", self._key_list, args)
-        return decode_snapshot(self.name, raw, self._backend.kind)
-
-    async def aflush(self) -> None:
-        """``flush`` for a breaker on an asyncio client."""
-        self._require(sync=False)
-        args = self._flush_args()
-        if args is not None:
-            with _logged_outage(self.name):
-                raw = await self._backend.arun(self.name, "record", self._key_list, args)
-                self._apply(self._core, raw)
-
-    def _control(self, action: ControlAction) -> None:
-        self._require(sync=True)
-        args = control_args(self.config, self.name, action, self._clock.epoch_ms())
-        self._apply(self._core, self._backend.run(self.name, "control", self._key_list, args))
-
-    async def _acontrol(self, action: ControlAction) -> None:
-        self._require(sync=False)
-        args = control_args(self.config, self.name, action, self._clock.epoch_ms())
-        raw = await self._backend.arun(self.name, "control", self._key_list, args)
+        if args is None:
+            return
+        try:
+            raw = yield "record", args
+        except BackendUnavailableError as exc:
+            logger.warning("breaker %s: batched successes lost: %s", self.name, exc.reason)
+            return
         self._apply(self._core, raw)
 
     # -- shared steps (no I/O on the Redis backend) --------------------------------
@@ -490,19 +515,3 @@ def _pop(breaker: CircuitBreaker) -> Ticket:
             _ACTIVE.set(active[:index] + active[index + 1 :])
             return active[index][1]
     raise RuntimeError(f"breaker {breaker.name!r} exited without being entered")
-
-
-class _logged_outage:
-    """Swallow and log an outage during a best-effort flush: the successes are lost."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if isinstance(exc, BackendUnavailableError):
-            logger.warning("breaker %s: batched successes lost: %s", self.name, exc.reason)
-            return True
-        return False
