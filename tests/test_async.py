@@ -28,6 +28,21 @@ async def fail(cb: CircuitBreaker, times: int = 1) -> None:
                 raise ConnectionError
 
 
+async def cancel_in_flight(cb: CircuitBreaker) -> None:
+    """Start a call through ``cb`` that never finishes, then cancel it mid-flight."""
+    started = asyncio.Event()
+
+    async def hangs() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(cb.call(hangs))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_async_with_trips_and_rejects(async_harness: AsyncHarness) -> None:
     async def scenario() -> None:
         cb = async_harness.breaker(failure_threshold=2, reset_timeout=10.0)
@@ -73,17 +88,7 @@ def test_async_decorator_guards_a_coroutine_function(async_harness: AsyncHarness
 def test_cancellation_counts_as_nothing(async_harness: AsyncHarness) -> None:
     async def scenario() -> None:
         cb = async_harness.breaker(failure_threshold=1)
-        started = asyncio.Event()
-
-        async def hangs() -> None:
-            started.set()
-            await asyncio.Event().wait()
-
-        task = asyncio.create_task(cb.call(hangs))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_in_flight(cb)
         snapshot = await cb.asnapshot()
         assert (snapshot.state, snapshot.window_calls, snapshot.failures) == ("closed", 0, 0)
 
@@ -95,17 +100,7 @@ def test_a_cancelled_trial_gives_its_lease_back(async_harness: AsyncHarness) -> 
         cb = async_harness.breaker(failure_threshold=1, reset_timeout=5.0)
         await fail(cb)
         async_harness.clock.advance(5.0)
-        started = asyncio.Event()
-
-        async def hangs() -> None:
-            started.set()
-            await asyncio.Event().wait()
-
-        task = asyncio.create_task(cb.call(hangs))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_in_flight(cb)
         assert (await cb.asnapshot()).half_open_leases == 0
         async with cb:  # the slot is free again: the next trial closes the breaker
             pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -84,11 +85,7 @@ def _burst(cb: CircuitBreaker, threads: int, per_thread: int, failures: int) -> 
             with lock:
                 counts[result] += 1
 
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    _in_threads(threads, work)
     return counts
 
 
@@ -113,12 +110,16 @@ def _take_trials(cb: CircuitBreaker, threads: int, fleet_barrier: Any, held: lis
             if ticket.lease_id:
                 granted += 1
 
+    _in_threads(threads, work)
+    return granted
+
+
+def _in_threads(threads: int, work: Callable[[], None]) -> None:
     pool = [threading.Thread(target=work) for _ in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    return granted
 
 
 class Fleet:
