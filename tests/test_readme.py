@@ -1,0 +1,43 @@
+"""The README's API snippets run as written (only pointed at the test db, not db 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import redis
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+
+
+def on_test_db(source: str, url: str) -> str:
+    return source.replace('"redis://127.0.0.1:6379/0"', repr(url)).replace(
+        "redis.Redis()", f"redis.Redis.from_url({url!r})"
+    )
+
+
+def test_the_async_snippet_runs_as_written(redis_url: str, sync_redis: redis.Redis) -> None:
+    source = on_test_db(snippets()[0], redis_url)
+
+    async def some_coroutine_function(x: int) -> int:
+        return x + 1
+
+    namespace: dict[str, Any] = {"some_coroutine_function": some_coroutine_function, "arg": 41}
+    body = textwrap.indent(source, "    ")
+    exec(f"async def snippet():\n{body}\n    return result", namespace)
+    assert asyncio.run(namespace["snippet"]()) == 42
+
+
+def test_the_sync_snippet_runs_as_written(redis_url: str, sync_redis: redis.Redis) -> None:
+    source = on_test_db(snippets()[1], redis_url)
+    namespace: dict[str, Any] = {"some_function": lambda x: x * 2, "arg": 21}
+    exec(source, namespace)
+    assert namespace["result"] == 42
+    assert callable(namespace["charge"])
