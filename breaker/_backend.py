@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -24,6 +25,8 @@ import redis.asyncio
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError
 from ._scripts import Scripts
+
+logger = logging.getLogger("breaker")
 
 BackendKind = Literal["redis", "embedded", "fallback"]
 
@@ -47,13 +50,27 @@ def derive_client(client: Any, timeout: float | None) -> Any:
 
     The caller's client is left untouched: the breaker gets its own small pool, so a
     hung Redis costs each call at most ``timeout``, instead of redis-py's default of
-    10 retries of a 5 s socket timeout.
+    10 retries of a 5 s socket timeout. A pool this cannot copy (a custom pool class)
+    is used as it is, with a warning: its own timeouts and retries then apply, and
+    asyncio calls are still cut off at ``timeout``.
     """
     pool = client.connection_pool
     settings = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
     settings["socket_timeout"] = timeout
     settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
-    copy = type(pool)(connection_class=pool.connection_class, **settings)
+    # A Sentinel pool finds its master through the sentinels: keep them.
+    sentinel = (
+        (pool.service_name, pool.sentinel_manager) if hasattr(pool, "sentinel_manager") else ()
+    )
+    try:
+        copy = type(pool)(*sentinel, connection_class=pool.connection_class, **settings)
+    except TypeError as exc:
+        logger.warning(
+            "cannot copy %s to bound Redis calls (%s); using the client's own timeouts",
+            type(pool).__name__,
+            exc,
+        )
+        return client
     return type(client)(connection_pool=copy)
 
 
