@@ -26,6 +26,7 @@ class LocalView:
     """The breaker as this process last heard of it. Deadlines are local monotonic time."""
 
     state: State
+    created_at: int
     generation: int
     last_failure_at: int
     open_until: float
@@ -33,6 +34,10 @@ class LocalView:
     # was taken cannot be half-open before then, so no admitted call can bypass the
     # fleet-wide trial limit.
     trusted_until: float
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.created_at, self.generation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,7 @@ class BreakerCore:
         self._pending = 0
         self._pending_generation = -1
         self._next_flush = 0.0
-        self._seen: deque[int] = deque(maxlen=_REMEMBERED_EVENTS)
+        self._seen: deque[tuple[int, int]] = deque(maxlen=_REMEMBERED_EVENTS)
 
     # -- admission ---------------------------------------------------------------
 
@@ -151,11 +156,13 @@ class BreakerCore:
 
     def apply(self, reply: Reply) -> None:
         view = self.view
-        if view is not None and reply.generation < view.generation:
+        # Replies of concurrent calls may come back out of order: never step back.
+        if view is not None and reply.version < view.version:
             return
         now = self.clock.monotonic()
         self.view = LocalView(
             state=reply.state,
+            created_at=reply.created_at,
             generation=reply.generation,
             last_failure_at=reply.last_failure_at,
             open_until=now + reply.retry_after if reply.state == "open" else 0.0,
@@ -164,12 +171,13 @@ class BreakerCore:
 
     def apply_event(self, event: TransitionEvent) -> None:
         view = self.view
-        if view is not None and event.generation <= view.generation:
+        if view is not None and event.version <= view.version:
             return
         now = self.clock.monotonic()
         remaining = max(0.0, (event.open_until - event.at) / 1000)
         self.view = LocalView(
             state=event.to_state,  # type: ignore[arg-type]  # written by our scripts
+            created_at=event.created_at,
             generation=event.generation,
             last_failure_at=view.last_failure_at if view else 0,
             open_until=now + remaining if event.to_state == "open" else 0.0,
@@ -181,7 +189,7 @@ class BreakerCore:
         fresh = []
         with self._lock:
             for event in events:
-                if event.generation not in self._seen:
-                    self._seen.append(event.generation)
+                if event.version not in self._seen:
+                    self._seen.append(event.version)
                     fresh.append(event)
         return fresh

@@ -7,8 +7,10 @@ key                                 type    content
                                             disabled), ``failures`` (consecutive),
                                             ``last_failure_at``, ``opened_at``,
                                             ``open_until`` (epoch ms), ``generation``
-                                            (bumped by every transition), ``reopens``,
-                                            ``trial_successes``
+                                            (bumped by every transition), ``created_at``
+                                            (epoch ms the hash was made; with
+                                            ``generation`` it orders versions across a
+                                            lost hash), ``reopens``, ``trial_successes``
 ``<prefix>:{<name>}:window``        hash    ``<bucket>:c`` calls, ``<bucket>:f`` failures,
                                             ``<bucket>:s`` slow calls, one bucket per
                                             ``window_bucket`` seconds of epoch time

@@ -31,8 +31,9 @@ def _text(value: Any) -> str:
 class TransitionEvent:
     """One state change of one breaker, as published on ``<prefix>:events``.
 
-    ``at`` and ``open_until`` are epoch milliseconds of the Redis clock; ``generation``
-    orders the transitions of one breaker.
+    ``at``, ``open_until`` and ``created_at`` are epoch milliseconds of the Redis
+    clock. ``(created_at, generation)`` orders the transitions of one breaker, also
+    across a Redis that lost the breaker's hash and started its generations again.
     """
 
     name: str
@@ -40,8 +41,13 @@ class TransitionEvent:
     to_state: str
     at: int
     reason: str
+    created_at: int
     generation: int
     open_until: int
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.created_at, self.generation)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TransitionEvent | None:
@@ -54,6 +60,7 @@ class TransitionEvent:
                 to_state=str(body["to"]),
                 at=int(body["at"]),
                 reason=str(body["reason"]),
+                created_at=int(body["created_at"]),
                 generation=int(body["generation"]),
                 open_until=int(body["open_until"]),
             )
@@ -79,6 +86,7 @@ class Reply:
 
     verdict: str
     state: State
+    created_at: int
     generation: int
     open_until: int
     now: int
@@ -86,6 +94,10 @@ class Reply:
     last_failure_at: int
     extra: str
     events: tuple[TransitionEvent, ...]
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.created_at, self.generation)
 
     @property
     def retry_after(self) -> float:
@@ -98,17 +110,18 @@ def decode_reply(raw: list[Any]) -> Reply:
     if state not in STATES:
         raise ValueError(f"unknown breaker state in reply: {state!r}")
     events = tuple(
-        event for event in (TransitionEvent.from_json(item) for item in raw[8:]) if event
+        event for event in (TransitionEvent.from_json(item) for item in raw[9:]) if event
     )
     return Reply(
         verdict=_text(raw[0]),
         state=state,
-        generation=int(raw[2]),
-        open_until=int(raw[3]),
-        now=int(raw[4]),
-        failures=int(raw[5]),
-        last_failure_at=int(raw[6]),
-        extra=_text(raw[7]),
+        created_at=int(raw[2]),
+        generation=int(raw[3]),
+        open_until=int(raw[4]),
+        now=int(raw[5]),
+        failures=int(raw[6]),
+        last_failure_at=int(raw[7]),
+        extra=_text(raw[8]),
         events=events,
     )
 
@@ -192,6 +205,7 @@ class BreakerSnapshot:
     failures: int
     last_failure_at: int
     opened_at: int
+    created_at: int
     open_until: int
     retry_after: float
     generation: int
@@ -218,6 +232,7 @@ def decode_snapshot(
         failures=reply.failures,
         last_failure_at=reply.last_failure_at,
         opened_at=int(detail["opened_at"]),
+        created_at=reply.created_at,
         open_until=reply.open_until,
         retry_after=reply.retry_after if reply.state == "open" else 0.0,
         generation=reply.generation,

@@ -40,6 +40,9 @@ local function load_state()
   end
   return {
     state = h.state or 'closed',
+    -- The hash's incarnation: a hash lost to a restart or to its TTL comes back with
+    -- a later created_at, so processes know its generations started again.
+    created_at = tonumber(h.created_at or NOW),
     generation = tonumber(h.generation or '0'),
     failures = tonumber(h.failures or '0'),
     last_failure_at = tonumber(h.last_failure_at or '0'),
@@ -56,6 +59,7 @@ local EVENTS = {}
 local function save_state()
   redis.call('HSET', KEYS[1],
     'state', S.state,
+    'created_at', int(S.created_at),
     'generation', int(S.generation),
     'failures', int(S.failures),
     'last_failure_at', int(S.last_failure_at),
@@ -78,7 +82,7 @@ local function transition(to, reason)
   S.generation = S.generation + 1
   local event = cjson.encode({
     name = NAME, from = from, to = to, at = NOW, reason = reason,
-    generation = S.generation, open_until = S.open_until,
+    created_at = S.created_at, generation = S.generation, open_until = S.open_until,
   })
   redis.call('PUBLISH', CHANNEL, event)
   EVENTS[#EVENTS + 1] = event
@@ -123,7 +127,7 @@ end
 -- refreshes from it, then the JSON of the transitions this call made.
 local function reply(verdict, extra)
   local r = {
-    verdict, S.state, int(S.generation), int(S.open_until), int(NOW),
+    verdict, S.state, int(S.created_at), int(S.generation), int(S.open_until), int(NOW),
     int(S.failures), int(S.last_failure_at), extra or '',
   }
   for i = 1, #EVENTS do

@@ -6,8 +6,8 @@
 -- ARGV[5]: half_open_max_calls
 -- ARGV[6]: lease duration in ms (a dead holder's lease expires after it)
 -- ARGV[7]: lease id the caller will present to record
--- returns: {verdict, state, generation, open_until, now, failures, last_failure_at,
---           extra, event_json...}
+-- returns: {verdict, state, created_at, generation, open_until, now, failures,
+--           last_failure_at, extra, event_json...}
 --   verdict "admit": a normal call (closed or disabled); extra is ""
 --   verdict "trial": a half-open trial under lease ARGV[7]; extra is the lease expiry (ms)
 --   verdict "reject": extra is the epoch ms at which asking again may succeed

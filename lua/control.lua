@@ -3,8 +3,9 @@
 --
 -- KEYS[1..3], ARGV[1..4]: see _prelude.lua
 -- ARGV[5]: action: "reset" | "force_open" | "disable"
--- returns: {verdict, state, generation, open_until, now, failures, last_failure_at,
---           extra, event_json...}; verdict "changed" or "unchanged"; extra is ""
+-- returns: {verdict, state, created_at, generation, open_until, now, failures,
+--           last_failure_at, extra, event_json...}
+--   verdict "changed" or "unchanged"; extra is ""
 --   reset: closed with every counter, the window and the leases cleared; it always
 --          counts as a transition, so in-flight outcomes of the old generation are
 --          ignored and every process resyncs

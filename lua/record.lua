@@ -22,9 +22,10 @@
 -- ARGV[20]: reset_timeout_multiplier
 -- ARGV[21]: reset_timeout_jitter (fraction of the open time added at most)
 -- ARGV[22]: jitter sample in [0, 1), drawn by the caller
--- returns: {verdict, state, generation, open_until, now, failures, last_failure_at,
---           extra, event_json...}; verdict "counted", "released" (a trial
---           lease given back unused) or "stale"; extra is ""
+-- returns: {verdict, state, created_at, generation, open_until, now, failures,
+--           last_failure_at, extra, event_json...}
+--   verdict "counted", "released" (a trial lease given back unused) or "stale";
+--   extra is ""
 
 local generation = tonumber(ARGV[5])
 local lease_id = ARGV[6]

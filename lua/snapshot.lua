@@ -5,8 +5,8 @@
 -- KEYS[1..3], ARGV[1..4]: see _prelude.lua
 -- ARGV[5]: window bucket width in ms
 -- ARGV[6]: number of buckets in the window
--- returns: {verdict, state, generation, open_until, now, failures, last_failure_at,
---           extra}; verdict "snapshot"; extra is the JSON object
+-- returns: {verdict, state, created_at, generation, open_until, now, failures,
+--           last_failure_at, extra}; verdict "snapshot"; extra is the JSON object
 --           {opened_at, reopens, trial_successes, leases, calls, failed, slow}
 --           where calls, failed and slow are summed over the live window
 

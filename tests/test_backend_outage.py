@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from breaker import BackendUnavailableError, CircuitBreaker, CircuitOpenError
 from breaker.testing import ManualClock
 from tests.support.servers import BlackHole, RedisServer
-from tests.test_round_trips import fail, succeed
+from tests.test_round_trips import commands_during, fail, succeed
 
 
 @pytest.fixture
@@ -145,3 +145,29 @@ def test_async_fail_open_lets_calls_through_while_redis_is_dead(
         return results
 
     assert asyncio.run(scenario()) == ["served"] * 3
+
+
+def test_a_redis_restarted_empty_is_followed_although_generations_restart(
+    redis_server: RedisServer,
+) -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    for _ in range(3):  # the process's view reaches generation 6
+        fail(cb)
+        fail(cb)
+        cb.reset()
+    redis_server.kill()
+    redis_server.start()  # back, empty: its next breaker hash starts at generation 0
+    cb._backend.health.clock = ManualClock().monotonic
+    clock.advance(60.0)  # the closed view is no longer trusted
+    fail(cb)
+    fail(cb)
+    snapshot = cb.snapshot()
+    assert (snapshot.state, snapshot.window_failures) == ("open", 2)
+
+    def rejected() -> None:
+        with pytest.raises(CircuitOpenError):
+            succeed(cb)
+
+    # The process follows the new hash: it knows open_until, so rejecting is free.
+    assert commands_during(redis_server, rejected) == {}

@@ -41,6 +41,7 @@ def test_transition_is_published_as_json(sync_redis: redis.Redis) -> None:
         "to": "open",
         "at": clock.epoch_ms(),
         "reason": "failure_threshold",
+        "created_at": clock.epoch_ms(),
         "generation": 1,
         "open_until": clock.epoch_ms() + 10_000,
     }

@@ -62,6 +62,7 @@ def test_decode_reply_reads_the_view_and_the_events() -> None:
         "to": "open",
         "at": 1000,
         "reason": "failure_threshold",
+        "created_at": 500,
         "generation": 4,
         "open_until": 11000,
     }
@@ -69,6 +70,7 @@ def test_decode_reply_reads_the_view_and_the_events() -> None:
         [
             b"counted",
             b"open",
+            b"500",
             b"4",
             b"11000",
             b"1000",
@@ -78,9 +80,9 @@ def test_decode_reply_reads_the_view_and_the_events() -> None:
             json.dumps(event).encode(),
         ]
     )
-    assert (reply.state, reply.generation, reply.retry_after) == ("open", 4, 10.0)
+    assert (reply.state, reply.version, reply.retry_after) == ("open", (500, 4), 10.0)
     assert reply.events == (
-        TransitionEvent("p", "closed", "open", 1000, "failure_threshold", 4, 11000),
+        TransitionEvent("p", "closed", "open", 1000, "failure_threshold", 500, 4, 11000),
     )
 
 
