@@ -86,13 +86,13 @@ def test_a_dead_redis_is_left_alone_during_the_backoff(black_hole: BlackHole) ->
     health_clock = ManualClock()
     cb._backend.health.clock = health_clock.monotonic
     succeed(cb)
-    tried = black_hole.accepted
+    tried = black_hole.wait_accepted(1)
     for _ in range(20):
         succeed(cb)
     assert black_hole.accepted == tried
     health_clock.advance(0.2)  # the first backoff is at most 0.1 s: one probe again
     succeed(cb)
-    assert black_hole.accepted == tried + 1
+    assert black_hole.wait_accepted(tried + 1) == tried + 1
 
 
 def test_backoff_grows_with_consecutive_failures_and_is_capped() -> None:

@@ -120,6 +120,14 @@ class BlackHole:
             self.accepted += 1
             self._held.append(conn)
 
+    def wait_accepted(self, count: int, timeout: float = 10.0) -> int:
+        """The accept count once it reaches ``count`` (the accept thread may lag the
+        client's connect by a moment), or as it stands when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        while self.accepted < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.accepted
+
     def close(self) -> None:
         self.sock.close()
         for conn in self._held:
