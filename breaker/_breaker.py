@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 from ._backend import Backend, embedded_backend, fallback_backend, redis_backend
 from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
-from ._core import BreakerCore, Ticket
+from ._core import BreakerCore, Flush, Ticket
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
 from ._keys import BreakerKeys, events_channel
@@ -312,7 +312,9 @@ class CircuitBreaker:
 
     def _recording(self, ticket: Ticket, outcome: Outcome) -> Steps[None]:
         core = self._core_of(ticket)
-        args = self._record_args(core, ticket, outcome)
+        # Measured once: a failed Redis call must not make the call itself look slow.
+        slow = core.is_slow(ticket)
+        args = self._record_args(core, ticket, outcome, slow)
         if args is None:
             return
         if ticket.via_fallback:
@@ -321,7 +323,7 @@ class CircuitBreaker:
         try:
             raw = yield "record", args
         except BackendUnavailableError:
-            self._record_in_fallback(outcome, core.is_slow(ticket))
+            self._record_in_fallback(outcome, slow)
             return
         self._apply(core, raw)
 
@@ -386,10 +388,9 @@ class CircuitBreaker:
         return self._fallback_core if ticket.via_fallback else self._core
 
     def _record_args(
-        self, core: BreakerCore, ticket: Ticket, outcome: Outcome
+        self, core: BreakerCore, ticket: Ticket, outcome: Outcome, slow: bool
     ) -> list[str | int | float] | None:
         """The ``record`` arguments for this outcome, or None when no round trip is due."""
-        slow = core.is_slow(ticket)
         absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
         if absorbed and not core.flush_due():
             return None
@@ -397,18 +398,7 @@ class CircuitBreaker:
         sent: Outcome = "none" if absorbed else outcome
         if sent in ("none", "release") and not ticket.lease_id and flush.count == 0:
             return None
-        return record_args(
-            self.config,
-            self.name,
-            generation=ticket.generation,
-            lease_id=ticket.lease_id,
-            outcome=sent,
-            slow=slow,
-            batched=flush.count,
-            seen_last_failure_at=flush.seen_last_failure_at,
-            jitter_sample=random.random(),
-            now_ms=self._clock.epoch_ms(),
-        )
+        return self._record_request(ticket.generation, ticket.lease_id, sent, slow, flush)
 
     def _flush_args(self) -> list[str | int | float] | None:
         view = self._core.view
@@ -417,15 +407,20 @@ class CircuitBreaker:
         flush = self._core.take_flush(view.generation)
         if flush.count == 0:
             return None
+        return self._record_request(flush.generation, "", "none", False, flush)
+
+    def _record_request(
+        self, generation: int, lease_id: str, outcome: Outcome, slow: bool, flush: Flush | None
+    ) -> list[str | int | float]:
         return record_args(
             self.config,
             self.name,
-            generation=flush.generation,
-            lease_id="",
-            outcome="none",
-            slow=False,
-            batched=flush.count,
-            seen_last_failure_at=flush.seen_last_failure_at,
+            generation=generation,
+            lease_id=lease_id,
+            outcome=outcome,
+            slow=slow,
+            batched=flush.count if flush else 0,
+            seen_last_failure_at=flush.seen_last_failure_at if flush else 0,
             jitter_sample=random.random(),
             now_ms=self._clock.epoch_ms(),
         )
@@ -462,19 +457,9 @@ class CircuitBreaker:
             ticket = self._admit_fallback(None)
         except CircuitOpenError:
             return
-        args = record_args(
-            self.config,
-            self.name,
-            generation=ticket.generation,
-            lease_id=ticket.lease_id,
-            outcome=outcome,
-            slow=slow,
-            batched=0,
-            seen_last_failure_at=0,
-            jitter_sample=random.random(),
-            now_ms=self._clock.epoch_ms(),
+        self._record_in_fallback_now(
+            self._record_request(ticket.generation, ticket.lease_id, outcome, slow, None)
         )
-        self._record_in_fallback_now(args)
 
     # -- events --------------------------------------------------------------------
 
