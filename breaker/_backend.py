@@ -110,8 +110,8 @@ class BackendHealth:
 class Backend:
     """Scripts bound to one client, with the health of that client.
 
-    ``sync`` and ``async_`` say which calling styles it serves: a redis-py client
-    serves one, the embedded backend (in memory) serves both.
+    ``serves_sync`` and ``serves_async`` say which calling styles it serves: a redis-py
+    client serves one, the embedded backend (in memory) serves both.
     """
 
     def __init__(

@@ -74,6 +74,9 @@ class EventHub:
     def start_thread(self) -> None:
         if self.client is None:
             return
+        running = self._thread
+        if running is not None and running.is_alive():
+            return  # every sync call asks: once running, answer without the lock
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
