@@ -123,6 +123,29 @@ local function to_closed(reason)
   transition('closed', reason)
 end
 
+-- Calls, failures and slow calls ("c", "f", "s") summed over the buckets of the
+-- window that ends at bucket ``current``. With ``prune``, the buckets that slid out
+-- are deleted (a read-only caller passes false).
+local function window_sums(current, buckets, prune)
+  local flat = redis.call('HGETALL', KEYS[2])
+  local sums = { c = 0, f = 0, s = 0 }
+  local expired = {}
+  local oldest = current - buckets + 1
+  for i = 1, #flat, 2 do
+    local sep = string.find(flat[i], ':', 1, true)
+    if tonumber(string.sub(flat[i], 1, sep - 1)) < oldest then
+      expired[#expired + 1] = flat[i]
+    else
+      local kind = string.sub(flat[i], sep + 1)
+      sums[kind] = sums[kind] + tonumber(flat[i + 1])
+    end
+  end
+  if prune and #expired > 0 then
+    redis.call('HDEL', KEYS[2], unpack(expired))
+  end
+  return sums
+end
+
 -- The reply shared by every script: the verdict, then the local view every caller
 -- refreshes from it, then the JSON of the transitions this call made.
 local function reply(verdict, extra)

@@ -47,8 +47,8 @@ local function open(reason)
 end
 
 -- The window: fields "<bucket>:c" (calls), "<bucket>:f" (failures), "<bucket>:s"
--- (slow calls). Reading it prunes the buckets that slid out, so its size and the
--- cost of this script stay O(buckets), whatever the call rate.
+-- (slow calls). Summing it here prunes the buckets that slid out, so its size and
+-- the cost of this script stay O(buckets), whatever the call rate.
 local current = math.floor(NOW / bucket_ms)
 local function count(calls, failures, slows)
   local prefix = int(current) .. ':'
@@ -59,27 +59,6 @@ local function count(calls, failures, slows)
   if slows > 0 then
     redis.call('HINCRBY', KEYS[2], prefix .. 's', slows)
   end
-end
-
-local function window_sums()
-  local flat = redis.call('HGETALL', KEYS[2])
-  local sums = { c = 0, f = 0, s = 0 }
-  local expired = {}
-  local oldest = current - buckets + 1
-  for i = 1, #flat, 2 do
-    local sep = string.find(flat[i], ':', 1, true)
-    local bucket = tonumber(string.sub(flat[i], 1, sep - 1))
-    if bucket < oldest then
-      expired[#expired + 1] = flat[i]
-    else
-      local kind = string.sub(flat[i], sep + 1)
-      sums[kind] = sums[kind] + tonumber(flat[i + 1])
-    end
-  end
-  if #expired > 0 then
-    redis.call('HDEL', KEYS[2], unpack(expired))
-  end
-  return sums
 end
 
 local counting = S.state == 'closed' or S.state == 'disabled'
@@ -122,7 +101,7 @@ elseif (outcome == 'success' or outcome == 'failure') and counting
     S.failures = S.failures + 1
     S.last_failure_at = NOW
   end
-  local sums = window_sums()
+  local sums = window_sums(current, buckets, true)
   if S.state == 'closed' then
     if S.failures >= failure_threshold then
       open('failure_threshold')

@@ -10,17 +10,7 @@
 --           {opened_at, reopens, trial_successes, leases, calls, failed, slow}
 --           where calls, failed and slow are summed over the live window
 
-local bucket_ms = tonumber(ARGV[5])
-local oldest = math.floor(NOW / bucket_ms) - tonumber(ARGV[6]) + 1
-local flat = redis.call('HGETALL', KEYS[2])
-local sums = { c = 0, f = 0, s = 0 }
-for i = 1, #flat, 2 do
-  local sep = string.find(flat[i], ':', 1, true)
-  if tonumber(string.sub(flat[i], 1, sep - 1)) >= oldest then
-    local kind = string.sub(flat[i], sep + 1)
-    sums[kind] = sums[kind] + tonumber(flat[i + 1])
-  end
-end
+local sums = window_sums(math.floor(NOW / tonumber(ARGV[5])), tonumber(ARGV[6]), false)
 local leases = redis.call('ZCOUNT', KEYS[3], '(' .. int(NOW), '+inf')
 return reply('snapshot', cjson.encode({
   opened_at = S.opened_at, reopens = S.reopens, trial_successes = S.trial_successes,
