@@ -1,7 +1,8 @@
 """fleetbreaker's library: one circuit breaker per upstream, in Redis, for the whole fleet.
 
->>> from breaker import CircuitBreaker, CircuitOpenError
+>>> from breaker import CircuitBreaker, CircuitOpenError, RetryPolicy
 >>> cb = CircuitBreaker("inventory", failure_threshold=5, reset_timeout=10.0)
+>>> retry = RetryPolicy(attempts=3, deadline=10.0).bind(cb)
 """
 
 from __future__ import annotations
@@ -15,19 +16,45 @@ from ._exceptions import (
     ConfigurationError,
 )
 from ._keys import BreakerKeys, escape_name, events_channel
-from ._protocol import BreakerSnapshot, TransitionEvent
+from ._policy import (
+    IDEMPOTENT_METHODS,
+    RETRY_EXCEPTIONS,
+    RETRY_STATUSES,
+    Attempt,
+    RetryBudget,
+    RetryDetails,
+    RetryHook,
+    RetryPolicy,
+    parse_retry_after,
+)
+from ._protocol import BreakerSnapshot, BudgetVerdict, TransitionEvent
+from ._retrying import ATTEMPTS_EXTENSION, Retrier, attempts_of, current_attempt
 
 __all__ = [
+    "ATTEMPTS_EXTENSION",
+    "IDEMPOTENT_METHODS",
+    "RETRY_EXCEPTIONS",
+    "RETRY_STATUSES",
+    "Attempt",
     "BackendUnavailableError",
     "BreakerConfig",
     "BreakerError",
     "BreakerKeys",
     "BreakerSettings",
     "BreakerSnapshot",
+    "BudgetVerdict",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "Retrier",
+    "RetryBudget",
+    "RetryDetails",
+    "RetryHook",
+    "RetryPolicy",
     "TransitionEvent",
+    "attempts_of",
+    "current_attempt",
     "escape_name",
     "events_channel",
+    "parse_retry_after",
 ]

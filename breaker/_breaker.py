@@ -32,13 +32,17 @@ from ._core import BreakerCore, Flush, Ticket
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
 from ._keys import BreakerKeys, events_channel
+from ._policy import RetryBudget
 from ._protocol import (
     BreakerSnapshot,
+    BudgetVerdict,
     ControlAction,
     Outcome,
     TransitionEvent,
     acquire_args,
+    budget_args,
     control_args,
+    decode_budget,
     decode_reply,
     decode_snapshot,
     record_args,
@@ -109,6 +113,11 @@ class CircuitBreaker:
         view = self._core.view
         state = view.state if view else "unknown"
         return f"<CircuitBreaker {self.name!r} {state} on {self._backend.kind}>"
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this breaker measures calls with (a retrier bound to it shares it)."""
+        return self._clock
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every transition of this breaker, in any process.
@@ -238,6 +247,21 @@ class CircuitBreaker:
         self._require(sync=True)
         self._run(self._flush())
 
+    def spend_retry(self, budget: RetryBudget) -> BudgetVerdict:
+        """Take one retry from the fleet's budget of this breaker (1 round trip).
+
+        Granted while the retries in the window stay under ``budget.ratio`` of the
+        fleet's first attempts there, or under the floor. A granted retry is counted
+        at once; a refused one is counted too (``snapshot().window_retries_refused``).
+        """
+        self._require(sync=True)
+        return self._run(self._spend_retry(budget))
+
+    async def aspend_retry(self, budget: RetryBudget) -> BudgetVerdict:
+        """``spend_retry`` for a breaker on an asyncio client."""
+        self._require(sync=False)
+        return await self._arun(self._spend_retry(budget))
+
     async def areset(self) -> None:
         """``reset`` for a breaker on an asyncio client."""
         self._require(sync=False)
@@ -335,6 +359,23 @@ class CircuitBreaker:
         raw = yield "snapshot", snapshot_args(self.config, self.name, self._clock.epoch_ms())
         return decode_snapshot(self.name, raw, self._backend.kind)
 
+    def _spend_retry(self, budget: RetryBudget) -> Steps[BudgetVerdict]:
+        args = budget_args(
+            self.config,
+            self.name,
+            ratio=budget.ratio,
+            min_retries_per_second=budget.min_retries_per_second,
+            now_ms=self._clock.epoch_ms(),
+        )
+        try:
+            raw = yield "budget", args
+        except BackendUnavailableError:
+            if self.config.on_backend_error == "fail_closed":
+                return BudgetVerdict(granted=False, retries=0, requests=0, limit=0.0)
+            # The fallback breaker counts this process's calls: budget against those.
+            raw = fallback_backend().run(self.name, "budget", self._key_list, args)
+        return decode_budget(raw)
+
     def _flush(self) -> Steps[None]:
         args = self._flush_args()
         if args is None:
@@ -358,6 +399,16 @@ class CircuitBreaker:
             raise TypeError(
                 f"breaker {self.name!r} uses a sync Redis client: use 'with' and 'cb.call(fn)'"
             )
+
+    def _rejection_now(self) -> CircuitOpenError | None:
+        """The ``CircuitOpenError`` a call would get now, from the local view alone (no
+        round trip): lets a retrier stop before it waits, not after."""
+        core = self._fallback_core if self._backend.health.is_down() else self._core
+        try:
+            core.admit_locally()
+        except CircuitOpenError as rejection:
+            return rejection
+        return None
 
     def _plan(self) -> Ticket | str:
         """A ticket when no round trip is needed, else a fresh lease id to acquire with."""

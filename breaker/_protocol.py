@@ -196,6 +196,45 @@ def snapshot_args(config: BreakerConfig, name: str, now_ms: int | None) -> list[
     return [*_common(config, name, now_ms), _ms(config.window_bucket), config.buckets]
 
 
+def budget_args(
+    config: BreakerConfig,
+    name: str,
+    *,
+    ratio: float,
+    min_retries_per_second: float,
+    now_ms: int | None,
+) -> list[str | int]:
+    """Ask ``budget.lua`` for one retry; the floor is a rate, turned into a window count."""
+    return [
+        *_common(config, name, now_ms),
+        _ms(config.window_bucket),
+        config.buckets,
+        repr(float(ratio)),
+        repr(float(min_retries_per_second * config.buckets * config.window_bucket)),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    """``budget.lua``'s answer, with the window's figures as they stood when it asked."""
+
+    granted: bool
+    retries: int
+    requests: int
+    limit: float
+
+
+def decode_budget(raw: list[Any]) -> BudgetVerdict:
+    reply = decode_reply(raw)
+    detail = json.loads(reply.extra)
+    return BudgetVerdict(
+        granted=reply.verdict == "granted",
+        retries=int(detail["retries"]),
+        requests=int(detail["requests"]),
+        limit=float(detail["limit"]),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerSnapshot:
     """A consistent read of one breaker. Times are epoch ms of the Redis clock (0: never)."""
@@ -215,6 +254,8 @@ class BreakerSnapshot:
     window_calls: int
     window_failures: int
     window_slow_calls: int
+    window_retries: int
+    window_retries_refused: int
     backend: Literal["redis", "embedded", "fallback"]
 
     def as_dict(self) -> dict[str, Any]:
@@ -242,5 +283,7 @@ def decode_snapshot(
         window_calls=int(detail["calls"]),
         window_failures=int(detail["failed"]),
         window_slow_calls=int(detail["slow"]),
+        window_retries=int(detail["retries"]),
+        window_retries_refused=int(detail["refused"]),
         backend=backend,
     )

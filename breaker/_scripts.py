@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-SCRIPT_NAMES = ("acquire", "control", "record", "snapshot")
+SCRIPT_NAMES = ("acquire", "budget", "control", "record", "snapshot")
 _PRELUDE = "_prelude"
 
 
@@ -32,6 +32,7 @@ class Scripts:
     """The breaker scripts registered on one client (sync ``Script`` or ``AsyncScript``)."""
 
     acquire: Any
+    budget: Any
     control: Any
     record: Any
     snapshot: Any

@@ -123,12 +123,12 @@ local function to_closed(reason)
   transition('closed', reason)
 end
 
--- Calls, failures and slow calls ("c", "f", "s") summed over the buckets of the
--- window that ends at bucket ``current``. With ``prune``, the buckets that slid out
+-- Calls, failures, slow calls, retries and retries refused ("c", "f", "s", "r", "d")
+-- summed over the buckets of the window that ends at bucket ``current``. With ``prune``, the buckets that slid out
 -- are deleted (a read-only caller passes false).
 local function window_sums(current, buckets, prune)
   local flat = redis.call('HGETALL', KEYS[2])
-  local sums = { c = 0, f = 0, s = 0 }
+  local sums = { c = 0, f = 0, s = 0, r = 0, d = 0 }
   local expired = {}
   local oldest = current - buckets + 1
   for i = 1, #flat, 2 do

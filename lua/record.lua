@@ -47,7 +47,8 @@ local function open(reason)
 end
 
 -- The window: fields "<bucket>:c" (calls), "<bucket>:f" (failures), "<bucket>:s"
--- (slow calls). Summing it here prunes the buckets that slid out, so its size and
+-- (slow calls); budget.lua adds "<bucket>:r" and "<bucket>:d" (retries granted and
+-- refused). Summing it here prunes the buckets that slid out, so its size and
 -- the cost of this script stay O(buckets), whatever the call rate.
 local current = math.floor(NOW / bucket_ms)
 local function count(calls, failures, slows)
