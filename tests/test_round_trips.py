@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from breaker import CircuitBreaker, CircuitOpenError
+from breaker import CircuitBreaker, CircuitOpenError, RetryPolicy
 from breaker.testing import ManualClock
 from tests.support.servers import RedisServer
 
@@ -156,3 +156,34 @@ def test_async_closed_success_costs_one_round_trip(
 
     delta = asyncio.run(scenario())
     assert {k: v for k, v in delta.items() if v} == {"evalsha": 20}
+
+
+def test_a_retried_call_that_succeeds_at_once_costs_no_more(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    retrier = RetryPolicy().bind(cb)
+    succeed(cb)
+    assert commands_during(redis_server, repeat(50, lambda: retrier.call(lambda: None))) == {
+        "evalsha": 50
+    }
+
+
+def test_a_retry_costs_one_budget_round_trip(redis_server: RedisServer, clock: ManualClock) -> None:
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
+    retrier = RetryPolicy(attempts=2).bind(cb)
+    succeed(cb)
+
+    def fails_once() -> Callable[[], None]:
+        calls = []
+
+        def call() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConnectionError
+
+        return call
+
+    retrier.call(fails_once())  # loads the budget script
+    # record the failure, ask the budget, record the success.
+    assert commands_during(redis_server, lambda: retrier.call(fails_once())) == {"evalsha": 3}

@@ -1,0 +1,99 @@
+"""The fleet-wide retry budget (``budget.lua``) on every backend: how much room the
+window gives, what counts against it, and what operators see of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from breaker import CircuitBreaker, RetryBudget
+from tests.conftest import Harness
+
+NO_FLOOR = 0.0
+
+
+def first_attempts(cb: CircuitBreaker, count: int) -> None:
+    for _ in range(count):
+        cb.call(lambda: None)
+
+
+def grants(cb: CircuitBreaker, budget: RetryBudget, asks: int) -> list[bool]:
+    return [cb.spend_retry(budget).granted for _ in range(asks)]
+
+
+def test_retries_may_add_the_ratio_of_the_fleets_first_attempts(harness: Harness) -> None:
+    cb = harness.breaker()
+    first_attempts(cb, 10)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=NO_FLOOR)
+    assert grants(cb, budget, 4) == [True, True, False, False]
+
+
+def test_the_verdict_tells_the_window_figures_it_judged_by(harness: Harness) -> None:
+    cb = harness.breaker()
+    first_attempts(cb, 10)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=NO_FLOOR)
+    cb.spend_retry(budget)
+    verdict = cb.spend_retry(budget)
+    # The first retry counts at once, but its own call only once it is recorded:
+    # meanwhile first attempts read calls - retries = 10 - 1, erring towards fewer.
+    assert (verdict.granted, verdict.retries, verdict.requests, verdict.limit) == (
+        True,
+        1,
+        9,
+        pytest.approx(1.8),
+    )
+
+
+def test_a_recorded_retry_does_not_count_as_a_first_attempt(harness: Harness) -> None:
+    cb = harness.breaker()
+    first_attempts(cb, 10)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=NO_FLOOR)
+    assert grants(cb, budget, 2) == [True, True]
+    first_attempts(cb, 2)  # the two retries' own calls
+    # Twelve calls recorded, two of them retries: still ten first attempts.
+    assert cb.spend_retry(budget).granted is False
+
+
+def test_the_floor_lets_a_quiet_service_retry(harness: Harness) -> None:
+    cb = harness.breaker(window=10.0)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.5)
+    # 0.5 retries per second over a 10 s window: 5 retries with no traffic at all.
+    assert grants(cb, budget, 6) == [True] * 5 + [False]
+
+
+def test_retries_slide_out_with_the_window(harness: Harness) -> None:
+    cb = harness.breaker(window=10.0)
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
+    assert grants(cb, budget, 2) == [True, False]
+    harness.clock.advance(10.0)
+    assert grants(cb, budget, 2) == [True, False]
+
+
+def test_operators_see_retries_and_refusals_in_the_snapshot(harness: Harness) -> None:
+    cb = harness.breaker()
+    first_attempts(cb, 5)
+    grants(cb, RetryBudget(ratio=0.2, min_retries_per_second=NO_FLOOR), 3)
+    snapshot = cb.snapshot()
+    assert (snapshot.window_retries, snapshot.window_retries_refused) == (1, 2)
+
+
+def test_the_budget_counters_live_in_the_breakers_window_hash(harness: Harness) -> None:
+    cb = harness.breaker()
+    grants(cb, RetryBudget(ratio=0.0, min_retries_per_second=0.1), 2)
+    fields = harness.hash(cb.keys.window)
+    assert sorted(field.split(":")[1] for field in fields) == ["d", "r"]
+    assert harness.raw.pttl(cb.keys.window) > 0
+
+
+def test_a_breaker_that_closes_again_starts_a_fresh_budget(harness: Harness) -> None:
+    cb = harness.breaker(failure_threshold=1, reset_timeout=5.0)
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
+    assert grants(cb, budget, 2) == [True, False]
+    with pytest.raises(ConnectionError):
+        cb.call(_refused)
+    harness.clock.advance(5.0)
+    cb.call(lambda: None)  # the trial closes it
+    assert grants(cb, budget, 1) == [True]
+
+
+def _refused() -> None:
+    raise ConnectionError
