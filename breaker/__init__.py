@@ -29,11 +29,19 @@ from ._policy import (
 )
 from ._protocol import BreakerSnapshot, BudgetVerdict, TransitionEvent
 from ._retrying import ATTEMPTS_EXTENSION, Retrier, attempts_of, current_attempt
+from ._transport import (
+    RETRY_EXTENSION,
+    ResilientTransport,
+    SyncResilientTransport,
+    is_server_error,
+    origin_of,
+)
 
 __all__ = [
     "ATTEMPTS_EXTENSION",
     "IDEMPOTENT_METHODS",
     "RETRY_EXCEPTIONS",
+    "RETRY_EXTENSION",
     "RETRY_STATUSES",
     "Attempt",
     "BackendUnavailableError",
@@ -46,15 +54,19 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "ResilientTransport",
     "Retrier",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "SyncResilientTransport",
     "TransitionEvent",
     "attempts_of",
     "current_attempt",
     "escape_name",
     "events_channel",
+    "is_server_error",
+    "origin_of",
     "parse_retry_after",
 ]

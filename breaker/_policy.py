@@ -170,8 +170,7 @@ class RetryPolicy:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError("attempts", f"must be an integer >= 1, got {attempts!r}")
         if not isinstance(retry_exceptions, tuple) or not all(
-            isinstance(kind, type) and issubclass(kind, BaseException)
-            for kind in retry_exceptions
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_exceptions
         ):
             raise ConfigurationError("retry_exceptions", "must be a tuple of exception types")
         if budget is not None and not isinstance(budget, RetryBudget):

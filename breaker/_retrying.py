@@ -111,9 +111,10 @@ def _operation(
     clock: Clock,
     *,
     budgeted: bool,
-    replayable: bool,
-    opted_in: bool,
+    repeatable: bool | None,
 ) -> _Steps:
+    """``repeatable``: whether the request may be sent again (a transport knows), or
+    None to judge by the request an outcome carries (a plain function's have none)."""
     deadline_at = None if policy.deadline is None else clock.monotonic() + policy.deadline
     number = 0
     while True:
@@ -122,9 +123,9 @@ def _operation(
         if _rejected_here(outcome.error, name):
             return outcome, number - 1
         cause = outcome.cause
-        if not (replayable and policy.wants_retry(cause)):
+        if repeatable is False or not policy.wants_retry(cause):
             return outcome, number
-        if not opted_in and not policy.allows_method(*request_of(cause)):
+        if repeatable is None and not policy.allows_method(*request_of(cause)):
             return outcome, number
         if number >= policy.attempts:
             _tell(policy, RetryDetails(name, number, None, cause, "attempts"))
@@ -253,12 +254,8 @@ class Retrier:
         """Run ``fn(*args, **kwargs)`` under the policy; await it if ``fn`` is async."""
         name = _name_of(self.breaker, fn)
         if inspect.iscoroutinefunction(fn):
-            return self._adrive(
-                lambda attempt: fn(*args, **kwargs), name, replayable=True, opted_in=False
-            )
-        return self._drive(
-            lambda attempt: fn(*args, **kwargs), name, replayable=True, opted_in=False
-        )
+            return self._adrive(lambda attempt: fn(*args, **kwargs), name, repeatable=None)
+        return self._drive(lambda attempt: fn(*args, **kwargs), name, repeatable=None)
 
     def __call__(self, fn: F) -> F:
         """Use the retrier as a decorator, on a sync or an async function."""
@@ -276,15 +273,14 @@ class Retrier:
 
         return cast(F, retried)
 
-    def _operation(self, name: str, *, replayable: bool, opted_in: bool) -> _Steps:
+    def _operation(self, name: str, *, repeatable: bool | None) -> _Steps:
         budgeted = self.breaker is not None and self.policy.budget is not None
         return _operation(
             self.policy,
             name,
             self.clock,
             budgeted=budgeted,
-            replayable=replayable,
-            opted_in=opted_in,
+            repeatable=repeatable,
         )
 
     def _drive(
@@ -292,10 +288,9 @@ class Retrier:
         attempt_fn: Callable[[Attempt], T],
         name: str,
         *,
-        replayable: bool,
-        opted_in: bool,
+        repeatable: bool | None,
     ) -> T:
-        steps = self._operation(name, replayable=replayable, opted_in=opted_in)
+        steps = self._operation(name, repeatable=repeatable)
         step = next(steps)
         while True:
             reply: Any = None
@@ -321,11 +316,10 @@ class Retrier:
         attempt_fn: Callable[[Attempt], Awaitable[T]],
         name: str,
         *,
-        replayable: bool,
-        opted_in: bool,
+        repeatable: bool | None,
         enforce_timeout: bool = True,
     ) -> T:
-        steps = self._operation(name, replayable=replayable, opted_in=opted_in)
+        steps = self._operation(name, repeatable=repeatable)
         step = next(steps)
         while True:
             reply: Any = None

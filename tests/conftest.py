@@ -27,6 +27,7 @@ from breaker import CircuitBreaker
 from breaker._backend import embedded_backend, fallback_backend
 from breaker.testing import ManualClock
 from tests.support.servers import RedisServer, text_hash
+from tests.support.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
@@ -145,3 +146,12 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    """A real HTTP upstream (uvicorn, in a thread) that answers as the test plans."""
+    server = Upstream()
+    server.start()
+    yield server
+    server.close_port()

@@ -1,0 +1,194 @@
+"""httpx transports that put a shared breaker and a retry policy around every request.
+
+``ResilientTransport`` (for ``httpx.AsyncClient``) and ``SyncResilientTransport`` (for
+``httpx.Client``) are twins, like httpx's own ``AsyncHTTPTransport`` and
+``HTTPTransport``. Each wraps an inner transport and passes ``close`` through.
+
+- One breaker per origin (``scheme://host:port``) by default, or named by a function
+  of the request; a response with a 5xx status counts as a failure of its breaker.
+- Each attempt gets the per-try timeout, within the deadline, as httpx's own timeouts,
+  so a slow upstream ends in ``httpx.TimeoutException`` like any other.
+- A body that cannot be replayed (a generator or a file stream) is sent once.
+- ``request.extensions["fleetbreaker.retry"]``: True opts a request in whatever its
+  method, False opts it out of retries.
+- The response carries the number of attempts in
+  ``response.extensions["fleetbreaker.attempts"]``; an exception carries it too
+  (``attempts_of``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from ._breaker import CircuitBreaker
+from ._clock import Clock
+from ._config import BreakerConfig
+from ._policy import Attempt, RetryPolicy
+from ._retrying import Retrier
+
+#: A request extension: True retries the request whatever its method, False never.
+RETRY_EXTENSION = "fleetbreaker.retry"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(request: httpx.Request) -> str:
+    """The breaker name of a request: its origin, ``scheme://host:port``."""
+    url = request.url
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+    return f"{url.scheme}://{host}:{port}"
+
+
+def is_server_error(result: Any) -> bool:
+    """The transports' default failure predicate: a response with a 5xx status."""
+    return isinstance(result, httpx.Response) and result.status_code >= 500
+
+
+class _Breakers:
+    """The breakers of one transport, one per name, created on first use."""
+
+    def __init__(
+        self,
+        redis: Any,
+        config: BreakerConfig | None,
+        name_of: Callable[[httpx.Request], str],
+        clock: Clock | None,
+    ) -> None:
+        config = config if config is not None else BreakerConfig()
+        if config.failure_predicate is None:
+            config = dataclasses.replace(config, failure_predicate=is_server_error)
+        self._redis = redis
+        self._config = config
+        self._clock = clock
+        self.name_of = name_of
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.get(name)
+                if breaker is None:
+                    breaker = CircuitBreaker(
+                        name, redis=self._redis, config=self._config, clock=self._clock
+                    )
+                    self._breakers[name] = breaker
+        return breaker
+
+
+def _repeatable(request: httpx.Request, policy: RetryPolicy) -> bool:
+    """Whether this request may be sent again: its body can be replayed, and the
+    caller opted it in or its method (or an ``Idempotency-Key``) allows it."""
+    choice = request.extensions.get(RETRY_EXTENSION)
+    if choice is False or not isinstance(request.stream, httpx.ByteStream):
+        return False
+    return choice is True or policy.allows_method(request.method, request.headers)
+
+
+def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
+    """Give this attempt httpx timeouts no longer than the attempt may take."""
+    if attempt.timeout is None:
+        return
+    limit = attempt.timeout
+    current = timeouts if isinstance(timeouts, dict) else {}
+    request.extensions = {
+        **request.extensions,
+        "timeout": {
+            phase: limit if current.get(phase) is None else min(current[phase], limit)
+            for phase in ("connect", "read", "write", "pool")
+        },
+    }
+
+
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncClient`` transport with a fleet-wide breaker and retries.
+
+    >>> import httpx
+    >>> client = httpx.AsyncClient(transport=ResilientTransport())
+
+    ``redis`` is a ``redis.asyncio.Redis`` (None: the embedded backend);
+    ``breaker_config`` applies to every breaker this transport creates.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        redis: Any = None,
+        retry: RetryPolicy | None = None,
+        breaker_config: BreakerConfig | None = None,
+        breaker_name: Callable[[httpx.Request], str] = origin_of,
+        clock: Clock | None = None,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._breakers = _Breakers(redis, breaker_config, breaker_name, clock)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
+        return self._breakers.get(name)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        breaker = self._breakers.get(self._breakers.name_of(request))
+        timeouts = request.extensions.get("timeout")
+
+        async def attempt(attempt: Attempt) -> httpx.Response:
+            _bounded(request, timeouts, attempt)
+            return await self._inner.handle_async_request(request)
+
+        return await Retrier(self.retry, breaker)._adrive(
+            attempt,
+            breaker.name,
+            repeatable=_repeatable(request, self.retry),
+            enforce_timeout=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class SyncResilientTransport(httpx.BaseTransport):
+    """The ``httpx.Client`` twin of ``ResilientTransport`` (``redis``: a ``redis.Redis``).
+
+    >>> import httpx
+    >>> client = httpx.Client(transport=SyncResilientTransport())
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        redis: Any = None,
+        retry: RetryPolicy | None = None,
+        breaker_config: BreakerConfig | None = None,
+        breaker_name: Callable[[httpx.Request], str] = origin_of,
+        clock: Clock | None = None,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._breakers = _Breakers(redis, breaker_config, breaker_name, clock)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
+        return self._breakers.get(name)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        breaker = self._breakers.get(self._breakers.name_of(request))
+        timeouts = request.extensions.get("timeout")
+
+        def attempt(attempt: Attempt) -> httpx.Response:
+            _bounded(request, timeouts, attempt)
+            return self._inner.handle_request(request)
+
+        return Retrier(self.retry, breaker)._drive(
+            attempt, breaker.name, repeatable=_repeatable(request, self.retry)
+        )
+
+    def close(self) -> None:
+        self._inner.close()

@@ -1,0 +1,342 @@
+"""The httpx transports against a real upstream (uvicorn), on every backend, sync and
+async. Waits are recorded by a ``ManualClock``; only per-try timeouts run for real,
+and they are a few hundredths of a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from breaker import (
+    ATTEMPTS_EXTENSION,
+    RETRY_EXTENSION,
+    BreakerConfig,
+    BreakerSnapshot,
+    CircuitBreaker,
+    CircuitOpenError,
+    ResilientTransport,
+    RetryPolicy,
+    SyncResilientTransport,
+    attempts_of,
+    origin_of,
+)
+from breaker.testing import ManualClock, set_testing
+from tests.support.upstream import Reply, Upstream
+
+NO_TRIP = BreakerConfig(failure_threshold=1_000_000)
+
+
+@dataclass
+class Caller:
+    """Sends one request through a fresh resilient transport of one kind.
+
+    ``sync-*`` kinds use ``SyncResilientTransport`` on ``httpx.Client``, ``async-*``
+    ones ``ResilientTransport`` on ``httpx.AsyncClient``; ``*-redis`` kinds keep the
+    breakers in the real Redis, ``*-embedded`` ones in the embedded backend.
+    """
+
+    kind: str
+    redis_url: str | None
+    upstream: Upstream
+    clock: ManualClock
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: RetryPolicy | None = None,
+        config: BreakerConfig = NO_TRIP,
+        base: str | None = None,
+        real_clock: bool = False,
+        **request: Any,
+    ) -> httpx.Response:
+        url = (base or self.upstream.url) + path
+        settings: dict[str, Any] = {
+            "retry": retry or RetryPolicy(),
+            "breaker_config": config,
+            "clock": None if real_clock else self.clock,
+        }
+        if self.kind.startswith("sync"):
+            client = redis.Redis.from_url(self.redis_url) if self.redis_url else None
+            transport = SyncResilientTransport(redis=client, **settings)
+            with httpx.Client(transport=transport) as http:
+                return http.request(method, url, **request)
+
+        async def scenario() -> httpx.Response:
+            client = aioredis.Redis.from_url(self.redis_url) if self.redis_url else None
+            transport = ResilientTransport(redis=client, **settings)
+            try:
+                async with httpx.AsyncClient(transport=transport) as http:
+                    return await http.request(method, url, **request)
+            finally:
+                if client is not None:
+                    await client.aclose()
+
+        return asyncio.run(scenario())
+
+    def snapshot(self, name: str | None = None) -> BreakerSnapshot:
+        client = redis.Redis.from_url(self.redis_url) if self.redis_url else None
+        name = name or origin_of(httpx.Request("GET", self.upstream.url))
+        return CircuitBreaker(name, redis=client, clock=self.clock).snapshot()
+
+
+@pytest.fixture(params=["sync-redis", "sync-embedded", "async-redis", "async-embedded"])
+def caller(request: pytest.FixtureRequest, upstream: Upstream) -> Caller:
+    url = None
+    if request.param.endswith("redis"):
+        request.getfixturevalue("sync_redis")  # flushes the test db around the test
+        url = request.getfixturevalue("redis_url")
+    return Caller(request.param, url, upstream, ManualClock())
+
+
+def http_date(epoch: float) -> str:
+    return format_datetime(datetime.fromtimestamp(epoch, UTC), usegmt=True)
+
+
+# -- what is retried -------------------------------------------------------------------
+
+
+def test_a_transient_status_is_retried_until_success(caller: Caller) -> None:
+    caller.upstream.plan("/flaky", Reply(503), Reply(502), Reply(200, body=b"fine"))
+    response = caller.send("GET", "/flaky")
+    assert (response.status_code, response.text) == (200, "fine")
+    assert len(caller.upstream.hits_on("/flaky")) == 3
+    assert response.extensions[ATTEMPTS_EXTENSION] == 3
+    waits = caller.clock.sleeps
+    assert len(waits) == 2
+    assert 0 <= waits[0] <= 0.1
+    assert 0 <= waits[1] <= 0.2
+
+
+def test_when_attempts_run_out_the_last_response_passes_through(caller: Caller) -> None:
+    caller.upstream.plan("/down", Reply(503, body=b"maintenance"))
+    response = caller.send("GET", "/down", retry=RetryPolicy(attempts=4))
+    assert (response.status_code, response.text) == (503, "maintenance")
+    assert (len(caller.upstream.hits_on("/down")), attempts_of(response)) == (4, 4)
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 500])
+def test_other_statuses_are_sent_once(caller: Caller, status: int) -> None:
+    caller.upstream.plan("/x", Reply(status))
+    assert caller.send("GET", "/x").status_code == status
+    assert len(caller.upstream.hits_on("/x")) == 1
+
+
+def test_a_server_error_counts_against_the_breaker(caller: Caller) -> None:
+    caller.upstream.plan("/x", Reply(500))
+    caller.send("GET", "/x")
+    snapshot = caller.snapshot()
+    assert (snapshot.failures, snapshot.window_failures) == (1, 1)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"])
+def test_idempotent_methods_are_retried(caller: Caller, method: str) -> None:
+    caller.upstream.plan("/m", Reply(503))
+    assert caller.send(method, "/m").status_code == 503
+    assert [hit.method for hit in caller.upstream.hits_on("/m")] == [method] * 3
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_other_methods_are_never_retried_by_default(caller: Caller, method: str) -> None:
+    caller.upstream.plan("/m", Reply(503))
+    assert caller.send(method, "/m", content=b"order").status_code == 503
+    assert len(caller.upstream.hits_on("/m")) == 1
+
+
+def test_a_post_with_an_idempotency_key_is_retried_with_its_body(caller: Caller) -> None:
+    caller.upstream.plan("/orders", Reply(503), Reply(201))
+    response = caller.send(
+        "POST", "/orders", content=b'{"qty": 1}', headers={"Idempotency-Key": "order-42"}
+    )
+    assert response.status_code == 201
+    assert [hit.body for hit in caller.upstream.hits_on("/orders")] == [b'{"qty": 1}'] * 2
+
+
+def test_a_request_can_opt_in_or_out_of_retries(caller: Caller) -> None:
+    caller.upstream.plan("/m", Reply(503))
+    caller.send("POST", "/m", extensions={RETRY_EXTENSION: True})
+    assert len(caller.upstream.hits_on("/m")) == 3
+    caller.send("GET", "/m", extensions={RETRY_EXTENSION: False})
+    assert len(caller.upstream.hits_on("/m")) == 4
+
+
+def test_a_streamed_body_that_cannot_be_replayed_is_sent_once(caller: Caller) -> None:
+    caller.upstream.plan("/upload", Reply(503))
+
+    def chunks() -> Iterator[bytes]:
+        yield b"part one, "
+        yield b"part two"
+
+    async def achunks() -> Any:
+        for chunk in chunks():
+            yield chunk
+
+    body = chunks() if caller.kind.startswith("sync") else achunks()
+    assert caller.send("PUT", "/upload", content=body).status_code == 503
+    hits = caller.upstream.hits_on("/upload")
+    assert [hit.body for hit in hits] == [b"part one, part two"]
+
+
+# -- connection failures -----------------------------------------------------------------
+
+
+def test_a_dropped_connection_is_retried(caller: Caller) -> None:
+    caller.upstream.plan("/drop", Reply(drop=True), Reply(200))
+    response = caller.send("GET", "/drop")
+    assert (response.status_code, attempts_of(response)) == (200, 2)
+
+
+def test_a_refused_connection_is_retried_then_raised_with_its_attempts(caller: Caller) -> None:
+    caller.upstream.close_port()
+    with pytest.raises(httpx.ConnectError) as caught:
+        caller.send("GET", "/x")
+    assert attempts_of(caught.value) == 3
+    caller.upstream.reopen()
+    assert caller.send("GET", "/x").status_code == 200
+
+
+def test_the_per_try_timeout_cuts_a_slow_attempt_and_the_next_succeeds(caller: Caller) -> None:
+    caller.upstream.plan("/slow", Reply(delay_headers=5.0), Reply(200))
+    response = caller.send("GET", "/slow", retry=RetryPolicy(per_try_timeout=0.05))
+    assert (response.status_code, attempts_of(response)) == (200, 2)
+
+
+def test_the_deadline_holds_on_the_real_clock(caller: Caller) -> None:
+    caller.upstream.plan("/slow", Reply(delay_headers=5.0))
+    policy = RetryPolicy(attempts=5, deadline=0.1)
+    started = time.monotonic()
+    set_testing(True)
+    try:
+        with pytest.raises(httpx.TimeoutException) as caught:
+            caller.send("GET", "/slow", retry=policy, real_clock=True)
+    finally:
+        set_testing(False)
+    # The only attempt was cut at the deadline: no second attempt started after it,
+    # and the call ended long before the upstream's 5 s answer.
+    assert (len(caller.upstream.hits_on("/slow")), attempts_of(caught.value)) == (1, 1)
+    assert time.monotonic() - started < 5.0
+
+
+# -- Retry-After ----------------------------------------------------------------------
+
+
+def test_retry_after_in_seconds_sets_the_wait(caller: Caller) -> None:
+    caller.upstream.plan("/busy", Reply(429, retry_after="3"), Reply(200))
+    assert caller.send("GET", "/busy").status_code == 200
+    assert caller.clock.sleeps == [3.0]
+
+
+def test_retry_after_as_an_http_date_sets_the_wait(caller: Caller) -> None:
+    later = http_date(caller.clock.wall() + 5)
+    caller.upstream.plan("/busy", Reply(503, retry_after=later), Reply(200))
+    assert caller.send("GET", "/busy").status_code == 200
+    assert caller.clock.sleeps == [5.0]
+
+
+def test_retry_after_in_the_past_falls_back_to_the_backoff(caller: Caller) -> None:
+    earlier = http_date(caller.clock.wall() - 60)
+    caller.upstream.plan("/busy", Reply(503, retry_after=earlier), Reply(200))
+    assert caller.send("GET", "/busy").status_code == 200
+    assert 0 <= caller.clock.sleeps[0] <= 0.1
+
+
+def test_retry_after_is_capped(caller: Caller) -> None:
+    caller.upstream.plan("/busy", Reply(503, retry_after="3600"), Reply(200))
+    caller.send("GET", "/busy", retry=RetryPolicy(max_retry_after=2.0))
+    assert caller.clock.sleeps == [2.0]
+
+
+# -- with the breaker ---------------------------------------------------------------
+
+
+def test_an_open_breaker_stops_the_retries_and_spares_the_upstream(caller: Caller) -> None:
+    caller.upstream.plan("/down", Reply(503))
+    config = BreakerConfig(failure_threshold=2)
+    with pytest.raises(CircuitOpenError) as caught:
+        caller.send("GET", "/down", retry=RetryPolicy(attempts=5), config=config)
+    assert (len(caller.upstream.hits_on("/down")), attempts_of(caught.value)) == (2, 2)
+    with pytest.raises(CircuitOpenError):
+        caller.send("GET", "/down", config=config)
+    assert len(caller.upstream.hits_on("/down")) == 2
+    assert caller.snapshot().state == "open"
+
+
+def test_each_origin_has_its_own_breaker(caller: Caller) -> None:
+    other = Upstream()
+    other.start()
+    try:
+        caller.upstream.plan("/x", Reply(500))
+        config = BreakerConfig(failure_threshold=1)
+        caller.send("GET", "/x", config=config)
+        with pytest.raises(CircuitOpenError):
+            caller.send("GET", "/x", config=config)
+        assert caller.send("GET", "/x", config=config, base=other.url).status_code == 200
+    finally:
+        other.close_port()
+
+
+def test_origins_name_their_breakers() -> None:
+    assert (
+        origin_of(httpx.Request("GET", "https://api.example/v1?q=1")) == "https://api.example:443"
+    )
+    assert origin_of(httpx.Request("GET", "http://api.example/")) == "http://api.example:80"
+    assert origin_of(httpx.Request("GET", "http://[::1]:8080/")) == "http://[::1]:8080"
+
+
+def test_a_naming_function_can_share_one_breaker_across_origins(upstream: Upstream) -> None:
+    other = Upstream()
+    other.start()
+    try:
+        upstream.plan("/x", Reply(500))
+        transport = SyncResilientTransport(
+            breaker_config=BreakerConfig(failure_threshold=1),
+            breaker_name=lambda request: "partner-api",
+            clock=ManualClock(),
+        )
+        with httpx.Client(transport=transport) as http:
+            http.get(upstream.url + "/x")
+            with pytest.raises(CircuitOpenError):
+                http.get(other.url + "/x")
+        assert transport.breaker("partner-api").snapshot().state == "open"
+        assert other.hits == []
+    finally:
+        other.close_port()
+
+
+# -- plumbing -----------------------------------------------------------------------
+
+
+class Recording(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """An inner transport that only records that it was closed."""
+
+    closed = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_close_passes_through_to_the_inner_transport() -> None:
+    inner = Recording()
+    SyncResilientTransport(inner).close()
+    asyncio.run(ResilientTransport(inner).aclose())
+    assert inner.closed == 2
