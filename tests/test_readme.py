@@ -10,6 +10,9 @@ from typing import Any
 
 import redis
 
+from breaker.testing import set_testing
+from tests.support.upstream import Reply, Upstream
+
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
@@ -41,3 +44,38 @@ def test_the_sync_snippet_runs_as_written(redis_url: str, sync_redis: redis.Redi
     exec(source, namespace)
     assert namespace["result"] == 42
     assert callable(namespace["charge"])
+
+
+def on_upstream(source: str, upstream: Upstream) -> str:
+    return source.replace("http://inventory.internal", upstream.url)
+
+
+def test_the_retry_decorator_snippet_runs_as_written(
+    redis_url: str, sync_redis: redis.Redis, upstream: Upstream
+) -> None:
+    upstream.plan("/stock/42", Reply(503), Reply(200, body=b"7"))
+    namespace: dict[str, Any] = {}
+    exec(on_upstream(on_test_db(snippets()[2], redis_url), upstream), namespace)
+    set_testing(True)
+    try:
+        response = namespace["stock"]("42")
+    finally:
+        set_testing(False)
+    assert (response.status_code, response.text) == (200, "7")
+    assert len(upstream.hits_on("/stock/42")) == 2
+
+
+def test_the_transport_snippet_runs_as_written(
+    redis_url: str, sync_redis: redis.Redis, upstream: Upstream
+) -> None:
+    upstream.plan("/stock/42", Reply(502), Reply(200))
+    source = on_upstream(on_test_db(snippets()[3], redis_url), upstream)
+    namespace: dict[str, Any] = {}
+    body = textwrap.indent(source, "    ")
+    exec(f"async def snippet():\n{body}\n    return response, attempts", namespace)
+    set_testing(True)
+    try:
+        response, attempts = asyncio.run(namespace["snippet"]())
+    finally:
+        set_testing(False)
+    assert (response.status_code, attempts) == (200, 2)
