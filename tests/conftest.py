@@ -148,10 +148,17 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    """A real HTTP upstream (uvicorn, in a thread) that answers as the test plans."""
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[Upstream]:
     server = Upstream()
     server.start()
     yield server
     server.close_port()
+
+
+@pytest.fixture
+def upstream(_upstream_server: Upstream) -> Upstream:
+    """A real HTTP upstream (uvicorn, in a thread) that answers as the test plans;
+    shared by the session, with no plan and no hit at the start of each test."""
+    _upstream_server.reset()
+    return _upstream_server

@@ -65,6 +65,15 @@ class Upstream:
             self._plans[path] = list(replies)
             self._served[path] = 0
 
+    def reset(self) -> None:
+        """Forget every plan and hit, and listen again if a test closed the port."""
+        with self._lock:
+            self.hits.clear()
+            self._plans.clear()
+            self._served.clear()
+        if self._server is None:
+            self.start()
+
     def hits_on(self, path: str) -> list[Hit]:
         with self._lock:
             return [hit for hit in self.hits if hit.path == path]
