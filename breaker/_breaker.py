@@ -15,7 +15,6 @@ The process asks ``acquire`` only when its local view cannot decide: on first us
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import random
@@ -23,12 +22,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from ._backend import Backend, embedded_backend, fallback_backend, redis_backend
 from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
 from ._core import BreakerCore, Flush, Ticket
+from ._decorating import decorate
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
 from ._keys import BreakerKeys, events_channel
@@ -165,19 +165,7 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Use the breaker as a decorator, on a sync or an async function."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                return await self._acall(fn, *args, **kwargs)
-
-            return cast(F, guarded_async)
-
-        @functools.wraps(fn)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(F, guarded)
+        return decorate(fn, self.call)
 
     def _admit(self) -> Ticket:
         self._require(sync=True)

@@ -12,7 +12,6 @@ response returned as it was, with the number of attempts attached (``attempts_of
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from ._clock import Clock, SystemClock
+from ._decorating import decorate
 from ._exceptions import CircuitOpenError
 from ._policy import Attempt, RetryDetails, RetryPolicy, StopReason, request_of
 
@@ -252,32 +252,21 @@ class Retrier:
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` under the policy; await it if ``fn`` is async."""
-        name = _name_of(self.breaker, fn)
+        label = getattr(fn, "__qualname__", None) or repr(fn)
         if inspect.iscoroutinefunction(fn):
-            return self._adrive(lambda attempt: fn(*args, **kwargs), name, repeatable=None)
-        return self._drive(lambda attempt: fn(*args, **kwargs), name, repeatable=None)
+            return self._adrive(lambda attempt: fn(*args, **kwargs), repeatable=None, label=label)
+        return self._drive(lambda attempt: fn(*args, **kwargs), repeatable=None, label=label)
 
     def __call__(self, fn: F) -> F:
         """Use the retrier as a decorator, on a sync or an async function."""
-        if inspect.iscoroutinefunction(fn):
+        return decorate(fn, self.call)
 
-            @functools.wraps(fn)
-            async def retried_async(*args: Any, **kwargs: Any) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return cast(F, retried_async)
-
-        @functools.wraps(fn)
-        def retried(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(F, retried)
-
-    def _operation(self, name: str, *, repeatable: bool | None) -> _Steps:
+    def _operation(self, label: str, repeatable: bool | None) -> _Steps:
+        """The steps of one operation, named after its breaker (else ``label``)."""
         budgeted = self.breaker is not None and self.policy.budget is not None
         return _operation(
             self.policy,
-            name,
+            self.breaker.name if self.breaker is not None else label,
             self.clock,
             budgeted=budgeted,
             repeatable=repeatable,
@@ -286,11 +275,11 @@ class Retrier:
     def _drive(
         self,
         attempt_fn: Callable[[Attempt], T],
-        name: str,
         *,
         repeatable: bool | None,
+        label: str = "request",
     ) -> T:
-        steps = self._operation(name, repeatable=repeatable)
+        steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
             reply: Any = None
@@ -314,12 +303,12 @@ class Retrier:
     async def _adrive(
         self,
         attempt_fn: Callable[[Attempt], Awaitable[T]],
-        name: str,
         *,
         repeatable: bool | None,
+        label: str = "request",
         enforce_timeout: bool = True,
     ) -> T:
-        steps = self._operation(name, repeatable=repeatable)
+        steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
             reply: Any = None
@@ -391,9 +380,3 @@ async def _aclose(value: Any) -> None:
     close = getattr(value, "close", None)
     if callable(close):
         close()
-
-
-def _name_of(breaker: CircuitBreaker | None, fn: Callable[..., Any]) -> str:
-    if breaker is not None:
-        return breaker.name
-    return getattr(fn, "__qualname__", None) or repr(fn)

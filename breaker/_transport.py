@@ -49,12 +49,14 @@ def is_server_error(result: Any) -> bool:
     return isinstance(result, httpx.Response) and result.status_code >= 500
 
 
-class _Breakers:
-    """The breakers of one transport, one per name, created on first use."""
+class _Routing:
+    """What both twins share: the retry policy, and one breaker per name, made on
+    first use (names should be few: origins, or upstreams)."""
 
     def __init__(
         self,
         redis: Any,
+        retry: RetryPolicy | None,
         config: BreakerConfig | None,
         name_of: Callable[[httpx.Request], str],
         clock: Clock | None,
@@ -62,12 +64,19 @@ class _Breakers:
         config = config if config is not None else BreakerConfig()
         if config.failure_predicate is None:
             config = dataclasses.replace(config, failure_predicate=is_server_error)
+        self.retry = retry if retry is not None else RetryPolicy()
         self._redis = redis
         self._config = config
         self._clock = clock
-        self.name_of = name_of
+        self._name_of = name_of
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
+
+    def route(self, request: httpx.Request) -> tuple[Retrier, bool]:
+        """The retrier for this request (bound to its breaker), and whether the request
+        may be sent again."""
+        retrier = Retrier(self.retry, self.get(self._name_of(request)))
+        return retrier, _repeatable(request, self.retry)
 
     def get(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
@@ -127,27 +136,22 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         clock: Clock | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self.retry = retry if retry is not None else RetryPolicy()
-        self._breakers = _Breakers(redis, breaker_config, breaker_name, clock)
+        self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker of ``name`` (an origin, by default), as this transport uses it."""
-        return self._breakers.get(name)
+        return self._routing.get(name)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        breaker = self._breakers.get(self._breakers.name_of(request))
+        retrier, repeatable = self._routing.route(request)
         timeouts = request.extensions.get("timeout")
 
         async def attempt(attempt: Attempt) -> httpx.Response:
             _bounded(request, timeouts, attempt)
             return await self._inner.handle_async_request(request)
 
-        return await Retrier(self.retry, breaker)._adrive(
-            attempt,
-            breaker.name,
-            repeatable=_repeatable(request, self.retry),
-            enforce_timeout=False,
-        )
+        # httpx's own timeouts bound each attempt (see _bounded): not asyncio's too.
+        return await retrier._adrive(attempt, repeatable=repeatable, enforce_timeout=False)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -171,24 +175,21 @@ class SyncResilientTransport(httpx.BaseTransport):
         clock: Clock | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.HTTPTransport()
-        self.retry = retry if retry is not None else RetryPolicy()
-        self._breakers = _Breakers(redis, breaker_config, breaker_name, clock)
+        self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker of ``name`` (an origin, by default), as this transport uses it."""
-        return self._breakers.get(name)
+        return self._routing.get(name)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        breaker = self._breakers.get(self._breakers.name_of(request))
+        retrier, repeatable = self._routing.route(request)
         timeouts = request.extensions.get("timeout")
 
         def attempt(attempt: Attempt) -> httpx.Response:
             _bounded(request, timeouts, attempt)
             return self._inner.handle_request(request)
 
-        return Retrier(self.retry, breaker)._drive(
-            attempt, breaker.name, repeatable=_repeatable(request, self.retry)
-        )
+        return retrier._drive(attempt, repeatable=repeatable)
 
     def close(self) -> None:
         self._inner.close()

@@ -11,10 +11,11 @@ Time is a ``ManualClock``: tests advance it instead of sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -124,6 +125,17 @@ class AsyncHarness:
     async def aclose(self) -> None:
         for client in self.clients:
             await client.aclose()
+
+    def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
+        """Run ``scenario`` in a fresh event loop, closing the clients it made."""
+
+        async def main() -> None:
+            try:
+                await scenario()
+            finally:
+                await self.aclose()
+
+        asyncio.run(main())
 
 
 @pytest.fixture(params=["redis-async", "embedded"])

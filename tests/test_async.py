@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from breaker import CircuitBreaker, CircuitOpenError
 from tests.conftest import AsyncHarness
-
-
-def run(harness: AsyncHarness, scenario: Callable[[], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await scenario()
-        finally:
-            await harness.aclose()
-
-    asyncio.run(main())
 
 
 async def fail(cb: CircuitBreaker, times: int = 1) -> None:
@@ -55,7 +44,7 @@ def test_async_with_trips_and_rejects(async_harness: AsyncHarness) -> None:
         assert rejected.value.retry_after == pytest.approx(10.0)
         assert (await cb.asnapshot()).state == "open"
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_await_call_returns_the_coroutines_result(async_harness: AsyncHarness) -> None:
@@ -66,7 +55,7 @@ def test_await_call_returns_the_coroutines_result(async_harness: AsyncHarness) -
         cb = async_harness.breaker()
         assert await cb.call(double, 21) == 42
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_async_decorator_guards_a_coroutine_function(async_harness: AsyncHarness) -> None:
@@ -82,7 +71,7 @@ def test_async_decorator_guards_a_coroutine_function(async_harness: AsyncHarness
         with pytest.raises(CircuitOpenError):
             await upstream()
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_cancellation_counts_as_nothing(async_harness: AsyncHarness) -> None:
@@ -92,7 +81,7 @@ def test_cancellation_counts_as_nothing(async_harness: AsyncHarness) -> None:
         snapshot = await cb.asnapshot()
         assert (snapshot.state, snapshot.window_calls, snapshot.failures) == ("closed", 0, 0)
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_a_cancelled_trial_gives_its_lease_back(async_harness: AsyncHarness) -> None:
@@ -106,7 +95,7 @@ def test_a_cancelled_trial_gives_its_lease_back(async_harness: AsyncHarness) -> 
             pass
         assert (await cb.asnapshot()).state == "closed"
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_concurrent_calls_through_one_breaker_run_concurrently(
@@ -131,7 +120,7 @@ def test_concurrent_calls_through_one_breaker_run_concurrently(
         await asyncio.gather(*(cb.call(upstream) for _ in range(16)))
         assert most_inside == 16
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_operator_actions_have_async_twins(async_harness: AsyncHarness) -> None:
@@ -144,7 +133,7 @@ def test_operator_actions_have_async_twins(async_harness: AsyncHarness) -> None:
         await cb.areset()
         assert (await cb.asnapshot()).state == "closed"
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_sync_use_of_an_asyncio_breaker_is_a_clear_type_error(redis_url: str) -> None:

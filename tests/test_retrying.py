@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -329,16 +328,6 @@ def test_set_testing_removes_every_wait_of_the_system_clock(
 # -- the same runner, awaited ------------------------------------------------------
 
 
-def run(harness: AsyncHarness, scenario: Callable[[], Any]) -> None:
-    async def main() -> None:
-        try:
-            await scenario()
-        finally:
-            await harness.aclose()
-
-    asyncio.run(main())
-
-
 def test_async_retries_until_success_through_the_breaker(async_harness: AsyncHarness) -> None:
     async def scenario() -> None:
         cb = async_harness.breaker(failure_threshold=NO_TRIP)
@@ -356,7 +345,7 @@ def test_async_retries_until_success_through_the_breaker(async_harness: AsyncHar
         assert len(async_harness.clock.sleeps) == 2
         assert (await cb.asnapshot()).window_calls == 3
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_async_per_try_timeout_cuts_a_hung_attempt(async_harness: AsyncHarness) -> None:
@@ -374,7 +363,7 @@ def test_async_per_try_timeout_cuts_a_hung_attempt(async_harness: AsyncHarness) 
         assert (len(calls), attempts_of(caught.value)) == (2, 2)
         assert (await cb.asnapshot()).window_failures == 2
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_async_open_breaker_stops_the_retrying_at_once(async_harness: AsyncHarness) -> None:
@@ -391,7 +380,7 @@ def test_async_open_breaker_stops_the_retrying_at_once(async_harness: AsyncHarne
         # The failure that opened it is the last attempt: no wait follows it.
         assert (len(calls), async_harness.clock.sleeps) == (1, [])
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_async_budget_is_asked_on_the_asyncio_client(async_harness: AsyncHarness) -> None:
@@ -409,7 +398,7 @@ def test_async_budget_is_asked_on_the_asyncio_client(async_harness: AsyncHarness
         assert len(calls) == 1
         assert (await cb.asnapshot()).window_retries_refused == 1
 
-    run(async_harness, scenario)
+    async_harness.run(scenario)
 
 
 def test_a_breaker_on_a_sync_client_refuses_an_async_function(harness: Harness) -> None:
