@@ -110,17 +110,20 @@ def _operation(
     name: str,
     clock: Clock,
     *,
+    guarded: bool,
     budgeted: bool,
     repeatable: bool | None,
 ) -> _Steps:
-    """``repeatable``: whether the request may be sent again (a transport knows), or
+    """One operation's decisions. ``name`` is its breaker's when ``guarded``.
+
+    ``repeatable``: whether the request may be sent again (a transport knows), or
     None to judge by the request an outcome carries (a plain function's have none)."""
     deadline_at = None if policy.deadline is None else clock.monotonic() + policy.deadline
     number = 0
     while True:
         number += 1
         outcome: _Outcome = yield _Try(Attempt(number, _timeout(policy, clock, deadline_at)))
-        if _rejected_here(outcome.error, name):
+        if guarded and _rejected_here(outcome.error, name):
             return outcome, number - 1
         cause = outcome.cause
         if repeatable is False or not policy.wants_retry(cause):
@@ -135,9 +138,11 @@ def _operation(
             _tell(policy, RetryDetails(name, number, delay, cause, "deadline"))
             return outcome, number
         # This attempt may have opened the breaker: then stop now, without waiting.
-        rejection: CircuitOpenError | None = yield _Check()
+        rejection: CircuitOpenError | None = (yield _Check()) if guarded else None
         if rejection is not None:
             rejection.__cause__ = outcome.error
+            if outcome.error is None:
+                yield _Discard(outcome.value)
             return _Outcome(None, rejection), number
         if budgeted and not (yield _Spend()):
             _tell(policy, RetryDetails(name, number, None, cause, "budget"))
@@ -268,6 +273,7 @@ class Retrier:
             self.policy,
             self.breaker.name if self.breaker is not None else label,
             self.clock,
+            guarded=self.breaker is not None,
             budgeted=budgeted,
             repeatable=repeatable,
         )

@@ -242,6 +242,15 @@ def test_an_open_breaker_stops_the_retrying_at_once(harness: Harness) -> None:
     assert isinstance(caught.value.__cause__, ConnectionError)
 
 
+def test_the_response_that_opened_the_breaker_is_closed_not_leaked(harness: Harness) -> None:
+    cb = harness.breaker(failure_threshold=1, failure_predicate=lambda r: r.status_code >= 500)
+    answer = httpx.Response(503, request=httpx.Request("GET", "http://upstream.test/"))
+    with pytest.raises(CircuitOpenError) as caught:
+        RetryPolicy(attempts=3).bind(cb).call(lambda: answer)
+    assert answer.is_closed
+    assert attempts_of(caught.value) == 1
+
+
 def test_an_already_open_breaker_refuses_before_any_attempt(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=1)
     cb.force_open()
