@@ -53,6 +53,12 @@ class Flaky:
         return "ok"
 
 
+def streamed(status: int, request: httpx.Request) -> httpx.Response:
+    """A response whose body is still to be read, as from the network: it stays open
+    until closed (a response built from bytes is closed from the start)."""
+    return httpx.Response(status, content=iter([b"busy"]), request=request)
+
+
 class Answer:
     """A response-like result: what a retry policy reads from an HTTP answer."""
 
@@ -118,7 +124,7 @@ def test_the_last_retryable_response_is_returned_with_its_attempt_count(harness:
     calls: list[httpx.Response] = []
 
     def unavailable() -> httpx.Response:
-        calls.append(httpx.Response(503, request=request))
+        calls.append(streamed(503, request))
         return calls[-1]
 
     answer = RetryPolicy(attempts=4).bind(cb).call(unavailable)
@@ -244,7 +250,8 @@ def test_an_open_breaker_stops_the_retrying_at_once(harness: Harness) -> None:
 
 def test_the_response_that_opened_the_breaker_is_closed_not_leaked(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=1, failure_predicate=lambda r: r.status_code >= 500)
-    answer = httpx.Response(503, request=httpx.Request("GET", "http://upstream.test/"))
+    answer = streamed(503, httpx.Request("GET", "http://upstream.test/"))
+    assert not answer.is_closed
     with pytest.raises(CircuitOpenError) as caught:
         RetryPolicy(attempts=3).bind(cb).call(lambda: answer)
     assert answer.is_closed

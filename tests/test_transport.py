@@ -34,6 +34,10 @@ from breaker.testing import ManualClock, set_testing
 from tests.support.upstream import Reply, Upstream
 
 NO_TRIP = BreakerConfig(failure_threshold=1_000_000)
+ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+# A request waits at most this long for a pooled connection: a response left open
+# by a retry would hold the only one.
+POOL_WAIT = httpx.Timeout(10.0, pool=1.0)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Caller:
         config: BreakerConfig = NO_TRIP,
         base: str | None = None,
         real_clock: bool = False,
+        one_connection: bool = False,
         **request: Any,
     ) -> httpx.Response:
         url = (base or self.upstream.url) + path
@@ -69,15 +74,17 @@ class Caller:
         }
         if self.kind.startswith("sync"):
             client = redis.Redis.from_url(self.redis_url) if self.redis_url else None
-            transport = SyncResilientTransport(redis=client, **settings)
-            with httpx.Client(transport=transport) as http:
+            inner = httpx.HTTPTransport(limits=ONE_CONNECTION) if one_connection else None
+            transport = SyncResilientTransport(inner, redis=client, **settings)
+            with httpx.Client(transport=transport, timeout=POOL_WAIT) as http:
                 return http.request(method, url, **request)
 
         async def scenario() -> httpx.Response:
             client = aioredis.Redis.from_url(self.redis_url) if self.redis_url else None
-            transport = ResilientTransport(redis=client, **settings)
+            inner = httpx.AsyncHTTPTransport(limits=ONE_CONNECTION) if one_connection else None
+            transport = ResilientTransport(inner, redis=client, **settings)
             try:
-                async with httpx.AsyncClient(transport=transport) as http:
+                async with httpx.AsyncClient(transport=transport, timeout=POOL_WAIT) as http:
                     return await http.request(method, url, **request)
             finally:
                 if client is not None:
@@ -124,6 +131,12 @@ def test_when_attempts_run_out_the_last_response_passes_through(caller: Caller) 
     response = caller.send("GET", "/down", retry=RetryPolicy(attempts=4))
     assert (response.status_code, response.text) == (503, "maintenance")
     assert (len(caller.upstream.hits_on("/down")), attempts_of(response)) == (4, 4)
+
+
+def test_a_retried_response_gives_its_connection_back(caller: Caller) -> None:
+    caller.upstream.plan("/down", Reply(503))
+    response = caller.send("GET", "/down", one_connection=True)
+    assert (response.status_code, attempts_of(response)) == (503, 3)
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 500])
