@@ -23,9 +23,9 @@ import datetime
 import email.utils
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import httpx
 
@@ -61,6 +61,9 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 )
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
+P = ParamSpec("P")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 StopReason = Literal["attempts", "deadline", "budget"]
 Seconds = float | datetime.timedelta
 
@@ -210,11 +213,19 @@ class RetryPolicy:
 
         return Retrier(self, breaker, clock=clock)
 
+    @overload
+    def call(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` under this policy, with no breaker and no budget."""
         return self.bind(None).call(fn, *args, **kwargs)
 
-    def __call__(self, fn: Any) -> Any:
+    def __call__(self, fn: F) -> F:
         """Use the policy as a decorator (no breaker, no budget): ``@RetryPolicy()``."""
         return self.bind(None)(fn)
 

@@ -225,6 +225,17 @@ def test_the_per_try_timeout_cuts_a_slow_attempt_and_the_next_succeeds(caller: C
     assert (response.status_code, attempts_of(response)) == (200, 2)
 
 
+def test_a_body_that_stalls_after_the_headers_is_the_callers_not_retried(
+    caller: Caller,
+) -> None:
+    # Once the headers are in, the response is handed over: its body is read by the
+    # caller, within the attempt's timeout, and a stall there is not sent again.
+    caller.upstream.plan("/stall", Reply(200, delay_body=5.0), Reply(200))
+    with pytest.raises(httpx.ReadTimeout):
+        caller.send("GET", "/stall", retry=RetryPolicy(per_try_timeout=0.05))
+    assert len(caller.upstream.hits_on("/stall")) == 1
+
+
 def test_the_deadline_holds_on_the_real_clock(caller: Caller) -> None:
     caller.upstream.plan("/slow", Reply(delay_headers=5.0))
     policy = RetryPolicy(attempts=5, deadline=0.1)
