@@ -7,6 +7,8 @@ import pytest
 
 from breaker import CircuitBreaker, RetryBudget
 from tests.conftest import Harness
+from tests.support.servers import RedisServer
+from tests.test_backend_outage import dead_redis_breaker
 
 NO_FLOOR = 0.0
 
@@ -93,3 +95,17 @@ def test_a_breaker_that_closes_again_starts_a_fresh_budget(harness: Harness) -> 
 
 def _refused() -> None:
     raise ConnectionError
+
+
+def test_with_redis_dead_fail_open_budgets_against_the_fallback(
+    redis_server: RedisServer,
+) -> None:
+    cb = dead_redis_breaker(redis_server, window=10.0)
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
+    # The in-process fallback keeps its own window: its floor still bounds retries.
+    assert grants(cb, budget, 2) == [True, False]
+
+
+def test_with_redis_dead_fail_closed_refuses_every_retry(redis_server: RedisServer) -> None:
+    cb = dead_redis_breaker(redis_server, on_backend_error="fail_closed")
+    assert grants(cb, RetryBudget(), 1) == [False]
