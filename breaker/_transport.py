@@ -7,7 +7,9 @@
 - One breaker per origin (``scheme://host:port``) by default, or named by a function
   of the request; a response with a 5xx status counts as a failure of its breaker.
 - Each attempt gets the per-try timeout, within the deadline, as httpx's own timeouts,
-  so a slow upstream ends in ``httpx.TimeoutException`` like any other.
+  so a slow upstream ends in ``httpx.TimeoutException`` like any other. The async
+  transport also bounds the attempt as a whole; the sync one cannot interrupt a
+  phase that keeps receiving bytes.
 - A body that cannot be replayed (a generator or a file stream) is sent once.
 - ``request.extensions["fleetbreaker.retry"]``: True opts a request in whatever its
   method, False opts it out of retries.
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -148,9 +151,19 @@ class ResilientTransport(httpx.AsyncBaseTransport):
 
         async def attempt(attempt: Attempt) -> httpx.Response:
             _bounded(request, timeouts, attempt)
-            return await self._inner.handle_async_request(request)
+            if attempt.timeout is None:
+                return await self._inner.handle_async_request(request)
+            # httpx's timeouts bound each phase; this bounds the whole attempt, also
+            # for an upstream that trickles, or an inner transport that ignores them.
+            try:
+                async with asyncio.timeout(attempt.timeout):
+                    return await self._inner.handle_async_request(request)
+            except TimeoutError as exc:
+                raise httpx.TimeoutException(
+                    f"attempt {attempt.number} took longer than {attempt.timeout:g} s",
+                    request=request,
+                ) from exc
 
-        # httpx's own timeouts bound each attempt (see _bounded): not asyncio's too.
         return await retrier._adrive(attempt, repeatable=repeatable, enforce_timeout=False)
 
     async def aclose(self) -> None:

@@ -359,6 +359,32 @@ class Recording(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self.closed += 1
 
 
+class Hanging(httpx.AsyncBaseTransport):
+    """An inner transport that never answers and knows nothing of timeouts."""
+
+    calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def test_the_async_transport_bounds_a_whole_attempt_whatever_the_inner_transport() -> None:
+    inner = Hanging()
+    transport = ResilientTransport(
+        inner, retry=RetryPolicy(attempts=2, per_try_timeout=0.05), clock=ManualClock()
+    )
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=transport) as http:
+            await http.get("http://hanging.test/")
+
+    with pytest.raises(httpx.TimeoutException, match=r"took longer than 0\.05 s") as caught:
+        asyncio.run(scenario())
+    assert (inner.calls, attempts_of(caught.value)) == (2, 2)
+
+
 def test_close_passes_through_to_the_inner_transport() -> None:
     inner = Recording()
     SyncResilientTransport(inner).close()
