@@ -86,10 +86,10 @@ class BreakerConfig:
             "backend_timeout",
             "key_ttl",
         ):
-            _positive(name, getattr(self, name))
+            check_seconds(name, getattr(self, name))
         for name in ("slow_call_duration", "batch_interval", "reset_timeout_max"):
             if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
+                check_seconds(name, getattr(self, name))
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
             if getattr(self, name) is not None:
                 _rate(name, getattr(self, name), allow_zero=False)
@@ -179,14 +179,20 @@ def _at_least(name: str, value: object, minimum: int) -> None:
         raise ConfigurationError(name, f"must be an integer >= {minimum}, got {value!r}")
 
 
-def _positive(name: str, value: object) -> None:
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as seconds if it is a finite number, positive (or also 0, with
+    ``zero``); else the error that names ``name``. Shared by the breaker's and the
+    retry policy's settings."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or value < 0
+        or (value == 0 and not zero)
     ):
-        raise ConfigurationError(name, f"must be a positive number of seconds, got {value!r}")
+        kind = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        raise ConfigurationError(name, f"must be {kind}, got {value!r}")
+    return float(value)
 
 
 def _rate(name: str, value: object, *, allow_zero: bool) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, ov
 
 import httpx
 
+from ._config import check_seconds
 from ._exceptions import BreakerError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -343,16 +344,7 @@ def _status_of(outcome: Any) -> int | None:
 def _seconds(name: str, value: object, *, zero: bool) -> float:
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        kind = "a number of seconds >= 0" if zero else "a positive number of seconds"
-        raise ConfigurationError(name, f"must be {kind}, got {value!r}")
-    return float(value)
+    return check_seconds(name, value, zero=zero)
 
 
 def _optional_seconds(name: str, value: object) -> float | None:
