@@ -88,6 +88,14 @@ class BackendHealth:
         self._failures = 0
         self._down_until = 0.0
         self.last_error = ""
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` on every failure; the same listener is kept once."""
+        with self._lock:
+            # ``==``, not ``is``: the same bound method fetched twice is two objects.
+            if listener not in self._listeners:
+                self._listeners.append(listener)
 
     def is_down(self) -> bool:
         return self.clock() < self._down_until
@@ -98,6 +106,12 @@ class BackendHealth:
             ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
             self._down_until = self.clock() + random.uniform(ceiling / 2, ceiling)
             self.last_error = error
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(error)
+            except Exception:
+                logger.exception("backend error listener %r failed", listener)
 
     def succeeded(self) -> None:
         if self._failures:

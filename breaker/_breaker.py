@@ -103,6 +103,7 @@ class CircuitBreaker:
         self._core = BreakerCore(name, self.config, self._clock, fallback=False)
         self._fallback_core = BreakerCore(name, self.config, self._clock, fallback=True)
         self._listeners: list[Listener] = list(listeners)
+        self._made_here_listeners: list[Listener] = []
         channel = events_channel(self.config.prefix)
         self._hub = self._backend.hub(channel)
         self._hub.register(name, self._receive)
@@ -119,13 +120,37 @@ class CircuitBreaker:
         """The clock this breaker measures calls with (a retrier bound to it shares it)."""
         return self._clock
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, *, made_here_only: bool = False) -> None:
         """Call ``listener(event)`` for every transition of this breaker, in any process.
 
         Events from other processes arrive on the events thread (sync client) or in the
-        event loop (asyncio client); a listener must not block.
+        event loop (asyncio client); a listener must not block. With
+        ``made_here_only``, only the transitions that this breaker object's own calls
+        made are heard: each transition is then heard by exactly one process of the
+        fleet, which is what a counter summed over the fleet needs.
         """
-        self._listeners.append(listener)
+        if made_here_only:
+            self._made_here_listeners.append(listener)
+        else:
+            self._listeners.append(listener)
+
+    def add_backend_error_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` each time a Redis command of this breaker fails.
+
+        The backend is shared by every breaker on the same client: a listener added
+        through several of them is still called once per failure.
+        """
+        self._backend.health.add_listener(listener)
+
+    def follow_events(self) -> None:
+        """Start following the fleet's transitions now, rather than on the first call.
+
+        With an asyncio client, call it from the event loop that will run the calls.
+        """
+        if self._backend.is_async:
+            self._hub.start_task()
+        else:
+            self._hub.start_thread()
 
     # -- guarding calls: sync ------------------------------------------------------
 
@@ -413,11 +438,13 @@ class CircuitBreaker:
         try:
             return core.admit_from(reply, lease_id)
         finally:
+            self._made_here(reply.events)
             self._hub_of(core).relay(reply.events)
 
     def _apply(self, core: BreakerCore, raw: list[Any]) -> None:
         reply = decode_reply(raw)
         core.apply(reply)
+        self._made_here(reply.events)
         self._hub_of(core).relay(reply.events)
 
     def _hub_of(self, core: BreakerCore) -> EventHub:
@@ -510,6 +537,15 @@ class CircuitBreaker:
     def _receive_fallback(self, event: TransitionEvent) -> None:
         self._fallback_core.apply_event(event)
         self._deliver(self._fallback_core, (event,))
+
+    def _made_here(self, events: tuple[TransitionEvent, ...]) -> None:
+        """Transitions in a reply to this object's own script call: made here, once."""
+        for event in events:
+            for listener in self._made_here_listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("breaker listener %r failed", listener)
 
     def _deliver(self, core: BreakerCore, events: tuple[TransitionEvent, ...]) -> None:
         for event in core.unseen(events):

@@ -171,3 +171,18 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
 
     # The process follows the new hash: it knows open_until, so rejecting is free.
     assert commands_during(redis_server, rejected) == {}
+
+
+def test_backend_error_listener_hears_each_failure_once(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    first = CircuitBreaker("a", redis=client, clock=ManualClock(), reset_timeout=0.001)
+    second = CircuitBreaker("b", redis=client, clock=ManualClock())
+    reasons: list[str] = []
+    first.add_backend_error_listener(reasons.append)
+    second.add_backend_error_listener(reasons.append)  # same backend, same listener
+    succeed(first)
+    redis_server.kill()
+    first._core.view = None  # the next call must ask Redis
+    succeed(first)
+    assert len(reasons) == 1
+    assert "ConnectionError" in reasons[0]

@@ -139,3 +139,38 @@ def test_sync_calls_from_many_threads_run_concurrently(sync_redis: redis.Redis) 
         thread.join()
     assert errors == []
     assert cb.snapshot().window_calls == 8
+
+
+def test_made_here_listener_hears_only_this_objects_transitions(
+    redis_server: RedisServer,
+) -> None:
+    clock = ManualClock()
+    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    made_here: list[str] = []
+    made_there: list[str] = []
+    heard_there: list[str] = []
+    done = threading.Event()
+    here.add_listener(lambda event: made_here.append(event.reason), made_here_only=True)
+    there.add_listener(lambda event: made_there.append(event.reason), made_here_only=True)
+
+    def hear(event: TransitionEvent) -> None:
+        heard_there.append(event.reason)
+        if event.reason == "reset":
+            done.set()
+
+    there.add_listener(hear)
+    there.follow_events()
+    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    fail(here)  # here opens it
+    there.reset()  # there closes it
+    assert done.wait(_DELIVERY_TIMEOUT)
+    assert made_here == ["failure_threshold"]
+    assert made_there == ["reset"]
+    assert heard_there == ["failure_threshold", "reset"]
+
+
+def test_follow_events_subscribes_before_any_call(redis_server: RedisServer) -> None:
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=ManualClock())
+    cb.follow_events()
+    assert cb._hub.subscribed.wait(_DELIVERY_TIMEOUT)
