@@ -1,1 +1,12 @@
-"""The fleetbreaker gateway service (built on the ``breaker`` library)."""
+"""The fleetbreaker gateway service (built on the ``breaker`` library).
+
+>>> from app import create_app
+>>> app = create_app()     # reads BREAKER_* from the environment
+"""
+
+from __future__ import annotations
+
+from .main import create_app
+from .settings import ConfigError, GatewayConfig, load_config
+
+__all__ = ["ConfigError", "GatewayConfig", "create_app", "load_config"]

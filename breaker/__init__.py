@@ -27,7 +27,7 @@ from ._policy import (
     RetryPolicy,
     parse_retry_after,
 )
-from ._protocol import BreakerSnapshot, BudgetVerdict, TransitionEvent
+from ._protocol import STATES, BreakerSnapshot, BudgetVerdict, TransitionEvent
 from ._retrying import ATTEMPTS_EXTENSION, Retrier, attempts_of, current_attempt
 from ._transport import (
     RETRY_EXTENSION,
@@ -43,6 +43,7 @@ __all__ = [
     "RETRY_EXCEPTIONS",
     "RETRY_EXTENSION",
     "RETRY_STATUSES",
+    "STATES",
     "Attempt",
     "BackendUnavailableError",
     "BreakerConfig",

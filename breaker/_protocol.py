@@ -14,6 +14,7 @@ from ._config import BreakerConfig
 from ._keys import events_channel
 
 State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
+#: Every state a breaker can be in, in the order they are listed to operators.
 STATES: tuple[State, ...] = ("closed", "open", "half_open", "forced_open", "disabled")
 Outcome = Literal["success", "failure", "release", "none"]
 ControlAction = Literal["reset", "force_open", "disable"]

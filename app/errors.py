@@ -1,0 +1,191 @@
+"""Every error the gateway answers with, mapped to HTTP in this one place.
+
+Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback::
+
+    GatewayError                      raised by the gateway's own checks
+    ├── UnknownUpstream      404      unknown_upstream
+    ├── UnsafePath           400      invalid_path
+    ├── BadRequest           400      bad_request
+    ├── BodyTooLarge         413      body_too_large
+    ├── AdminDisabled        403      admin_disabled
+    └── Unauthorized         401      unauthorized
+    ProxyFailure                      the upstream call ended without a response
+    ├── CircuitOpenError     503      circuit_open (Retry-After)
+    ├── BackendUnavailable   503      backend_unavailable
+    ├── httpx.TimeoutException 504    upstream_timeout
+    └── httpx.TransportError 502      upstream_unavailable
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from breaker import BackendUnavailableError, CircuitOpenError
+
+logger = logging.getLogger("fleetbreaker.gateway")
+
+#: The response header that gives how many attempts reached the upstream.
+ATTEMPTS_HEADER = "X-Fleetbreaker-Attempts"
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str
+    detail: str
+    upstream: str | None = None
+    retry_after: int | None = None
+
+
+class GatewayError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, upstream: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.upstream = upstream
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class UnknownUpstream(GatewayError):
+    status = 404
+    code = "unknown_upstream"
+
+
+class UnsafePath(GatewayError):
+    status = 400
+    code = "invalid_path"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    code = "body_too_large"
+
+
+class AdminDisabled(GatewayError):
+    status = 403
+    code = "admin_disabled"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ProxyFailure(Exception):
+    """The call to ``upstream`` ended without a response to pass on."""
+
+    def __init__(self, upstream: str, cause: Exception, attempts: int) -> None:
+        super().__init__(f"{upstream}: {type(cause).__name__}: {cause}")
+        self.upstream = upstream
+        self.cause = cause
+        self.attempts = attempts
+
+
+def retry_after_header(seconds: float) -> int:
+    """Whole seconds, rounded up, at least 1: a client told 0 would come straight back."""
+    return max(1, math.ceil(seconds))
+
+
+def failure_code(cause: Exception) -> tuple[int, str]:
+    """The status and error code of a proxied call that ended in ``cause``."""
+    if isinstance(cause, CircuitOpenError):
+        return 503, "circuit_open"
+    if isinstance(cause, BackendUnavailableError):
+        return 503, "backend_unavailable"
+    if isinstance(cause, httpx.TimeoutException):
+        return 504, "upstream_timeout"
+    return 502, "upstream_unavailable"
+
+
+def proxy_failure_answer(failure: ProxyFailure) -> tuple[int, ErrorBody, dict[str, str]]:
+    """The status, body and headers for a proxied call that got no response."""
+    cause, upstream, attempts = failure.cause, failure.upstream, failure.attempts
+    status, code = failure_code(cause)
+    headers = {ATTEMPTS_HEADER: str(attempts)}
+    retry_after = None
+    if isinstance(cause, CircuitOpenError):
+        retry_after = retry_after_header(cause.retry_after)
+        headers["Retry-After"] = str(retry_after)
+        detail = f"the circuit of {upstream!r} is {cause.state}; the upstream was not called"
+        if attempts:
+            detail = f"the circuit of {upstream!r} opened after {attempts} attempt(s)"
+    elif isinstance(cause, BackendUnavailableError):
+        detail = "the breaker's Redis is unreachable and this upstream is fail_closed"
+    elif isinstance(cause, httpx.TimeoutException):
+        detail = f"no answer from {upstream!r} in time ({attempts} attempt(s))"
+    else:
+        detail = (
+            f"{upstream!r} could not be reached ({attempts} attempt(s)): {type(cause).__name__}"
+        )
+    body = ErrorBody(error=code, detail=detail, upstream=upstream, retry_after=retry_after)
+    return status, body, headers
+
+
+def _answer(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Map every exception a route can raise to a JSON answer."""
+
+    async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        body = ErrorBody(error=exc.code, detail=exc.detail, upstream=exc.upstream)
+        return _answer(exc.status, body, exc.headers())
+
+    async def proxy_failure(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ProxyFailure)
+        return _answer(*proxy_failure_answer(exc))
+
+    async def backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        body = ErrorBody(error="backend_unavailable", detail="the breaker's Redis is unreachable")
+        return _answer(503, body)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = ErrorBody(error=code, detail=str(exc.detail))
+        return _answer(exc.status_code, body, dict(exc.headers or {}))
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        detail = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+        return _answer(422, ErrorBody(error="invalid_request", detail=detail))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"fields": {"event": "error", "path": request.url.path}},
+        )
+        return _answer(500, ErrorBody(error="internal", detail="internal error, see the logs"))
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(ProxyFailure, proxy_failure)
+    app.add_exception_handler(BackendUnavailableError, backend_unavailable)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,76 @@
+"""``create_app``: the gateway as an ASGI app, for uvicorn (``--factory``) and tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import admin, demo, errors, ops, proxy
+from .runtime import Gateway
+from .settings import GatewayConfig, load_config
+
+#: With ``[gateway] expose_instance = true``: which process answered.
+INSTANCE_HEADER = "X-Fleetbreaker-Instance"
+
+
+def create_app(config: GatewayConfig | None = None) -> FastAPI:
+    """The gateway as an ASGI app; ``config`` defaults to ``load_config()``.
+
+    Raises ``ConfigError`` (one line, naming the key) for an invalid configuration.
+    """
+    config = config if config is not None else load_config()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = await Gateway.start(config)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="fleetbreaker gateway",
+        summary="A resilient proxy: one circuit breaker per upstream, shared through Redis.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    if config.expose_instance:
+        app.add_middleware(InstanceHeader)
+    app.include_router(proxy.router)
+    app.include_router(admin.router)
+    app.include_router(ops.router)
+    if config.demo:
+        app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
+    return app
+
+
+class InstanceHeader:
+    """Names the process that answered (``<host>/<pid>``) on every response: lets an
+    operator, or a test behind a load balancer, see which worker of which replica
+    served a request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.value = f"{socket.gethostname()}/{os.getpid()}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (INSTANCE_HEADER.lower().encode(), self.value),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, named)

@@ -1,0 +1,112 @@
+"""Prometheus metrics, correct with one worker or many.
+
+Counters and the latency histogram are prometheus-client's own; with several uvicorn
+workers ``fleetbreaker serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder
+and ``/metrics`` sums every worker's files. The breaker state is not counted by any
+process: it is read from Redis when scraped, so every replica reports the fleet's one
+state.
+
+Each transition is counted once in the whole fleet, by the process whose call made it
+(``add_listener(made_here_only=True)``), so ``sum(fleetbreaker_transitions_total)``
+over replicas is the number of transitions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from breaker import STATES, BreakerSnapshot
+
+REQUESTS = Counter(
+    "fleetbreaker_requests_total",
+    "Proxied requests, by upstream and answer: a status class or an error code.",
+    ["upstream", "result"],
+)
+CALLS = Counter(
+    "fleetbreaker_calls_total",
+    "Calls through an upstream's breaker: success, failure (5xx or network), rejected.",
+    ["upstream", "outcome"],
+)
+TRANSITIONS = Counter(
+    "fleetbreaker_transitions_total",
+    "Breaker state transitions, each counted by the one process that made it.",
+    ["upstream", "from_state", "to_state"],
+)
+RETRIES = Counter("fleetbreaker_retries_total", "Retries sent to an upstream.", ["upstream"])
+RETRIES_REFUSED = Counter(
+    "fleetbreaker_retries_refused_total",
+    "Retries that were wanted but not sent: attempts, deadline or budget.",
+    ["upstream", "reason"],
+)
+BACKEND_ERRORS = Counter(
+    "fleetbreaker_backend_errors_total", "Redis commands of the breakers that failed."
+)
+LATENCY = Histogram(
+    "fleetbreaker_upstream_latency_seconds",
+    "Time from sending an attempt to the upstream's response headers.",
+    ["upstream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Scraped(Collector):
+    """Gauges read at scrape time: the fleet's breaker states and Redis reachability."""
+
+    def __init__(self, snapshots: dict[str, BreakerSnapshot | None], backend_up: bool) -> None:
+        self._snapshots = snapshots
+        self._backend_up = backend_up
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "fleetbreaker_breaker_state",
+            "1 for the breaker's current state (read from its backend when scraped).",
+            labels=["upstream", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "fleetbreaker_breaker_consecutive_failures",
+            "Consecutive failures the breaker has counted.",
+            labels=["upstream"],
+        )
+        for name, snapshot in self._snapshots.items():
+            if snapshot is None:
+                continue
+            for each in STATES:
+                state.add_metric([name, each], 1.0 if snapshot.state == each else 0.0)
+            failures.add_metric([name], float(snapshot.failures))
+        up = GaugeMetricFamily(
+            "fleetbreaker_backend_up", "1 when the breakers' backend answered the scrape."
+        )
+        up.add_metric([], 1.0 if self._backend_up else 0.0)
+        yield from (state, failures, up)
+
+
+def exposition(snapshots: dict[str, BreakerSnapshot | None], backend_up: bool) -> bytes:
+    """The text of ``/metrics``: this worker's (or every worker's) counters, and gauges
+    of the fleet's breakers."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        counters = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counters)  # type: ignore[no-untyped-call]
+    else:
+        counters = REGISTRY
+    scraped = CollectorRegistry()
+    scraped.register(_Scraped(snapshots, backend_up))
+    return generate_latest(counters) + generate_latest(scraped)
+
+
+def result_of(status: int | None, error: str | None) -> str:
+    """The ``result`` label of a proxied request."""
+    return error if error is not None else f"{status // 100 if status else 0}xx"

@@ -1,0 +1,194 @@
+"""``ANY /proxy/{upstream}/{path}``: forward through the upstream's breaker and retries.
+
+Request bodies up to ``retry_buffer_bytes`` are buffered, so that an attempt can be
+sent again; larger ones are streamed to the upstream as they arrive and sent once.
+Responses are streamed back as they come, bytes untouched (compressed stays
+compressed). Every proxied answer carries ``X-Fleetbreaker-Attempts``: how many
+attempts reached the upstream (0 when the breaker refused the first one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
+
+from .errors import ATTEMPTS_HEADER, BodyTooLarge, ErrorBody, ProxyFailure, failure_code
+from .forwarding import declared_length, request_headers, response_headers, target_url
+from .metrics import CALLS, REQUESTS, result_of
+from .runtime import UPSTREAM_EXTENSION, Route, call_outcome, gateway_of
+from .settings import GatewayConfig
+
+logger = logging.getLogger("fleetbreaker.gateway")
+
+router = APIRouter(tags=["proxy"])
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The path tries to leave the upstream's base."},
+    404: {"model": ErrorBody, "description": "No upstream has this name."},
+    413: {"model": ErrorBody, "description": "The request body is larger than allowed."},
+    502: {"model": ErrorBody, "description": "The upstream could not be reached."},
+    503: {
+        "model": ErrorBody,
+        "description": "The upstream's circuit is open (with Retry-After), "
+        "or Redis is down and the upstream is fail_closed.",
+    },
+    504: {"model": ErrorBody, "description": "The upstream did not answer in time."},
+}
+_DESCRIPTION = (
+    "Forwards the request to the upstream's base URL + path + query, through the "
+    "upstream's circuit breaker (shared by the fleet) and its retry policy. The "
+    "upstream's answer passes through as it is, with `X-Fleetbreaker-Attempts`."
+)
+
+
+async def proxy_path(request: Request, upstream: str, path: str) -> Response:
+    return await _proxy(request, upstream)
+
+
+async def proxy_base(request: Request, upstream: str) -> Response:
+    return await _proxy(request, upstream)
+
+
+# One route per method, so that each has its own operation in the OpenAPI document.
+for _method in METHODS:
+    router.add_api_route(
+        "/proxy/{upstream}/{path:path}",
+        proxy_path,
+        methods=[_method],
+        responses=_ERRORS,
+        summary=f"Proxy a {_method} request to an upstream",
+        description=_DESCRIPTION,
+        operation_id=f"proxy_{_method.lower()}",
+    )
+    router.add_api_route(
+        "/proxy/{upstream}",
+        proxy_base,
+        methods=[_method],
+        responses=_ERRORS,
+        summary=f"Proxy a {_method} request to an upstream's base URL",
+        description=_DESCRIPTION,
+        operation_id=f"proxy_base_{_method.lower()}",
+    )
+
+
+async def _proxy(request: Request, name: str) -> Response:
+    gateway = gateway_of(request)
+    route = gateway.route(name)
+    url = target_url(route.upstream.url, _raw_tail(request), request.scope["query_string"])
+    raw_headers = list(request.headers.raw)
+    content = await _body(request, raw_headers, gateway.config)
+    client = request.client
+    outgoing = gateway.client.build_request(
+        request.method,
+        url,
+        headers=request_headers(
+            raw_headers, client_host=client.host if client else None, scheme=request.url.scheme
+        ),
+        content=content,
+        extensions={UPSTREAM_EXTENSION: name},
+    )
+    try:
+        upstream_response = await gateway.client.send(outgoing, stream=True)
+    except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
+        _account(route, request, None, exc)
+        raise ProxyFailure(name, exc, attempts_of(exc) or 0) from exc
+    _account(route, request, upstream_response, None)
+    headers = response_headers(upstream_response.headers.raw)
+    headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts_of(upstream_response)).encode()))
+    answer = StreamingResponse(
+        upstream_response.aiter_raw(),
+        status_code=upstream_response.status_code,
+        background=BackgroundTask(upstream_response.aclose),
+    )
+    answer.raw_headers = headers
+    return answer
+
+
+def _raw_tail(request: Request) -> bytes:
+    """The path after ``/proxy/<upstream>/``, exactly as the client encoded it."""
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    parts = raw_path.split(b"/", 3)  # b"", b"proxy", <upstream>, <tail>
+    return parts[3] if len(parts) > 3 else b""
+
+
+async def _body(
+    request: Request, raw_headers: list[tuple[bytes, bytes]], config: GatewayConfig
+) -> bytes | AsyncIterator[bytes]:
+    """The body as bytes when it fits the retry buffer, else a stream (sent once)."""
+    limit = config.max_body_bytes
+    length = declared_length(raw_headers)
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"the request body is {length} bytes; the limit is {limit}")
+    chunks = request.stream()
+    buffered: list[bytes] = []
+    size = 0
+    if length is None or length <= config.retry_buffer_bytes:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+            buffered.append(chunk)
+            if size > config.retry_buffer_bytes:
+                break
+        else:
+            return b"".join(buffered)
+    return _streamed(buffered, chunks, size, limit)
+
+
+async def _streamed(
+    buffered: list[bytes], rest: AsyncIterator[bytes], size: int, limit: int
+) -> AsyncIterator[bytes]:
+    for chunk in buffered:
+        yield chunk
+    async for chunk in rest:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+        yield chunk
+
+
+def _account(
+    route: Route, request: Request, response: httpx.Response | None, error: Exception | None
+) -> None:
+    """Metrics of the request's last attempt, and one log line if it was retried or
+    rejected (a retried attempt was counted by the retry hook)."""
+    name = route.upstream.name
+    attempts = attempts_of(response if response is not None else error) or 0
+    if isinstance(error, CircuitOpenError):
+        CALLS.labels(name, "rejected").inc()
+    elif attempts:
+        outcome = call_outcome(response if response is not None else error)
+        if outcome is not None:
+            CALLS.labels(name, outcome).inc()
+    code = None if error is None else failure_code(error)[1]
+    status = response.status_code if response is not None else None
+    REQUESTS.labels(name, result_of(status, code)).inc()
+    if attempts > 1 or isinstance(error, CircuitOpenError):
+        logger.info(
+            "%s %s via %s: %s after %d attempt(s)",
+            request.method,
+            request.url.path,
+            name,
+            status or code,
+            attempts,
+            extra={
+                "fields": {
+                    "event": "rejected" if isinstance(error, CircuitOpenError) else "retried",
+                    "upstream": name,
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": status,
+                    "error": code,
+                    "attempts": attempts,
+                }
+            },
+        )

@@ -1,0 +1,208 @@
+"""The gateway's runtime: what one worker builds at startup, and routes read.
+
+The lifespan builds, once per worker: the Redis client (or none: the embedded
+backend), one ``httpx.AsyncClient`` whose pool every upstream shares, and per
+upstream a ``ResilientTransport`` (the library's) with that upstream's breaker and
+retry policy. A request picks its upstream's transport by a request extension.
+Routes only read ``app.state.gateway``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import redis.asyncio
+from fastapi import Request
+
+from breaker import (
+    BackendUnavailableError,
+    BreakerSnapshot,
+    CircuitBreaker,
+    ResilientTransport,
+    RetryDetails,
+    RetryHook,
+    TransitionEvent,
+)
+
+from . import errors
+from .events import EventFeed
+from .metrics import BACKEND_ERRORS, CALLS, LATENCY, RETRIES, RETRIES_REFUSED, TRANSITIONS
+from .settings import GatewayConfig, Upstream
+
+logger = logging.getLogger("fleetbreaker.gateway")
+
+#: The request extension that names the upstream a request is for.
+UPSTREAM_EXTENSION = "fleetbreaker.upstream"
+
+
+def call_outcome(cause: object) -> str | None:
+    """How the breaker counted an attempt: success, failure, or None (not counted)."""
+    if isinstance(cause, httpx.Response):
+        return "failure" if cause.status_code >= 500 else "success"
+    if isinstance(cause, httpx.TransportError):
+        return "failure"
+    return None
+
+
+class _Timed(httpx.AsyncBaseTransport):
+    """One upstream's attempts on the worker's shared pool, with their latency."""
+
+    def __init__(self, pool: httpx.AsyncBaseTransport, upstream: str) -> None:
+        self._pool = pool
+        self._latency = LATENCY.labels(upstream)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.perf_counter()
+        response = await self._pool.handle_async_request(request)
+        self._latency.observe(time.perf_counter() - started)
+        return response
+
+
+class _ByUpstream(httpx.AsyncBaseTransport):
+    """Sends each request through the transport of the upstream it names."""
+
+    def __init__(
+        self, pool: httpx.AsyncBaseTransport, routes: dict[str, ResilientTransport]
+    ) -> None:
+        self._pool = pool
+        self._routes = routes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._routes[request.extensions[UPSTREAM_EXTENSION]].handle_async_request(
+            request
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()  # shared by every route: closed once, here
+
+
+def _named(upstream: str) -> Callable[[httpx.Request], str]:
+    def name_of(request: httpx.Request) -> str:
+        return upstream
+
+    return name_of
+
+
+def _retry_hook(upstream: str) -> RetryHook:
+    retries = RETRIES.labels(upstream)
+
+    def hook(details: RetryDetails, /) -> None:
+        if details.stopped_by is not None:
+            RETRIES_REFUSED.labels(upstream, details.stopped_by).inc()
+            return
+        # A retried attempt never reaches the proxy's own accounting: count it here.
+        retries.inc()
+        outcome = call_outcome(details.cause)
+        if outcome is not None:
+            CALLS.labels(upstream, outcome).inc()
+
+    return hook
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    upstream: Upstream
+    breaker: CircuitBreaker
+
+
+class Gateway:
+    """One worker's clients and breakers, built by ``start`` and closed by ``aclose``."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        redis_client: redis.asyncio.Redis | None,
+        client: httpx.AsyncClient,
+        routes: dict[str, Route],
+        feed: EventFeed,
+    ) -> None:
+        self.config = config
+        self.redis = redis_client
+        self.client = client
+        self.routes = routes
+        self.feed = feed
+
+    @classmethod
+    async def start(cls, config: GatewayConfig) -> Gateway:
+        redis_client = redis.asyncio.Redis.from_url(config.redis_url) if config.redis_url else None
+        pool = httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0)
+        transports: dict[str, ResilientTransport] = {}
+        routes: dict[str, Route] = {}
+        feed = EventFeed(asyncio.get_running_loop())
+        for name, upstream in config.upstreams.items():
+            transport = ResilientTransport(
+                _Timed(pool, name),
+                redis=redis_client,
+                retry=upstream.retry.replace(hooks=(_retry_hook(name),)),
+                breaker_config=upstream.breaker,
+                breaker_name=_named(name),
+            )
+            breaker = transport.breaker(name)
+            breaker.add_listener(feed.publish)
+            breaker.add_listener(_log_transition, made_here_only=True)
+            breaker.add_backend_error_listener(_count_backend_error)
+            breaker.follow_events()
+            transports[name] = transport
+            routes[name] = Route(upstream, breaker)
+        client = httpx.AsyncClient(
+            transport=_ByUpstream(pool, transports),
+            timeout=config.client.timeout(),
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment must not reroute upstream calls
+        )
+        if redis_client is None:
+            logger.warning(
+                "no BREAKER_REDIS_URL: breakers live in this process only, "
+                "not shared with other workers or replicas",
+                extra={"fields": {"event": "startup", "backend": "embedded"}},
+            )
+        return cls(config, redis_client, client, routes, feed)
+
+    def route(self, name: str) -> Route:
+        route = self.routes.get(name)
+        if route is None:
+            raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name)
+        return route
+
+    async def snapshot(self, name: str) -> BreakerSnapshot:
+        return await self.route(name).breaker.asnapshot()
+
+    async def snapshots(self) -> dict[str, BreakerSnapshot | None]:
+        """Every breaker's snapshot; None for those the backend could not give."""
+        result: dict[str, BreakerSnapshot | None] = {}
+        for name, route in self.routes.items():
+            try:
+                result[name] = await route.breaker.asnapshot()
+            except BackendUnavailableError:
+                result[name] = None
+        return result
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _log_transition(event: TransitionEvent) -> None:
+    TRANSITIONS.labels(event.name, event.from_state, event.to_state).inc()
+    logger.info(
+        "breaker %s: %s -> %s",
+        event.name,
+        event.from_state,
+        event.to_state,
+        extra={"fields": {"event": "transition", "upstream": event.name, **event.as_dict()}},
+    )
+
+
+def _count_backend_error(reason: str) -> None:
+    BACKEND_ERRORS.inc()
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway

@@ -1,0 +1,386 @@
+"""The gateway's configuration: environment (pydantic-settings) and a TOML file.
+
+Environment:
+
+- ``BREAKER_REDIS_URL``: the shared Redis; unset, the embedded backend (one process).
+- ``BREAKER_CONFIG``: a TOML file (below).
+- ``BREAKER_ADMIN_TOKEN``: enables the admin API (``Authorization: Bearer <token>``).
+- ``BREAKER_UPSTREAMS``: ``name=url,name2=url2``, for the quick case.
+- ``BREAKER_PUBLIC_URL``: where this gateway is reached; the demo upstream lives under it.
+- ``BREAKER_DEMO_FAILURE_RATE``: the fraction of requests the demo upstream fails.
+
+The file::
+
+    [gateway]
+    prefix = "breaker"                 # of every Redis key and of the events channel
+    max_body_bytes = 10485760          # larger request bodies get 413
+    retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
+    expose_instance = false            # X-Fleetbreaker-Instance: <host>/<pid> on answers
+
+    [client]                           # the pooled httpx client, one per worker
+    connect_timeout = 2.0
+    read_timeout = 30.0
+    max_connections = 100
+
+    [defaults.breaker]                 # every upstream's breaker, unless it says otherwise
+    failure_threshold = 5
+    [defaults.retry]
+    attempts = 3
+    budget = { ratio = 0.2, min_retries_per_second = 10 }   # or: budget = false
+
+    [upstreams.payments]
+    url = "http://payments.internal:8080/api"
+    breaker = { failure_threshold = 3, reset_timeout = 30 }
+    retry = { per_try_timeout = 2.0, deadline = 5.0 }
+
+Breaker and retry keys are ``BreakerConfig``'s and ``RetryPolicy``'s own fields, checked
+by them: the library decides what is valid, this module only names the key. Any
+problem becomes one ``ConfigError`` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from breaker import BreakerConfig, ConfigurationError, RetryBudget, RetryPolicy, is_server_error
+
+#: Upstream names are URL path segments and Redis hash tags: keep them plain.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEMO_UPSTREAM = "demo"
+# Settings that a TOML file cannot express (code), or that are gateway-wide (prefix).
+_BREAKER_KEYS = frozenset(field.name for field in fields(BreakerConfig)) - {
+    "record_exceptions",
+    "ignore_exceptions",
+    "failure_predicate",
+    "prefix",
+}
+_RETRY_KEYS = frozenset(
+    {
+        "attempts",
+        "backoff",
+        "max_backoff",
+        "deadline",
+        "per_try_timeout",
+        "max_retry_after",
+        "retry_statuses",
+        "retry_methods",
+        "budget",
+    }
+)
+# Only the network can fail an upstream: a client's oversized body or a cancelled
+# request says nothing about it. 5xx answers count through ``is_server_error``.
+_UPSTREAM_FAILURES: tuple[type[BaseException], ...] = (httpx.TransportError,)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line naming the key."""
+
+
+class Environment(BaseSettings):
+    """What the process environment says (``BREAKER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BREAKER_", extra="ignore")
+
+    redis_url: str | None = None
+    config: Path | None = None
+    admin_token: SecretStr | None = None
+    upstreams: str = ""
+    public_url: str = "http://127.0.0.1:8000"
+    demo_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Strict):
+    prefix: str = "breaker"
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    retry_buffer_bytes: NonNegativeInt = 64 * 1024
+    expose_instance: bool = False
+
+
+class ClientSection(_Strict):
+    """The one pooled ``httpx.AsyncClient`` of each worker."""
+
+    connect_timeout: PositiveFloat = 2.0
+    read_timeout: PositiveFloat = 30.0
+    write_timeout: PositiveFloat = 30.0
+    pool_timeout: PositiveFloat = 5.0
+    max_connections: PositiveInt = 100
+    max_keepalive_connections: NonNegativeInt = 20
+    keepalive_expiry: NonNegativeFloat = 5.0
+
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.write_timeout,
+            pool=self.pool_timeout,
+        )
+
+    def limits(self) -> httpx.Limits:
+        return httpx.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_keepalive_connections,
+            keepalive_expiry=self.keepalive_expiry,
+        )
+
+
+class PolicySection(_Strict):
+    breaker: dict[str, Any] = {}
+    retry: dict[str, Any] = {}
+
+
+class UpstreamSection(PolicySection):
+    url: str
+
+
+class ConfigFile(_Strict):
+    gateway: GatewaySection = GatewaySection()
+    client: ClientSection = ClientSection()
+    defaults: PolicySection = PolicySection()
+    upstreams: dict[str, UpstreamSection] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One configured upstream: where it is, and how its breaker and retries behave."""
+
+    name: str
+    url: httpx.URL
+    breaker: BreakerConfig
+    retry: RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway runs with, validated."""
+
+    upstreams: dict[str, Upstream]
+    redis_url: str | None
+    admin_token: str | None
+    prefix: str
+    max_body_bytes: int
+    retry_buffer_bytes: int
+    expose_instance: bool
+    client: ClientSection
+    demo: bool
+    demo_failure_rate: float
+    source: str
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.redis_url else "embedded"
+
+
+def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Read the environment (``os.environ`` by default) and the file it names."""
+    try:
+        env = (
+            Environment.model_validate(_environment_values(environ))
+            if environ is not None
+            else Environment()
+        )
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, env_prefix="BREAKER_")) from None
+    file, source = _read_file(env.config)
+    upstreams = dict(_file_upstreams(file))
+    for name, url in _parse_upstreams(env.upstreams):
+        if name in upstreams:
+            raise ConfigError(f"BREAKER_UPSTREAMS: {name!r} is also in {source}")
+        upstreams[name] = UpstreamSection(url=url)
+    demo = not upstreams
+    if demo:
+        upstreams[DEMO_UPSTREAM] = UpstreamSection(
+            url=env.public_url.rstrip("/") + "/demo",
+            breaker={"failure_threshold": 3, "reset_timeout": 30.0},
+        )
+    redis_url = env.redis_url or None
+    if redis_url is not None:
+        _check_redis_url(redis_url)
+    token = env.admin_token.get_secret_value().strip() if env.admin_token else ""
+    return GatewayConfig(
+        upstreams={
+            name: _upstream(name, section, file.defaults, file.gateway.prefix)
+            for name, section in upstreams.items()
+        },
+        redis_url=redis_url,
+        admin_token=token or None,
+        prefix=file.gateway.prefix,
+        max_body_bytes=file.gateway.max_body_bytes,
+        retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
+        expose_instance=file.gateway.expose_instance,
+        client=file.client,
+        demo=demo,
+        demo_failure_rate=env.demo_failure_rate,
+        source=source,
+    )
+
+
+def _environment_values(environ: dict[str, str]) -> dict[str, str]:
+    prefix = "BREAKER_"
+    return {
+        key[len(prefix) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(prefix) and key[len(prefix) :].lower() in Environment.model_fields
+    }
+
+
+def _read_file(path: Path | None) -> tuple[ConfigFile, str]:
+    if path is None:
+        return ConfigFile(), "the environment"
+    source = f"BREAKER_CONFIG ({path})"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: is not UTF-8 text") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return ConfigFile.model_validate(raw), str(path)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+
+
+def _file_upstreams(file: ConfigFile) -> list[tuple[str, UpstreamSection]]:
+    for name in file.upstreams:
+        _check_name(f"upstreams.{name}", name)
+    return list(file.upstreams.items())
+
+
+def _parse_upstreams(value: str) -> list[tuple[str, str]]:
+    pairs = []
+    seen: set[str] = set()
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not url:
+            raise ConfigError(f"BREAKER_UPSTREAMS: {item!r} is not name=url")
+        _check_name("BREAKER_UPSTREAMS", name)
+        if name in seen:
+            raise ConfigError(f"BREAKER_UPSTREAMS: {name!r} is given twice")
+        seen.add(name)
+        pairs.append((name, url))
+    return pairs
+
+
+def _check_name(key: str, name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"{key}: upstream name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+
+
+def _check_url(key: str, value: str) -> httpx.URL:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigError(f"{key}: {value!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{key}: {value!r} must be an http:// or https:// URL with a host")
+    if url.query or url.fragment or url.userinfo:
+        raise ConfigError(f"{key}: {value!r} must not carry a query, a fragment or credentials")
+    return url
+
+
+def _check_redis_url(value: str) -> None:
+    try:
+        redis.asyncio.Redis.from_url(value)
+    except ValueError as exc:
+        raise ConfigError(f"BREAKER_REDIS_URL: {exc}") from None
+
+
+def _upstream(
+    name: str, section: UpstreamSection, defaults: PolicySection, prefix: str
+) -> Upstream:
+    key = f"upstreams.{name}"
+    url = _check_url(f"{key}.url", section.url)
+    breaker_values = _merged("breaker", _BREAKER_KEYS, key, defaults.breaker, section.breaker)
+    retry_values = _merged("retry", _RETRY_KEYS, key, defaults.retry, section.retry)
+    try:
+        breaker = BreakerConfig(
+            **breaker_values,
+            prefix=prefix,
+            record_exceptions=_UPSTREAM_FAILURES,
+            failure_predicate=is_server_error,
+        )
+    except ConfigurationError as exc:
+        where = key if exc.field in section.breaker else "defaults"
+        if exc.field == "prefix":
+            raise ConfigError(f"gateway.prefix: {exc.problem}") from None
+        raise ConfigError(f"{where}.breaker.{exc.field}: {exc.problem}") from None
+    except TypeError as exc:  # a value of the wrong type where the library compares it
+        raise ConfigError(f"{key}.breaker: {exc}") from None
+    try:
+        retry = RetryPolicy(**_retry_arguments(retry_values, key))
+    except ConfigurationError as exc:
+        where = key if exc.field in section.retry else "defaults"
+        raise ConfigError(f"{where}.retry.{exc.field}: {exc.problem}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{key}.retry: {exc}") from None
+    return Upstream(name=name, url=url, breaker=breaker, retry=retry)
+
+
+def _merged(
+    table: str, known: frozenset[str], key: str, defaults: dict[str, Any], own: dict[str, Any]
+) -> dict[str, Any]:
+    for where, values in (("defaults", defaults), (key, own)):
+        for setting in values:
+            if setting not in known:
+                raise ConfigError(f"{where}.{table}.{setting}: unknown key")
+    return {**defaults, **own}
+
+
+def _retry_arguments(values: dict[str, Any], key: str) -> dict[str, Any]:
+    arguments = dict(values)
+    if "budget" in arguments:
+        budget = arguments["budget"]
+        if budget is False:
+            arguments["budget"] = None
+        elif isinstance(budget, dict):
+            unknown = set(budget) - {"ratio", "min_retries_per_second"}
+            if unknown:
+                raise ConfigError(f"{key}.retry.budget.{sorted(unknown)[0]}: unknown key")
+            try:
+                arguments["budget"] = RetryBudget(**budget)
+            except ConfigurationError as exc:
+                raise ConfigError(f"{key}.retry.budget.{exc.field}: {exc.problem}") from None
+        else:
+            raise ConfigError(f"{key}.retry.budget: must be a table or false")
+    return arguments
+
+
+def _first_error(exc: ValidationError, *, env_prefix: str = "") -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"])
+    if env_prefix:
+        location = env_prefix + location.upper()
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    return f"{location}: {message}"
