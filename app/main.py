@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from breaker.testing import Clock
+
 from . import admin, demo, errors, ops, proxy
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
@@ -18,8 +20,9 @@ from .settings import GatewayConfig, load_config
 INSTANCE_HEADER = "X-Fleetbreaker-Instance"
 
 
-def create_app(config: GatewayConfig | None = None) -> FastAPI:
-    """The gateway as an ASGI app; ``config`` defaults to ``load_config()``.
+def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """The gateway as an ASGI app; ``config`` defaults to ``load_config()``; ``clock``
+    is for tests (``breaker.testing.ManualClock``).
 
     Raises ``ConfigError`` (one line, naming the key) for an invalid configuration.
     """
@@ -27,7 +30,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = await Gateway.start(config)
+        gateway = await Gateway.start(config, clock)
         app.state.gateway = gateway
         try:
             yield

@@ -28,6 +28,7 @@ from breaker import (
     RetryHook,
     TransitionEvent,
 )
+from breaker.testing import Clock
 
 from . import errors
 from .events import EventFeed
@@ -128,7 +129,7 @@ class Gateway:
         self.feed = feed
 
     @classmethod
-    async def start(cls, config: GatewayConfig) -> Gateway:
+    async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
         redis_client = redis.asyncio.Redis.from_url(config.redis_url) if config.redis_url else None
         pool = httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0)
         transports: dict[str, ResilientTransport] = {}
@@ -141,6 +142,7 @@ class Gateway:
                 retry=upstream.retry.replace(hooks=(_retry_hook(name),)),
                 breaker_config=upstream.breaker,
                 breaker_name=_named(name),
+                clock=clock,
             )
             breaker = transport.breaker(name)
             breaker.add_listener(feed.publish)

@@ -31,6 +31,7 @@ class Reply:
     delay_body: float = 0.0
     drop: bool = False
     body: bytes = b"ok"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Hit:
     path: str
     headers: dict[str, str]
     body: bytes
+    raw_path: bytes = b""
+    query: bytes = b""
 
 
 class Upstream:
@@ -138,7 +141,16 @@ class Upstream:
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         with self._lock:
-            self.hits.append(Hit(scope["method"], scope["path"], headers, body))
+            self.hits.append(
+                Hit(
+                    scope["method"],
+                    scope["path"],
+                    headers,
+                    body,
+                    scope.get("raw_path") or b"",
+                    scope.get("query_string") or b"",
+                )
+            )
         reply = self._next_reply(scope["path"])
         await self._pause(reply.delay_headers)
         if reply.drop:
@@ -149,6 +161,7 @@ class Upstream:
             send.__self__.response_complete = True
             return
         response_headers = [(b"content-length", str(len(reply.body)).encode())]
+        response_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         if reply.retry_after is not None:
             response_headers.append((b"retry-after", reply.retry_after.encode("latin-1")))
         await send(

@@ -1,0 +1,48 @@
+"""The gateway in-process (ASGI, with its lifespan) and its configuration for tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from app import GatewayConfig, create_app, load_config
+from breaker.testing import Clock
+
+TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def gateway_config(
+    tmp_path: Path,
+    toml: str = "",
+    *,
+    redis_url: str | None = None,
+    token: str | None = TOKEN,
+    **environ: str,
+) -> GatewayConfig:
+    """Load a configuration the way the service does, from a TOML text and BREAKER_*."""
+    values = {f"BREAKER_{key.upper()}": value for key, value in environ.items()}
+    if toml:
+        path = tmp_path / "fleetbreaker.toml"
+        path.write_text(toml)
+        values["BREAKER_CONFIG"] = str(path)
+    if redis_url is not None:
+        values["BREAKER_REDIS_URL"] = redis_url
+    if token is not None:
+        values["BREAKER_ADMIN_TOKEN"] = token
+    return load_config(values)
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(
+    config: GatewayConfig, clock: Clock | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the gateway app, in-process, between its startup and shutdown."""
+    app = create_app(config, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
