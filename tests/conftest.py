@@ -160,6 +160,17 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(params=["redis", "embedded"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """For the gateway: the Redis URL of the test db (flushed around the test), or
+    None, the embedded backend."""
+    if request.param == "redis":
+        request.getfixturevalue("sync_redis")
+        yield request.getfixturevalue("redis_url")
+    else:
+        yield None
+
+
 @pytest.fixture(scope="session")
 def _upstream_server() -> Iterator[Upstream]:
     server = Upstream()

@@ -4,7 +4,6 @@ both backends. Time is a ManualClock: no test waits for a breaker to reopen."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,40 +11,8 @@ import pytest
 
 from app import GatewayConfig
 from breaker.testing import ManualClock
-from tests.support.gateway import gateway_client, gateway_config
+from tests.support.gateway import Scenario, config_for, gateway_client
 from tests.support.upstream import Reply, Upstream
-
-Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
-
-
-@pytest.fixture(params=["redis", "embedded"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """The Redis URL of the test db (flushed around the test), or None: embedded."""
-    if request.param == "redis":
-        request.getfixturevalue("sync_redis")
-        yield request.getfixturevalue("redis_url")
-    else:
-        yield None
-
-
-def config_for(
-    tmp_path: Path, upstream: Upstream, backend: str | None, extra: str = ""
-) -> GatewayConfig:
-    return gateway_config(
-        tmp_path,
-        f"""
-        [gateway]
-        max_body_bytes = 4096
-        retry_buffer_bytes = 1024
-        [defaults.retry]
-        backoff = 0
-        [upstreams.api]
-        url = "{upstream.url}/base"
-        breaker = {{ failure_threshold = 3, reset_timeout = 30 }}
-        {extra}
-        """,
-        redis_url=backend,
-    )
 
 
 def run(config: GatewayConfig, scenario: Scenario, clock: ManualClock | None = None) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
 from app import GatewayConfig, create_app, load_config
 from breaker.testing import Clock
+from tests.support.upstream import Upstream
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
 
 def gateway_config(
@@ -46,3 +49,25 @@ async def gateway_client(
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+def config_for(
+    tmp_path: Path, upstream: Upstream, backend: str | None, extra: str = ""
+) -> GatewayConfig:
+    """Upstream ``api`` at ``<upstream>/base``: threshold 3, open for 30 s, no backoff;
+    bodies up to 1 KiB are retried, over 4 KiB refused. ``extra`` adds to its table."""
+    return gateway_config(
+        tmp_path,
+        f"""
+        [gateway]
+        max_body_bytes = 4096
+        retry_buffer_bytes = 1024
+        [defaults.retry]
+        backoff = 0
+        [upstreams.api]
+        url = "{upstream.url}/base"
+        breaker = {{ failure_threshold = 3, reset_timeout = 30 }}
+        {extra}
+        """,
+        redis_url=backend,
+    )

@@ -1,0 +1,91 @@
+"""``fleetbreaker serve`` as a real OS process (uvicorn, several workers) for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import free_port
+
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 15.0
+
+
+def fleetbreaker_command() -> list[str]:
+    """The installed console script, next to this Python."""
+    script = Path(sys.executable).parent / "fleetbreaker"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+
+
+class GatewayProcess:
+    """``fleetbreaker serve --workers N`` on a free port; its stderr goes to a file."""
+
+    def __init__(self, workdir: Path, environ: dict[str, str], workers: int = 2) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            **environ,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    *fleetbreaker_command(),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
+                env=self.environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its workers are stopped with it, as a group
+            )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited at start:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the gateway did not answer in {_START_TIMEOUT} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        """SIGTERM to the whole group, SIGKILL if it lingers; the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(_STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.returncode

@@ -1,0 +1,280 @@
+"""Liveness, readiness, metrics, the OpenAPI document and the demo upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from app import GatewayConfig
+from breaker.testing import ManualClock
+from tests.support.gateway import AUTH, Scenario, config_for, gateway_client, gateway_config
+from tests.support.servers import RedisServer
+from tests.support.upstream import Reply, Upstream
+
+
+def run(config: GatewayConfig, scenario: Scenario) -> None:
+    async def main() -> None:
+        async with gateway_client(config, ManualClock()) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+def test_healthz_is_ok(tmp_path: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+    run(gateway_config(tmp_path), scenario)
+
+
+def test_readyz_on_the_embedded_backend(tmp_path: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+        assert (response.status_code, response.json()) == (
+            200,
+            {"status": "ready", "backend": "embedded"},
+        )
+
+    run(gateway_config(tmp_path), scenario)
+
+
+def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        ready = await client.get("/readyz")
+        assert ready.json() == {"status": "ready", "backend": "redis"}
+        redis_server.kill()
+        degraded = await client.get("/readyz")
+        assert degraded.status_code == 200
+        assert degraded.json()["status"] == "degraded"
+        assert degraded.json()["backend"] == "fallback"
+
+    run(config, scenario)
+
+
+def test_readyz_is_503_when_every_upstream_is_fail_closed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        """
+        [defaults.breaker]
+        on_backend_error = "fail_closed"
+        [upstreams.api]
+        url = "http://h"
+        """,
+        redis_url=redis_server.url,
+    )
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        redis_server.kill()
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "unavailable"
+
+    run(config, scenario)
+
+
+def test_fail_closed_upstream_answers_503_backend_unavailable_while_redis_is_dead(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [upstreams.api]
+        url = "{upstream.url}"
+        breaker = {{ on_backend_error = "fail_closed" }}
+        """,
+        redis_url=redis_server.url,
+    )
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        redis_server.kill()
+        response = await client.get("/proxy/api/x")
+        assert response.status_code == 503
+        assert response.json()["error"] == "backend_unavailable"
+
+    run(config, scenario)
+    assert upstream.hits == []
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition ``text``."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample_name == name and found == wanted:
+            return float(value)
+    raise AssertionError(f"no sample {name}{{{wanted}}}")
+
+
+def test_metrics_count_calls_retries_transitions_and_read_the_state(
+    tmp_path: Path, upstream: Upstream, backend: str | None
+) -> None:
+    upstream.plan("/base/flaky", Reply(503), Reply(200))
+    upstream.plan("/base/down", Reply(500))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        before = (await client.get("/metrics")).text
+
+        def grown(text: str, name: str, **labels: str) -> float:
+            try:
+                start = metric(before, name, **labels)
+            except AssertionError:
+                start = 0.0
+            return metric(text, name, **labels) - start
+
+        await client.get("/proxy/api/flaky")  # 503, retried, 200
+        for _ in range(3):
+            await client.get("/proxy/api/down")  # 3 failures: opens
+        await client.get("/proxy/api/down")  # rejected
+        response = await client.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.text
+        assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="success") == 1
+        assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="failure") == 4
+        assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="rejected") == 1
+        assert grown(text, "fleetbreaker_retries_total", upstream="api") == 1
+        assert (
+            grown(
+                text,
+                "fleetbreaker_transitions_total",
+                upstream="api",
+                from_state="closed",
+                to_state="open",
+            )
+            == 1
+        )
+        assert grown(text, "fleetbreaker_requests_total", upstream="api", result="2xx") == 1
+        assert (
+            grown(text, "fleetbreaker_requests_total", upstream="api", result="circuit_open") == 1
+        )
+        assert grown(text, "fleetbreaker_upstream_latency_seconds_count", upstream="api") == 5
+        assert metric(text, "fleetbreaker_breaker_state", upstream="api", state="open") == 1
+        assert metric(text, "fleetbreaker_breaker_state", upstream="api", state="closed") == 0
+        assert metric(text, "fleetbreaker_breaker_consecutive_failures", upstream="api") == 3
+        assert metric(text, "fleetbreaker_backend_up") == 1
+
+    run(config_for(tmp_path, upstream, backend), scenario)
+
+
+def test_metrics_count_budget_refusals(tmp_path: Path, upstream: Upstream) -> None:
+    upstream.plan("/base/down", Reply(503))
+    extra = "retry = { attempts = 3, budget = { ratio = 0, min_retries_per_second = 0 } }"
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        before = (await client.get("/metrics")).text
+        labels = {"upstream": "api", "reason": "budget"}
+        try:
+            start = metric(before, "fleetbreaker_retries_refused_total", **labels)
+        except AssertionError:
+            start = 0.0
+        assert (await client.get("/proxy/api/down")).headers["x-fleetbreaker-attempts"] == "1"
+        text = (await client.get("/metrics")).text
+        assert metric(text, "fleetbreaker_retries_refused_total", **labels) - start == 1
+
+    run(config_for(tmp_path, upstream, None, extra), scenario)
+
+
+def test_metrics_count_backend_errors_and_say_redis_is_down(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+) -> None:
+    config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams=f"api={upstream.url}")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        before = metric((await client.get("/metrics")).text, "fleetbreaker_backend_errors_total")
+        redis_server.kill()
+        assert (await client.get("/proxy/api/x")).status_code == 200  # fail_open: served
+        text = (await client.get("/metrics")).text
+        assert metric(text, "fleetbreaker_backend_errors_total") > before
+        assert metric(text, "fleetbreaker_backend_up") == 0
+
+    run(config, scenario)
+
+
+def test_openapi_lists_every_route_with_its_error_bodies(tmp_path: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        document = (await client.get("/openapi.json")).json()
+        paths = document["paths"]
+        assert set(paths) == {
+            "/proxy/{upstream}/{path}",
+            "/proxy/{upstream}",
+            "/admin/breakers",
+            "/admin/breakers/{name}",
+            "/admin/breakers/{name}/reset",
+            "/admin/breakers/{name}/open",
+            "/admin/breakers/{name}/disable",
+            "/admin/events",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        }
+        assert set(paths["/proxy/{upstream}/{path}"]) == {
+            "get",
+            "head",
+            "post",
+            "put",
+            "patch",
+            "delete",
+            "options",
+        }
+        assert {"400", "404", "413", "502", "503", "504"} <= set(
+            paths["/proxy/{upstream}/{path}"]["get"]["responses"]
+        )
+        reset = paths["/admin/breakers/{name}/reset"]["post"]
+        assert {"401", "403", "404"} <= set(reset["responses"])
+        assert reset["security"] == [{"HTTPBearer": []}]
+
+    run(gateway_config(tmp_path), scenario)
+
+
+def test_demo_upstream_switches_between_healthy_failing_and_slow(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, public_url="http://gateway")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        assert (await client.get("/demo/hello")).json()["demo"] == "ok"
+        assert (await client.get("/demo/status/502")).status_code == 502
+        failing = await client.put("/demo/mode", json={"mode": "failing"})
+        assert failing.json() == {"mode": "failing", "failure_rate": 0.0, "delay": 2.0}
+        assert (await client.get("/demo/hello")).status_code == 503
+        await client.put("/demo/mode", json={"mode": "healthy", "failure_rate": 1.0})
+        assert (await client.get("/demo/hello")).status_code == 503
+        await client.put("/demo/mode", json={"mode": "slow", "delay": 0.01})
+        assert (await client.get("/demo/hello")).status_code == 200
+        assert (await client.get("/demo/mode")).json()["mode"] == "slow"
+        refused = await client.put("/demo/mode", json={"mode": "broken"})
+        assert refused.status_code == 422
+
+    run(config, scenario)
+
+
+def test_unknown_route_and_method_are_json(tmp_path: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        missing = await client.get("/nowhere")
+        assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+        wrong = await client.delete("/healthz")
+        assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+
+    run(gateway_config(tmp_path), scenario)
+
+
+def test_admin_snapshot_while_redis_is_dead_is_503_json(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        redis_server.kill()
+        response = await client.get("/admin/breakers/api", headers=AUTH)
+        assert response.status_code == 503
+        assert response.json()["error"] == "backend_unavailable"
+
+    run(config, scenario)

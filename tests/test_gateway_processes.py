@@ -1,0 +1,200 @@
+"""``fleetbreaker serve --workers 2`` as a real process on a real Redis: the two workers
+share one breaker, every admin action reaches the other worker on its next request,
+and the live event stream carries the fleet's transitions.
+
+Every request opens a new connection, so the kernel spreads them over the workers;
+``X-Fleetbreaker-Instance`` says which worker answered. Loops are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.gateway import AUTH, TOKEN
+from tests.support.gateway_process import GatewayProcess
+from tests.support.servers import RedisServer
+from tests.support.upstream import Reply, Upstream
+
+pytestmark = pytest.mark.slow
+
+THRESHOLD = 4
+_MAX_REQUESTS = 200  # a bound on looking for the other worker, never reached in practice
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+) -> Iterator[GatewayProcess]:
+    config = tmp_path / "fleetbreaker.toml"
+    config.write_text(
+        f"""
+        [gateway]
+        expose_instance = true
+        [upstreams.api]
+        url = "{upstream.url}"
+        breaker = {{ failure_threshold = {THRESHOLD}, reset_timeout = 300 }}
+        retry = {{ attempts = 1 }}
+        """
+    )
+    process = GatewayProcess(
+        tmp_path,
+        {
+            "BREAKER_REDIS_URL": redis_server.url,
+            "BREAKER_CONFIG": str(config),
+            "BREAKER_ADMIN_TOKEN": TOKEN,
+        },
+        workers=2,
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+def fresh(gateway: GatewayProcess, method: str, path: str, **kwargs: object) -> httpx.Response:
+    """One request on a new connection (so that either worker may take it)."""
+    with httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        return client.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+
+def until_both_workers(gateway: GatewayProcess, path: str) -> dict[str, list[httpx.Response]]:
+    """Send GET ``path`` until both workers have answered; the answers by worker."""
+    by_worker: dict[str, list[httpx.Response]] = {}
+    for _ in range(_MAX_REQUESTS):
+        response = fresh(gateway, "GET", path)
+        by_worker.setdefault(response.headers["x-fleetbreaker-instance"], []).append(response)
+        if len(by_worker) == 2:
+            return by_worker
+    raise AssertionError(f"one worker answered all {_MAX_REQUESTS} requests")
+
+
+def test_two_workers_trip_on_the_threshold_counted_together(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    upstream.plan("/down", Reply(500))
+    failed_on = [fresh(gateway, "GET", "/proxy/api/down") for _ in range(THRESHOLD)]
+    assert [r.status_code for r in failed_on] == [500] * THRESHOLD
+    answers = until_both_workers(gateway, "/proxy/api/down")
+    for responses in answers.values():
+        for response in responses:
+            assert response.status_code == 503
+            assert response.json()["error"] == "circuit_open"
+            assert int(response.headers["retry-after"]) > 0
+    # Per-worker breakers would have let one worker, or both, keep calling.
+    assert len(upstream.hits_on("/down")) == THRESHOLD
+
+
+def test_each_admin_action_reaches_the_other_worker_on_its_next_request(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    upstream.plan("/x", Reply(500))
+    for _ in range(THRESHOLD):
+        fresh(gateway, "GET", "/proxy/api/x")
+    until_both_workers(gateway, "/proxy/api/x")  # both hold the open view now
+    upstream.plan("/x", Reply(200))
+
+    reset = fresh(gateway, "POST", "/admin/breakers/api/reset", headers=AUTH)
+    assert reset.json()["state"] == "closed"
+    for responses in until_both_workers(gateway, "/proxy/api/x").values():
+        assert [r.status_code for r in responses] == [200] * len(responses)
+
+    forced = fresh(gateway, "POST", "/admin/breakers/api/open", headers=AUTH)
+    assert forced.json()["state"] == "forced_open"
+    hits = len(upstream.hits_on("/x"))
+    for responses in until_both_workers(gateway, "/proxy/api/x").values():
+        assert [r.status_code for r in responses] == [503] * len(responses)
+    assert len(upstream.hits_on("/x")) == hits
+
+    upstream.plan("/x", Reply(500))
+    disabled = fresh(gateway, "POST", "/admin/breakers/api/disable", headers=AUTH)
+    assert disabled.json()["state"] == "disabled"
+    seen = until_both_workers(gateway, "/proxy/api/x")
+    sent = sum(len(responses) for responses in seen.values())
+    for responses in seen.values():
+        assert [r.status_code for r in responses] == [500] * len(responses)
+    assert len(upstream.hits_on("/x")) == hits + sent
+
+
+def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -> None:
+    answers = until_both_workers(gateway, "/proxy/api/m")
+    sent = sum(len(responses) for responses in answers.values())
+    text = fresh(gateway, "GET", "/metrics").text
+    [line] = [
+        line
+        for line in text.splitlines()
+        if line.startswith("fleetbreaker_calls_total{")
+        and 'outcome="success"' in line
+        and 'upstream="api"' in line
+    ]
+    assert float(line.rpartition(" ")[2]) == sent
+
+
+def test_event_stream_carries_transitions_made_by_either_worker(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    events: list[dict[str, object]] = []
+    subscribed = threading.Event()
+    heard_reset = threading.Event()
+
+    def follow() -> None:
+        with (
+            httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30.0)) as client,
+            client.stream("GET", "/admin/events", headers=AUTH) as stream,
+        ):
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith(":"):
+                    subscribed.set()
+                elif line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+                    if events[-1]["reason"] == "reset":
+                        heard_reset.set()
+                        return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert subscribed.wait(10.0)
+    upstream.plan("/e", Reply(500))
+    for _ in range(THRESHOLD):
+        fresh(gateway, "GET", "/proxy/api/e")
+    fresh(gateway, "POST", "/admin/breakers/api/reset", headers=AUTH)
+    assert heard_reset.wait(10.0)
+    assert [(e["from"], e["to"], e["reason"]) for e in events] == [
+        ("closed", "open", "failure_threshold"),
+        ("open", "closed", "reset"),
+    ]
+    reader.join(10.0)
+
+
+def test_one_transition_is_logged_once_by_the_fleet(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    upstream.plan("/l", Reply(500))
+    for _ in range(THRESHOLD):
+        fresh(gateway, "GET", "/proxy/api/l")
+    until_both_workers(gateway, "/proxy/api/l")
+    deadline = time.monotonic() + 5.0
+    lines: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        lines = [
+            json.loads(line)
+            for line in gateway.log().splitlines()
+            if line.startswith("{") and '"event": "transition"' in line
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert [(line["from"], line["to"]) for line in lines] == [("closed", "open")]
+    rejected = [
+        json.loads(line)
+        for line in gateway.log().splitlines()
+        if line.startswith("{") and '"event": "rejected"' in line
+    ]
+    assert len({line["pid"] for line in rejected}) == 2
+    assert TOKEN not in gateway.log()
