@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from app import load_config
 from breaker.testing import set_testing
 from tests.support.upstream import Reply, Upstream
 
@@ -79,3 +80,15 @@ def test_the_transport_snippet_runs_as_written(
     finally:
         set_testing(False)
     assert (response.status_code, attempts) == (200, 2)
+
+
+def test_the_gateway_toml_example_loads(tmp_path: Path) -> None:
+    [toml] = re.findall(r"```toml\n(.*?)```", README, re.DOTALL)
+    path = tmp_path / "fleetbreaker.toml"
+    path.write_text(toml)
+    config = load_config({"BREAKER_CONFIG": str(path)})
+    payments = config.upstreams["payments"]
+    assert str(payments.url) == "http://payments.internal:8080/api"
+    assert payments.breaker.on_backend_error == "fail_closed"
+    assert payments.retry.deadline == 5.0
+    assert config.retry_buffer_bytes == 65536

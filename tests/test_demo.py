@@ -1,0 +1,54 @@
+"""The README's run command: a gateway with no configuration at all prints three curl
+commands, and pasting them shows a request through, the breaker tripping, and the
+admin view of it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway_process import GatewayProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[GatewayProcess]:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is needed to paste the demo's commands (apt-get install -y curl)")
+    process = GatewayProcess(tmp_path, {}, workers=1)
+    process.start()
+    yield process
+    process.stop()
+
+
+def paste(command: str) -> str:
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
+
+
+def test_the_three_printed_commands_work_as_pasted(demo: GatewayProcess) -> None:
+    banner = demo.log()
+    commands = [line.strip() for line in banner.splitlines() if line.startswith("   curl")]
+    commands += [line.strip() for line in banner.splitlines() if line.startswith("   for i")]
+    works, admin, trip = commands
+    assert "HTTP/1.1 200 OK" in paste(works)
+    assert paste(trip).split() == ["500", "500", "500", "503", "503"]
+    view = json.loads(paste(admin))
+    assert (view["name"], view["state"], view["failures"]) == ("demo", "open", 3)
+    token = re.search(r"Bearer ([\w-]+)", admin)
+    assert token is not None
+    reset = paste(
+        f"curl -s -X POST -H 'Authorization: Bearer {token[1]}' "
+        f"{demo.url}/admin/breakers/demo/reset"
+    )
+    assert json.loads(reset)["state"] == "closed"
+    assert "HTTP/1.1 200 OK" in paste(works)
