@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from breaker import TransitionEvent
 
@@ -59,7 +59,7 @@ def sse_message(event: TransitionEvent) -> str:
     return f"event: transition\ndata: {json.dumps(event.as_dict(), sort_keys=True)}\n\n"
 
 
-async def stream(feed: EventFeed, heartbeat: float) -> AsyncIterator[str]:
+async def stream(feed: EventFeed, heartbeat: float) -> AsyncGenerator[str, None]:
     """The body of one SSE response: a comment at once (so headers and proxies flush),
     then every transition, with a comment every ``heartbeat`` seconds of silence."""
     async with feed.subscribe() as queue:
