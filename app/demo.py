@@ -52,7 +52,7 @@ def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
     async def status(code: int = Path(ge=200, le=599)) -> JSONResponse:
         return JSONResponse({"demo": "status", "status": code}, status_code=code)
 
-    @demo.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @demo.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
     async def serve(request: Request, path: str) -> JSONResponse:
         mode: DemoMode = request.app.state.mode
         if mode.mode == "failing" or (

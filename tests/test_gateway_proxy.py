@@ -276,3 +276,18 @@ def test_the_proxy_base_route_reaches_the_base_url(
     run(config_for(tmp_path, upstream, backend), scenario)
     [hit] = upstream.hits
     assert (hit.path, hit.query) == ("/base/", b"x=1")
+
+
+def test_head_passes_status_and_headers_without_a_body(
+    tmp_path: Path, upstream: Upstream, backend: str | None
+) -> None:
+    upstream.plan("/base/doc", Reply(200, body=b"", headers=(("etag", '"v1"'),)))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.head("/proxy/api/doc")
+        assert response.status_code == 200
+        assert response.headers["etag"] == '"v1"'
+        assert response.content == b""
+
+    run(config_for(tmp_path, upstream, backend), scenario)
+    assert [hit.method for hit in upstream.hits] == ["HEAD"]
