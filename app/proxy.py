@@ -99,11 +99,13 @@ async def _proxy(request: Request, name: str) -> Response:
     try:
         upstream_response = await gateway.client.send(outgoing, stream=True)
     except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
-        _account(route, request, None, exc)
-        raise ProxyFailure(name, exc, attempts_of(exc) or 0) from exc
-    _account(route, request, upstream_response, None)
+        attempts = attempts_of(exc) or 0
+        _account(route, request, exc, attempts)
+        raise ProxyFailure(name, exc, attempts) from exc
+    attempts = attempts_of(upstream_response) or 0
+    _account(route, request, upstream_response, attempts)
     headers = response_headers(upstream_response.headers.raw)
-    headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts_of(upstream_response)).encode()))
+    headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts).encode()))
     answer = StreamingResponse(
         upstream_response.aiter_raw(),
         status_code=upstream_response.status_code,
@@ -157,20 +159,20 @@ async def _streamed(
 
 
 def _account(
-    route: Route, request: Request, response: httpx.Response | None, error: Exception | None
+    route: Route, request: Request, last: httpx.Response | Exception, attempts: int
 ) -> None:
-    """Metrics of the request's last attempt, and one log line if it was retried or
-    rejected (a retried attempt was counted by the retry hook)."""
+    """Metrics of the request's last attempt, which ended in ``last``, and one log line
+    if it was retried or rejected (a retried attempt was counted by the retry hook)."""
     name = route.upstream.name
-    attempts = attempts_of(response if response is not None else error) or 0
+    error = last if isinstance(last, Exception) else None
     if isinstance(error, CircuitOpenError):
         CALLS.labels(name, "rejected").inc()
     elif attempts:
-        outcome = call_outcome(response if response is not None else error)
+        outcome = call_outcome(route.upstream.breaker, last)
         if outcome is not None:
             CALLS.labels(name, outcome).inc()
     code = None if error is None else failure_code(error)[1]
-    status = response.status_code if response is not None else None
+    status = last.status_code if isinstance(last, httpx.Response) else None
     REQUESTS.labels(name, result_of(status, code)).inc()
     if attempts > 1 or isinstance(error, CircuitOpenError):
         logger.info(

@@ -21,6 +21,7 @@ from fastapi import Request
 
 from breaker import (
     BackendUnavailableError,
+    BreakerConfig,
     BreakerSnapshot,
     CircuitBreaker,
     ResilientTransport,
@@ -41,13 +42,14 @@ logger = logging.getLogger("fleetbreaker.gateway")
 UPSTREAM_EXTENSION = "fleetbreaker.upstream"
 
 
-def call_outcome(cause: object) -> str | None:
-    """How the breaker counted an attempt: success, failure, or None (not counted)."""
-    if isinstance(cause, httpx.Response):
-        return "failure" if cause.status_code >= 500 else "success"
-    if isinstance(cause, httpx.TransportError):
-        return "failure"
-    return None
+def call_outcome(config: BreakerConfig, cause: object) -> str | None:
+    """How the breaker counted an attempt that ended in ``cause`` (an exception or a
+    response), by its own rule: success, failure, or None (not counted)."""
+    if isinstance(cause, BaseException):
+        outcome = config.classify(cause)
+    else:
+        outcome = config.classify(None, cause)
+    return None if outcome == "release" else outcome
 
 
 class _Timed(httpx.AsyncBaseTransport):
@@ -89,18 +91,19 @@ def _named(upstream: str) -> Callable[[httpx.Request], str]:
     return name_of
 
 
-def _retry_hook(upstream: str) -> RetryHook:
-    retries = RETRIES.labels(upstream)
+def _retry_hook(upstream: Upstream) -> RetryHook:
+    name = upstream.name
+    retries = RETRIES.labels(name)
 
     def hook(details: RetryDetails, /) -> None:
         if details.stopped_by is not None:
-            RETRIES_REFUSED.labels(upstream, details.stopped_by).inc()
+            RETRIES_REFUSED.labels(name, details.stopped_by).inc()
             return
         # A retried attempt never reaches the proxy's own accounting: count it here.
         retries.inc()
-        outcome = call_outcome(details.cause)
+        outcome = call_outcome(upstream.breaker, details.cause)
         if outcome is not None:
-            CALLS.labels(upstream, outcome).inc()
+            CALLS.labels(name, outcome).inc()
 
     return hook
 
@@ -139,7 +142,7 @@ class Gateway:
             transport = ResilientTransport(
                 _Timed(pool, name),
                 redis=redis_client,
-                retry=upstream.retry.replace(hooks=(_retry_hook(name),)),
+                retry=upstream.retry.replace(hooks=(_retry_hook(upstream),)),
                 breaker_config=upstream.breaker,
                 breaker_name=_named(name),
                 clock=clock,

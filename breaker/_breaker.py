@@ -165,7 +165,7 @@ class CircuitBreaker:
         tb: TracebackType | None,
     ) -> None:
         ticket = _pop(self)
-        self._record(ticket, self._core_of(ticket).classify(exc))
+        self._record(ticket, self.config.classify(exc))
 
     @overload
     def call(
@@ -183,9 +183,9 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record(ticket, self._core_of(ticket).classify(exc))
+            self._record(ticket, self.config.classify(exc))
             raise
-        self._record(ticket, self._core_of(ticket).classify(None, result))
+        self._record(ticket, self.config.classify(None, result))
         return result
 
     def __call__(self, fn: F) -> F:
@@ -213,16 +213,16 @@ class CircuitBreaker:
         tb: TracebackType | None,
     ) -> None:
         ticket = _pop(self)
-        await self._arecord(ticket, self._core_of(ticket).classify(exc))
+        await self._arecord(ticket, self.config.classify(exc))
 
     async def _acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         ticket = await self._aadmit()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            await self._arecord(ticket, self._core_of(ticket).classify(exc))
+            await self._arecord(ticket, self.config.classify(exc))
             raise
-        await self._arecord(ticket, self._core_of(ticket).classify(None, result))
+        await self._arecord(ticket, self.config.classify(None, result))
         return result
 
     async def _aadmit(self) -> Ticket:

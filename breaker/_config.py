@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._exceptions import ConfigurationError
 from ._keys import check_prefix
+
+if TYPE_CHECKING:
+    from ._protocol import Outcome
 
 BackendErrorPolicy = Literal["fail_open", "fail_closed"]
 Seconds = float | timedelta
@@ -126,6 +130,23 @@ class BreakerConfig:
         if self.failure_predicate is not None and not callable(self.failure_predicate):
             raise ConfigurationError("failure_predicate", "must be callable")
         check_prefix(self.prefix)
+
+    def classify(self, error: BaseException | None, result: object = None) -> Outcome:
+        """How a call that raised ``error`` (or returned ``result``) counts: success,
+        failure, or release (counts as nothing), by these settings.
+
+        >>> BreakerConfig(record_exceptions=(OSError,)).classify(ValueError())
+        'release'
+        """
+        if error is not None:
+            if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                return "release"
+            if isinstance(error, self.ignore_exceptions):
+                return "release"
+            return "failure" if isinstance(error, self.record_exceptions) else "release"
+        if self.failure_predicate is not None and self.failure_predicate(result):
+            return "failure"
+        return "success"
 
     @property
     def buckets(self) -> int:

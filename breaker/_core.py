@@ -8,7 +8,6 @@ until ``open_until``. No I/O happens here.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._exceptions import CircuitOpenError
-from ._protocol import Outcome, Reply, State, TransitionEvent
+from ._protocol import Reply, State, TransitionEvent
 
 _REMEMBERED_EVENTS = 256
 
@@ -106,19 +105,6 @@ class BreakerCore:
         )
 
     # -- outcomes ----------------------------------------------------------------
-
-    def classify(self, error: BaseException | None, result: object = None) -> Outcome:
-        """success, failure, or release (counts as nothing), by the configured rules."""
-        config = self.config
-        if error is not None:
-            if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                return "release"
-            if isinstance(error, config.ignore_exceptions):
-                return "release"
-            return "failure" if isinstance(error, config.record_exceptions) else "release"
-        if config.failure_predicate is not None and config.failure_predicate(result):
-            return "failure"
-        return "success"
 
     def is_slow(self, ticket: Ticket) -> bool:
         limit = self.config.slow_call_duration
