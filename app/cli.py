@@ -29,7 +29,7 @@ from breaker import (
     events_channel,
 )
 
-from .settings import ConfigError, GatewayConfig, load_config
+from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -153,7 +153,7 @@ def _metrics_folder(workers: int) -> Iterator[None]:
 def _demo_banner(config: GatewayConfig, public_url: str) -> str:
     token = config.admin_token
     base = public_url.rstrip("/")
-    threshold = config.upstreams["demo"].breaker.failure_threshold
+    threshold = config.upstreams[DEMO_UPSTREAM].breaker.failure_threshold
     return "\n".join(
         [
             "",

@@ -541,11 +541,7 @@ class CircuitBreaker:
     def _made_here(self, events: tuple[TransitionEvent, ...]) -> None:
         """Transitions in a reply to this object's own script call: made here, once."""
         for event in events:
-            for listener in self._made_here_listeners:
-                try:
-                    listener(event)
-                except Exception:
-                    logger.exception("breaker listener %r failed", listener)
+            _tell(self._made_here_listeners, event)
 
     def _deliver(self, core: BreakerCore, events: tuple[TransitionEvent, ...]) -> None:
         for event in core.unseen(events):
@@ -557,11 +553,16 @@ class CircuitBreaker:
                 event.reason,
                 " [fallback]" if core.fallback else "",
             )
-            for listener in self._listeners:
-                try:
-                    listener(event)
-                except Exception:
-                    logger.exception("breaker listener %r failed", listener)
+            _tell(self._listeners, event)
+
+
+def _tell(listeners: list[Listener], event: TransitionEvent) -> None:
+    """Hand ``event`` to each listener; one that fails is logged and skipped."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            logger.exception("breaker listener %r failed", listener)
 
 
 def _push(breaker: CircuitBreaker, ticket: Ticket) -> None:
