@@ -132,6 +132,10 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=log_config(args.log_level),
             access_log=args.access_log,
             timeout_graceful_shutdown=5,
+            # The gateway is a proxy: it appends the address of the peer that sent it
+            # the request to X-Forwarded-For. uvicorn's proxy headers would replace
+            # that peer (a load balancer) with the client the balancer named.
+            proxy_headers=False,
         )
     return EXIT_OK
 

@@ -198,3 +198,14 @@ def test_one_transition_is_logged_once_by_the_fleet(
     ]
     assert len({line["pid"] for line in rejected}) == 2
     assert TOKEN not in gateway.log()
+
+
+def test_x_forwarded_for_gains_the_peer_that_sent_the_request(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    """Behind a load balancer the peer is the balancer, and the client it names is
+    already in the header: the gateway appends its peer, never the named client again."""
+    upstream.plan("/who", Reply(200))
+    fresh(gateway, "GET", "/proxy/api/who", headers={"X-Forwarded-For": "203.0.113.9"})
+    [hit] = upstream.hits_on("/who")
+    assert hit.headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
