@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
 
+    upstream = commands.add_parser(
+        "demo-upstream", help="run the flaky demo upstream on its own (one process)"
+    )
+    upstream.add_argument("--host", default="127.0.0.1")
+    upstream.add_argument("--port", type=int, default=9000)
+    upstream.set_defaults(run=_demo_upstream)
+
     def with_redis(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
         command.add_argument(
             "--redis-url",
@@ -137,6 +144,22 @@ def _serve(args: argparse.Namespace) -> int:
             # that peer (a load balancer) with the client the balancer named.
             proxy_headers=False,
         )
+    return EXIT_OK
+
+
+def _demo_upstream(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .logs import log_config
+
+    uvicorn.run(
+        "app.demo:create_demo_upstream",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=log_config("warning"),
+        timeout_graceful_shutdown=5,
+    )
     return EXIT_OK
 
 

@@ -1,15 +1,19 @@
 """The demo upstream: a flaky HTTP service to put the gateway in front of.
 
 Mounted at ``/demo`` of a gateway started with no upstream configured, and proxied
-as the upstream ``demo``. Its behaviour changes at runtime:
+as the upstream ``demo``; or a service of its own (``fleetbreaker demo-upstream``),
+as in the fleet. Paths below are relative to where it is served. Its behaviour
+changes at runtime:
 
-- ``GET /demo/mode`` shows it; ``PUT /demo/mode`` with ``{"mode": "healthy" |
-  "failing" | "slow", "failure_rate": 0.0..1.0, "delay": seconds}`` changes it.
-- ``/demo/status/<code>`` answers with that status, whatever the mode.
+- ``GET /mode`` shows it; ``PUT /mode`` with ``{"mode": "healthy" | "failing" |
+  "slow", "failure_rate": 0.0..1.0, "delay": seconds}`` changes it.
+- ``GET /hits`` counts the requests it has answered other than these two: watch it
+  stop rising while the breaker is open.
+- ``/status/<code>`` answers with that status, whatever the mode.
 - Any other path answers by the mode: ``healthy`` 200, except a ``failure_rate``
   share of 503s; ``failing`` 503; ``slow`` 200 after ``delay`` seconds.
 
-The mode is per process: run the gateway with one worker to play with it.
+The mode and the count are per process: serve it from one process.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class DemoMode(BaseModel):
 def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
     demo = FastAPI(title="fleetbreaker demo upstream", openapi_url=None)
     demo.state.mode = DemoMode(failure_rate=failure_rate)
+    demo.state.hits = 0
 
     @demo.get("/mode")
     async def get_mode(request: Request) -> DemoMode:
@@ -48,12 +53,18 @@ def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
         request.app.state.mode = mode
         return mode
 
+    @demo.get("/hits")
+    async def get_hits(request: Request) -> dict[str, int]:
+        return {"hits": request.app.state.hits}
+
     @demo.api_route("/status/{code}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    async def status(code: int = Path(ge=200, le=599)) -> JSONResponse:
+    async def status(request: Request, code: int = Path(ge=200, le=599)) -> JSONResponse:
+        request.app.state.hits += 1
         return JSONResponse({"demo": "status", "status": code}, status_code=code)
 
     @demo.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
     async def serve(request: Request, path: str) -> JSONResponse:
+        request.app.state.hits += 1
         mode: DemoMode = request.app.state.mode
         if mode.mode == "failing" or (
             mode.mode == "healthy" and random.random() < mode.failure_rate

@@ -256,6 +256,20 @@ def test_demo_upstream_switches_between_healthy_failing_and_slow(tmp_path: Path)
     run(config, scenario)
 
 
+def test_demo_upstream_counts_the_requests_it_answered(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, public_url="http://gateway")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await client.get("/demo/hello")
+        await client.get("/demo/status/500")
+        await client.put("/demo/mode", json={"mode": "failing"})
+        await client.post("/demo/orders")
+        await client.get("/demo/mode")
+        assert (await client.get("/demo/hits")).json() == {"hits": 3}
+
+    run(config, scenario)
+
+
 def test_unknown_route_and_method_are_json(tmp_path: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         missing = await client.get("/nowhere")
