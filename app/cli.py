@@ -12,8 +12,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -29,7 +31,7 @@ from breaker import (
     events_channel,
 )
 
-from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config
+from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -78,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     upstream.add_argument("--host", default="127.0.0.1")
     upstream.add_argument("--port", type=int, default=9000)
     upstream.set_defaults(run=_demo_upstream)
+
+    fleet = commands.add_parser(
+        "fleet", help="run docker-compose.yml's topology as local processes (needs nginx)"
+    )
+    fleet.add_argument("--replicas", type=int, default=3)
+    fleet.add_argument("--workers", type=int, default=2, help="per replica")
+    fleet.add_argument("--port", type=int, default=8080, help="nginx's port")
+    fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's")
+    fleet.set_defaults(run=_fleet)
 
     def with_redis(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
         command.add_argument(
@@ -163,6 +174,42 @@ def _demo_upstream(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- fleet ------------------------------------------------------------------------------
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from .fleet import Fleet, FleetError
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+    try:
+        fleet = Fleet(
+            replicas=args.replicas,
+            workers=args.workers,
+            lb_port=args.port,
+            upstream_port=args.upstream_port,
+            redis_url=os.environ.get("BREAKER_REDIS_URL") or None,
+            admin_token=os.environ.get("BREAKER_ADMIN_TOKEN") or None,
+        )
+        fleet.start(cancelled=stop)
+    except FleetError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        print(fleet.summary(), flush=True)
+        while not stop.wait(0.5):
+            for name, code in fleet.exits():
+                print(f"fleetbreaker fleet: {name} exited (code {code})", flush=True)
+    finally:
+        print("fleetbreaker fleet: stopping", flush=True)
+        fleet.stop()
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _metrics_folder(workers: int) -> Iterator[None]:
     """Several workers: prometheus-client's multiprocess mode, in a folder of our own."""
@@ -215,17 +262,9 @@ def _client(args: argparse.Namespace) -> redis.Redis:
         raise CommandError(f"--redis-url: {exc}") from None
     except (redis.RedisError, OSError) as exc:
         raise CommandError(
-            f"cannot reach Redis at {_safe(args.redis_url)}: {exc}", EXIT_UNREACHABLE
+            f"cannot reach Redis at {redacted_url(args.redis_url)}: {exc}", EXIT_UNREACHABLE
         ) from None
     return client
-
-
-def _safe(url: str) -> str:
-    """The URL without a password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
 
 
 def _configured(redis_url: str) -> tuple[str, dict[str, BreakerConfig]]:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from app.fleet import fleetbreaker_command, free_port
 from breaker import CircuitBreaker
 from breaker.testing import ManualClock
-from tests.support.gateway_process import fleetbreaker_command
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer
 from tests.test_round_trips import fail
 
 _TIMEOUT = 60

@@ -6,22 +6,15 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.support.servers import free_port
+from app.fleet import fleetbreaker_command, free_port
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
-
-
-def fleetbreaker_command() -> list[str]:
-    """The installed console script, next to this Python."""
-    script = Path(sys.executable).parent / "fleetbreaker"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
 class GatewayProcess:

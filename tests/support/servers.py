@@ -12,14 +12,9 @@ from pathlib import Path
 
 import redis
 
+from app.fleet import free_port
+
 _START_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -1,0 +1,465 @@
+"""``fleetbreaker fleet``: the docker compose topology, as local processes.
+
+- **Redis:** the one at ``BREAKER_REDIS_URL``, or a ``redis-server`` of its own on a
+  free port, persisting nothing.
+- **The demo upstream** (``fleetbreaker demo-upstream``), on a free port.
+- **N gateway replicas x W workers** (``fleetbreaker serve``), on free ports, each
+  with ``deploy/fleet.toml``, the shared Redis and one admin token.
+- **nginx** with ``deploy/nginx.conf``, the very file compose mounts, rewritten only
+  on its two lines marked ``fleet:`` (addresses). Its pid and logs go where its
+  command line says (``-p``, ``-e``, ``-g``).
+
+Every process runs in a session of its own, so a Ctrl-C in the terminal reaches only
+this one, which stops them in order (nginx, replicas, upstream, Redis), kills any
+straggler's whole process group, and removes its temporary folder. Their output is
+shown prefixed with their name, as compose does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+import redis
+
+from .settings import redacted_url
+
+#: The deploy files compose uses; a checkout has them next to ``app/``.
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+NGINX_CONF = DEPLOY / "nginx.conf"
+FLEET_CONFIG = DEPLOY / "fleet.toml"
+#: The demo upstream's name, as in ``docker-compose.yml``'s ``BREAKER_UPSTREAMS``.
+UPSTREAM_NAME = "demo"
+
+_REPLICA_MARK = "# fleet: one line per replica"
+_LISTEN_MARK = "# fleet: the load balancer's address"
+_COMPOSE_SERVER = "gateway:8000"
+_COMPOSE_LISTEN = "listen 8080;"
+# nginx lives in sbin, which a user's PATH often leaves out.
+_NGINX_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 15.0
+_POLL = 0.05
+
+
+class FleetError(Exception):
+    """The fleet cannot start; the message says what is missing or what failed."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fleetbreaker_command() -> list[str]:
+    """The ``fleetbreaker`` console script next to this Python, else the module."""
+    script = Path(sys.executable).parent / "fleetbreaker"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+
+
+def find_program(name: str, hint: str, search_path: str | None = None) -> str:
+    """The executable ``name`` on ``search_path``, or a ``FleetError`` saying how to get it."""
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        raise FleetError(f"{name} not found: {hint}")
+    return found
+
+
+def nginx_conf_for(template: str, lb_port: int, replica_ports: list[int]) -> str:
+    """``deploy/nginx.conf`` with compose's addresses swapped for local ones; nothing else
+    changes. Refuses a file whose marked lines are missing."""
+    lines = template.splitlines(keepends=True)
+    if sum(_REPLICA_MARK in line for line in lines) != 1:
+        raise FleetError(f"nginx.conf: needs exactly one line marked {_REPLICA_MARK!r}")
+    if sum(_LISTEN_MARK in line for line in lines) != 1:
+        raise FleetError(f"nginx.conf: needs exactly one line marked {_LISTEN_MARK!r}")
+    rewritten = []
+    for line in lines:
+        if _REPLICA_MARK in line and _COMPOSE_SERVER in line:
+            rewritten += [
+                line.replace(_COMPOSE_SERVER, f"127.0.0.1:{port}") for port in replica_ports
+            ]
+        elif _LISTEN_MARK in line and _COMPOSE_LISTEN in line:
+            rewritten.append(line.replace(_COMPOSE_LISTEN, f"listen 127.0.0.1:{lb_port};"))
+        elif _REPLICA_MARK in line or _LISTEN_MARK in line:
+            raise FleetError(f"nginx.conf: the marked line {line.strip()!r} has no address")
+        else:
+            rewritten.append(line)
+    return "".join(rewritten)
+
+
+@dataclass
+class Service:
+    """One process of the fleet, in a session of its own, its output prefixed."""
+
+    name: str
+    argv: list[str]
+    environ: dict[str, str]
+    ready: Callable[[], bool]
+    stop_signal: signal.Signals = signal.SIGTERM
+    process: subprocess.Popen[bytes] | None = None
+    answered: bool = False
+    reported_exit: bool = False
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, output: TextIO, lock: threading.Lock) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports
+            self.argv,
+            env=self.environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C is ours to relay, in order
+        )
+        self._pump = threading.Thread(
+            target=_pump, args=(self.name, self.process, output, lock), daemon=True
+        )
+        self._pump.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: a crash, as tests need one."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(_STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, self.stop_signal)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # The leader is gone; no worker of its group may outlive it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        if self._pump is not None:
+            self._pump.join(_STOP_TIMEOUT)
+
+
+def _pump(
+    name: str, process: subprocess.Popen[bytes], output: TextIO, lock: threading.Lock
+) -> None:
+    assert process.stdout is not None
+    with process.stdout:
+        for raw in process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            with lock:
+                output.write(f"{name:<10} | {line}\n")
+                output.flush()
+
+
+class Fleet:
+    """The topology of ``docker-compose.yml`` on this machine. Ports are chosen when it
+    is made, so that a caller can write a configuration naming them before ``start``.
+
+    >>> with Fleet(replicas=3, workers=2) as fleet:   # doctest: +SKIP
+    ...     httpx.get(f"{fleet.lb_url}/proxy/demo/hello")
+    """
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 3,
+        workers: int = 2,
+        lb_port: int | None = None,
+        upstream_port: int | None = None,
+        redis_url: str | None = None,
+        config: Path = FLEET_CONFIG,
+        upstreams: str | None = None,
+        admin_token: str | None = None,
+        nginx_conf: Path = NGINX_CONF,
+        output: TextIO = sys.stdout,
+    ) -> None:
+        if replicas < 1 or workers < 1:
+            raise FleetError("--replicas and --workers must be at least 1")
+        self.replicas = replicas
+        self.workers = workers
+        self.lb_port = lb_port if lb_port is not None else free_port()
+        self.upstream_port = upstream_port if upstream_port is not None else free_port()
+        self.replica_ports = [free_port() for _ in range(replicas)]
+        self.own_redis = redis_url is None
+        self.redis_port = free_port() if redis_url is None else None
+        self.redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        self.config = config
+        self.upstreams = (
+            upstreams if upstreams is not None else f"{UPSTREAM_NAME}={self.upstream_url}"
+        )
+        self.admin_token = admin_token or secrets.token_urlsafe(18)
+        self.nginx_conf = nginx_conf
+        self.output = output
+        self.workdir: Path | None = None
+        self.services: dict[str, Service] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def lb_url(self) -> str:
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.replica_ports]
+
+    def replica(self, index: int) -> Service:
+        """Replica ``index`` (from 1, as compose numbers them)."""
+        return self.services[f"gateway-{index}"]
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- start ---------------------------------------------------------------------
+
+    def start(self, cancelled: threading.Event | None = None) -> None:
+        """Start everything and wait until each answers; on any failure (or when
+        ``cancelled`` is set meanwhile) stop what started and raise ``FleetError``."""
+        cancelled = cancelled or threading.Event()
+        self._check_prerequisites()
+        self.workdir = Path(tempfile.mkdtemp(prefix="fleetbreaker-fleet-"))
+        # nginx's workers run as an unprivileged user when nginx is started as root:
+        # they must be able to reach their temporary folders in here.
+        self.workdir.chmod(0o711)
+        try:
+            if self.own_redis:
+                self._launch(self._redis_service())
+            self._launch(self._upstream_service())
+            self._wait_ready(cancelled)
+            for index in range(1, self.replicas + 1):
+                self._launch(self._replica_service(index))
+            self._wait_ready(cancelled)
+            self._launch(self._nginx_service())
+            self._wait_ready(cancelled)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_prerequisites(self) -> None:
+        find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH)
+        if self.own_redis:
+            find_program(
+                "redis-server",
+                "install it (apt-get install -y redis-server) or set BREAKER_REDIS_URL",
+            )
+        else:
+            try:
+                with redis.Redis.from_url(self.redis_url, socket_timeout=2) as client:
+                    client.ping()
+            except (redis.RedisError, OSError, ValueError) as exc:
+                where = redacted_url(self.redis_url)
+                raise FleetError(f"cannot reach Redis at {where}: {exc}") from None
+        for path in (self.nginx_conf, self.config):
+            if not path.is_file():
+                raise FleetError(f"{path} not found: run from a checkout of fleetbreaker")
+        for port, option in ((self.lb_port, "--port"), (self.upstream_port, "--upstream-port")):
+            if not _port_is_free(port):
+                raise FleetError(f"port {port} is in use: pick another with {option}")
+
+    def _launch(self, service: Service) -> None:
+        self.services[service.name] = service
+        service.start(self.output, self._lock)
+
+    def _wait_ready(self, cancelled: threading.Event) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        waiting = [service for service in self.services.values() if not service.answered]
+        while waiting:
+            if cancelled.is_set():
+                raise FleetError("stopped while starting")
+            for service in list(waiting):
+                if not service.alive:
+                    code = service.process.returncode if service.process else None
+                    raise FleetError(
+                        f"{service.name} exited while starting (code {code}); its output is above"
+                    )
+                if service.ready():
+                    service.answered = True
+                    waiting.remove(service)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in waiting)
+                raise FleetError(f"{names} did not answer within {_START_TIMEOUT:.0f} s")
+            if waiting:
+                time.sleep(_POLL)
+
+    def _environ(self, **extra: str) -> dict[str, str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BREAKER_")}
+        environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each replica makes its own
+        return {**environ, **extra}
+
+    def _redis_service(self) -> Service:
+        assert self.workdir is not None
+        data = self.workdir / "redis"
+        data.mkdir()
+        port = self.redis_port
+        assert port is not None
+        return Service(
+            name="redis",
+            argv=[
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data),
+            ],
+            environ=self._environ(),
+            ready=lambda: _redis_answers(self.redis_url),
+        )
+
+    def _upstream_service(self) -> Service:
+        return Service(
+            name="upstream",
+            argv=[*fleetbreaker_command(), "demo-upstream", "--port", str(self.upstream_port)],
+            environ=self._environ(),
+            ready=lambda: _http_ok(f"{self.upstream_url}/mode"),
+        )
+
+    def _replica_service(self, index: int) -> Service:
+        port = self.replica_ports[index - 1]
+        url = f"http://127.0.0.1:{port}"
+        return Service(
+            name=f"gateway-{index}",
+            argv=[
+                *fleetbreaker_command(),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(self.workers),
+            ],
+            environ=self._environ(
+                BREAKER_REDIS_URL=self.redis_url,
+                BREAKER_CONFIG=str(self.config),
+                BREAKER_UPSTREAMS=self.upstreams,
+                BREAKER_ADMIN_TOKEN=self.admin_token,
+                BREAKER_PUBLIC_URL=self.lb_url,
+            ),
+            ready=lambda: _http_ok(f"{url}/healthz"),
+        )
+
+    def _nginx_service(self) -> Service:
+        assert self.workdir is not None
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(
+            nginx_conf_for(self.nginx_conf.read_text(), self.lb_port, self.replica_ports)
+        )
+        prefix = f"{self.workdir}/"
+        return Service(
+            name="lb",
+            argv=[
+                find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH),
+                "-p",
+                prefix,
+                "-c",
+                str(conf),
+                "-e",
+                "stderr",
+                "-g",
+                f"daemon off; pid {self.workdir}/nginx.pid;",
+            ],
+            environ=self._environ(),
+            ready=lambda: _http_ok(f"{self.lb_url}/healthz"),
+        )
+
+    # -- run and stop ----------------------------------------------------------------
+
+    def summary(self) -> str:
+        redis_note = "its own, gone at exit" if self.own_redis else "BREAKER_REDIS_URL"
+        lines = [
+            f"fleetbreaker fleet: {self.replicas} replicas x {self.workers} workers "
+            "behind nginx, sharing one Redis",
+            f"  load balancer  {self.lb_url}",
+            f"  replicas       {' '.join(self.replica_urls)}",
+            f"  upstream       {self.upstream_url}   (demo; PUT /mode to break it)",
+            f"  redis          {redacted_url(self.redis_url)}   ({redis_note})",
+            f"  admin token    {self.admin_token}",
+            f"  temporary      {self.workdir}",
+            "",
+            "Try:",
+            f"  curl -i {self.lb_url}/proxy/{UPSTREAM_NAME}/hello",
+            f"  curl -X PUT {self.upstream_url}/mode -H 'Content-Type: application/json' "
+            '-d \'{"mode": "failing"}\'',
+            f"  curl -H 'Authorization: Bearer {self.admin_token}' "
+            f"{self.lb_url}/admin/breakers/{UPSTREAM_NAME}",
+            f"  redis-cli -u {redacted_url(self.redis_url)} HGETALL 'breaker:{{{UPSTREAM_NAME}}}'",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        return "\n".join(lines)
+
+    def exits(self) -> Iterator[tuple[str, int]]:
+        """Services that died since the last call: (name, exit code), each once."""
+        for service in self.services.values():
+            if service.process is not None and not service.alive and not service.reported_exit:
+                service.reported_exit = True
+                yield service.name, service.process.returncode
+
+    def stop(self) -> None:
+        """Stop in the reverse order of start; remove the temporary folder."""
+        for service in reversed(list(self.services.values())):
+            service.stop()
+        self.services.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=1.0) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -1,0 +1,216 @@
+"""``fleetbreaker fleet`` as a user runs it: it prints where everything listens, the
+printed commands work, and Ctrl-C or SIGTERM stops every process it started (uvicorn's
+workers included) and removes its temporary folder.
+
+Orphans are found by a marker in the environment, which every descendant inherits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.fleet import FleetError, find_program, fleetbreaker_command, free_port
+
+pytestmark = pytest.mark.slow
+
+_START_TIMEOUT = 90.0
+_STOP_TIMEOUT = 40.0
+_MARK = "FLEETBREAKER_TEST_FLEET"
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Pids of live processes whose environment carries ``_MARK=mark``."""
+    needle = f"{_MARK}={mark}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def accepts(url: str) -> bool:
+    host, port = url.removeprefix("http://").removeprefix("redis://").split("/")[0].split(":")
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+class Running:
+    """A ``fleetbreaker fleet`` process and what it printed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.mark = uuid.uuid4().hex
+        self.output = tmp_path / "fleet.out"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BREAKER_")}
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    *fleetbreaker_command(),
+                    "fleet",
+                    "--replicas",
+                    "2",
+                    "--workers",
+                    "2",
+                    "--port",
+                    str(free_port()),
+                    "--upstream-port",
+                    str(free_port()),
+                ],
+                env={**environ, _MARK: self.mark},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def printed(self, label: str) -> list[str]:
+        """The values on the summary's line ``label``, without the note in brackets."""
+        found = re.search(rf"^  {label} +(.+)$", self.text(), re.MULTILINE)
+        assert found is not None, self.text()
+        return found[1].split("(")[0].split()
+
+    def wait_for_summary(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while "Ctrl-C stops everything." not in self.text():
+            assert self.process.poll() is None, self.text()
+            assert time.monotonic() < deadline, self.text()
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    fleet = Running(tmp_path)
+    yield fleet
+    if fleet.process.poll() is None:  # a failed test: let it clean up after itself
+        fleet.process.terminate()
+        try:
+            fleet.process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            fleet.process.kill()
+            fleet.process.wait(_STOP_TIMEOUT)
+    for pid in processes_marked(fleet.mark):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
+def test_the_fleet_serves_then_stops_every_process_it_started(
+    running: Running, stop_signal: signal.Signals
+) -> None:
+    running.wait_for_summary()
+    [lb] = running.printed("load balancer")
+    replicas = running.printed("replicas")
+    [upstream] = running.printed("upstream")
+    [redis_url] = running.printed("redis")
+    [temporary] = running.printed("temporary")
+    [token] = running.printed("admin token")
+    workdir = Path(temporary)
+    assert len(replicas) == 2
+
+    answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
+    assert answer.status_code == 200
+    assert answer.json()["demo"] == "ok"
+    view = httpx.get(
+        f"{lb}/admin/breakers/demo", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+    )
+    assert view.json()["state"] == "closed"
+    # At least the fleet, 2 replicas of a master and 2 workers, and the upstream.
+    # redis-server and nginx write their process titles over their environment, and
+    # nginx clears its workers': that those are gone shows below, as nothing accepts
+    # on their ports any more.
+    assert len(processes_marked(running.mark)) >= 1 + 2 * 3 + 1
+    assert workdir.is_dir()
+
+    os.kill(running.process.pid, stop_signal)  # what the terminal's Ctrl-C sends
+    assert running.process.wait(_STOP_TIMEOUT) == 0
+
+    assert processes_marked(running.mark) == []
+    assert not workdir.exists()
+    for url in [lb, upstream, redis_url, *replicas]:
+        assert not accepts(url), url
+
+
+def test_a_missing_program_is_named_with_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match=r"^nginx not found: install it \(apt-get"):
+        find_program("nginx", "install it (apt-get install -y nginx)", str(tmp_path))
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*fleetbreaker_command(), "fleet", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("BREAKER_")},
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"fleetbreaker: port {port} is in use: pick another with --port"
+    )
+
+
+def readme_fleet_commands() -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("Then, for either", 1)[1].split("```bash\n", 1)[1].split("```")[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running) -> None:
+    running.wait_for_summary()
+    [lb] = running.printed("load balancer")
+    [upstream] = running.printed("upstream")
+    [token] = running.printed("admin token")
+
+    def paste(command: str) -> str:
+        command = command.replace("localhost:8080", lb.removeprefix("http://"))
+        command = command.replace("localhost:9000", upstream.removeprefix("http://"))
+        result = subprocess.run(
+            ["bash", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "TOKEN": token},
+        )
+        return result.stdout
+
+    hello, failing, hits_before, loop, hits_after, view, healthy, reset = readme_fleet_commands()
+    assert "HTTP/1.1 200 OK" in paste(hello)
+    assert "x-fleetbreaker-instance:" in paste(hello).lower()
+    paste(failing)
+    before = json.loads(paste(hits_before))["hits"]
+    paste(loop)
+    assert json.loads(paste(hits_after))["hits"] - before == 5
+    state = json.loads(paste(view))
+    assert (state["state"], state["failures"]) == ("open", 5)
+    paste(healthy)
+    assert json.loads(paste(reset))["state"] == "closed"
+    assert "HTTP/1.1 200 OK" in paste(hello)
+    [printed_redis_cli] = [
+        line.strip() for line in running.text().splitlines() if "redis-cli -u" in line
+    ]
+    assert "state\nclosed\n" in paste(printed_redis_cli)

@@ -1,0 +1,347 @@
+"""The fleet, end to end: 3 replicas x 2 workers of ``fleetbreaker serve`` behind nginx
+(``deploy/nginx.conf``), a real Redis and the demo upstream, started by ``app.fleet``
+exactly as ``fleetbreaker fleet`` starts them. Every client request goes through nginx.
+
+Which process answered is read from ``X-Fleetbreaker-Instance`` (``<host>/<pid>``), and
+each replica's workers from ``/proc``. The upstream counts what reaches it
+(``GET /hits``). Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.fleet import Fleet
+
+pytestmark = pytest.mark.slow
+
+REPLICAS, WORKERS = 3, 2
+THRESHOLD = 5
+PROBES = 2
+_SURVEY_ROUNDS = 20  # rounds of concurrent requests to find every worker: a bound
+_SURVEY_WIDTH = 12
+_PROBE_DELAY = 1.5  # how long the upstream holds each trial call while others ask
+_LOAD_SECONDS = 3.0
+_LOAD_CLIENTS = 6
+
+CONFIG = """
+[gateway]
+expose_instance = true
+
+# Trips and stays open: the trip, inspect and reset properties.
+[upstreams.trip]
+url = "{upstream}"
+breaker = {{ failure_threshold = {threshold}, reset_timeout = 300 }}
+retry = {{ attempts = 1 }}
+
+# Open for 50 ms only, so that no test waits for it: recovery under load.
+[upstreams.recover]
+url = "{upstream}"
+retry = {{ attempts = 1 }}
+[upstreams.recover.breaker]
+failure_threshold = {threshold}
+reset_timeout = 0.05
+half_open_max_calls = {probes}
+success_threshold = {probes}
+
+# Steady traffic while a replica dies.
+[upstreams.steady]
+url = "{upstream}"
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    workdir = tmp_path_factory.mktemp("fleet")
+    config = workdir / "fleet.toml"
+    with (workdir / "output.log").open("w") as output:
+        fleet = Fleet(
+            replicas=REPLICAS, workers=WORKERS, config=config, upstreams="", output=output
+        )
+        config.write_text(
+            CONFIG.format(upstream=fleet.upstream_url, threshold=THRESHOLD, probes=PROBES)
+        )
+        with fleet:
+            yield fleet
+
+
+@pytest.fixture(autouse=True)
+def healthy(fleet: Fleet) -> None:
+    set_mode(fleet, "healthy")
+    for name in ("trip", "recover", "steady"):
+        admin(fleet, 1, "POST", f"/admin/breakers/{name}/reset")
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def set_mode(fleet: Fleet, mode: str, delay: float = 0.0) -> None:
+    response = httpx.put(
+        f"{fleet.upstream_url}/mode", json={"mode": mode, "delay": delay}, timeout=5.0
+    )
+    response.raise_for_status()
+
+
+def hits(fleet: Fleet) -> int:
+    count: int = httpx.get(f"{fleet.upstream_url}/hits", timeout=5.0).json()["hits"]
+    return count
+
+
+def admin(fleet: Fleet, replica: int, method: str, path: str) -> httpx.Response:
+    """An admin call sent to one replica directly, as an operator would."""
+    response = httpx.request(
+        method,
+        f"{fleet.replica_urls[replica - 1]}{path}",
+        headers={"Authorization": f"Bearer {fleet.admin_token}"},
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    return response
+
+
+def through_lb(fleet: Fleet, path: str) -> httpx.Response:
+    """One request through nginx, on a connection of its own."""
+    with httpx.Client(base_url=fleet.lb_url, timeout=30.0) as client:
+        return client.get(path)
+
+
+def workers_by_replica(fleet: Fleet) -> dict[str, int]:
+    """``X-Fleetbreaker-Instance`` value -> replica number, for every worker alive."""
+    pids = _spawned_children()
+    instances = {}
+    for index in range(1, fleet.replicas + 1):
+        process = fleet.replica(index).process
+        assert process is not None
+        for pid in pids.get(process.pid, []):
+            instances[f"{socket.gethostname()}/{pid}"] = index
+    return instances
+
+
+def _spawned_children() -> dict[int, list[int]]:
+    """parent pid -> pids of its uvicorn workers (multiprocessing spawn children)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" not in cmdline:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(proc.name))
+    return children
+
+
+def survey(fleet: Fleet, path: str) -> dict[str, list[httpx.Response]]:
+    """Concurrent rounds through nginx until every worker of every replica has answered
+    ``path``; the answers by worker."""
+    expected = workers_by_replica(fleet)
+    assert len(expected) == fleet.replicas * fleet.workers
+    answers: dict[str, list[httpx.Response]] = {}
+    with ThreadPoolExecutor(_SURVEY_WIDTH) as pool:
+        for _ in range(_SURVEY_ROUNDS):
+            for response in pool.map(lambda _: through_lb(fleet, path), range(_SURVEY_WIDTH)):
+                answers.setdefault(response.headers["x-fleetbreaker-instance"], []).append(response)
+            if set(expected) <= set(answers):
+                return answers
+    missing = sorted(set(expected) - set(answers))
+    raise AssertionError(f"{missing} never answered in {_SURVEY_ROUNDS} rounds")
+
+
+def trip(fleet: Fleet, name: str) -> list[httpx.Response]:
+    """Fail the upstream and send ``THRESHOLD`` requests through nginx, one at a time."""
+    set_mode(fleet, "failing")
+    return [through_lb(fleet, f"/proxy/{name}/order/{i}") for i in range(THRESHOLD)]
+
+
+def is_circuit_open(response: httpx.Response) -> bool:
+    return (
+        response.status_code == 503
+        and response.headers.get("x-fleetbreaker-attempts") == "0"
+        and response.json()["error"] == "circuit_open"
+        and int(response.headers["retry-after"]) >= 1
+    )
+
+
+# -- 1. trip ----------------------------------------------------------------------------
+
+
+def test_the_fleet_trips_after_exactly_threshold_failures_and_every_worker_rejects(
+    fleet: Fleet,
+) -> None:
+    before = hits(fleet)
+    failures = trip(fleet, "trip")
+
+    assert [r.status_code for r in failures] == [503] * THRESHOLD  # the upstream's own
+    assert all(r.headers["x-fleetbreaker-attempts"] == "1" for r in failures)
+    by_replica = workers_by_replica(fleet)
+    replicas = [by_replica[r.headers["x-fleetbreaker-instance"]] for r in failures]
+    assert max(replicas.count(i) for i in set(replicas)) < THRESHOLD  # counted together
+    assert hits(fleet) - before == THRESHOLD
+
+    answers = survey(fleet, "/proxy/trip/order/next")
+    rejected = [r for responses in answers.values() for r in responses]
+    assert all(is_circuit_open(r) for r in rejected)
+    assert hits(fleet) - before == THRESHOLD  # not one of them reached the upstream
+
+
+# -- 2. inspect -------------------------------------------------------------------------
+
+
+def test_redis_cli_shows_the_open_state_the_failures_and_the_last_failure(
+    fleet: Fleet,
+) -> None:
+    trip(fleet, "trip")
+    port = redis.Redis.from_url(fleet.redis_url).connection_pool.connection_kwargs["port"]
+    listing = subprocess.run(
+        ["redis-cli", "-p", str(port), "HGETALL", "breaker:{trip}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.split()
+    state = dict(zip(listing[::2], listing[1::2], strict=True))
+    redis_now_ms = int(float(_redis_time(fleet)) * 1000)
+
+    assert state["state"] == "open"
+    assert int(state["failures"]) == THRESHOLD
+    assert 0 <= redis_now_ms - int(state["last_failure_at"]) < 60_000
+    assert int(state["open_until"]) > redis_now_ms
+
+
+def _redis_time(fleet: Fleet) -> str:
+    with redis.Redis.from_url(fleet.redis_url) as client:
+        seconds, micros = client.time()
+    return f"{seconds}.{micros:06d}"
+
+
+# -- 3. reset ---------------------------------------------------------------------------
+
+
+def test_a_reset_on_one_replica_lets_the_next_request_through_on_every_replica(
+    fleet: Fleet,
+) -> None:
+    trip(fleet, "trip")
+    assert is_circuit_open(through_lb(fleet, "/proxy/trip/order/blocked"))
+    set_mode(fleet, "healthy")
+
+    admin(fleet, 1, "POST", "/admin/breakers/trip/reset")
+    # Round-robin: the next requests reach each replica in turn; the first one each
+    # replica sees must pass.
+    by_replica = workers_by_replica(fleet)
+    next_ones = [through_lb(fleet, f"/proxy/trip/order/{i}") for i in range(REPLICAS)]
+    assert [r.status_code for r in next_ones] == [200] * REPLICAS
+    assert {by_replica[r.headers["x-fleetbreaker-instance"]] for r in next_ones} == {1, 2, 3}
+
+    answers = survey(fleet, "/proxy/trip/order/after")  # and every worker
+    assert {r.status_code for responses in answers.values() for r in responses} == {200}
+
+
+# -- 4. recover -------------------------------------------------------------------------
+
+
+def test_recovery_lets_exactly_half_open_max_calls_probes_through_then_closes(
+    fleet: Fleet,
+) -> None:
+    trip(fleet, "recover")
+    assert admin(fleet, 2, "GET", "/admin/breakers/recover").json()["state"] == "open"
+    # Healthy again, but each call is held long enough that the whole burst asks
+    # while the trial calls are still out.
+    set_mode(fleet, "slow", delay=_PROBE_DELAY)
+    before = hits(fleet)
+
+    with ThreadPoolExecutor(_SURVEY_WIDTH * 2) as pool:
+        burst = list(
+            pool.map(
+                lambda i: through_lb(fleet, f"/proxy/recover/order/{i}"),
+                range(_SURVEY_WIDTH * 2),
+            )
+        )
+
+    probes = [r for r in burst if r.status_code == 200]
+    assert len(probes) == PROBES
+    assert all(is_circuit_open(r) for r in burst if r.status_code != 200)
+    assert hits(fleet) - before == PROBES
+    assert admin(fleet, 3, "GET", "/admin/breakers/recover").json()["state"] == "closed"
+
+    set_mode(fleet, "healthy")
+    answers = survey(fleet, "/proxy/recover/order/after")  # closed for everyone
+    assert {r.status_code for responses in answers.values() for r in responses} == {200}
+
+
+# -- 5. lose a replica ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    started: float
+    ended: float
+    status: int | None  # None: the request failed without an answer
+    instance: str | None
+
+
+def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
+    fleet: Fleet,
+) -> None:
+    set_mode(fleet, "slow", delay=0.02)  # every replica has requests in flight
+    victim = 2
+    victim_workers = {i for i, r in workers_by_replica(fleet).items() if r == victim}
+    sent: list[Sent] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        with httpx.Client(base_url=fleet.lb_url, timeout=10.0) as http:
+            for i in range(1000):  # bounded; the clock below ends it first
+                if stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    response = http.get(f"/proxy/steady/item/{number}/{i}")
+                    status, instance = (
+                        response.status_code,
+                        response.headers.get("x-fleetbreaker-instance"),
+                    )
+                except httpx.HTTPError:
+                    status, instance = None, None
+                with lock:
+                    sent.append(Sent(started, time.monotonic(), status, instance))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(_LOAD_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(_LOAD_SECONDS / 3)  # steady load before the kill
+    killed_at = time.monotonic()
+    fleet.replica(victim).kill()
+    time.sleep(_LOAD_SECONDS * 2 / 3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+
+    errors = [s for s in sent if s.status != 200]
+    after = [s for s in sent if s.started > killed_at]
+    in_flight = [s for s in sent if s.started < killed_at < s.ended]
+    print(
+        f"\nreplica {victim} killed under load: {len(sent)} requests, "
+        f"{len(in_flight)} in flight at the kill (on any replica), {len(errors)} errors"
+    )
+    assert len(after) > 50  # the load went on
+    assert all(s.status == 200 for s in after)  # nginx routed around the dead replica
+    assert not any(s.instance in victim_workers for s in after)
+    # An error can only be a request that was on its way when the replica died.
+    assert all(s.started < killed_at < s.ended for s in errors)
+    assert len(errors) <= len(in_flight)
