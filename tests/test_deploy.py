@@ -1,0 +1,173 @@
+"""The deploy files agree with each other and with the native fleet: docker-compose.yml,
+the Dockerfile, deploy/nginx.conf (which both run), deploy/fleet.toml and .env.example.
+
+No Docker engine runs here, so compose is checked as data and nginx.conf by nginx
+itself (``nginx -t``) once templated the way ``fleetbreaker fleet`` templates it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.fleet import FLEET_CONFIG, NGINX_CONF, UPSTREAM_NAME, FleetError, nginx_conf_for
+from app.settings import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_runs_redis_three_gateways_nginx_and_the_upstream(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "gateway", "lb", "upstream"}
+    assert services["redis"]["image"].startswith("redis:7")
+    assert "healthcheck" in services["redis"]
+    gateway = services["gateway"]
+    assert gateway["deploy"]["replicas"] == 3
+    assert gateway["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+    assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert services["lb"]["ports"] == ["8080:8080"]
+    assert services["lb"]["depends_on"]["gateway"] == {"condition": "service_healthy"}
+    assert services["upstream"]["command"][0] == "demo-upstream"
+
+
+def test_every_replica_shares_redis_and_takes_its_token_from_dot_env(
+    compose: dict[str, Any],
+) -> None:
+    environment = compose["services"]["gateway"]["environment"]
+    assert environment["BREAKER_REDIS_URL"] == "redis://redis:6379/0"
+    assert environment["BREAKER_ADMIN_TOKEN"].startswith("${BREAKER_ADMIN_TOKEN:?")
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^BREAKER_ADMIN_TOKEN=$", example, re.MULTILINE)  # no secret in git
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_compose_and_the_native_fleet_run_the_same_gateway_configuration(
+    compose: dict[str, Any],
+) -> None:
+    gateway = compose["services"]["gateway"]
+    mounted = dict(volume.split(":")[:2] for volume in gateway["volumes"])
+    assert mounted["./deploy/fleet.toml"] == gateway["environment"]["BREAKER_CONFIG"]
+    assert ROOT / "deploy/fleet.toml" == FLEET_CONFIG
+    upstream = gateway["environment"]["BREAKER_UPSTREAMS"]
+    assert upstream == f"{UPSTREAM_NAME}=http://upstream:9000"
+    assert compose["services"]["upstream"]["command"][-2:] == ["--port", "9000"]
+    config = load_config(
+        {
+            "BREAKER_CONFIG": str(FLEET_CONFIG),
+            "BREAKER_UPSTREAMS": upstream,
+            "BREAKER_REDIS_URL": gateway["environment"]["BREAKER_REDIS_URL"],
+        }
+    )
+    assert list(config.upstreams) == [UPSTREAM_NAME]
+    assert config.expose_instance
+
+
+def test_compose_mounts_the_nginx_conf_the_native_fleet_templates(
+    compose: dict[str, Any],
+) -> None:
+    volumes = compose["services"]["lb"]["volumes"]
+    assert volumes == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    assert ROOT / "deploy/nginx.conf" == NGINX_CONF
+    conf = NGINX_CONF.read_text()
+    assert "server gateway:8000 " in conf  # compose's service name and the gateway port
+    assert "listen 8080;" in conf
+
+
+def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert final_stage.startswith("python:3.11-slim")
+    user = re.search(r"^USER (\S+)$", final_stage, re.MULTILINE)
+    assert user is not None
+    assert user[1] not in ("root", "0")
+    assert "HEALTHCHECK" in final_stage
+    assert "/healthz" in final_stage
+    assert 'ENTRYPOINT ["fleetbreaker"]' in final_stage
+
+
+def test_the_dockerfile_copies_every_package_the_wheel_is_built_from() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {
+        source
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    sources = {
+        setuptools["package-dir"].get(package, package) for package in setuptools["packages"]
+    }
+    top_level = {source.split(".")[0].split("/")[0] for source in sources}
+    assert top_level | {"pyproject.toml", project["project"]["readme"]} <= copied
+
+
+# -- nginx.conf, templated ---------------------------------------------------------------
+
+
+def test_templating_changes_only_the_two_marked_address_lines() -> None:
+    original = NGINX_CONF.read_text().splitlines()
+    templated = nginx_conf_for(NGINX_CONF.read_text(), 18080, [18001, 18002, 18003])
+
+    changed = [line for line in templated.splitlines() if line not in original]
+    assert [line.split("#")[0].strip() for line in changed] == [
+        "server 127.0.0.1:18001 max_fails=1 fail_timeout=5s;",
+        "server 127.0.0.1:18002 max_fails=1 fail_timeout=5s;",
+        "server 127.0.0.1:18003 max_fails=1 fail_timeout=5s;",
+        "listen 127.0.0.1:18080;",
+    ]
+    gone = [line for line in original if line not in templated.splitlines()]
+    assert len(gone) == 2
+    assert all("# fleet:" in line for line in gone)
+
+
+def test_templating_refuses_a_conf_without_its_marked_lines() -> None:
+    conf = NGINX_CONF.read_text()
+    without_mark = conf.replace("# fleet: one line per replica", "")
+    with pytest.raises(FleetError, match="one line per replica"):
+        nginx_conf_for(without_mark, 8080, [8000])
+    moved = conf.replace("server gateway:8000", "server elsewhere:8000")
+    with pytest.raises(FleetError, match="has no address"):
+        nginx_conf_for(moved, 8080, [8000])
+
+
+def test_nginx_accepts_the_templated_conf(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    if nginx is None:
+        pytest.fail("nginx is needed (apt-get install -y nginx; .ci/run installs it)")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf_for(NGINX_CONF.read_text(), 18080, [18001, 18002]))
+    result = subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            f"{tmp_path}/",
+            "-c",
+            str(conf),
+            "-e",
+            "stderr",
+            "-g",
+            f"pid {tmp_path}/nginx.pid;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr
