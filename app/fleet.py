@@ -76,6 +76,23 @@ def fleetbreaker_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
 
 
+def redis_server_command(port: int, data: Path) -> list[str]:
+    """A ``redis-server`` on 127.0.0.1:``port`` that persists nothing."""
+    return [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
+
+
 def find_program(name: str, hint: str, search_path: str | None = None) -> str:
     """The executable ``name`` on ``search_path``, or a ``FleetError`` saying how to get it."""
     found = shutil.which(name, path=search_path)
@@ -326,19 +343,7 @@ class Fleet:
         assert port is not None
         return Service(
             name="redis",
-            argv=[
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data),
-            ],
+            argv=redis_server_command(port, data),
             environ=self._environ(),
             ready=lambda: _redis_answers(self.redis_url),
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from app.fleet import free_port
+from app.fleet import free_port, redis_server_command
 
 _START_TIMEOUT = 10.0
 
@@ -33,19 +33,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            redis_server_command(self.port, self.workdir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
