@@ -97,7 +97,7 @@ def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
 @router.get("/breakers", summary="Every upstream's breaker")
 async def list_breakers(request: Request) -> BreakerList:
     gateway = gateway_of(request)
-    views = [_view(gateway, await gateway.snapshot(name)) for name in gateway.routes]
+    views = [_view(gateway, await gateway.snapshot(name)) for name in gateway.breakers]
     return BreakerList(breakers=views)
 
 
@@ -112,7 +112,7 @@ Action = Literal["reset", "open", "disable"]
 
 async def _act(request: Request, name: str, action: Action) -> BreakerView:
     gateway = gateway_of(request)
-    breaker = gateway.route(name).breaker
+    breaker = gateway.breaker(name)
     if action == "reset":
         await breaker.areset()
     elif action == "open":

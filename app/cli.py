@@ -227,7 +227,9 @@ def _metrics_folder(workers: int) -> Iterator[None]:
 def _demo_banner(config: GatewayConfig, public_url: str) -> str:
     token = config.admin_token
     base = public_url.rstrip("/")
-    threshold = config.upstreams[DEMO_UPSTREAM].breaker.failure_threshold
+    demo = config.upstreams[DEMO_UPSTREAM].breaker
+    assert demo is not None  # the demo upstream always has its breaker
+    threshold = demo.failure_threshold
     return "\n".join(
         [
             "",
@@ -273,7 +275,9 @@ def _configured(redis_url: str) -> tuple[str, dict[str, BreakerConfig]]:
     if not environ.get("BREAKER_CONFIG") and not environ.get("BREAKER_UPSTREAMS"):
         return "breaker", {}
     config = load_config(environ)
-    return config.prefix, {name: up.breaker for name, up in config.upstreams.items()}
+    return config.prefix, {
+        name: up.breaker for name, up in config.upstreams.items() if up.breaker is not None
+    }
 
 
 def _names_in_redis(client: redis.Redis, prefix: str) -> set[str]:

@@ -4,6 +4,7 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
 
     GatewayError                      raised by the gateway's own checks
     ├── UnknownUpstream      404      unknown_upstream
+    ├── NoBreaker            404      no_breaker (an upstream with breaker = false)
     ├── UnsafePath           400      invalid_path
     ├── BadRequest           400      bad_request
     ├── BodyTooLarge         413      body_too_large
@@ -62,6 +63,11 @@ class GatewayError(Exception):
 class UnknownUpstream(GatewayError):
     status = 404
     code = "unknown_upstream"
+
+
+class NoBreaker(GatewayError):
+    status = 404
+    code = "no_breaker"
 
 
 class UnsafePath(GatewayError):

@@ -41,15 +41,16 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> JSONResponse:
     gateway = gateway_of(request)
-    if gateway.redis is None:
+    configs = [breaker.config for breaker in gateway.breakers.values()]
+    if gateway.redis is None or not configs:
         return _ready(Readiness(status="ready", backend="embedded"))
-    timeout = max(route.upstream.breaker.backend_timeout for route in gateway.routes.values())
+    timeout = max(config.backend_timeout for config in configs)
     try:
         async with asyncio.timeout(timeout):
             await gateway.redis.ping()
     except (TimeoutError, redis.RedisError, OSError) as exc:
         reason = f"Redis unreachable: {type(exc).__name__}"
-        policies = {route.upstream.breaker.on_backend_error for route in gateway.routes.values()}
+        policies = {config.on_backend_error for config in configs}
         if policies == {"fail_closed"}:
             return _ready(Readiness(status="unavailable", backend="redis", detail=reason), 503)
         return _ready(Readiness(status="degraded", backend="fallback", detail=reason))

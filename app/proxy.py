@@ -99,10 +99,10 @@ async def _proxy(request: Request, name: str) -> Response:
     try:
         upstream_response = await gateway.client.send(outgoing, stream=True)
     except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
-        attempts = attempts_of(exc) or 0
+        attempts = attempts_of(exc) or _sent_once(route)
         _account(route, request, exc, attempts)
         raise ProxyFailure(name, exc, attempts) from exc
-    attempts = attempts_of(upstream_response) or 0
+    attempts = attempts_of(upstream_response) or _sent_once(route)
     _account(route, request, upstream_response, attempts)
     headers = response_headers(upstream_response.headers.raw)
     headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts).encode()))
@@ -113,6 +113,11 @@ async def _proxy(request: Request, name: str) -> Response:
     )
     answer.raw_headers = headers
     return answer
+
+
+def _sent_once(route: Route) -> int:
+    """Attempts of a request that no breaker counted: one, when there is no breaker."""
+    return 1 if route.breaker is None else 0
 
 
 def _raw_tail(request: Request) -> bytes:
@@ -167,7 +172,7 @@ def _account(
     error = last if isinstance(last, Exception) else None
     if isinstance(error, CircuitOpenError):
         CALLS.labels(name, "rejected").inc()
-    elif attempts:
+    elif attempts and route.upstream.breaker is not None:
         outcome = call_outcome(route.upstream.breaker, last)
         if outcome is not None:
             CALLS.labels(name, outcome).inc()

@@ -70,7 +70,7 @@ class _ByUpstream(httpx.AsyncBaseTransport):
     """Sends each request through the transport of the upstream it names."""
 
     def __init__(
-        self, pool: httpx.AsyncBaseTransport, routes: dict[str, ResilientTransport]
+        self, pool: httpx.AsyncBaseTransport, routes: dict[str, httpx.AsyncBaseTransport]
     ) -> None:
         self._pool = pool
         self._routes = routes
@@ -91,8 +91,7 @@ def _named(upstream: str) -> Callable[[httpx.Request], str]:
     return name_of
 
 
-def _retry_hook(upstream: Upstream) -> RetryHook:
-    name = upstream.name
+def _retry_hook(name: str, breaker: BreakerConfig) -> RetryHook:
     retries = RETRIES.labels(name)
 
     def hook(details: RetryDetails, /) -> None:
@@ -101,7 +100,7 @@ def _retry_hook(upstream: Upstream) -> RetryHook:
             return
         # A retried attempt never reaches the proxy's own accounting: count it here.
         retries.inc()
-        outcome = call_outcome(upstream.breaker, details.cause)
+        outcome = call_outcome(breaker, details.cause)
         if outcome is not None:
             CALLS.labels(name, outcome).inc()
 
@@ -111,7 +110,7 @@ def _retry_hook(upstream: Upstream) -> RetryHook:
 @dataclass(frozen=True, slots=True)
 class Route:
     upstream: Upstream
-    breaker: CircuitBreaker
+    breaker: CircuitBreaker | None  # None: ``breaker = false``
 
 
 class Gateway:
@@ -135,14 +134,18 @@ class Gateway:
     async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
         redis_client = redis.asyncio.Redis.from_url(config.redis_url) if config.redis_url else None
         pool = httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0)
-        transports: dict[str, ResilientTransport] = {}
+        transports: dict[str, httpx.AsyncBaseTransport] = {}
         routes: dict[str, Route] = {}
         feed = EventFeed(asyncio.get_running_loop())
         for name, upstream in config.upstreams.items():
+            if upstream.breaker is None:
+                transports[name] = _Timed(pool, name)
+                routes[name] = Route(upstream, None)
+                continue
             transport = ResilientTransport(
                 _Timed(pool, name),
                 redis=redis_client,
-                retry=upstream.retry.replace(hooks=(_retry_hook(upstream),)),
+                retry=upstream.retry.replace(hooks=(_retry_hook(name, upstream.breaker),)),
                 breaker_config=upstream.breaker,
                 breaker_name=_named(name),
                 clock=clock,
@@ -174,15 +177,30 @@ class Gateway:
             raise errors.UnknownUpstream(f"no upstream named {name!r}", upstream=name)
         return route
 
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The upstreams that have a breaker, by name."""
+        return {
+            name: route.breaker for name, route in self.routes.items() if route.breaker is not None
+        }
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        breaker = self.route(name).breaker
+        if breaker is None:
+            raise errors.NoBreaker(
+                f"upstream {name!r} runs without a breaker (breaker = false)", upstream=name
+            )
+        return breaker
+
     async def snapshot(self, name: str) -> BreakerSnapshot:
-        return await self.route(name).breaker.asnapshot()
+        return await self.breaker(name).asnapshot()
 
     async def snapshots(self) -> dict[str, BreakerSnapshot | None]:
         """Every breaker's snapshot; None for those the backend could not give."""
         result: dict[str, BreakerSnapshot | None] = {}
-        for name, route in self.routes.items():
+        for name, breaker in self.breakers.items():
             try:
-                result[name] = await route.breaker.asnapshot()
+                result[name] = await breaker.asnapshot()
             except BackendUnavailableError:
                 result[name] = None
         return result

@@ -33,6 +33,10 @@ The file::
     breaker = { failure_threshold = 3, reset_timeout = 30 }
     retry = { per_try_timeout = 2.0, deadline = 5.0 }
 
+    [upstreams.static]
+    url = "http://static.internal"
+    breaker = false                    # proxied as it is: no breaker, so no retries either
+
 Breaker and retry keys are ``BreakerConfig``'s and ``RetryPolicy``'s own fields, checked
 by them: the library decides what is valid, this module only names the key. Any
 problem becomes one ``ConfigError`` whose message names the key.
@@ -44,7 +48,7 @@ import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import redis.asyncio
@@ -151,8 +155,12 @@ class PolicySection(_Strict):
     retry: dict[str, Any] = {}
 
 
-class UpstreamSection(PolicySection):
+class UpstreamSection(_Strict):
     url: str
+    retry: dict[str, Any] = {}
+    # false: no breaker and, since retries without one are what this gateway exists
+    # to prevent, no retries: each request is sent once.
+    breaker: dict[str, Any] | Literal[False] = {}
 
 
 class ConfigFile(_Strict):
@@ -168,7 +176,7 @@ class Upstream:
 
     name: str
     url: httpx.URL
-    breaker: BreakerConfig
+    breaker: BreakerConfig | None  # None: ``breaker = false``, sent once, unguarded
     retry: RetryPolicy
 
 
@@ -330,6 +338,10 @@ def _upstream(
 ) -> Upstream:
     key = f"upstreams.{name}"
     url = _check_url(f"{key}.url", section.url)
+    if section.breaker is False:
+        if section.retry:
+            raise ConfigError(f"{key}.retry: retries need the breaker, and breaker = false")
+        return Upstream(name=name, url=url, breaker=None, retry=RetryPolicy(attempts=1))
     breaker_values = _merged("breaker", _BREAKER_KEYS, key, defaults.breaker, section.breaker)
     retry_values = _merged("retry", _RETRY_KEYS, key, defaults.retry, section.retry)
     try:

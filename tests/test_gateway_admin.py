@@ -189,3 +189,29 @@ def test_disable_lets_everything_through_and_still_counts(
 
     run(config_for(tmp_path, upstream, backend), scenario)
     assert len(upstream.hits_on("/base/x")) == 6
+
+
+def test_an_upstream_without_a_breaker_is_not_listed_and_has_no_breaker_to_act_on(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    config = config_for(
+        tmp_path,
+        upstream,
+        None,
+        extra=f'[upstreams.plain]\nurl = "{upstream.url}"\nbreaker = false',
+    )
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        listed = await client.get("/admin/breakers", headers=AUTH)
+        assert [view["name"] for view in listed.json()["breakers"]] == ["api"]
+        for method, path in (
+            ("GET", "/admin/breakers/plain"),
+            ("POST", "/admin/breakers/plain/reset"),
+        ):
+            answer = await client.request(method, path, headers=AUTH)
+            assert answer.status_code == 404
+            assert answer.json()["error"] == "no_breaker"
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/readyz")).json()["status"] == "ready"
+
+    run(config, scenario)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ def test_file_settings_merge_defaults_under_each_upstream(tmp_path: Path) -> Non
         redis_url="redis://127.0.0.1:6379/13",
     )
     api, search = config.upstreams["api"], config.upstreams["search"]
+    assert api.breaker is not None
+    assert search.breaker is not None
     assert (api.breaker.failure_threshold, api.breaker.reset_timeout) == (2, 20.0)
     assert (search.breaker.failure_threshold, search.breaker.reset_timeout) == (4, 20.0)
     assert api.breaker.prefix == search.breaker.prefix == "gw"
@@ -78,8 +81,10 @@ def test_file_settings_merge_defaults_under_each_upstream(tmp_path: Path) -> Non
 
 
 def test_only_network_errors_and_5xx_count_against_an_upstream(tmp_path: Path) -> None:
-    breaker = gateway_config(tmp_path, upstreams="api=http://127.0.0.1:9000").upstreams["api"]
-    config = breaker.breaker
+    config = (
+        gateway_config(tmp_path, upstreams="api=http://127.0.0.1:9000").upstreams["api"].breaker
+    )
+    assert config is not None
     assert config.record_exceptions == (httpx.TransportError,)
     assert config.failure_predicate is not None
     request = httpx.Request("GET", "http://x")
@@ -240,3 +245,37 @@ def test_serve_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
         "fleetbreaker: invalid configuration: "
         "upstreams.api.breaker.failure_threshold: must be an integer >= 1, got 0\n"
     )
+
+
+def test_breaker_false_proxies_an_upstream_once_and_unguarded(tmp_path: Path) -> None:
+    config = gateway_config(
+        tmp_path,
+        """
+        [defaults.retry]
+        attempts = 4
+        [upstreams.static]
+        url = "http://127.0.0.1:9000"
+        breaker = false
+        """,
+    )
+    static = config.upstreams["static"]
+    assert static.breaker is None
+    assert static.retry.attempts == 1  # the defaults' retries need a breaker
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            "breaker = false\nretry = { attempts = 3 }",
+            "upstreams.static.retry: retries need the breaker, and breaker = false",
+        ),
+        ("breaker = true", "upstreams.static.breaker"),
+    ],
+    ids=["retries-without-breaker", "breaker-true"],
+)
+def test_breaker_false_refuses_what_it_cannot_honour(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        gateway_config(tmp_path, f'[upstreams.static]\nurl = "http://127.0.0.1:9000"\n{table}\n')

@@ -291,3 +291,24 @@ def test_head_passes_status_and_headers_without_a_body(
 
     run(config_for(tmp_path, upstream, backend), scenario)
     assert [hit.method for hit in upstream.hits] == ["HEAD"]
+
+
+def test_an_upstream_without_a_breaker_is_called_once_per_request_and_never_refused(
+    tmp_path: Path, upstream: Upstream, backend: str | None
+) -> None:
+    upstream.plan("/plain/down", Reply(503))
+    config = config_for(
+        tmp_path,
+        upstream,
+        backend,
+        extra=f'[upstreams.plain]\nurl = "{upstream.url}/plain"\nbreaker = false',
+    )
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for _ in range(5):  # more than the threshold of 3 the guarded upstream has
+            response = await client.get("/proxy/plain/down")
+            assert response.status_code == 503
+            assert response.headers["x-fleetbreaker-attempts"] == "1"
+
+    run(config, scenario)
+    assert len(upstream.hits_on("/plain/down")) == 5

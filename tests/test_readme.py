@@ -89,6 +89,7 @@ def test_the_gateway_toml_example_loads(tmp_path: Path) -> None:
     config = load_config({"BREAKER_CONFIG": str(path)})
     payments = config.upstreams["payments"]
     assert str(payments.url) == "http://payments.internal:8080/api"
+    assert payments.breaker is not None
     assert payments.breaker.on_backend_error == "fail_closed"
     assert payments.retry.deadline == 5.0
     assert config.retry_buffer_bytes == 65536
