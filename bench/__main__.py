@@ -1,0 +1,109 @@
+"""``python -m bench [--quick] [--output BENCHMARKS.md]``: every scenario, for
+fleetbreaker and the peers, in one run; prints the report and rewrites the file.
+
+It installs nothing: the peers come from the ``bench`` extra (``pip install -e
+'.[bench]'``; ``./scripts/setup`` installs it). It starts its own ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import calls, fleet, gateway, report, scale
+from .peers import PEERS
+from .server import BenchRedis
+
+
+@dataclass(frozen=True)
+class Profile:
+    calls: int
+    probes: int
+    overhead_batches: int
+    overhead_calls: int
+    serialization_repeats: int
+    observe: float
+    learn_repeats: int
+    scale_breakers: int
+    scale_live: int
+    scale_batches: int
+    gateway_seconds: float
+    gateway_rounds: int
+
+
+FULL = Profile(200, 3, 9, 500, 3, 2.5, 5, 1000, 10_000, 5, 5.0, 3)
+QUICK = Profile(100, 1, 5, 200, 1, 1.0, 2, 1000, 2_000, 3, 2.0, 1)
+#: The peers that take part in the multi-process and scale scenarios.
+FLEET_PEERS = [name for name in PEERS if name != "fleetbreaker async"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a run under a minute")
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    started = time.monotonic()
+    with BenchRedis() as server:
+        results = report.Results(
+            quick=args.quick,
+            date=datetime.date.today().isoformat(),
+            redis_version=server.version(),
+            scale_breakers=profile.scale_breakers,
+            scale_live=profile.scale_live,
+        )
+        driver = calls.Driver()
+        peers = list(PEERS.values())
+        _say("1. round trips per call")
+        results.counts = calls.command_counts(peers, server, driver, profile.calls, profile.probes)
+        _say("2. overhead")
+        results.overhead = calls.overhead(
+            peers, server, driver, profile.overhead_batches, profile.overhead_calls
+        )
+        _say("3. serialization")
+        for peer in peers:
+            results.serialization[peer.name] = calls.serialization(
+                peer, server, driver, profile.serialization_repeats
+            )
+        driver.shutdown()
+        for name in FLEET_PEERS:
+            _say(f"4-6. fleet: {name}")
+            server.flush()
+            with fleet.FleetRun(name, server.url) as run:
+                results.waste[name] = run.waste(profile.observe)
+                results.probes[name] = run.probes()
+                results.learn[name] = run.learn(profile.learn_repeats)
+        for name in FLEET_PEERS:
+            if name == "fleetbreaker batched":
+                continue  # the same keys and calls as exact mode once closed+success is local
+            _say(f"7. scale: {name}")
+            results.scale[name] = scale.scale(
+                name,
+                server.url,
+                profile.scale_breakers,
+                profile.scale_live,
+                profile.scale_batches,
+            )
+        server.flush()
+        _say("8. gateway throughput")
+        results.gateway = gateway.throughput(
+            server.url, profile.gateway_seconds, profile.gateway_rounds
+        )
+    results.seconds = time.monotonic() - started
+    text = report.render(results)
+    print(text)
+    args.output.write_text(text, encoding="utf-8")
+    _say(f"wrote {args.output} ({results.seconds:.0f} s)")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

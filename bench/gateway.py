@@ -1,0 +1,132 @@
+"""Scenario 8: gateway throughput with the breaker on and off, in one gateway.
+
+``fleetbreaker serve --workers 2`` on the benchmark's Redis proxies two upstreams that
+are the same fast local server: ``on`` has the default breaker and retry policy,
+``off`` has ``breaker = false``. The load alternates between them round by round, so
+that both see the same machine."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.fleet import Service, fleetbreaker_command, free_port
+
+from .loadgen import Load, run_load
+
+CONNECTIONS = 32
+_ROOT = Path(__file__).resolve().parent.parent
+_START_TIMEOUT = 60.0
+
+CONFIG = """
+[upstreams.on]
+url = "{upstream}"
+
+[upstreams.off]
+url = "{upstream}"
+breaker = false
+"""
+
+
+@dataclass(frozen=True)
+class Throughput:
+    on: Load
+    off: Load
+    rounds: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.on.requests_per_second / self.off.requests_per_second
+
+
+def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
+    output = io.StringIO()  # the processes' logs, shown only if one fails to start
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory(prefix="fleetbreaker-bench-") as folder:
+        config = Path(folder) / "gateway.toml"
+        upstream_port, gateway_port = free_port(), free_port()
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        config.write_text(CONFIG.format(upstream=upstream_url))
+        services = [
+            Service(
+                name="upstream",
+                argv=[sys.executable, "-m", "bench.upstream", str(upstream_port)],
+                environ={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_ROOT)},
+                ready=lambda: _answers(f"{upstream_url}/"),
+            ),
+            Service(
+                name="gateway",
+                argv=[
+                    *fleetbreaker_command(),
+                    "serve",
+                    "--port",
+                    str(gateway_port),
+                    "--workers",
+                    "2",
+                    "--log-level",
+                    "warning",
+                ],
+                environ={
+                    "PATH": "/usr/bin:/bin",
+                    "BREAKER_REDIS_URL": redis_url,
+                    "BREAKER_CONFIG": str(config),
+                },
+                ready=lambda: (
+                    _answers(f"{gateway_url}/proxy/on/") and _answers(f"{gateway_url}/proxy/off/")
+                ),
+            ),
+        ]
+        try:
+            for service in services:
+                service.start(output, lock)
+                _wait(service, output)
+            run_load(f"{gateway_url}/proxy/on/warm", 1.0, CONNECTIONS)
+            run_load(f"{gateway_url}/proxy/off/warm", 1.0, CONNECTIONS)
+            samples: dict[str, list[Load]] = {"on": [], "off": []}
+            for index in range(rounds):
+                order = ("on", "off") if index % 2 == 0 else ("off", "on")
+                for variant in order:
+                    samples[variant].append(
+                        run_load(f"{gateway_url}/proxy/{variant}/item", seconds, CONNECTIONS)
+                    )
+        finally:
+            for service in reversed(services):
+                service.stop()
+    return Throughput(
+        on=_median(samples["on"]), off=_median(samples["off"]), rounds=rounds, seconds=seconds
+    )
+
+
+def _median(loads: list[Load]) -> Load:
+    return Load(
+        requests_per_second=statistics.median(load.requests_per_second for load in loads),
+        p50_ms=statistics.median(load.p50_ms for load in loads),
+        p99_ms=statistics.median(load.p99_ms for load in loads),
+        errors=sum(load.errors for load in loads),
+        tool=loads[0].tool,
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(service: Service, output: io.StringIO) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not service.ready():
+        if not service.alive or time.monotonic() > deadline:
+            raise RuntimeError(f"bench: {service.name} did not start:\n{output.getvalue()}")
+        time.sleep(0.05)

@@ -1,0 +1,111 @@
+"""The benchmark's own machinery, kept working: every peer's adapter guards, refuses and
+counts as the report says, the counters count what Redis saw, the report renders,
+and the load generators measure a real server. Figures here are counts, never times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.fleet import free_port
+from bench import calls, report
+from bench.fleet import FleetRun
+from bench.loadgen import _asyncio_load
+from bench.peers import PEERS
+from bench.server import BenchRedis
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[BenchRedis]:
+    with BenchRedis() as bench_redis:
+        yield bench_redis
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[calls.Driver]:
+    each = calls.Driver()
+    yield each
+    each.shutdown()
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_every_peer_trips_and_then_refuses(
+    name: str, server: BenchRedis, driver: calls.Driver
+) -> None:
+    guard = driver.guard(PEERS[name], server.url, calls.SHORT_OPEN)
+    assert driver.calls(guard, 2) == 0
+    driver.calls(guard, calls.SHORT_OPEN.threshold, fail=True)
+    assert driver.calls(guard, 5) == 5
+    driver.close(guard)
+
+
+def test_fleetbreaker_counts_match_its_documented_round_trips(
+    server: BenchRedis, driver: calls.Driver
+) -> None:
+    peers = [PEERS["fleetbreaker"], PEERS["fleetbreaker batched"]]
+    counts = calls.command_counts(peers, server, driver, calls=20, probes=1)
+    exact, batched = counts["fleetbreaker"].cases, counts["fleetbreaker batched"].cases
+    assert exact["closed + success"].round_trips == 1.0
+    assert exact["closed + failure"].round_trips == 1.0
+    assert exact["open"].round_trips == 0.0
+    assert exact["half-open probe"].round_trips == 2.0  # acquire, then record
+    assert exact["closed + success"].commands > 1  # the script's own commands count too
+    assert batched["batched success"].round_trips <= 0.05
+
+
+def test_the_counter_sees_a_peer_that_sends_plain_commands(
+    server: BenchRedis, driver: calls.Driver
+) -> None:
+    counts = calls.command_counts([PEERS["pybreaker 1.4.1"]], server, driver, calls=10, probes=0)
+    per_call = counts["pybreaker 1.4.1"].cases["closed + success"]
+    assert per_call.round_trips == per_call.commands >= 1
+
+
+def test_the_fleet_scenarios_run_for_fleetbreaker(server: BenchRedis) -> None:
+    with FleetRun("fleetbreaker", server.url) as run:
+        waste = run.waste(0.5)
+        learned = run.learn(1)
+    assert waste.ideal <= waste.calls_after <= waste.ideal + 32
+    assert learned.millis[0] is not None
+
+
+def test_the_asyncio_load_generator_measures_the_bench_upstream() -> None:
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    upstream = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(port)], cwd=root)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                load = asyncio.run(_asyncio_load(f"http://127.0.0.1:{port}/x", 0.5, 4))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    assert load.requests_per_second > 0
+    assert load.errors == 0
+    assert load.p50_ms <= load.p99_ms
+
+
+def test_the_report_renders_targets_from_partial_results(
+    server: BenchRedis, driver: calls.Driver
+) -> None:
+    results = report.Results(quick=True, date="2026-11-28", redis_version=server.version())
+    results.counts = calls.command_counts(
+        [PEERS["fleetbreaker"]], server, driver, calls=10, probes=0
+    )
+    text = report.render(results)
+    assert "| closed + success: ≤ 1.0 round trips per call | 1.00 | **met** |" in text
+    assert "## How each contender is configured" in text
