@@ -32,8 +32,11 @@ local function int(x)
   return string.format('%d', math.floor(x))
 end
 
+local EXISTED = false  -- whether the state hash was there when the script began
+
 local function load_state()
   local flat = redis.call('HGETALL', KEYS[1])
+  EXISTED = #flat > 0
   local h = {}
   for i = 1, #flat, 2 do
     h[flat[i]] = flat[i + 1]
@@ -56,19 +59,41 @@ end
 local S = load_state()
 local EVENTS = {}
 
+-- What the hash held when the script began: a call that changes nothing (a success
+-- in a healthy closed breaker) then writes nothing but the TTL.
+local LOADED = {}
+for field, value in pairs(S) do
+  LOADED[field] = value
+end
+
+local function unchanged()
+  if not EXISTED then
+    return false
+  end
+  for field, value in pairs(S) do
+    if LOADED[field] ~= value then
+      return false
+    end
+  end
+  return true
+end
+
 local function save_state()
-  redis.call('HSET', KEYS[1],
-    'state', S.state,
-    'created_at', int(S.created_at),
-    'generation', int(S.generation),
-    'failures', int(S.failures),
-    'last_failure_at', int(S.last_failure_at),
-    'opened_at', int(S.opened_at),
-    'open_until', int(S.open_until),
-    'reopens', int(S.reopens),
-    'trial_successes', int(S.trial_successes))
+  if not unchanged() then
+    redis.call('HSET', KEYS[1],
+      'state', S.state,
+      'created_at', int(S.created_at),
+      'generation', int(S.generation),
+      'failures', int(S.failures),
+      'last_failure_at', int(S.last_failure_at),
+      'opened_at', int(S.opened_at),
+      'open_until', int(S.open_until),
+      'reopens', int(S.reopens),
+      'trial_successes', int(S.trial_successes))
+  end
+  -- Every write refreshes every key's TTL, the leases' too (ZADD makes that key
+  -- without one). PEXPIRE on a missing key is a no-op.
   redis.call('PEXPIRE', KEYS[1], TTL_MS)
-  -- The other keys may not exist; PEXPIRE on a missing key is a no-op.
   redis.call('PEXPIRE', KEYS[2], TTL_MS)
   redis.call('PEXPIRE', KEYS[3], TTL_MS)
 end

@@ -48,12 +48,15 @@ end
 
 -- The window: fields "<bucket>:c" (calls), "<bucket>:f" (failures), "<bucket>:s"
 -- (slow calls); budget.lua adds "<bucket>:r" and "<bucket>:d" (retries granted and
--- refused). Summing it here prunes the buckets that slid out, so its size and
--- the cost of this script stay O(buckets), whatever the call rate.
+-- refused). The first call of each bucket prunes the buckets that slid out, so its
+-- size stays O(buckets), whatever the call rate, and the others skip reading it
+-- unless a rate threshold needs the sums.
 local current = math.floor(NOW / bucket_ms)
 local function count(calls, failures, slows)
   local prefix = int(current) .. ':'
-  redis.call('HINCRBY', KEYS[2], prefix .. 'c', calls)
+  if redis.call('HINCRBY', KEYS[2], prefix .. 'c', calls) == calls then
+    window_sums(current, buckets, true)
+  end
   if failures > 0 then
     redis.call('HINCRBY', KEYS[2], prefix .. 'f', failures)
   end
@@ -102,15 +105,17 @@ elseif (outcome == 'success' or outcome == 'failure') and counting
     S.failures = S.failures + 1
     S.last_failure_at = NOW
   end
-  local sums = window_sums(current, buckets, true)
   if S.state == 'closed' then
     if S.failures >= failure_threshold then
       open('failure_threshold')
-    elseif sums.c >= minimum_calls then
-      if failure_rate >= 0 and sums.f >= failure_rate * sums.c then
-        open('failure_rate')
-      elseif slow_rate >= 0 and sums.s >= slow_rate * sums.c then
-        open('slow_call_rate')
+    elseif failure_rate >= 0 or slow_rate >= 0 then
+      local sums = window_sums(current, buckets, false)
+      if sums.c >= minimum_calls then
+        if failure_rate >= 0 and sums.f >= failure_rate * sums.c then
+          open('failure_rate')
+        elseif slow_rate >= 0 and sums.s >= slow_rate * sums.c then
+          open('slow_call_rate')
+        end
       end
     end
   end

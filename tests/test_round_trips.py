@@ -74,6 +74,23 @@ def test_closed_success_costs_one_round_trip(redis_server: RedisServer, clock: M
     assert commands_during(redis_server, repeat(50, lambda: succeed(cb))) == {"evalsha": 50}
 
 
+def test_a_success_that_changes_nothing_writes_only_ttls_inside_redis(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    """Server work, not round trips: no HSET of an unchanged state, and the window is
+    read (to prune it) only by the first call of each bucket when no rate is set."""
+    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    succeed(cb)
+    before = redis_server.command_calls()
+    repeat(20, lambda: succeed(cb))()
+    after = redis_server.command_calls()
+    ran = {name: after[name] - before.get(name, 0) for name in after}
+    assert ran.get("hset", 0) == 0
+    assert ran["hgetall"] == 20  # the state hash, once per call
+    assert ran["hincrby"] == 20  # the window still counts every call
+    assert ran["pexpire"] == 60  # every key's TTL is refreshed
+
+
 def test_closed_failure_costs_one_round_trip(redis_server: RedisServer, clock: ManualClock) -> None:
     cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
     succeed(cb)
