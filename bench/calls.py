@@ -16,6 +16,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from breaker._scripts import script_source
+
 from .peers import PEERS, AsyncGuard, Peer, Rejected, Settings, SyncGuard, UpstreamDown
 from .server import BenchRedis
 
@@ -204,6 +206,17 @@ class Overhead:
     micros: dict[str, float]  # peer name -> median µs per closed+success call
     raw_sync: float  # µs per raw EVALSHA, sync client
     raw_async: float
+    # Where exact mode's time goes (sync): step -> median µs, each step adding one part.
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+#: The steps from a raw EVALSHA to a guarded call, in the order they add cost.
+BREAKDOWN = (
+    "raw EVALSHA of `return 1`, no arguments",
+    "… with the 3 keys and 22 arguments of a `record` call",
+    "… running the `record` script itself",
+    "fleetbreaker `cb.call(fn)`",
+)
 
 
 def overhead(
@@ -229,7 +242,23 @@ def overhead(
     def raw_async() -> None:
         driver.loop.run_until_complete(raw_async_batch())
 
-    contenders: dict[str, Callable[[], Any]] = {"raw sync": raw_sync, "raw async": raw_async}
+    keys, args = _record_call(sync_client)
+    record_sha = sync_client.script_load(script_source("record"))
+
+    def with_args() -> None:
+        for _ in range(calls):
+            sync_client.evalsha(sha, 3, *keys, *args)
+
+    def record_alone() -> None:
+        for _ in range(calls):
+            sync_client.evalsha(record_sha, 3, *keys, *args)
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "raw sync": raw_sync,
+        "raw async": raw_async,
+        BREAKDOWN[1]: with_args,
+        BREAKDOWN[2]: record_alone,
+    }
     for name, guard in guards.items():
         contenders[name] = functools.partial(driver.calls, guard, calls)
     samples: dict[str, list[float]] = {name: [] for name in contenders}
@@ -247,7 +276,37 @@ def overhead(
         micros={name: medians[name] for name in guards},
         raw_sync=medians["raw sync"],
         raw_async=medians["raw async"],
+        breakdown={
+            BREAKDOWN[0]: medians["raw sync"],
+            BREAKDOWN[1]: medians[BREAKDOWN[1]],
+            BREAKDOWN[2]: medians[BREAKDOWN[2]],
+            BREAKDOWN[3]: medians.get("fleetbreaker", float("nan")),
+        },
     )
+
+
+def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int | float]]:
+    """The keys and arguments of a closed+success ``record`` on a live breaker, as the
+    library sends them (its private protocol module: this is a measurement)."""
+    from breaker import CircuitBreaker
+    from breaker._protocol import record_args
+
+    cb = CircuitBreaker("bench-breakdown", redis=client, failure_threshold=10_000)
+    cb.call(ok)
+    generation = int(client.hget(cb.keys.state, "generation") or 0)
+    args = record_args(
+        cb.config,
+        cb.name,
+        generation=generation,
+        lease_id="",
+        outcome="success",
+        slow=False,
+        batched=0,
+        seen_last_failure_at=0,
+        jitter_sample=0.0,
+        now_ms=None,
+    )
+    return [cb.keys.state, cb.keys.window, cb.keys.leases], args
 
 
 # -- 3. serialization ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from app.fleet import Service, fleetbreaker_command, free_port
 from .loadgen import Load, run_load
 
 CONNECTIONS = 32
+_WARM_SECONDS = 1.0
 _ROOT = Path(__file__).resolve().parent.parent
 _START_TIMEOUT = 60.0
 
@@ -90,8 +91,8 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
             for service in services:
                 service.start(output, lock)
                 _wait(service, output)
-            run_load(f"{gateway_url}/proxy/on/warm", 1.0, CONNECTIONS)
-            run_load(f"{gateway_url}/proxy/off/warm", 1.0, CONNECTIONS)
+            for variant in ("on", "off"):  # connections, pools, scripts loaded
+                run_load(f"{gateway_url}/proxy/{variant}/warm", _WARM_SECONDS, CONNECTIONS)
             samples: dict[str, list[Load]] = {"on": [], "off": []}
             for index in range(rounds):
                 order = ("on", "off") if index % 2 == 0 else ("off", "on")
