@@ -12,7 +12,9 @@
 Every process runs in a session of its own, so a Ctrl-C in the terminal reaches only
 this one, which stops them in order (nginx, replicas, upstream, Redis), kills any
 straggler's whole process group, and removes its temporary folder. Their output is
-shown prefixed with their name, as compose does.
+shown prefixed with their name, as compose does. Where util-linux's ``setpriv`` is
+installed, each is started under ``--pdeathsig TERM``: if this process is killed
+outright, the kernel stops them anyway (only the temporary folder is left).
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class Service:
 
     def start(self, output: TextIO, lock: threading.Lock) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports
-            self.argv,
+            [*_orphan_guard(), *self.argv],
             env=self.environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -179,6 +181,12 @@ class Service:
             os.killpg(process.pid, signal.SIGKILL)
         if self._pump is not None:
             self._pump.join(_STOP_TIMEOUT)
+
+
+def _orphan_guard() -> list[str]:
+    """A prefix that has the kernel send SIGTERM to the child when its parent dies."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _pump(

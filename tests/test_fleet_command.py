@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,6 +149,28 @@ def test_the_fleet_serves_then_stops_every_process_it_started(
     assert not workdir.exists()
     for url in [lb, upstream, redis_url, *replicas]:
         assert not accepts(url), url
+
+
+def test_killing_the_fleet_outright_still_stops_what_it_started(running: Running) -> None:
+    """SIGKILL leaves no handler to run: the kernel's parent-death signal (setpriv)
+    stops the children instead. Only the temporary folder is left behind."""
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed for the fleet's orphan guard")
+    running.wait_for_summary()
+    [lb] = running.printed("load balancer")
+    [redis_url] = running.printed("redis")
+    [temporary] = running.printed("temporary")
+
+    running.process.kill()
+    running.process.wait(_STOP_TIMEOUT)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while (processes_marked(running.mark) or accepts(lb)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert processes_marked(running.mark) == []
+    assert not accepts(lb)
+    assert not accepts(redis_url)
+    shutil.rmtree(temporary, ignore_errors=True)
 
 
 def test_a_missing_program_is_named_with_how_to_install_it(tmp_path: Path) -> None:
