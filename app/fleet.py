@@ -134,7 +134,6 @@ class Service:
     argv: list[str]
     environ: dict[str, str]
     ready: Callable[[], bool]
-    stop_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = None
     answered: bool = False
     reported_exit: bool = False
@@ -171,7 +170,7 @@ class Service:
             return
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, self.stop_signal)
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:

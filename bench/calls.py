@@ -18,7 +18,7 @@ import redis.asyncio
 
 from breaker._scripts import script_source
 
-from .peers import PEERS, AsyncGuard, Peer, Rejected, Settings, SyncGuard, UpstreamDown
+from .peers import AsyncGuard, Peer, Rejected, Settings, SyncGuard, UpstreamDown
 from .server import BenchRedis
 
 #: Settings under which no failure in a measured batch trips the breaker.
@@ -364,7 +364,3 @@ async def _tasks(guard: AsyncGuard) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(CALLERS)))
     return time.perf_counter() - started
-
-
-def all_peers() -> list[Peer]:
-    return list(PEERS.values())

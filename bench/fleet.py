@@ -32,12 +32,11 @@ _UPSTREAM_SECONDS = 0.002  # each simulated upstream call
 _REFUSED_PAUSE = 0.002  # a refused caller waits this long before asking again
 
 
-def _build(peer_name: str, url: str, name: str, settings: Settings) -> SyncGuard | AsyncGuard:
-    """A sync guard, or (async peers) a guard built on a loop of this thread's own."""
-    peer = PEERS[peer_name]
-    if peer.make is not None:
-        return peer.make(url, name, settings)
-    raise TypeError("async peers are built inside their loop")
+def _build(peer_name: str, url: str, name: str, settings: Settings) -> SyncGuard:
+    """A sync peer's guard (async peers are built inside their loop, by ``_abuild``)."""
+    make = PEERS[peer_name].make
+    assert make is not None
+    return make(url, name, settings)
 
 
 async def _abuild(peer_name: str, url: str, name: str, settings: Settings) -> AsyncGuard:
@@ -222,7 +221,6 @@ def _waste_worker(peer_name: str, url: str, name: str, sync: _Sync) -> tuple[int
         asyncio.run(main())
     else:
         guard = _build(peer_name, url, name, settings)
-        assert isinstance(guard, SyncGuard)
 
         def sync_upstream() -> None:
             time.sleep(_UPSTREAM_SECONDS)
@@ -290,7 +288,6 @@ def _probe_worker(peer_name: str, url: str, name: str, trips: bool, sync: _Sync)
         asyncio.run(main())
     else:
         guard = _build(peer_name, url, name, PROBE_SETTINGS)
-        assert isinstance(guard, SyncGuard)
 
         def sync_fail() -> None:
             raise UpstreamDown
@@ -356,7 +353,6 @@ def _learn_worker(
     else:
         for name in names:
             guard = _build(peer_name, url, name, settings)
-            assert isinstance(guard, SyncGuard)
             times.append(_learn_round(role, guard, settings, step))
     return times
 

@@ -294,12 +294,3 @@ PEERS: dict[str, Peer] = {
         ),
     )
 }
-
-
-def run_async(coroutine: Awaitable[T]) -> T:
-    """Run one coroutine on a fresh loop (uvloop is not used: same loop for all)."""
-
-    async def main() -> T:
-        return await coroutine
-
-    return asyncio.run(main())
