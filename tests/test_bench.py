@@ -71,10 +71,16 @@ def test_the_counter_sees_a_peer_that_sends_plain_commands(
 
 
 def test_the_fleet_scenarios_run_for_fleetbreaker(server: BenchRedis) -> None:
+    """The scenarios run and see the breaker work: the failing upstream is reached and
+    then left alone long before the observation ends. How many calls got through is
+    the benchmark's figure (a timing, target threshold + 32): it is reported there,
+    not asserted here, where a loaded machine once let 44 through."""
+    observe = 0.5
     with FleetRun("fleetbreaker", server.url) as run:
-        waste = run.waste(0.5)
+        waste = run.waste(observe)
         learned = run.learn(1)
-    assert waste.ideal <= waste.calls_after <= waste.ideal + 32
+    assert waste.calls_after >= waste.ideal
+    assert waste.last_call_ms < observe * 1000 / 2
     assert learned.millis[0] is not None
 
 
