@@ -182,6 +182,41 @@ class Service:
             self._pump.join(_STOP_TIMEOUT)
 
 
+def wait_ready(
+    services: list[Service], cancelled: threading.Event | None = None, where_output: str = ""
+) -> None:
+    """Wait until each service answers; ``FleetError`` if one exits (``where_output``
+    says where its output went), if they take over ``_START_TIMEOUT``, or if
+    ``cancelled`` is set meanwhile."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    waiting = list(services)
+    while waiting:
+        if cancelled is not None and cancelled.is_set():
+            raise FleetError("stopped while starting")
+        for service in list(waiting):
+            if not service.alive:
+                code = service.process.returncode if service.process else None
+                raise FleetError(
+                    f"{service.name} exited while starting (code {code}){where_output}"
+                )
+            if service.ready():
+                service.answered = True
+                waiting.remove(service)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(s.name for s in waiting)
+            raise FleetError(f"{names} did not answer within {_START_TIMEOUT:.0f} s")
+        if waiting:
+            time.sleep(_POLL)
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second."""
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _orphan_guard() -> list[str]:
     """A prefix that has the kernel send SIGTERM to the child when its parent dies."""
     setpriv = shutil.which("setpriv")
@@ -240,6 +275,7 @@ class Fleet:
         self.nginx_conf = nginx_conf
         self.output = output
         self.workdir: Path | None = None
+        self.nginx: str | None = None  # found by start()
         self.services: dict[str, Service] = {}
         self._lock = threading.Lock()
 
@@ -292,7 +328,7 @@ class Fleet:
             raise
 
     def _check_prerequisites(self) -> None:
-        find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH)
+        self.nginx = find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH)
         if self.own_redis:
             find_program(
                 "redis-server",
@@ -317,25 +353,9 @@ class Fleet:
         service.start(self.output, self._lock)
 
     def _wait_ready(self, cancelled: threading.Event) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        waiting = [service for service in self.services.values() if not service.answered]
-        while waiting:
-            if cancelled.is_set():
-                raise FleetError("stopped while starting")
-            for service in list(waiting):
-                if not service.alive:
-                    code = service.process.returncode if service.process else None
-                    raise FleetError(
-                        f"{service.name} exited while starting (code {code}); its output is above"
-                    )
-                if service.ready():
-                    service.answered = True
-                    waiting.remove(service)
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(s.name for s in waiting)
-                raise FleetError(f"{names} did not answer within {_START_TIMEOUT:.0f} s")
-            if waiting:
-                time.sleep(_POLL)
+        wait_ready(
+            [service for service in self.services.values() if not service.answered], cancelled
+        )
 
     def _environ(self, **extra: str) -> dict[str, str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("BREAKER_")}
@@ -360,7 +380,7 @@ class Fleet:
             name="upstream",
             argv=[*fleetbreaker_command(), "demo-upstream", "--port", str(self.upstream_port)],
             environ=self._environ(),
-            ready=lambda: _http_ok(f"{self.upstream_url}/mode"),
+            ready=lambda: http_ok(f"{self.upstream_url}/mode"),
         )
 
     def _replica_service(self, index: int) -> Service:
@@ -383,11 +403,12 @@ class Fleet:
                 BREAKER_ADMIN_TOKEN=self.admin_token,
                 BREAKER_PUBLIC_URL=self.lb_url,
             ),
-            ready=lambda: _http_ok(f"{url}/healthz"),
+            ready=lambda: http_ok(f"{url}/healthz"),
         )
 
     def _nginx_service(self) -> Service:
         assert self.workdir is not None
+        assert self.nginx is not None
         conf = self.workdir / "nginx.conf"
         conf.write_text(
             nginx_conf_for(self.nginx_conf.read_text(), self.lb_port, self.replica_ports)
@@ -396,7 +417,7 @@ class Fleet:
         return Service(
             name="lb",
             argv=[
-                find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH),
+                self.nginx,
                 "-p",
                 prefix,
                 "-c",
@@ -407,7 +428,7 @@ class Fleet:
                 f"daemon off; pid {self.workdir}/nginx.pid;",
             ],
             environ=self._environ(),
-            ready=lambda: _http_ok(f"{self.lb_url}/healthz"),
+            ready=lambda: http_ok(f"{self.lb_url}/healthz"),
         )
 
     # -- run and stop ----------------------------------------------------------------
@@ -451,13 +472,6 @@ class Fleet:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _redis_answers(url: str) -> bool:

@@ -12,20 +12,16 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from app.fleet import Service, fleetbreaker_command, free_port
+from app.fleet import FleetError, Service, fleetbreaker_command, free_port, http_ok, wait_ready
 
 from .loadgen import Load, run_load
 
 CONNECTIONS = 32
 _WARM_SECONDS = 1.0
 _ROOT = Path(__file__).resolve().parent.parent
-_START_TIMEOUT = 60.0
 
 CONFIG = """
 [upstreams.on]
@@ -63,7 +59,7 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
                 name="upstream",
                 argv=[sys.executable, "-m", "bench.upstream", str(upstream_port)],
                 environ={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_ROOT)},
-                ready=lambda: _answers(f"{upstream_url}/"),
+                ready=lambda: http_ok(f"{upstream_url}/"),
             ),
             Service(
                 name="gateway",
@@ -83,14 +79,17 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
                     "BREAKER_CONFIG": str(config),
                 },
                 ready=lambda: (
-                    _answers(f"{gateway_url}/proxy/on/") and _answers(f"{gateway_url}/proxy/off/")
+                    http_ok(f"{gateway_url}/proxy/on/") and http_ok(f"{gateway_url}/proxy/off/")
                 ),
             ),
         ]
         try:
             for service in services:
                 service.start(output, lock)
-                _wait(service, output)
+                try:
+                    wait_ready([service])
+                except FleetError as exc:
+                    raise RuntimeError(f"bench: {exc}:\n{output.getvalue()}") from None
             for variant in ("on", "off"):  # connections, pools, scripts loaded
                 run_load(f"{gateway_url}/proxy/{variant}/warm", _WARM_SECONDS, CONNECTIONS)
             samples: dict[str, list[Load]] = {"on": [], "off": []}
@@ -116,18 +115,3 @@ def _median(loads: list[Load]) -> Load:
         errors=sum(load.errors for load in loads),
         tool=loads[0].tool,
     )
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait(service: Service, output: io.StringIO) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not service.ready():
-        if not service.alive or time.monotonic() > deadline:
-            raise RuntimeError(f"bench: {service.name} did not start:\n{output.getvalue()}")
-        time.sleep(0.05)
