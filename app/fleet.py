@@ -372,7 +372,7 @@ class Fleet:
             name="redis",
             argv=redis_server_command(port, data),
             environ=self._environ(),
-            ready=lambda: _redis_answers(self.redis_url),
+            ready=lambda: redis_answers(self.redis_url),
         )
 
     def _upstream_service(self) -> Service:
@@ -474,7 +474,8 @@ class Fleet:
             self.workdir = None
 
 
-def _redis_answers(url: str) -> bool:
+def redis_answers(url: str) -> bool:
+    """Whether the Redis at ``url`` answers PING within a second."""
     try:
         with redis.Redis.from_url(url, socket_timeout=1.0) as client:
             return bool(client.ping())

@@ -4,11 +4,11 @@ so ``INFO commandstats`` deltas and ``MEMORY USAGE`` belong to the breaker under
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import shutil
-import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +17,15 @@ from types import TracebackType
 
 import redis
 
-from app.fleet import free_port, redis_server_command
+from app.fleet import (
+    FleetError,
+    Service,
+    free_port,
+    redis_answers,
+    redis_server_command,
+    wait_ready,
+)
 
-_START_TIMEOUT = 10.0
 # What the benchmark itself sends to read and reset the counters.
 _OWN_COMMANDS = frozenset(
     {"info", "config", "ping", "flushall", "memory", "scan", "ttl", "echo", "monitor"}
@@ -42,21 +48,20 @@ class BenchRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = Path(tempfile.mkdtemp(prefix="fleetbreaker-bench-"))
-        self._process = subprocess.Popen(  # noqa: S603 - a fixed program and our port
-            redis_server_command(self.port, self._dir),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self._output = io.StringIO()  # shown only if it fails to start
+        self._service = Service(
+            name="redis",
+            argv=redis_server_command(self.port, self._dir),
+            environ=dict(os.environ),
+            ready=lambda: redis_answers(self.url),
         )
+        self._service.start(self._output, threading.Lock())
+        try:
+            wait_ready([self._service])
+        except FleetError as exc:
+            self._service.stop()
+            raise SystemExit(f"bench: {exc}:\n{self._output.getvalue()}") from None
         self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
 
     def version(self) -> str:
         info = self.client.info("server")
@@ -112,6 +117,5 @@ class BenchRedis:
         tb: TracebackType | None,
     ) -> None:
         self.client.close()
-        self._process.terminate()
-        self._process.wait(10)
+        self._service.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
