@@ -81,10 +81,14 @@ class Driver:
 
     def shutdown(self) -> None:
         """Cancel what guards left running on the loop (event followers), then close it."""
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+        async def cancel_the_rest() -> None:
+            pending = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        self.loop.run_until_complete(cancel_the_rest())
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
