@@ -327,8 +327,9 @@ def _setup(results: Results) -> list[str]:
         "",
         f"Every breaker trips on {THRESHOLD} consecutive failures and admits "
         f"{PROBE_SETTINGS.half_open_max_calls} half-open trial. Round trips are counted "
-        "with MONITOR (commands sent by clients); commands run, with `INFO commandstats` "
-        "deltas (they include those run inside Lua scripts).",
+        "with MONITOR (commands sent by clients, without the once-per-connection HELLO, "
+        "CLIENT and SUBSCRIBE); commands run, with `INFO commandstats` deltas (they "
+        "include those run inside Lua scripts).",
         "",
     ]
     lines += [f"- **{peer.name}:** {peer.setup}" for peer in PEERS.values()]
