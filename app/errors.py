@@ -11,6 +11,9 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── AdminDisabled        403      admin_disabled
     └── Unauthorized         401      unauthorized
     ProxyFailure                      the upstream call ended without a response
+    BodyBrokenOff                     the upstream's body broke off after its headers
+                                      were passed on: the client's response is cut
+                                      (the connection closes before the body ends)
     ├── CircuitOpenError     503      circuit_open (Retry-After)
     ├── BackendUnavailable   503      backend_unavailable
     ├── httpx.TimeoutException 504    upstream_timeout
@@ -108,6 +111,13 @@ class ProxyFailure(Exception):
         self.attempts = attempts
 
 
+class BodyBrokenOff(Exception):
+    """The upstream's body broke off (a reset, a protocol error, ``body_timeout``) after
+    the status was sent to the client. It was logged once where it happened; raised
+    on, it makes the server close the client's connection mid-body, which is how a
+    client learns that a response was cut."""
+
+
 def retry_after_header(seconds: float) -> int:
     """Whole seconds, rounded up, at least 1: a client told 0 would come straight back."""
     return max(1, math.ceil(seconds))
@@ -182,6 +192,8 @@ def install(app: FastAPI) -> None:
         return _answer(422, ErrorBody(error="invalid_request", detail=detail))
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, BodyBrokenOff):  # logged already; the answer was under way
+            return _answer(502, ErrorBody(error="upstream_body_broken", detail=str(exc)))
         logger.error(
             "unhandled error",
             exc_info=exc,

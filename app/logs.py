@@ -30,6 +30,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class DropBrokenBodies(logging.Filter):
+    """Drops uvicorn's traceback for a response the gateway cut on purpose
+    (``BodyBrokenOff``): the gateway logged that already, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .errors import BodyBrokenOff
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, BodyBrokenOff)
+
+
 def log_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn: every logger as JSON on stderr."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
@@ -37,11 +48,17 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"broken_bodies": {"()": DropBrokenBodies}},
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
             "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},
-            "uvicorn.error": {"handlers": [], "level": level.upper(), "propagate": True},
+            "uvicorn.error": {
+                "handlers": [],
+                "level": level.upper(),
+                "propagate": True,
+                "filters": ["broken_bodies"],
+            },
             "uvicorn.access": {"handlers": [], "level": level.upper(), "propagate": True},
             # One line per upstream request, and the library's own transition lines,
             # would repeat the gateway's structured ones.

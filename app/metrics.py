@@ -44,6 +44,12 @@ TRANSITIONS = Counter(
     "Breaker state transitions, each counted by the one process that made it.",
     ["upstream", "from_state", "to_state"],
 )
+BODIES_BROKEN = Counter(
+    "fleetbreaker_bodies_broken_total",
+    "Responses cut after their headers were passed on: the upstream's body broke off "
+    "(upstream_body_broken) or outlasted body_timeout (upstream_body_timeout).",
+    ["upstream", "error"],
+)
 RETRIES = Counter("fleetbreaker_retries_total", "Retries sent to an upstream.", ["upstream"])
 RETRIES_REFUSED = Counter(
     "fleetbreaker_retries_refused_total",

@@ -20,9 +20,16 @@ from starlette.background import BackgroundTask
 
 from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
 
-from .errors import ATTEMPTS_HEADER, BodyTooLarge, ErrorBody, ProxyFailure, failure_code
+from .errors import (
+    ATTEMPTS_HEADER,
+    BodyBrokenOff,
+    BodyTooLarge,
+    ErrorBody,
+    ProxyFailure,
+    failure_code,
+)
 from .forwarding import declared_length, request_headers, response_headers, target_url
-from .metrics import CALLS, REQUESTS, result_of
+from .metrics import BODIES_BROKEN, CALLS, REQUESTS, result_of
 from .runtime import UPSTREAM_EXTENSION, Route, call_outcome, gateway_of
 from .settings import GatewayConfig
 
@@ -107,12 +114,46 @@ async def _proxy(request: Request, name: str) -> Response:
     headers = response_headers(upstream_response.headers.raw)
     headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts).encode()))
     answer = StreamingResponse(
-        upstream_response.aiter_raw(),
+        _passed_on(upstream_response, request, name),
         status_code=upstream_response.status_code,
         background=BackgroundTask(upstream_response.aclose),
     )
     answer.raw_headers = headers
     return answer
+
+
+async def _passed_on(
+    upstream_response: httpx.Response, request: Request, name: str
+) -> AsyncIterator[bytes]:
+    """The upstream's body as it comes. If it breaks off, the status is already with
+    the client: log it once, count it, and cut the client's response."""
+    try:
+        async for chunk in upstream_response.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        code = (
+            "upstream_body_timeout"
+            if isinstance(exc, httpx.TimeoutException)
+            else ("upstream_body_broken")
+        )
+        BODIES_BROKEN.labels(name, code).inc()
+        logger.warning(
+            "%s %s via %s: the body broke off after the headers (%s)",
+            request.method,
+            request.url.path,
+            name,
+            type(exc).__name__,
+            extra={
+                "fields": {
+                    "event": "body_broken",
+                    "upstream": name,
+                    "path": request.url.path,
+                    "status": upstream_response.status_code,
+                    "error": code,
+                }
+            },
+        )
+        raise BodyBrokenOff(f"{name!r}: the body broke off: {type(exc).__name__}") from exc
 
 
 def _sent_once(route: Route) -> int:

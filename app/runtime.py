@@ -149,6 +149,7 @@ class Gateway:
                 breaker_config=upstream.breaker,
                 breaker_name=_named(name),
                 clock=clock,
+                body_timeout=config.client.body_timeout,
             )
             breaker = transport.breaker(name)
             breaker.add_listener(feed.publish)

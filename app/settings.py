@@ -20,6 +20,7 @@ The file::
     [client]                           # the pooled httpx client, one per worker
     connect_timeout = 2.0
     read_timeout = 30.0
+    body_timeout = 300.0               # a response body streaming longer is cut: a failure
     max_connections = 100
 
     [defaults.breaker]                 # every upstream's breaker, unless it says otherwise
@@ -128,6 +129,9 @@ class ClientSection(_Strict):
 
     connect_timeout: PositiveFloat = 2.0
     read_timeout: PositiveFloat = 30.0
+    # A response body may stream this long after its headers; past it, or if it
+    # breaks off, the client's response is cut and the breaker counts a failure.
+    body_timeout: PositiveFloat = 300.0
     write_timeout: PositiveFloat = 30.0
     pool_timeout: PositiveFloat = 5.0
     max_connections: PositiveInt = 100

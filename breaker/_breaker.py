@@ -15,6 +15,7 @@ The process asks ``acquire`` only when its local view cannot decide: on first us
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import random
@@ -57,6 +58,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # An operation's steps: yields (script, args), receives the raw reply, returns T.
 Steps = Generator[tuple[str, list[Any]], list[Any], T]
 Listener = Callable[[TransitionEvent], None]
+#: Takes a result that counts as a success, and the function that records its final
+#: outcome (to be called once, later); returns what the caller gets instead.
+Hold = Callable[[Any, Callable[[Outcome], None]], Any]
+AsyncHold = Callable[[Any, Callable[[Outcome], Awaitable[None]]], Any]
 
 # The tickets of the calls under way in this thread or task, as (breaker id, ticket):
 # ``with cb:`` may be entered concurrently by many threads and tasks, and nested.
@@ -192,6 +197,23 @@ class CircuitBreaker:
         """Use the breaker as a decorator, on a sync or an async function."""
         return decorate(fn, self.call)
 
+    def _call_settled_later(self, fn: Callable[[], Any], hold: Hold) -> Any:
+        """``call``, except that a result that counts as a success is handed to
+        ``hold`` with a ``settle`` function, and its outcome is recorded when that is
+        called: a response whose body is still to come is judged when its body ends
+        (and a half-open lease is held until then)."""
+        ticket = self._admit()
+        try:
+            result = fn()
+        except BaseException as exc:
+            self._record(ticket, self.config.classify(exc))
+            raise
+        outcome = self.config.classify(None, result)
+        if outcome != "success":
+            self._record(ticket, outcome)
+            return result
+        return hold(result, functools.partial(self._record, ticket))
+
     def _admit(self) -> Ticket:
         self._require(sync=True)
         self._hub.start_thread()
@@ -224,6 +246,20 @@ class CircuitBreaker:
             raise
         await self._arecord(ticket, self.config.classify(None, result))
         return result
+
+    async def _acall_settled_later(self, fn: Callable[[], Awaitable[Any]], hold: AsyncHold) -> Any:
+        """The async twin of ``_call_settled_later``: ``settle`` is awaited."""
+        ticket = await self._aadmit()
+        try:
+            result = await fn()
+        except BaseException as exc:
+            await self._arecord(ticket, self.config.classify(exc))
+            raise
+        outcome = self.config.classify(None, result)
+        if outcome != "success":
+            await self._arecord(ticket, outcome)
+            return result
+        return hold(result, functools.partial(self._arecord, ticket))
 
     async def _aadmit(self) -> Ticket:
         self._require(sync=False)

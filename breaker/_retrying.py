@@ -25,7 +25,7 @@ from ._exceptions import CircuitOpenError
 from ._policy import Attempt, RetryDetails, RetryPolicy, StopReason, request_of
 
 if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
+    from ._breaker import AsyncHold, CircuitBreaker, Hold
 
 logger = logging.getLogger("breaker.retry")
 
@@ -284,13 +284,15 @@ class Retrier:
         *,
         repeatable: bool | None,
         label: str = "request",
+        hold: Hold | None = None,
     ) -> T:
+        """``hold``: see ``CircuitBreaker._call_settled_later``."""
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
             reply: Any = None
             if isinstance(step, _Try):
-                reply = self._try(attempt_fn, step.attempt)
+                reply = self._try(attempt_fn, step.attempt, hold)
             elif isinstance(step, _Check):
                 reply = self._rejection()
             elif isinstance(step, _Spend):
@@ -313,13 +315,14 @@ class Retrier:
         repeatable: bool | None,
         label: str = "request",
         enforce_timeout: bool = True,
+        hold: AsyncHold | None = None,
     ) -> T:
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
             reply: Any = None
             if isinstance(step, _Try):
-                reply = await self._atry(attempt_fn, step.attempt, enforce_timeout)
+                reply = await self._atry(attempt_fn, step.attempt, enforce_timeout, hold)
             elif isinstance(step, _Check):
                 reply = self._rejection()
             elif isinstance(step, _Spend):
@@ -333,11 +336,16 @@ class Retrier:
             except StopIteration as done:
                 return cast(T, _deliver(*done.value))
 
-    def _try(self, attempt_fn: Callable[[Attempt], Any], attempt: Attempt) -> _Outcome:
+    def _try(
+        self, attempt_fn: Callable[[Attempt], Any], attempt: Attempt, hold: Hold | None
+    ) -> _Outcome:
         token = _ATTEMPT.set(attempt)
         try:
             if self.breaker is None:
                 return _Outcome(attempt_fn(attempt), None)
+            if hold is not None:
+                held = self.breaker._call_settled_later(lambda: attempt_fn(attempt), hold)
+                return _Outcome(held, None)
             return _Outcome(self.breaker.call(attempt_fn, attempt), None)
         except Exception as exc:
             return _Outcome(None, exc)
@@ -349,6 +357,7 @@ class Retrier:
         attempt_fn: Callable[[Attempt], Awaitable[Any]],
         attempt: Attempt,
         enforce_timeout: bool,
+        hold: AsyncHold | None,
     ) -> _Outcome:
         async def bounded(attempt: Attempt) -> Any:
             if enforce_timeout and attempt.timeout is not None:
@@ -360,6 +369,9 @@ class Retrier:
         try:
             if self.breaker is None:
                 return _Outcome(await bounded(attempt), None)
+            if hold is not None:
+                held = await self.breaker._acall_settled_later(lambda: bounded(attempt), hold)
+                return _Outcome(held, None)
             return _Outcome(await self.breaker.call(bounded, attempt), None)
         except Exception as exc:
             return _Outcome(None, exc)

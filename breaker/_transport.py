@@ -10,6 +10,10 @@
   so a slow upstream ends in ``httpx.TimeoutException`` like any other. The async
   transport also bounds the attempt as a whole; the sync one cannot interrupt a
   phase that keeps receiving bytes.
+- A response that counts as a success is judged again when its body ends: a body
+  that breaks off (a reset, a protocol error) or outlasts ``body_timeout`` counts as
+  a failure, and a half-open trial holds its lease until then. A body closed early
+  by its reader counts as the success its headers said.
 - A body that cannot be replayed (a generator or a file stream) is sent once.
 - ``request.extensions["fleetbreaker.retry"]``: True opts a request in whatever its
   method, False opts it out of retries.
@@ -23,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -32,6 +37,7 @@ from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._policy import Attempt, RetryPolicy
+from ._protocol import Outcome
 from ._retrying import Retrier
 
 #: A request extension: True retries the request whatever its method, False never.
@@ -118,6 +124,102 @@ def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
     }
 
 
+def _body_timed_out(request: httpx.Request, limit: float) -> httpx.ReadTimeout:
+    return httpx.ReadTimeout(f"the response body took longer than {limit:g} s", request=request)
+
+
+class _SettledStream(httpx.AsyncByteStream):
+    """A response body that records its attempt's outcome once, when it ends."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        settle: Callable[[Outcome], Awaitable[None]],
+        config: BreakerConfig,
+        request: httpx.Request,
+        body_timeout: float | None,
+    ) -> None:
+        self._inner = inner
+        self._settle_once: Callable[[Outcome], Awaitable[None]] | None = settle
+        self._config = config
+        self._request = request
+        self._body_timeout = body_timeout
+
+    async def _settle(self, outcome: Outcome) -> None:
+        settle, self._settle_once = self._settle_once, None
+        if settle is not None:
+            await settle(outcome)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self._inner)
+        limit = self._body_timeout
+        deadline = None if limit is None else asyncio.get_running_loop().time() + limit
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                yield chunk
+        except TimeoutError as exc:
+            assert limit is not None
+            error = _body_timed_out(self._request, limit)
+            await self._settle(self._config.classify(error))
+            raise error from exc
+        except (Exception, asyncio.CancelledError) as exc:
+            await self._settle(self._config.classify(exc))
+            raise
+        await self._settle("success")
+
+    async def aclose(self) -> None:
+        await self._settle("success")
+        await self._inner.aclose()
+
+
+class _SyncSettledStream(httpx.SyncByteStream):
+    """The sync twin of ``_SettledStream``: it cannot interrupt a read, so
+    ``body_timeout`` is checked as each chunk arrives (the read timeout bounds a
+    stall)."""
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream,
+        settle: Callable[[Outcome], None],
+        config: BreakerConfig,
+        request: httpx.Request,
+        body_timeout: float | None,
+    ) -> None:
+        self._inner = inner
+        self._settle_once: Callable[[Outcome], None] | None = settle
+        self._config = config
+        self._request = request
+        self._body_timeout = body_timeout
+
+    def _settle(self, outcome: Outcome) -> None:
+        settle, self._settle_once = self._settle_once, None
+        if settle is not None:
+            settle(outcome)
+
+    def __iter__(self) -> Iterator[bytes]:
+        limit = self._body_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        try:
+            for chunk in self._inner:
+                if deadline is not None and time.monotonic() > deadline:
+                    assert limit is not None
+                    raise _body_timed_out(self._request, limit)
+                yield chunk
+        except Exception as exc:
+            self._settle(self._config.classify(exc))
+            raise
+        self._settle("success")
+
+    def close(self) -> None:
+        self._settle("success")
+        self._inner.close()
+
+
 class ResilientTransport(httpx.AsyncBaseTransport):
     """An ``httpx.AsyncClient`` transport with a fleet-wide breaker and retries.
 
@@ -137,9 +239,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         breaker_config: BreakerConfig | None = None,
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
+        self._body_timeout = body_timeout
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker of ``name`` (an origin, by default), as this transport uses it."""
@@ -164,7 +268,19 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     request=request,
                 ) from exc
 
-        return await retrier._adrive(attempt, repeatable=repeatable, enforce_timeout=False)
+        def hold(
+            response: httpx.Response, settle: Callable[[Outcome], Awaitable[None]]
+        ) -> httpx.Response:
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            response.stream = _SettledStream(
+                response.stream, settle, config, request, self._body_timeout
+            )
+            return response
+
+        config = retrier.breaker.config if retrier.breaker is not None else BreakerConfig()
+        return await retrier._adrive(
+            attempt, repeatable=repeatable, enforce_timeout=False, hold=hold
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -186,9 +302,11 @@ class SyncResilientTransport(httpx.BaseTransport):
         breaker_config: BreakerConfig | None = None,
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
+        self._body_timeout = body_timeout
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The breaker of ``name`` (an origin, by default), as this transport uses it."""
@@ -202,7 +320,15 @@ class SyncResilientTransport(httpx.BaseTransport):
             _bounded(request, timeouts, attempt)
             return self._inner.handle_request(request)
 
-        return retrier._drive(attempt, repeatable=repeatable)
+        def hold(response: httpx.Response, settle: Callable[[Outcome], None]) -> httpx.Response:
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = _SyncSettledStream(
+                response.stream, settle, config, request, self._body_timeout
+            )
+            return response
+
+        config = retrier.breaker.config if retrier.breaker is not None else BreakerConfig()
+        return retrier._drive(attempt, repeatable=repeatable, hold=hold)
 
     def close(self) -> None:
         self._inner.close()

@@ -27,12 +27,46 @@ import redis.asyncio as aioredis
 from breaker import CircuitBreaker
 from breaker._backend import embedded_backend, fallback_backend
 from breaker.testing import ManualClock
+from tests.support.reliability import Reliability, render
 from tests.support.servers import RedisServer, text_hash
 from tests.support.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+_RELIABILITY = Reliability()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-report",
+        metavar="PATH",
+        help="write what the fault tests saw to PATH (RELIABILITY.md) if every test passed",
+    )
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Reliability:
+    """The fault tests' rows, for ``--reliability-report``."""
+    return _RELIABILITY
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("--reliability-report")
+    if not path:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if session.testsfailed or exitstatus != 0:
+        if reporter is not None:
+            reporter.write_line(f"not writing {path}: the run failed")
+        return
+    passed = len(reporter.stats.get("passed", [])) if reporter is not None else 0
+    with open(path, "w") as out:
+        out.write(render(_RELIABILITY, tests_run=f"{passed} tests passed"))
+    if reporter is not None:
+        reporter.write_line(f"wrote {path} ({len(_RELIABILITY.rows)} faults)")
 
 
 def _test_url() -> str:

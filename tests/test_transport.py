@@ -31,6 +31,7 @@ from breaker import (
     origin_of,
 )
 from breaker.testing import ManualClock, set_testing
+from tests.support.faulty import FaultyUpstream
 from tests.support.upstream import Reply, Upstream
 
 NO_TRIP = BreakerConfig(failure_threshold=1_000_000)
@@ -64,6 +65,7 @@ class Caller:
         base: str | None = None,
         real_clock: bool = False,
         one_connection: bool = False,
+        body_timeout: float | None = None,
         **request: Any,
     ) -> httpx.Response:
         url = (base or self.upstream.url) + path
@@ -71,6 +73,7 @@ class Caller:
             "retry": retry or RetryPolicy(),
             "breaker_config": config,
             "clock": None if real_clock else self.clock,
+            "body_timeout": body_timeout,
         }
         if self.kind.startswith("sync"):
             client = redis.Redis.from_url(self.redis_url) if self.redis_url else None
@@ -390,3 +393,43 @@ def test_close_passes_through_to_the_inner_transport() -> None:
     SyncResilientTransport(inner).close()
     asyncio.run(ResilientTransport(inner).aclose())
     assert inner.closed == 2
+
+
+# -- the body decides too --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyUpstream]:
+    server = FaultyUpstream()
+    server.start()
+    yield server
+    server.close()
+
+
+def faulty_name(faulty: FaultyUpstream) -> str:
+    return origin_of(httpx.Request("GET", faulty.url))
+
+
+def test_a_body_that_breaks_off_after_good_headers_counts_as_a_failure(
+    caller: Caller, faulty: FaultyUpstream
+) -> None:
+    with pytest.raises(httpx.TransportError):
+        caller.send("GET", "/reset", base=faulty.url)
+    snapshot = caller.snapshot(faulty_name(faulty))
+    assert (snapshot.failures, snapshot.window_failures) == (1, 1)
+
+
+def test_a_body_that_outlasts_the_body_timeout_is_cut_and_counts_as_a_failure(
+    caller: Caller, faulty: FaultyUpstream
+) -> None:
+    with pytest.raises(httpx.ReadTimeout, match=r"body took longer than 0\.2 s"):
+        caller.send("GET", "/trickle", base=faulty.url, body_timeout=0.2)
+    assert caller.snapshot(faulty_name(faulty)).failures == 1
+
+
+def test_a_body_read_to_its_end_counts_as_one_success(
+    caller: Caller, faulty: FaultyUpstream
+) -> None:
+    assert caller.send("GET", "/ok", base=faulty.url, body_timeout=5.0).text == "ok"
+    snapshot = caller.snapshot(faulty_name(faulty))
+    assert (snapshot.failures, snapshot.window_calls) == (0, 1)
