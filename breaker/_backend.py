@@ -100,6 +100,10 @@ class BackendHealth:
     def is_down(self) -> bool:
         return self.clock() < self._down_until
 
+    def is_suspect(self) -> bool:
+        """The last command failed: the next call must find out from Redis itself."""
+        return self._failures > 0
+
     def failed(self, error: str) -> None:
         with self._lock:
             self._failures += 1

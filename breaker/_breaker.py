@@ -461,9 +461,12 @@ class CircuitBreaker:
 
     def _plan(self) -> Ticket | str:
         """A ticket when no round trip is needed, else a fresh lease id to acquire with."""
-        if self._backend.health.is_down():
+        health = self._backend.health
+        if health.is_down():
             return self._admit_fallback(None)
-        ticket = self._core.admit_locally()
+        # After a failure, the local view is not trusted: the call's own acquire
+        # probes Redis first, so that fail_closed never lets a call through unasked.
+        ticket = None if health.is_suspect() else self._core.admit_locally()
         return ticket if ticket is not None else uuid.uuid4().hex
 
     def _acquire(self, lease_id: str) -> list[str | int]:

@@ -61,6 +61,20 @@ def test_fail_closed_raises_backend_unavailable_without_calling(
     assert isinstance(refused.value.__cause__, redis.ConnectionError)
 
 
+def test_fail_closed_asks_redis_before_the_next_call_once_redis_has_failed(
+    redis_server: RedisServer,
+) -> None:
+    cb = dead_redis_breaker(redis_server, on_backend_error="fail_closed", reset_timeout=300)
+    health_clock = ManualClock()
+    cb._backend.health.clock = health_clock.monotonic
+    called: list[int] = []
+    cb.call(called.append, 1)  # the closed view admits it; its record finds Redis dead
+    health_clock.advance(10.0)  # past any backoff: the closed view would admit again
+    with pytest.raises(BackendUnavailableError):
+        cb.call(called.append, 2)
+    assert called == [1]
+
+
 def test_operator_actions_raise_breaker_errors_not_redis_errors(
     redis_server: RedisServer,
 ) -> None:
