@@ -20,11 +20,14 @@ _START_TIMEOUT = 10.0
 class RedisServer:
     """``redis-server`` on 127.0.0.1, persisting nothing, started and stopped by a test."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.workdir = workdir
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -33,7 +36,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            redis_server_command(self.port, self.workdir),
+            [*redis_server_command(self.port, self.workdir), *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

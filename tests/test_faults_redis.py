@@ -1,0 +1,300 @@
+"""Redis fails under load, for real: SIGKILLed and restarted empty, its scripts and data
+flushed, paused. Two gateway replicas (``fleetbreaker serve --workers 2``) share a
+redis-server of the test's own, and threads keep GETs flowing through both.
+
+What is asserted is what the clients saw: no 500 ever, no connection error, each
+answer within the bound the policy promises, and the fleet agreeing again afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.support.gateway import AUTH, TOKEN
+from tests.support.gateway_process import GatewayProcess
+from tests.support.load import Answer, Load
+from tests.support.reliability import Reliability, answer_label
+from tests.support.servers import RedisServer
+from tests.support.upstream import Reply, Upstream
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+THRESHOLD = 3
+BACKEND_TIMEOUT = 0.2  # seconds a Redis command may take before the policy applies
+# After Redis returns, a process tries it again when its backoff ends (at most 5 s,
+# breaker._backend._BACKOFF_MAX); the fleet must agree again within this.
+AGREE_WITHIN = 8.0
+_ROUND_REQUESTS = 12
+
+
+@dataclass
+class Fleet:
+    redis: RedisServer
+    upstream: Upstream
+    replicas: list[GatewayProcess]
+
+    def urls(self, path: str) -> list[str]:
+        return [f"{replica.url}{path}" for replica in self.replicas]
+
+    def load(self, path: str = "/proxy/api/ok") -> Load:
+        return Load(self.urls(path), clients=4, max_requests=4000, max_seconds=30.0).start()
+
+    def readiness(self) -> list[tuple[int, str]]:
+        answers = [httpx.get(url, timeout=5) for url in self.urls("/readyz")]
+        return [(answer.status_code, answer.json()["status"]) for answer in answers]
+
+    def trips_together(self) -> bool:
+        """Whether the fleet, from a reset, trips ``flaky`` after exactly THRESHOLD
+        upstream failures counted across both replicas, and then refuses everywhere."""
+        try:
+            reset = httpx.post(
+                f"{self.replicas[0].url}/admin/breakers/flaky/reset", headers=AUTH, timeout=5
+            )
+        except httpx.TransportError:
+            return False
+        if reset.status_code != 200:
+            return False
+        before = len(self.upstream.hits_on("/fail"))
+        labels = [
+            answer_label(answer.status_code, answer.content)
+            for answer in (
+                httpx.get(self.urls("/proxy/flaky/fail")[n % 2], timeout=5)
+                for n in range(_ROUND_REQUESTS)
+            )
+        ]
+        hits = len(self.upstream.hits_on("/fail")) - before
+        return hits == THRESHOLD and labels[THRESHOLD:] == ["503 circuit_open"] * (
+            _ROUND_REQUESTS - THRESHOLD
+        )
+
+
+def _fleet(workdir: Path, upstream: Upstream, policy: str) -> Iterator[Fleet]:
+    server = RedisServer(workdir, extra_args=("--enable-debug-command", "yes"))
+    server.start()
+    upstream.plan("/ok", Reply(200))
+    upstream.plan("/fail", Reply(500))
+    config = workdir / "fleetbreaker.toml"
+    config.write_text(
+        f"""
+        [defaults.breaker]
+        failure_threshold = {THRESHOLD}
+        reset_timeout = 300
+        backend_timeout = {BACKEND_TIMEOUT}
+        on_backend_error = "{policy}"
+        [defaults.retry]
+        attempts = 1
+        [upstreams.api]
+        url = "{upstream.url}"
+        [upstreams.flaky]
+        url = "{upstream.url}"
+        """
+    )
+    environ = {
+        "BREAKER_REDIS_URL": server.url,
+        "BREAKER_CONFIG": str(config),
+        "BREAKER_ADMIN_TOKEN": TOKEN,
+    }
+    replicas = [GatewayProcess(workdir, environ, workers=2) for _ in range(2)]
+    try:
+        for replica in replicas:
+            replica.start()
+        yield Fleet(server, upstream, replicas)
+    finally:
+        for replica in replicas:
+            replica.stop()
+        server.stop()
+
+
+@pytest.fixture
+def fail_open_fleet(tmp_path: Path, upstream: Upstream) -> Iterator[Fleet]:
+    yield from _fleet(tmp_path, upstream, "fail_open")
+
+
+@pytest.fixture
+def fail_closed_fleet(tmp_path: Path, upstream: Upstream) -> Iterator[Fleet]:
+    yield from _fleet(tmp_path, upstream, "fail_closed")
+
+
+def until(condition: Callable[[], bool], within: float) -> float | None:
+    """Seconds until ``condition()`` held, polling; None if it never did."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def labels(answers: list[Answer]) -> list[str]:
+    return [answer.label for answer in answers]
+
+
+def test_fail_open_serves_through_a_redis_kill_and_agrees_again_after_it(
+    fail_open_fleet: Fleet, reliability: Reliability
+) -> None:
+    fleet = fail_open_fleet
+    assert fleet.trips_together()  # the shared breaker works before the fault
+    load = fleet.load()
+    time.sleep(0.5)
+    fleet.redis.kill()
+    killed_at = time.monotonic()
+    time.sleep(0.5)
+    readiness_down = fleet.readiness()
+    # Each worker's fallback breaker still trips on a failing upstream, by itself.
+    fallback = [
+        "500 passed on from the upstream"
+        if answer.status_code == 500
+        else answer_label(answer.status_code, answer.content)
+        for answer in (httpx.get(fleet.urls("/proxy/flaky/fail")[n % 2]) for n in range(40))
+    ]
+    time.sleep(0.5)
+    fleet.redis.start()  # empty: nothing persisted
+    restarted_at = time.monotonic()
+    ready_after = until(lambda: fleet.readiness() == [(200, "ready")] * 2, AGREE_WITHIN)
+    agree_after = until(fleet.trips_together, AGREE_WITHIN)
+    answers = load.stop()
+
+    assert readiness_down == [(200, "degraded")] * 2
+    assert "503 circuit_open" in fallback
+    # each of the 4 workers trips by itself
+    assert fallback.count("500 passed on from the upstream") <= THRESHOLD * 4
+    assert set(labels(answers)) == {"200"}, "no 500, no error: the upstream is healthy"
+    during = [answer for answer in answers if killed_at <= answer.started < restarted_at]
+    assert during, "the load ran while Redis was down"
+    assert max(answer.took for answer in during) < BACKEND_TIMEOUT + 1.0
+    assert ready_after is not None
+    assert agree_after is not None, f"the replicas did not agree within {AGREE_WITHIN} s"
+    reliability.record(
+        "test_faults_redis::fail_open_kill",
+        "Redis SIGKILLed under load, restarted empty (`fail_open`)",
+        answers=labels(answers) + fallback,
+        lost="nothing; while Redis was down, breakers were per process (fallback), "
+        "`/readyz` said degraded",
+        recovery=f"ready {ready_after:.2f} s after restart; the fleet trips together "
+        f"again after {agree_after:.2f} s (bound {AGREE_WITHIN:g} s); slowest answer "
+        f"while down {max(a.took for a in during):.3f} s",
+    )
+
+
+def test_fail_closed_answers_503_while_redis_is_dead(
+    fail_closed_fleet: Fleet, reliability: Reliability
+) -> None:
+    fleet = fail_closed_fleet
+    load = fleet.load()
+    time.sleep(0.5)
+    fleet.redis.kill()
+    killed_at = time.monotonic()
+    time.sleep(1.0)
+    readiness_down = fleet.readiness()
+    refused = httpx.get(fleet.urls("/proxy/api/ok")[0], timeout=5)
+    restarting_at = time.monotonic()  # Redis may answer before start() returns
+    fleet.redis.start()
+    serving_after = until(
+        lambda: all(
+            httpx.get(url, timeout=5).status_code == 200 for url in fleet.urls("/proxy/api/ok")
+        ),
+        AGREE_WITHIN,
+    )
+    time.sleep(0.3)
+    answers = load.stop()
+
+    assert readiness_down == [(503, "unavailable")] * 2
+    assert refused.status_code == 503
+    assert refused.json() == {
+        "error": "backend_unavailable",
+        "detail": "the breaker's Redis is unreachable and this upstream is fail_closed",
+        "upstream": "api",
+    }
+    assert set(labels(answers)) <= {"200", "503 backend_unavailable"}
+    # Answered while Redis was surely down: after the first failures were seen, and
+    # before the new redis-server was even spawned.
+    settled = [
+        a
+        for a in answers
+        if killed_at + BACKEND_TIMEOUT + 0.3 < a.started and a.started + a.took < restarting_at
+    ]
+    assert settled
+    assert set(labels(settled)) == {"503 backend_unavailable"}
+    assert max(answer.took for answer in answers) < BACKEND_TIMEOUT + 1.0
+    assert serving_after is not None
+    reliability.record(
+        "test_faults_redis::fail_closed_kill",
+        "Redis SIGKILLed under load, restarted empty (`fail_closed`)",
+        answers=labels(answers),
+        lost="every request while Redis was down, refused with 503 `backend_unavailable` "
+        "(the policy); `/readyz` said unavailable (503)",
+        recovery=f"every replica serves {serving_after:.2f} s after restart",
+    )
+
+
+def test_script_flush_and_flushall_under_load_reach_no_client(
+    fail_open_fleet: Fleet, reliability: Reliability
+) -> None:
+    fleet = fail_open_fleet
+    client = fleet.redis.client()
+    loads_before = fleet.redis.command_calls().get("script|load", 0)
+    load = fleet.load()
+    for _ in range(2):
+        time.sleep(0.3)
+        client.script_flush()
+        time.sleep(0.3)
+        client.flushall()
+    time.sleep(0.3)
+    answers = load.stop()
+    loads_after = fleet.redis.command_calls().get("script|load", 0)
+    client.close()
+    assert set(labels(answers)) == {"200"}
+    assert loads_after > loads_before  # NOSCRIPT was met, and the scripts reloaded
+    assert fleet.trips_together()
+    reliability.record(
+        "test_faults_redis::flush",
+        "`SCRIPT FLUSH` and `FLUSHALL`, twice each, under load",
+        answers=labels(answers),
+        lost="nothing; the breaker's counts restart from zero after FLUSHALL",
+        recovery=f"at once: {loads_after - loads_before} SCRIPT LOADs on NOSCRIPT",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "pause"),
+    [
+        ("`CLIENT PAUSE 1500 ALL`", lambda client: client.client_pause(1500, all=True)),
+        ("`DEBUG SLEEP 1.5`", lambda client: client.execute_command("DEBUG", "SLEEP", "1.5")),
+    ],
+    ids=["client-pause", "debug-sleep"],
+)
+def test_a_slow_redis_delays_requests_by_at_most_the_backend_timeout(
+    fail_open_fleet: Fleet,
+    reliability: Reliability,
+    fault: str,
+    pause: Callable[[redis.Redis], object],
+) -> None:
+    fleet = fail_open_fleet
+    load = fleet.load()
+    time.sleep(0.5)
+    client = fleet.redis.client()
+    paused_at = time.monotonic()
+    pause(client)  # DEBUG SLEEP returns when the server wakes; CLIENT PAUSE at once
+    time.sleep(max(0.0, paused_at + 2.0 - time.monotonic()))
+    answers = load.stop()
+    client.close()
+    during = [a for a in answers if paused_at <= a.started < paused_at + 1.5]
+    slowest = max(answer.took for answer in answers)
+    assert set(labels(answers)) == {"200"}
+    assert during
+    assert slowest < BACKEND_TIMEOUT + 1.0, f"a request took {slowest:.3f} s"
+    assert fleet.trips_together()
+    reliability.record(
+        f"test_faults_redis::slow[{fault}]",
+        f"Redis slow: {fault} under load (`backend_timeout` {BACKEND_TIMEOUT:g} s)",
+        answers=labels(answers),
+        lost="nothing; decisions were per process (fallback) until Redis answered",
+        recovery=f"slowest answer {slowest:.3f} s; {len(during)} answers during the pause",
+    )
