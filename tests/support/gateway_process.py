@@ -20,9 +20,18 @@ _STOP_TIMEOUT = 15.0
 class GatewayProcess:
     """``fleetbreaker serve --workers N`` on a free port; its stderr goes to a file."""
 
-    def __init__(self, workdir: Path, environ: dict[str, str], workers: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        environ: dict[str, str],
+        workers: int = 2,
+        *,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``prefix``: a command to run the gateway under (``faketime -f +1h``)."""
         self.port = free_port()
         self.workers = workers
+        self.prefix = prefix
         self.log_path = workdir / f"gateway-{self.port}.log"
         self.environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -39,6 +48,7 @@ class GatewayProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     *fleetbreaker_command(),
                     "serve",
                     "--port",

@@ -63,11 +63,13 @@ def answer_label(status: int, body: bytes) -> str:
     """``"<status> <error code>"`` for a JSON error answer, else the status alone."""
     import json
 
+    if status < 400:
+        return str(status)
     try:
-        error = json.loads(body).get("error") if status >= 400 else None
+        error = json.loads(body).get("error")
     except (ValueError, AttributeError):
-        error = "not-json"
-    return f"{status} {error}" if error else str(status)
+        error = None
+    return f"{status} {error}" if error else f"{status} from the upstream"
 
 
 def render(report: Reliability, *, tests_run: str) -> str:
