@@ -9,6 +9,8 @@ each replica's workers from ``/proc``. The upstream counts what reaches it
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -23,8 +25,9 @@ import pytest
 import redis
 
 from app.fleet import Fleet
+from tests.support.reliability import Reliability
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 REPLICAS, WORKERS = 3, 2
 THRESHOLD = 5
@@ -283,7 +286,7 @@ def test_recovery_lets_exactly_half_open_max_calls_probes_through_then_closes(
     assert {r.status_code for responses in answers.values() for r in responses} == {200}
 
 
-# -- 5. lose a replica ------------------------------------------------------------------
+# -- 5. lose a replica, or a worker of one -----------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -293,21 +296,29 @@ class Sent:
     status: int | None  # None: the request failed without an answer
     instance: str | None
 
+    @property
+    def label(self) -> str:
+        return "connection error" if self.status is None else str(self.status)
 
-def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
-    fleet: Fleet,
-) -> None:
-    set_mode(fleet, "slow", delay=0.02)  # every replica has requests in flight
-    victim = 2
-    victim_workers = {i for i, r in workers_by_replica(fleet).items() if r == victim}
-    sent: list[Sent] = []
-    lock = threading.Lock()
-    stop = threading.Event()
 
-    def client(number: int) -> None:
-        with httpx.Client(base_url=fleet.lb_url, timeout=10.0) as http:
-            for i in range(1000):  # bounded; the clock below ends it first
-                if stop.is_set():
+class SteadyLoad:
+    """_LOAD_CLIENTS clients sending GETs through nginx, until stopped (bounded)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.sent: list[Sent] = []
+        self._fleet = fleet
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(n,)) for n in range(_LOAD_CLIENTS)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self, number: int) -> None:
+        with httpx.Client(base_url=self._fleet.lb_url, timeout=10.0) as http:
+            for i in range(1000):  # bounded; the clock of the test ends it first
+                if self._stop.is_set():
                     return
                 started = time.monotonic()
                 try:
@@ -318,19 +329,69 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
                     )
                 except httpx.HTTPError:
                     status, instance = None, None
-                with lock:
-                    sent.append(Sent(started, time.monotonic(), status, instance))
+                with self._lock:
+                    self.sent.append(Sent(started, time.monotonic(), status, instance))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(_LOAD_CLIENTS)]
-    for thread in threads:
-        thread.start()
+    def stop(self) -> list[Sent]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.sent
+
+
+def test_killing_a_worker_of_a_replica_under_load_fails_only_requests_in_flight_on_it(
+    fleet: Fleet, reliability: Reliability
+) -> None:
+    set_mode(fleet, "slow", delay=0.02)  # every worker has requests in flight
+    replica = fleet.replica(1).process
+    assert replica is not None
+    before = _spawned_children()[replica.pid]
+    victim = before[0]
+    load = SteadyLoad(fleet)
+    time.sleep(_LOAD_SECONDS / 3)
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    respawned_after = None
+    while time.monotonic() - killed_at < _LOAD_SECONDS * 2 / 3 + 10.0:
+        alive = _spawned_children().get(replica.pid, [])
+        if len(alive) == WORKERS and victim not in alive:
+            respawned_after = time.monotonic() - killed_at
+            break
+        time.sleep(0.05)
+    time.sleep(max(0.0, killed_at + _LOAD_SECONDS * 2 / 3 - time.monotonic()))
+    sent = load.stop()
+
+    errors = [s for s in sent if s.status != 200]
+    after = [s for s in sent if s.started > killed_at]
+    in_flight = [s for s in sent if s.started < killed_at < s.ended]
+    assert len(after) > 50  # the load went on
+    assert all(s.status == 200 for s in after)
+    assert all(s.started < killed_at < s.ended for s in errors)
+    assert respawned_after is not None, "uvicorn did not replace the killed worker"
+    reliability.record(
+        "test_fleet_e2e::worker_killed",
+        f"SIGKILL of one worker of a replica, under load through nginx "
+        f"({REPLICAS} replicas x {WORKERS} workers)",
+        answers=[s.label for s in sent],
+        lost=f"{len(errors)} of {len(in_flight)} requests in flight (on any worker) "
+        "at the kill (nginx sends a failed GET on to another replica)",
+        recovery=f"every request after the kill got 200; uvicorn replaced the worker "
+        f"in {respawned_after:.2f} s",
+    )
+
+
+def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
+    fleet: Fleet, reliability: Reliability
+) -> None:
+    set_mode(fleet, "slow", delay=0.02)  # every replica has requests in flight
+    victim = 2
+    victim_workers = {i for i, r in workers_by_replica(fleet).items() if r == victim}
+    load = SteadyLoad(fleet)
     time.sleep(_LOAD_SECONDS / 3)  # steady load before the kill
     killed_at = time.monotonic()
     fleet.replica(victim).kill()
     time.sleep(_LOAD_SECONDS * 2 / 3)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    sent = load.stop()
 
     errors = [s for s in sent if s.status != 200]
     after = [s for s in sent if s.started > killed_at]
@@ -345,3 +406,10 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
     # An error can only be a request that was on its way when the replica died.
     assert all(s.started < killed_at < s.ended for s in errors)
     assert len(errors) <= len(in_flight)
+    reliability.record(
+        "test_fleet_e2e::replica_killed",
+        f"SIGKILL of a whole replica ({WORKERS} workers), under load through nginx",
+        answers=[s.label for s in sent],
+        lost=f"{len(errors)} of {len(in_flight)} requests in flight at the kill",
+        recovery="every request after the kill got 200 from the other replicas",
+    )
