@@ -29,7 +29,8 @@ logger = logging.getLogger("fleetbreaker.gateway")
 # proxies and clients keep the connection.
 HEARTBEAT = 15.0
 _BEARER = HTTPBearer(auto_error=False, description="BREAKER_ADMIN_TOKEN")
-_TOKEN_PARAMETERS = ("token", "access_token", "admin_token")
+#: Query parameters that would carry the admin token: refused, and never logged.
+TOKEN_PARAMETERS = ("token", "access_token", "admin_token")
 
 
 async def require_admin(
@@ -41,7 +42,7 @@ async def require_admin(
         raise AdminDisabled(
             "the admin API is off: set BREAKER_ADMIN_TOKEN and send 'Authorization: Bearer <token>'"
         )
-    if any(name in request.query_params for name in _TOKEN_PARAMETERS):
+    if any(name.lower() in TOKEN_PARAMETERS for name in request.query_params):
         # URLs end up in logs and browser history: a token there is already leaked.
         raise BadRequest("send the admin token in the Authorization header, not in the URL")
     given = credentials.credentials if credentials is not None else ""

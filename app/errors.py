@@ -8,6 +8,7 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── UnsafePath           400      invalid_path
     ├── BadRequest           400      bad_request
     ├── BodyTooLarge         413      body_too_large
+    ├── HeadersTooLarge      431      headers_too_large
     ├── AdminDisabled        403      admin_disabled
     └── Unauthorized         401      unauthorized
     ProxyFailure                      the upstream call ended without a response
@@ -88,6 +89,11 @@ class BodyTooLarge(GatewayError):
     code = "body_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+
+
 class AdminDisabled(GatewayError):
     status = 403
     code = "admin_disabled"
@@ -162,13 +168,17 @@ def _answer(status: int, body: ErrorBody, headers: dict[str, str] | None = None)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+def gateway_error_answer(exc: GatewayError) -> JSONResponse:
+    body = ErrorBody(error=exc.code, detail=exc.detail, upstream=exc.upstream)
+    return _answer(exc.status, body, exc.headers())
+
+
 def install(app: FastAPI) -> None:
     """Map every exception a route can raise to a JSON answer."""
 
     async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GatewayError)
-        body = ErrorBody(error=exc.code, detail=exc.detail, upstream=exc.upstream)
-        return _answer(exc.status, body, exc.headers())
+        return gateway_error_answer(exc)
 
     async def proxy_failure(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProxyFailure)

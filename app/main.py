@@ -44,6 +44,7 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
     if config.expose_instance:
         app.add_middleware(InstanceHeader)
     app.include_router(proxy.router)
@@ -52,6 +53,36 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     if config.demo:
         app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
     return app
+
+
+class RequestGuard:
+    """Refuses, before any route sees it, with a JSON body: a request whose head
+    (request target and headers) is over ``max_bytes`` (431), and one whose decoded
+    path holds a control character (400; the routes' patterns would not match it and
+    answer 404). The HTTP parser refuses worse heads itself, with a plain 400."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await errors.gateway_error_answer(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> errors.GatewayError | None:
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        size += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if size > self.max_bytes:
+            return errors.HeadersTooLarge(
+                f"the request's path and headers are {size} bytes; the limit is {self.max_bytes}"
+            )
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in scope["path"]):
+            return errors.UnsafePath("the path holds a control character")
+        return None
 
 
 class InstanceHeader:

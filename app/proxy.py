@@ -42,6 +42,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The path tries to leave the upstream's base."},
     404: {"model": ErrorBody, "description": "No upstream has this name."},
     413: {"model": ErrorBody, "description": "The request body is larger than allowed."},
+    431: {"model": ErrorBody, "description": "The request's path and headers are too large."},
     502: {"model": ErrorBody, "description": "The upstream could not be reached."},
     503: {
         "model": ErrorBody,

@@ -14,6 +14,7 @@ The file::
     [gateway]
     prefix = "breaker"                 # of every Redis key and of the events channel
     max_body_bytes = 10485760          # larger request bodies get 413
+    max_header_bytes = 32768           # larger request heads (headers, path) get 431
     retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
     expose_instance = false            # X-Fleetbreaker-Instance: <host>/<pid> on answers
 
@@ -120,6 +121,7 @@ class _Strict(BaseModel):
 class GatewaySection(_Strict):
     prefix: str = "breaker"
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    max_header_bytes: PositiveInt = 32 * 1024
     retry_buffer_bytes: NonNegativeInt = 64 * 1024
     expose_instance: bool = False
 
@@ -193,6 +195,7 @@ class GatewayConfig:
     admin_token: str | None
     prefix: str
     max_body_bytes: int
+    max_header_bytes: int
     retry_buffer_bytes: int
     expose_instance: bool
     client: ClientSection
@@ -240,6 +243,7 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         admin_token=token or None,
         prefix=file.gateway.prefix,
         max_body_bytes=file.gateway.max_body_bytes,
+        max_header_bytes=file.gateway.max_header_bytes,
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
         expose_instance=file.gateway.expose_instance,
         client=file.client,

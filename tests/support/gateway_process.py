@@ -27,11 +27,14 @@ class GatewayProcess:
         workers: int = 2,
         *,
         prefix: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
     ) -> None:
-        """``prefix``: a command to run the gateway under (``faketime -f +1h``)."""
+        """``prefix``: a command to run the gateway under (``faketime -f +1h``);
+        ``extra_args``: more arguments to ``serve``."""
         self.port = free_port()
         self.workers = workers
         self.prefix = prefix
+        self.extra_args = extra_args
         self.log_path = workdir / f"gateway-{self.port}.log"
         self.environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -55,6 +58,7 @@ class GatewayProcess:
                     str(self.port),
                     "--workers",
                     str(self.workers),
+                    *self.extra_args,
                 ],
                 env=self.environ,
                 stdout=log,

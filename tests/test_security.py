@@ -1,0 +1,407 @@
+"""Hostile input: path escapes and SSRF, header injection, hop-by-hop headers, oversized
+heads, the admin token, and breaker names that try to reach other keys.
+
+The gateway runs in uvicorn (its production HTTP parser) in this process, so that raw
+bytes reach it as a client would send them, and so that every outgoing connection it
+makes (``socket.connect``) and every name it resolves (``getaddrinfo``) is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import uvicorn
+
+from app import create_app
+from app.fleet import free_port
+from breaker import CircuitBreaker
+from breaker._keys import BreakerKeys
+from tests.conftest import Harness
+from tests.support.gateway import AUTH, TOKEN, gateway_config
+from tests.support.gateway_process import GatewayProcess
+from tests.support.reliability import Reliability
+from tests.support.upstream import Reply, Upstream
+
+MAX_HEAD = 8192
+
+
+@dataclass
+class Recorder:
+    """Every TCP connection and name lookup this process makes while installed."""
+
+    connects: list[Any] = field(default_factory=list)
+    lookups: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    record = Recorder()
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def recording_connect(sock: socket.socket, address: Any) -> None:
+        record.connects.append(address)
+        connect(sock, address)
+
+    def recording_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        record.lookups.append(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", recording_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    return record
+
+
+@dataclass
+class LiveGateway:
+    port: int
+    server: uvicorn.Server
+
+    def send(self, head: bytes) -> tuple[int, bytes]:
+        """Send a raw request head; the status and body of the answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        _, _, body = rest.partition(b"\r\n\r\n")
+        return int(status_line.split()[1]), body
+
+    def get(self, target: bytes, *headers: bytes) -> tuple[int, bytes]:
+        lines = [b"GET " + target + b" HTTP/1.1", b"Host: gateway", *headers]
+        return self.send(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
+
+
+@pytest.fixture
+def live(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [gateway]
+        max_header_bytes = {MAX_HEAD}
+        [upstreams.api]
+        url = "{upstream.url}/base/"
+        retry = {{ attempts = 1 }}
+        """,
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config), host="127.0.0.1", port=port, loop="asyncio", log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    yield LiveGateway(port, server)
+    server.should_exit = True
+    thread.join(10)
+
+
+# -- path escapes and SSRF -------------------------------------------------------------
+
+REFUSED, FORWARDED, PARSER, UNKNOWN = "refused", "forwarded", "parser", "unknown"
+ESCAPES = [
+    (b"/proxy/api/../admin/breakers", REFUSED),
+    (b"/proxy/api/..%2fadmin", REFUSED),
+    (b"/proxy/api/%2e%2e/%2e%2e/admin", REFUSED),
+    (b"/proxy/api/%2E%2E%2Fadmin", REFUSED),
+    (b"/proxy/api/v1/../../x", REFUSED),
+    (b"/proxy/api/%252e%252e/admin", REFUSED),  # double encoding
+    (b"/proxy/api/%25252e%25252e/admin", REFUSED),  # triple
+    (b"/proxy/api/%2525252e%2525252e/admin", REFUSED),  # past the decoding rounds
+    (b"/proxy/api//evil.example/x", REFUSED),
+    (b"/proxy/api/%2f%2fevil.example/x", REFUSED),
+    (b"/proxy/api/http://evil.example/", REFUSED),
+    (b"/proxy/api/http:%2f%2fevil.example/", REFUSED),
+    (b"/proxy/api/\\\\evil.example/x", REFUSED),
+    (b"/proxy/api/..\\..\\admin", REFUSED),
+    (b"/proxy/api/%5c%5cevil.example", REFUSED),
+    (b"/proxy/api/user:pass@evil.example/x", REFUSED),
+    (b"/proxy/api/@evil.example/x", FORWARDED),  # only a path segment upstream
+    (b"/proxy/api/%40evil.example", FORWARDED),
+    (b"/proxy/api/x?next=http://evil.example/", FORWARDED),  # only a query upstream
+    (b"/proxy/api/%00", REFUSED),
+    (b"/proxy/api/a%0d%0aHost:%20evil.example", REFUSED),
+    (b"/proxy/api/a%250d%250aHost:evil.example", REFUSED),
+    (b"/proxy/api/a\x00b", PARSER),
+    # The parser ends the request line at the CR/LF: what follows is headers, and the
+    # request one for /base/a, on the configured host.
+    (b"/proxy/api/a\r\nHost: evil.example\r\nX: b", FORWARDED),
+    (b"/proxy/%2e%2e/admin", UNKNOWN),
+    # The absolute form: the server takes the path and ignores the host (RFC 9112 3.2.2).
+    (b"http://evil.example/proxy/api/x", FORWARDED),
+]
+
+
+@pytest.mark.parametrize(("target", "expected"), ESCAPES, ids=[repr(t)[2:-1] for t, _ in ESCAPES])
+def test_no_path_makes_the_gateway_contact_anything_but_its_upstream(
+    live: LiveGateway, upstream: Upstream, recorder: Recorder, target: bytes, expected: str
+) -> None:
+    status, body = live.get(target)
+    upstream_address = ("127.0.0.1", upstream.port)
+    outgoing = [address for address in recorder.connects if address != ("127.0.0.1", live.port)]
+    assert set(outgoing) <= {upstream_address}
+    assert set(recorder.lookups) <= {"127.0.0.1"}
+    for hit in upstream.hits:
+        assert hit.raw_path.startswith(b"/base/")
+        assert ".." not in unquote(unquote(hit.raw_path.decode())).split("/")
+    if expected == FORWARDED:
+        assert (status, len(upstream.hits)) == (200, 1)
+        return
+    assert upstream.hits == []
+    assert outgoing == []
+    if expected == PARSER:
+        assert status == 400  # uvicorn's own parser: plain text, before any route
+    elif expected == UNKNOWN:
+        assert status == 404
+        assert json.loads(body)["error"] in ("unknown_upstream", "not_found")
+    else:
+        assert (status, json.loads(body)["error"]) == (400, "invalid_path")
+
+
+def test_the_escape_table_is_recorded(reliability: Reliability) -> None:
+    reliability.record(
+        "test_security::path_escapes",
+        f"{len(ESCAPES)} path escapes and SSRF forms (`..`, `%2e%2e`, `//host`, `http://`, "
+        "backslashes, `@`, double and triple encoding, NUL, CR/LF)",
+        answers=[f"expected {kind}" for _, kind in ESCAPES],
+        lost="nothing: no connection to anything but the configured upstream host, "
+        "and every forwarded path stayed under its base (each case a test above)",
+    )
+
+
+# -- headers -----------------------------------------------------------------------------
+
+HOP_BY_HOP = [
+    b"Connection: keep-alive, X-Private",
+    b"X-Private: must-not-pass",
+    b"Keep-Alive: timeout=5",
+    b"TE: trailers",
+    b"Upgrade: h2c",
+    b"Proxy-Authorization: Basic c2VjcmV0",
+    b"Proxy-Connection: keep-alive",
+    b"Trailer: X-After",
+]
+
+
+def test_hop_by_hop_and_connection_listed_headers_never_reach_the_upstream(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    status, _ = live.get(b"/proxy/api/h", *HOP_BY_HOP, b"X-Kept: yes")
+    assert status == 200
+    (hit,) = upstream.hits
+    assert hit.headers["x-kept"] == "yes"
+    for name in ("x-private", "keep-alive", "te", "upgrade", "proxy-authorization"):
+        assert name not in hit.headers
+    assert hit.headers.get("connection", "keep-alive") == "keep-alive"  # httpx's own
+
+
+def test_hop_by_hop_headers_of_the_upstream_never_reach_the_client(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    upstream.plan(
+        "/base/r",
+        Reply(headers=(("Connection", "X-Internal"), ("X-Internal", "1"), ("X-Public", "2"))),
+    )
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(b"GET /proxy/api/r HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"x-public: 2" in head
+    assert b"x-internal" not in head
+
+
+INJECTIONS = [
+    b"X-A: a\r\n folded: into-the-value",  # obsolete line folding
+    b"X-A: a\rInjected: 1",  # a bare CR
+    b"X-A: a\x00b",  # NUL
+    b"X A: b",  # a space in a name
+    b"X-A: a\nInjected: 1",  # a bare LF: one more header, at most
+]
+
+
+@pytest.mark.parametrize("header", INJECTIONS, ids=[repr(h)[2:-1] for h in INJECTIONS])
+def test_a_cr_or_lf_in_a_header_is_refused_or_never_forwarded_inside_a_value(
+    live: LiveGateway, upstream: Upstream, header: bytes
+) -> None:
+    status, _ = live.get(b"/proxy/api/inj", header)
+    assert status in (200, 400)
+    for hit in upstream.hits:
+        for name, value in hit.headers.items():
+            assert not any(char in name + value for char in "\r\n\x00")
+
+
+def test_percent_encoded_cr_lf_in_a_header_is_forwarded_as_the_text_it_is(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    status, _ = live.get(b"/proxy/api/pct", b"X-A: a%0d%0aInjected: 1")
+    assert status == 200
+    (hit,) = upstream.hits
+    assert hit.headers["x-a"] == "a%0d%0aInjected: 1"
+    assert "injected" not in hit.headers
+
+
+# -- size limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        (b"X-Big: " + b"a" * MAX_HEAD,),
+        tuple(b"X-Many-%d: %s" % (n, b"b" * 100) for n in range(100)),
+    ],
+    ids=["one big header", "many headers"],
+)
+def test_a_head_over_the_limit_is_431_with_a_json_body_and_sent_nowhere(
+    live: LiveGateway, upstream: Upstream, head: tuple[bytes, ...]
+) -> None:
+    status, body = live.get(b"/proxy/api/big", *head)
+    assert status == 431
+    answer = json.loads(body)
+    assert answer["error"] == "headers_too_large"
+    assert f"the limit is {MAX_HEAD}" in answer["detail"]
+    assert upstream.hits == []
+
+
+def test_a_long_path_counts_toward_the_head_limit(live: LiveGateway, upstream: Upstream) -> None:
+    status, body = live.get(b"/proxy/api/" + b"p" * MAX_HEAD)
+    assert (status, json.loads(body)["error"]) == (431, "headers_too_large")
+    assert upstream.hits == []
+
+
+def test_a_head_under_the_limit_passes(live: LiveGateway, upstream: Upstream) -> None:
+    status, _ = live.get(b"/proxy/api/ok", b"X-Big: " + b"a" * (MAX_HEAD // 2))
+    assert status == 200
+
+
+# -- the admin token ---------------------------------------------------------------------
+
+
+def test_the_token_is_compared_with_hmac_compare_digest(
+    live: LiveGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(given: bytes, expected: bytes) -> bool:
+        compared.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin calls hmac.compare_digest
+    status, _ = live.get(b"/admin/breakers", b"Authorization: Bearer wrong")
+    assert status == 401
+    assert compared == [(b"wrong", TOKEN.encode())]
+
+
+@pytest.mark.parametrize("parameter", [b"token", b"Token", b"access_token", b"admin_token"])
+def test_a_token_in_the_query_string_is_refused_even_when_right(
+    live: LiveGateway, parameter: bytes
+) -> None:
+    status, body = live.get(
+        b"/admin/breakers?" + parameter + b"=" + TOKEN.encode(),
+        *[b"Authorization: Bearer " + TOKEN.encode()],
+    )
+    assert (status, json.loads(body)["error"]) == (400, "bad_request")
+    assert TOKEN.encode() not in body
+
+
+@pytest.mark.slow
+def test_the_token_never_reaches_the_logs(
+    tmp_path: Path, upstream: Upstream, reliability: Reliability
+) -> None:
+    wrong = "wrong-token-9f8e7d6c5b4a"
+    process = GatewayProcess(
+        tmp_path,
+        {"BREAKER_UPSTREAMS": f"api={upstream.url}", "BREAKER_ADMIN_TOKEN": TOKEN},
+        workers=1,
+        extra_args=("--access-log", "--log-level", "debug"),
+    )
+    process.start()
+    try:
+        import httpx
+
+        answers = [
+            httpx.get(f"{process.url}/admin/breakers", headers=AUTH, timeout=5),
+            httpx.get(
+                f"{process.url}/admin/breakers",
+                headers={"Authorization": f"Bearer {wrong}"},
+                timeout=5,
+            ),
+            httpx.get(f"{process.url}/admin/breakers?token={TOKEN}", timeout=5),
+            httpx.get(f"{process.url}/admin/breakers?access_token={wrong}", timeout=5),
+            httpx.get(f"{process.url}/proxy/api/x", headers=AUTH, timeout=5),
+        ]
+    finally:
+        process.stop()
+    log = process.log()
+    assert [answer.status_code for answer in answers] == [200, 401, 400, 400, 200]
+    assert "/admin/breakers?token=[redacted]" in log  # the access log did run
+    assert TOKEN not in log
+    assert wrong not in log
+    reliability.record(
+        "test_security::token_in_logs",
+        "Admin token sent right, wrong, and in the query string, access log at debug",
+        answers=[str(answer.status_code) for answer in answers],
+        lost="nothing: neither token appears anywhere in the gateway's output",
+    )
+
+
+# -- breaker names -----------------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    "payments}:window",
+    "payments}",
+    "{payments}",
+    "payments:leases",
+    "*",
+    "breaker:{payments}",
+    "x\r\nFLUSHALL\r\n",
+    "a\x00b",
+    "%7Bpayments%7D",
+    "payments }",
+]
+
+
+def test_hostile_breaker_names_only_ever_touch_their_own_keys(harness: Harness) -> None:
+    victim = harness.breaker("payments", failure_threshold=2)
+    victim.force_open()
+    victim_state = harness.hash("breaker:{payments}")
+    names = {"payments", *HOSTILE_NAMES}
+    for name in HOSTILE_NAMES:
+        hostile = harness.breaker(name, failure_threshold=1)
+        with pytest.raises(ZeroDivisionError):
+            hostile.call(lambda: 1 / 0)
+        hostile.reset()
+        hostile.snapshot()
+    assert harness.hash("breaker:{payments}") == victim_state
+    own_keys = {key for name in names for key in BreakerKeys.of("breaker", name).as_list()}
+    present = {key.decode() if isinstance(key, bytes) else key for key in harness.raw.keys("*")}
+    assert present <= own_keys
+    assert {BreakerKeys.of("breaker", name).state for name in HOSTILE_NAMES} <= present
+
+
+def test_a_breaker_name_is_a_redis_key_argument_never_a_command(harness: Harness) -> None:
+    cb = harness.breaker("x\r\n*1\r\n$8\r\nFLUSHALL\r\n", failure_threshold=1)
+    marker = harness.breaker("marker")
+    marker.force_open()
+    with pytest.raises(ZeroDivisionError):
+        cb.call(lambda: 1 / 0)
+    assert harness.hash("breaker:{marker}")["state"] == "forced_open"
+    assert isinstance(cb, CircuitBreaker)
