@@ -124,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
-    everywhere = args.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising it, not binding
+    everywhere = args.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising it, not binding  # nosec B104
     host_for_urls = "127.0.0.1" if everywhere else args.host
     os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{host_for_urls}:{args.port}")
     config = load_config()  # refuse a bad configuration here, once, not in each worker

@@ -140,7 +140,7 @@ class Service:
     _pump: threading.Thread | None = field(default=None, repr=False)
 
     def start(self, output: TextIO, lock: threading.Lock) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports
+        self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports  # nosec B603
             [*_orphan_guard(), *self.argv],
             env=self.environ,
             stdin=subprocess.DEVNULL,

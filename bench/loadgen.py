@@ -40,7 +40,7 @@ def run_load(url: str, seconds: float, connections: int) -> Load:
 
 
 def _wrk(wrk: str, url: str, seconds: float, connections: int) -> Load:
-    result = subprocess.run(  # noqa: S603 - wrk found on PATH, our own arguments
+    result = subprocess.run(  # noqa: S603 - wrk found on PATH, our own arguments  # nosec B603
         [wrk, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
         capture_output=True,
         text=True,

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from breaker import CircuitBreaker
 from breaker._backend import embedded_backend, fallback_backend
 from breaker.testing import ManualClock
-from tests.support.reliability import Reliability, render
+from tests.support.reliability import Reliability, audit_dependencies, render
 from tests.support.servers import RedisServer, text_hash
 from tests.support.upstream import Upstream
 
@@ -63,6 +63,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(f"not writing {path}: the run failed")
         return
     passed = len(reporter.stats.get("passed", [])) if reporter is not None else 0
+    _RELIABILITY.checks.append(audit_dependencies())
     with open(path, "w") as out:
         out.write(render(_RELIABILITY, tests_run=f"{passed} tests passed"))
     if reporter is not None:

@@ -151,6 +151,7 @@ def test_no_path_makes_the_gateway_contact_anything_but_its_upstream(
     live: LiveGateway, upstream: Upstream, recorder: Recorder, target: bytes, expected: str
 ) -> None:
     status, body = live.get(target)
+    _ESCAPE_ANSWERS.append(_label(status, body))
     upstream_address = ("127.0.0.1", upstream.port)
     outgoing = [address for address in recorder.connects if address != ("127.0.0.1", live.port)]
     assert set(outgoing) <= {upstream_address}
@@ -173,14 +174,28 @@ def test_no_path_makes_the_gateway_contact_anything_but_its_upstream(
 
 
 def test_the_escape_table_is_recorded(reliability: Reliability) -> None:
+    assert len(_ESCAPE_ANSWERS) == len(ESCAPES), "every case above ran first"
     reliability.record(
         "test_security::path_escapes",
         f"{len(ESCAPES)} path escapes and SSRF forms (`..`, `%2e%2e`, `//host`, `http://`, "
         "backslashes, `@`, double and triple encoding, NUL, CR/LF)",
-        answers=[f"expected {kind}" for _, kind in ESCAPES],
-        lost="nothing: no connection to anything but the configured upstream host, "
-        "and every forwarded path stayed under its base (each case a test above)",
+        answers=_ESCAPE_ANSWERS,
+        lost="nothing: no connection to anything but the configured upstream host; "
+        "each 200 a path under its base (`@`, `%40`, a query, a request line split at "
+        "CR/LF, the absolute form)",
     )
+
+
+def _label(status: int, body: bytes) -> str:
+    """Like ``answer_label``, but a plain-text 400 is the HTTP parser's."""
+    try:
+        return f"{status} {json.loads(body)['error']}" if status >= 400 else str(status)
+    except ValueError:
+        return f"{status} from uvicorn's parser"
+
+
+_ESCAPE_ANSWERS: list[str] = []
+_HEADER_ANSWERS: list[str] = []
 
 
 # -- headers -----------------------------------------------------------------------------
@@ -239,7 +254,8 @@ INJECTIONS = [
 def test_a_cr_or_lf_in_a_header_is_refused_or_never_forwarded_inside_a_value(
     live: LiveGateway, upstream: Upstream, header: bytes
 ) -> None:
-    status, _ = live.get(b"/proxy/api/inj", header)
+    status, body = live.get(b"/proxy/api/inj", header)
+    _HEADER_ANSWERS.append(_label(status, body))
     assert status in (200, 400)
     for hit in upstream.hits:
         for name, value in hit.headers.items():
@@ -271,6 +287,7 @@ def test_a_head_over_the_limit_is_431_with_a_json_body_and_sent_nowhere(
     live: LiveGateway, upstream: Upstream, head: tuple[bytes, ...]
 ) -> None:
     status, body = live.get(b"/proxy/api/big", *head)
+    _HEADER_ANSWERS.append(_label(status, body))
     assert status == 431
     answer = json.loads(body)
     assert answer["error"] == "headers_too_large"
@@ -280,8 +297,21 @@ def test_a_head_over_the_limit_is_431_with_a_json_body_and_sent_nowhere(
 
 def test_a_long_path_counts_toward_the_head_limit(live: LiveGateway, upstream: Upstream) -> None:
     status, body = live.get(b"/proxy/api/" + b"p" * MAX_HEAD)
+    _HEADER_ANSWERS.append(_label(status, body))
     assert (status, json.loads(body)["error"]) == (431, "headers_too_large")
     assert upstream.hits == []
+
+
+def test_the_header_cases_are_recorded(reliability: Reliability) -> None:
+    assert len(_HEADER_ANSWERS) == len(INJECTIONS) + 3, "every case above ran first"
+    reliability.record(
+        "test_security::headers",
+        f"CR, LF, NUL and folding in headers ({len(INJECTIONS)} forms); heads over "
+        f"`max_header_bytes` ({MAX_HEAD} B in the test): one header, 100 headers, a path",
+        answers=_HEADER_ANSWERS,
+        lost="nothing: each form was refused by the parser or forwarded with no CR, LF "
+        "or NUL in any header; oversized heads reached nothing",
+    )
 
 
 def test_a_head_under_the_limit_passes(live: LiveGateway, upstream: Upstream) -> None:
@@ -379,7 +409,9 @@ HOSTILE_NAMES = [
 ]
 
 
-def test_hostile_breaker_names_only_ever_touch_their_own_keys(harness: Harness) -> None:
+def test_hostile_breaker_names_only_ever_touch_their_own_keys(
+    harness: Harness, reliability: Reliability
+) -> None:
     victim = harness.breaker("payments", failure_threshold=2)
     victim.force_open()
     victim_state = harness.hash("breaker:{payments}")
@@ -395,6 +427,14 @@ def test_hostile_breaker_names_only_ever_touch_their_own_keys(harness: Harness) 
     present = {key.decode() if isinstance(key, bytes) else key for key in harness.raw.keys("*")}
     assert present <= own_keys
     assert {BreakerKeys.of("breaker", name).state for name in HOSTILE_NAMES} <= present
+    reliability.record(
+        f"test_security::breaker_names[{harness.kind}]",
+        f"{len(HOSTILE_NAMES)} hostile breaker names through the library API "
+        f"(`}}`, `{{...}}`, `*`, another breaker's key, CR/LF, NUL), {harness.kind} backend",
+        answers=["own keys only"] * len(HOSTILE_NAMES),
+        lost="nothing: every key written is the name's own (escaped inside its hash tag); "
+        "the victim breaker's state is unchanged",
+    )
 
 
 def test_a_breaker_name_is_a_redis_key_argument_never_a_command(harness: Harness) -> None:
