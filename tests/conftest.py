@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from breaker import CircuitBreaker
 from breaker._backend import embedded_backend, fallback_backend
 from breaker.testing import ManualClock
+from tests.support.faulty import FaultyUpstream
 from tests.support.reliability import Reliability, audit_dependencies, render
 from tests.support.servers import RedisServer, text_hash
 from tests.support.upstream import Upstream
@@ -212,6 +213,15 @@ def _upstream_server() -> Iterator[Upstream]:
     server.start()
     yield server
     server.close_port()
+
+
+@pytest.fixture(scope="session")
+def faulty() -> Iterator[FaultyUpstream]:
+    """A broken upstream on raw sockets (tests/support/faulty.py), one per session."""
+    server = FaultyUpstream()
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ import pytest
 
 from app.fleet import free_port
 from tests.support.faulty import FaultyUpstream
-from tests.support.gateway import AUTH, TOKEN
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway import AUTH
+from tests.support.gateway_process import GatewayProcess, gateway_with_redis
 from tests.support.reliability import Reliability, answer_label
-from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -32,23 +31,10 @@ BODY_TIMEOUT = 1.0  # seconds a body may stream after its headers
 HUGE_MIB = 256
 
 
-@pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyUpstream]:
-    server = FaultyUpstream()
-    server.start()
-    yield server
-    server.close()
-
-
 def _gateway(
     tmp_path_factory: pytest.TempPathFactory, faulty: FaultyUpstream, body_timeout: float
 ) -> Iterator[GatewayProcess]:
-    workdir = tmp_path_factory.mktemp("faults-upstream")
-    redis_server = RedisServer(workdir)
-    redis_server.start()
-    config = workdir / "fleetbreaker.toml"
-    config.write_text(
-        f"""
+    config = f"""
         [client]
         body_timeout = {body_timeout}
         [defaults.breaker]
@@ -62,20 +48,8 @@ def _gateway(
         [upstreams.refused]
         url = "http://127.0.0.1:{free_port()}"
         """
-    )
-    process = GatewayProcess(
-        workdir,
-        {
-            "BREAKER_REDIS_URL": redis_server.url,
-            "BREAKER_CONFIG": str(config),
-            "BREAKER_ADMIN_TOKEN": TOKEN,
-        },
-        workers=1,
-    )
-    process.start()
-    yield process
-    process.stop()
-    redis_server.stop()
+    with gateway_with_redis(tmp_path_factory.mktemp("faults-upstream"), config) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from app import create_app, load_config
-from tests.support.gateway import AUTH, TOKEN
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway import AUTH
+from tests.support.gateway_process import GatewayProcess, gateway_with_redis
 from tests.support.reliability import Reliability
-from tests.support.servers import RedisServer
 from tests.support.upstream import Upstream
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -38,12 +37,7 @@ _SEEN: Counter[str] = Counter()
 def fuzzed_gateway(
     tmp_path_factory: pytest.TempPathFactory, _upstream_server: Upstream
 ) -> Iterator[GatewayProcess]:
-    workdir = tmp_path_factory.mktemp("fuzz")
-    redis_server = RedisServer(workdir)
-    redis_server.start()
-    config = workdir / "fleetbreaker.toml"
-    config.write_text(
-        f"""
+    config = f"""
         [gateway]
         max_body_bytes = 65536
         [upstreams.api]
@@ -52,20 +46,8 @@ def fuzzed_gateway(
         url = "{_upstream_server.url}"
         breaker = false
         """
-    )
-    process = GatewayProcess(
-        workdir,
-        {
-            "BREAKER_REDIS_URL": redis_server.url,
-            "BREAKER_CONFIG": str(config),
-            "BREAKER_ADMIN_TOKEN": TOKEN,
-        },
-        workers=1,
-    )
-    process.start()
-    yield process
-    process.stop()
-    redis_server.stop()
+    with gateway_with_redis(tmp_path_factory.mktemp("fuzz"), config) as process:
+        yield process
 
 
 def _gateway_schema() -> schemathesis.BaseSchema:

@@ -398,14 +398,6 @@ def test_close_passes_through_to_the_inner_transport() -> None:
 # -- the body decides too --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyUpstream]:
-    server = FaultyUpstream()
-    server.start()
-    yield server
-    server.close()
-
-
 def faulty_name(faulty: FaultyUpstream) -> str:
     return origin_of(httpx.Request("GET", faulty.url))
 

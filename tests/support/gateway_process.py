@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from app.fleet import fleetbreaker_command, free_port
+from tests.support.gateway import TOKEN
+from tests.support.servers import RedisServer
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
@@ -96,3 +99,25 @@ class GatewayProcess:
         with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
             os.killpg(process.pid, signal.SIGKILL)
         return process.returncode
+
+
+@contextlib.contextmanager
+def gateway_with_redis(workdir: Path, config: str, *, workers: int = 1) -> Iterator[GatewayProcess]:
+    """``fleetbreaker serve`` with ``config`` (TOML text) and the test admin token, on a
+    redis-server of its own; both are stopped on exit."""
+    redis_server = RedisServer(workdir)
+    redis_server.start()
+    path = workdir / "fleetbreaker.toml"
+    path.write_text(config)
+    environ = {
+        "BREAKER_REDIS_URL": redis_server.url,
+        "BREAKER_CONFIG": str(path),
+        "BREAKER_ADMIN_TOKEN": TOKEN,
+    }
+    process = GatewayProcess(workdir, environ, workers=workers)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+        redis_server.stop()
