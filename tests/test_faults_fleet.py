@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.gateway import AUTH, TOKEN
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway import AUTH
+from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
@@ -38,26 +38,6 @@ def redis_of_the_test(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
-
-
-def _replicas(
-    workdir: Path, redis_server: RedisServer, config: str, prefixes: list[tuple[str, ...]]
-) -> Iterator[list[GatewayProcess]]:
-    path = workdir / "fleetbreaker.toml"
-    path.write_text(config)
-    environ = {
-        "BREAKER_REDIS_URL": redis_server.url,
-        "BREAKER_CONFIG": str(path),
-        "BREAKER_ADMIN_TOKEN": TOKEN,
-    }
-    replicas = [GatewayProcess(workdir, environ, workers=1, prefix=p) for p in prefixes]
-    try:
-        for replica in replicas:
-            replica.start()
-        yield replicas
-    finally:
-        for replica in replicas:
-            replica.stop()
 
 
 def label(response: httpx.Response) -> str:
@@ -84,7 +64,8 @@ def lease_fleet(
         success_threshold = 1
         half_open_lease = {LEASE}
         """
-    yield from _replicas(tmp_path, redis_of_the_test, config, [(), ()])
+    with replicas_of(tmp_path, redis_of_the_test, config, prefixes=[(), ()]) as replicas:
+        yield replicas
 
 
 def test_a_probe_holder_killed_mid_call_does_not_wedge_the_breaker(
@@ -162,7 +143,8 @@ def skewed_fleet(
         breaker = {{ failure_threshold = {SKEW_THRESHOLD}, reset_timeout = {OPEN_FOR} }}
         """
     prefixes = [(faketime, "-m", "-f", *skew) if skew else () for skew in SKEWS.values()]
-    yield from _replicas(tmp_path, redis_of_the_test, config, prefixes)
+    with replicas_of(tmp_path, redis_of_the_test, config, prefixes=prefixes) as replicas:
+        yield replicas
 
 
 def _trip_and_reopen(

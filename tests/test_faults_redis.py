@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.gateway import AUTH, TOKEN
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway import AUTH
+from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.load import Answer, Load
 from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
@@ -80,9 +80,7 @@ def _fleet(workdir: Path, upstream: Upstream, policy: str) -> Iterator[Fleet]:
     server.start()
     upstream.plan("/ok", Reply(200))
     upstream.plan("/fail", Reply(500))
-    config = workdir / "fleetbreaker.toml"
-    config.write_text(
-        f"""
+    config = f"""
         [defaults.breaker]
         failure_threshold = {THRESHOLD}
         reset_timeout = 300
@@ -95,20 +93,10 @@ def _fleet(workdir: Path, upstream: Upstream, policy: str) -> Iterator[Fleet]:
         [upstreams.flaky]
         url = "{upstream.url}"
         """
-    )
-    environ = {
-        "BREAKER_REDIS_URL": server.url,
-        "BREAKER_CONFIG": str(config),
-        "BREAKER_ADMIN_TOKEN": TOKEN,
-    }
-    replicas = [GatewayProcess(workdir, environ, workers=2) for _ in range(2)]
     try:
-        for replica in replicas:
-            replica.start()
-        yield Fleet(server, upstream, replicas)
+        with replicas_of(workdir, server, config, workers=2, prefixes=[(), ()]) as replicas:
+            yield Fleet(server, upstream, replicas)
     finally:
-        for replica in replicas:
-            replica.stop()
         server.stop()
 
 

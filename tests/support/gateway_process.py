@@ -102,11 +102,17 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def gateway_with_redis(workdir: Path, config: str, *, workers: int = 1) -> Iterator[GatewayProcess]:
-    """``fleetbreaker serve`` with ``config`` (TOML text) and the test admin token, on a
-    redis-server of its own; both are stopped on exit."""
-    redis_server = RedisServer(workdir)
-    redis_server.start()
+def replicas_of(
+    workdir: Path,
+    redis_server: RedisServer,
+    config: str,
+    *,
+    workers: int = 1,
+    prefixes: list[tuple[str, ...]] | None = None,
+) -> Iterator[list[GatewayProcess]]:
+    """Gateway replicas sharing ``redis_server``, with ``config`` (TOML text) and the
+    test admin token: one per entry of ``prefixes`` (a command to run it under, or
+    ``()``), one by default. All are stopped on exit."""
     path = workdir / "fleetbreaker.toml"
     path.write_text(config)
     environ = {
@@ -114,10 +120,26 @@ def gateway_with_redis(workdir: Path, config: str, *, workers: int = 1) -> Itera
         "BREAKER_CONFIG": str(path),
         "BREAKER_ADMIN_TOKEN": TOKEN,
     }
-    process = GatewayProcess(workdir, environ, workers=workers)
+    replicas = [
+        GatewayProcess(workdir, environ, workers=workers, prefix=prefix)
+        for prefix in (prefixes or [()])
+    ]
     try:
-        process.start()
-        yield process
+        for replica in replicas:
+            replica.start()
+        yield replicas
     finally:
-        process.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+@contextlib.contextmanager
+def gateway_with_redis(workdir: Path, config: str, *, workers: int = 1) -> Iterator[GatewayProcess]:
+    """One ``replicas_of`` on a redis-server of its own; both are stopped on exit."""
+    redis_server = RedisServer(workdir)
+    redis_server.start()
+    try:
+        with replicas_of(workdir, redis_server, config, workers=workers) as (process,):
+            yield process
+    finally:
         redis_server.stop()
