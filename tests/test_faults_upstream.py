@@ -114,6 +114,16 @@ def test_an_upstream_that_gives_no_response_is_a_json_error_and_a_failure(
     )
 
 
+def broken_bodies(gateway: GatewayProcess) -> float:
+    """``fleetbreaker_bodies_broken_total`` of upstream ``broken``, all errors."""
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("fleetbreaker_bodies_broken_total{") and 'upstream="broken"' in line
+    )
+
+
 def _cut_short(gateway: GatewayProcess, path: str) -> tuple[int, int, str, float]:
     """GET ``path`` through the gateway: the status, the bytes received, how the body
     ended, and how long it took."""
@@ -140,6 +150,7 @@ def test_a_body_that_breaks_off_cuts_the_client_response_and_counts_a_failure(
     gateway: GatewayProcess, reliability: Reliability, fault: str, path: str, bound: float
 ) -> None:
     reset(gateway, "broken")
+    before = broken_bodies(gateway)
     status, received, ending, took = _cut_short(gateway, path)
     assert (status, ending) == (200, "cut")  # never a clean end of a short body
     assert took < bound
@@ -147,6 +158,7 @@ def test_a_body_that_breaks_off_cuts_the_client_response_and_counts_a_failure(
     log = gateway.log()
     assert '"event": "body_broken"' in log
     assert "Traceback" not in log
+    assert broken_bodies(gateway) == before + 1
     reliability.record(
         "test_faults_upstream::body_breaks_off",
         f"Upstream: {fault}",

@@ -27,7 +27,7 @@ import redis
 from app.fleet import Fleet
 from tests.support.reliability import Reliability
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults]
+pytestmark = pytest.mark.slow
 
 REPLICAS, WORKERS = 3, 2
 THRESHOLD = 5
@@ -339,6 +339,7 @@ class SteadyLoad:
         return self.sent
 
 
+@pytest.mark.faults
 def test_killing_a_worker_of_a_replica_under_load_fails_only_requests_in_flight_on_it(
     fleet: Fleet, reliability: Reliability
 ) -> None:
@@ -380,6 +381,7 @@ def test_killing_a_worker_of_a_replica_under_load_fails_only_requests_in_flight_
     )
 
 
+@pytest.mark.faults
 def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
     fleet: Fleet, reliability: Reliability
 ) -> None:

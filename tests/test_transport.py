@@ -31,6 +31,7 @@ from breaker import (
     origin_of,
 )
 from breaker.testing import ManualClock, set_testing
+from tests.conftest import Harness
 from tests.support.faulty import FaultyUpstream
 from tests.support.upstream import Reply, Upstream
 
@@ -425,3 +426,26 @@ def test_a_body_read_to_its_end_counts_as_one_success(
     assert caller.send("GET", "/ok", base=faulty.url, body_timeout=5.0).text == "ok"
     snapshot = caller.snapshot(faulty_name(faulty))
     assert (snapshot.failures, snapshot.window_calls) == (0, 1)
+
+
+def test_a_half_open_trial_holds_its_lease_until_its_body_ends(
+    harness: Harness, upstream: Upstream
+) -> None:
+    upstream.plan("/t", Reply(500), Reply(200, body=b"trial"), Reply(200))
+    config = BreakerConfig(failure_threshold=1, reset_timeout=1.0, half_open_max_calls=1)
+    transport = SyncResilientTransport(
+        redis=harness.client,
+        retry=RetryPolicy(attempts=1),
+        breaker_config=config,
+        clock=harness.clock,
+    )
+    with httpx.Client(transport=transport, base_url=upstream.url, timeout=POOL_WAIT) as http:
+        assert http.get("/t").status_code == 500  # trips
+        harness.clock.advance(1.5)
+        with http.stream("GET", "/t") as trial:  # the trial: headers in, body not read
+            assert trial.status_code == 200
+            with pytest.raises(CircuitOpenError):
+                http.get("/t")  # the lease is still held
+            assert trial.read() == b"trial"
+        assert http.get("/t").status_code == 200  # the body ended: closed
+    assert len(upstream.hits_on("/t")) == 3
