@@ -115,7 +115,7 @@ async def _proxy(request: Request, name: str) -> Response:
     headers = response_headers(upstream_response.headers.raw)
     headers.append((ATTEMPTS_HEADER.lower().encode(), str(attempts).encode()))
     answer = StreamingResponse(
-        _passed_on(upstream_response, request, name),
+        _passed_on(upstream_response, request, route),
         status_code=upstream_response.status_code,
         background=BackgroundTask(upstream_response.aclose),
     )
@@ -124,19 +124,23 @@ async def _proxy(request: Request, name: str) -> Response:
 
 
 async def _passed_on(
-    upstream_response: httpx.Response, request: Request, name: str
+    upstream_response: httpx.Response, request: Request, route: Route
 ) -> AsyncIterator[bytes]:
-    """The upstream's body as it comes. If it breaks off, the status is already with
-    the client: log it once, count it, and cut the client's response."""
+    """The upstream's body as it comes. Its breaker outcome is counted when it ends
+    (as the breaker judges it). If it breaks off, the status is already with the
+    client: log it once, count it, and cut the client's response."""
+    name = route.upstream.name
+    config = route.upstream.breaker
+    # A response the breaker took as a success is judged again at its body's end.
+    judged = config is not None and call_outcome(config, upstream_response) == "success"
+    outcome = "success"  # also when the client goes away first, as the breaker has it
     try:
         async for chunk in upstream_response.aiter_raw():
             yield chunk
     except httpx.TransportError as exc:
-        code = (
-            "upstream_body_timeout"
-            if isinstance(exc, httpx.TimeoutException)
-            else ("upstream_body_broken")
-        )
+        outcome = "failure"
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        code = "upstream_body_timeout" if timed_out else "upstream_body_broken"
         BODIES_BROKEN.labels(name, code).inc()
         logger.warning(
             "%s %s via %s: the body broke off after the headers (%s)",
@@ -155,6 +159,9 @@ async def _passed_on(
             },
         )
         raise BodyBrokenOff(f"{name!r}: the body broke off: {type(exc).__name__}") from exc
+    finally:
+        if judged:
+            CALLS.labels(name, outcome).inc()
 
 
 def _sent_once(route: Route) -> int:
@@ -216,8 +223,8 @@ def _account(
         CALLS.labels(name, "rejected").inc()
     elif attempts and route.upstream.breaker is not None:
         outcome = call_outcome(route.upstream.breaker, last)
-        if outcome is not None:
-            CALLS.labels(name, outcome).inc()
+        if outcome is not None and (outcome, error) != ("success", None):
+            CALLS.labels(name, outcome).inc()  # a success is counted when its body ends
     code = None if error is None else failure_code(error)[1]
     status = last.status_code if isinstance(last, httpx.Response) else None
     REQUESTS.labels(name, result_of(status, code)).inc()

@@ -12,8 +12,8 @@
   phase that keeps receiving bytes.
 - A response that counts as a success is judged again when its body ends: a body
   that breaks off (a reset, a protocol error) or outlasts ``body_timeout`` counts as
-  a failure, and a half-open trial holds its lease until then. A body closed early
-  by its reader counts as the success its headers said.
+  a failure, and a half-open trial holds its lease until then. A body its reader
+  closes or abandons early counts as the success its headers said.
 - A body that cannot be replayed (a generator or a file stream) is sent once.
 - ``request.extensions["fleetbreaker.retry"]``: True opts a request in whatever its
   method, False opts it out of retries.
@@ -128,6 +128,9 @@ def _body_timed_out(request: httpx.Request, limit: float) -> httpx.ReadTimeout:
     return httpx.ReadTimeout(f"the response body took longer than {limit:g} s", request=request)
 
 
+_RECORDING: set[asyncio.Future[None]] = set()
+
+
 class _SettledStream(httpx.AsyncByteStream):
     """A response body that records its attempt's outcome once, when it ends."""
 
@@ -146,9 +149,15 @@ class _SettledStream(httpx.AsyncByteStream):
         self._body_timeout = body_timeout
 
     async def _settle(self, outcome: Outcome) -> None:
+        """Record ``outcome``, once. Shielded: a reader that is being cancelled (anyio
+        cancels every await of a cancelled scope) still gets its call recorded."""
         settle, self._settle_once = self._settle_once, None
-        if settle is not None:
-            await settle(outcome)
+        if settle is None:
+            return
+        recording = asyncio.ensure_future(settle(outcome))
+        _RECORDING.add(recording)  # a task nobody awaits must be held, or it may vanish
+        recording.add_done_callback(_RECORDING.discard)
+        await asyncio.shield(recording)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = aiter(self._inner)
@@ -167,7 +176,12 @@ class _SettledStream(httpx.AsyncByteStream):
             error = _body_timed_out(self._request, limit)
             await self._settle(self._config.classify(error))
             raise error from exc
-        except (Exception, asyncio.CancelledError) as exc:
+        except asyncio.CancelledError:
+            # The reader went away (a server cancels a response whose client has
+            # closed, often once the last byte is out): the headers' success stands.
+            await self._settle("success")
+            raise
+        except Exception as exc:
             await self._settle(self._config.classify(exc))
             raise
         await self._settle("success")

@@ -135,6 +135,17 @@ def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -
     assert float(line.rpartition(" ")[2]) == sent
 
 
+def test_every_answered_request_is_recorded_by_the_breaker(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    # Each client closes as soon as it has the body: uvicorn then cancels the rest of
+    # the response, and the breaker must still record the success.
+    for _ in range(30):
+        assert fresh(gateway, "GET", "/proxy/api/r").status_code == 200
+    view = fresh(gateway, "GET", "/admin/breakers/api", headers=AUTH).json()
+    assert (view["window_calls"], view["failures"]) == (30, 0)
+
+
 def test_event_stream_carries_transitions_made_by_either_worker(
     gateway: GatewayProcess, upstream: Upstream
 ) -> None:
