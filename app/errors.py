@@ -12,13 +12,13 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── AdminDisabled        403      admin_disabled
     └── Unauthorized         401      unauthorized
     ProxyFailure                      the upstream call ended without a response
-    BodyBrokenOff                     the upstream's body broke off after its headers
-                                      were passed on: the client's response is cut
-                                      (the connection closes before the body ends)
     ├── CircuitOpenError     503      circuit_open (Retry-After)
     ├── BackendUnavailable   503      backend_unavailable
     ├── httpx.TimeoutException 504    upstream_timeout
     └── httpx.TransportError 502      upstream_unavailable
+    BodyBrokenOff                     the upstream's body broke off after its headers
+                                      were passed on: the client's response is cut
+                                      (the connection closes before the body ends)
 """
 
 from __future__ import annotations

@@ -10,12 +10,15 @@ tests that way into RELIABILITY.md, and adds what pip-audit says of the dependen
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,6 @@ class Reliability:
 def audit_dependencies() -> Check:
     """pip-audit over the environment the suite ran in (every pinned dependency as
     resolved), summarised: how many it audited, how many it could not, what it found."""
-    import json
-    import sys
-    from pathlib import Path
-
     command = [
         str(Path(sys.executable).with_name("pip-audit")),
         "--progress-spinner",
@@ -108,8 +107,6 @@ def audit_dependencies() -> Check:
 
 def answer_label(status: int, body: bytes) -> str:
     """``"<status> <error code>"`` for a JSON error answer, else the status alone."""
-    import json
-
     if status < 400:
         return str(status)
     try:
