@@ -59,8 +59,13 @@ def check_tail(raw: bytes) -> None:
         raise UnsafePath(f"the path is percent-encoded more than {_DECODING_ROUNDS} times")
 
 
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds an ASCII control character (CR, LF, NUL, DEL, ...)."""
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+
+
 def _check_decoded(text: str) -> None:
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+    if has_control_character(text):
         raise UnsafePath("the path holds a control character")
     if "\\" in text:
         raise UnsafePath("the path holds a backslash")

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from breaker.testing import Clock
 
 from . import admin, demo, errors, ops, proxy
+from .forwarding import has_control_character
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
 
@@ -80,7 +81,7 @@ class RequestGuard:
             return errors.HeadersTooLarge(
                 f"the request's path and headers are {size} bytes; the limit is {self.max_bytes}"
             )
-        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in scope["path"]):
+        if has_control_character(scope["path"]):
             return errors.UnsafePath("the path holds a control character")
         return None
 
