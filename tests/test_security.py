@@ -28,7 +28,7 @@ from breaker._keys import BreakerKeys
 from tests.conftest import Harness
 from tests.support.gateway import AUTH, TOKEN, gateway_config
 from tests.support.gateway_process import GatewayProcess
-from tests.support.reliability import Reliability
+from tests.support.reliability import Reliability, answer_label
 from tests.support.upstream import Reply, Upstream
 
 MAX_HEAD = 8192
@@ -187,11 +187,9 @@ def test_the_escape_table_is_recorded(reliability: Reliability) -> None:
 
 
 def _label(status: int, body: bytes) -> str:
-    """Like ``answer_label``, but a plain-text 400 is the HTTP parser's."""
-    try:
-        return f"{status} {json.loads(body)['error']}" if status >= 400 else str(status)
-    except ValueError:
-        return f"{status} from uvicorn's parser"
+    """Here a plain-text error can only be uvicorn's parser's: nothing reached an upstream
+    that answers with one."""
+    return answer_label(status, body, plain_from="uvicorn's parser")
 
 
 _ESCAPE_ANSWERS: list[str] = []

@@ -105,15 +105,17 @@ def audit_dependencies() -> Check:
     return Check("pip-audit", shown, result)
 
 
-def answer_label(status: int, body: bytes) -> str:
-    """``"<status> <error code>"`` for a JSON error answer, else the status alone."""
+def answer_label(status: int, body: bytes, *, plain_from: str = "the upstream") -> str:
+    """``"<status> <error code>"`` for a JSON error answer, the status alone for a
+    success, and ``"<status> from <plain_from>"`` for an error that is not the
+    gateway's JSON (the upstream's own, or the HTTP parser's)."""
     if status < 400:
         return str(status)
     try:
         error = json.loads(body).get("error")
     except (ValueError, AttributeError):
         error = None
-    return f"{status} {error}" if error else f"{status} from the upstream"
+    return f"{status} {error}" if error else f"{status} from {plain_from}"
 
 
 def render(report: Reliability, *, tests_run: str) -> str:
