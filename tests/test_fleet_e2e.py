@@ -13,11 +13,9 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ import pytest
 import redis
 
 from app.fleet import Fleet
+from tests.support.load import Load
 from tests.support.reliability import Reliability
 
 pytestmark = pytest.mark.slow
@@ -289,54 +288,15 @@ def test_recovery_lets_exactly_half_open_max_calls_probes_through_then_closes(
 # -- 5. lose a replica, or a worker of one -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sent:
-    started: float
-    ended: float
-    status: int | None  # None: the request failed without an answer
-    instance: str | None
-
-    @property
-    def label(self) -> str:
-        return "connection error" if self.status is None else str(self.status)
-
-
-class SteadyLoad:
-    """_LOAD_CLIENTS clients sending GETs through nginx, until stopped (bounded)."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.sent: list[Sent] = []
-        self._fleet = fleet
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._client, args=(n,)) for n in range(_LOAD_CLIENTS)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _client(self, number: int) -> None:
-        with httpx.Client(base_url=self._fleet.lb_url, timeout=10.0) as http:
-            for i in range(1000):  # bounded; the clock of the test ends it first
-                if self._stop.is_set():
-                    return
-                started = time.monotonic()
-                try:
-                    response = http.get(f"/proxy/steady/item/{number}/{i}")
-                    status, instance = (
-                        response.status_code,
-                        response.headers.get("x-fleetbreaker-instance"),
-                    )
-                except httpx.HTTPError:
-                    status, instance = None, None
-                with self._lock:
-                    self.sent.append(Sent(started, time.monotonic(), status, instance))
-
-    def stop(self) -> list[Sent]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-        return self.sent
+def steady_load(fleet: Fleet) -> Load:
+    """_LOAD_CLIENTS clients, each on a kept connection to nginx, GETting steadily."""
+    return Load(
+        [f"{fleet.lb_url}/proxy/steady/item"],
+        clients=_LOAD_CLIENTS,
+        max_requests=_LOAD_CLIENTS * 1000,
+        max_seconds=_LOAD_SECONDS + 30.0,
+        keep_alive=True,
+    ).start()
 
 
 @pytest.mark.faults
@@ -348,7 +308,7 @@ def test_killing_a_worker_of_a_replica_under_load_fails_only_requests_in_flight_
     assert replica is not None
     before = _spawned_children()[replica.pid]
     victim = before[0]
-    load = SteadyLoad(fleet)
+    load = steady_load(fleet)
     time.sleep(_LOAD_SECONDS / 3)
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -388,7 +348,7 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
     set_mode(fleet, "slow", delay=0.02)  # every replica has requests in flight
     victim = 2
     victim_workers = {i for i, r in workers_by_replica(fleet).items() if r == victim}
-    load = SteadyLoad(fleet)
+    load = steady_load(fleet)
     time.sleep(_LOAD_SECONDS / 3)  # steady load before the kill
     killed_at = time.monotonic()
     fleet.replica(victim).kill()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
+from app.main import INSTANCE_HEADER
 from tests.support.reliability import answer_label
 
 
@@ -17,16 +19,19 @@ class Answer:
     started: float  # time.monotonic()
     took: float
     label: str  # "200", "503 circuit_open", or "connection error: <kind>"
+    status: int | None  # None: no answer came
+    instance: str | None  # X-Fleetbreaker-Instance: which worker answered
 
     @property
-    def is_500(self) -> bool:
-        return self.label.startswith("500")
+    def ended(self) -> float:
+        return self.started + self.took
 
 
 class Load:
-    """``clients`` threads, each sending GETs to ``urls`` in turn, each on a fresh
-    connection (so the kernel spreads them over a replica's workers), until
-    ``stop()``, ``max_requests`` in all, or ``max_seconds``."""
+    """``clients`` threads, each sending GETs to ``urls`` in turn, until ``stop()``,
+    ``max_requests`` in all, or ``max_seconds``. Each request goes on a fresh
+    connection (so the kernel spreads them over a replica's workers), or with
+    ``keep_alive`` each thread keeps one client (as behind a load balancer)."""
 
     def __init__(
         self,
@@ -36,8 +41,10 @@ class Load:
         max_requests: int = 5000,
         max_seconds: float = 30.0,
         timeout: float = 10.0,
+        keep_alive: bool = False,
     ) -> None:
         self.urls = urls
+        self._keep_alive = keep_alive
         self.answers: list[Answer] = []
         self._clients = clients
         self._max_requests = max_requests
@@ -59,18 +66,28 @@ class Load:
         return sorted(self.answers, key=lambda answer: answer.started)
 
     def _run(self, number: int) -> None:
-        sent = 0
-        while not self._stopped.is_set() and time.monotonic() < self._ends:
-            with self._lock:
-                if len(self.answers) >= self._max_requests:
-                    return
-            url = self.urls[(number + sent) % len(self.urls)]
-            sent += 1
-            started = time.monotonic()
-            try:
-                response = httpx.get(url, timeout=self._timeout)
-                label = answer_label(response.status_code, response.content)
-            except httpx.TransportError as exc:
-                label = f"connection error: {type(exc).__name__}"
-            with self._lock:
-                self.answers.append(Answer(started, time.monotonic() - started, label))
+        with httpx.Client(timeout=self._timeout) as kept:
+            sent = 0
+            while not self._stopped.is_set() and time.monotonic() < self._ends:
+                with self._lock:
+                    if len(self.answers) >= self._max_requests:
+                        return
+                url = self.urls[(number + sent) % len(self.urls)]
+                sent += 1
+                self._send(kept.get if self._keep_alive else self._fresh_get, url)
+
+    def _fresh_get(self, url: str) -> httpx.Response:
+        return httpx.get(url, timeout=self._timeout)
+
+    def _send(self, get: Callable[[str], httpx.Response], url: str) -> None:
+        started = time.monotonic()
+        status = instance = None
+        try:
+            response = get(url)
+            status, instance = response.status_code, response.headers.get(INSTANCE_HEADER)
+            label = answer_label(response.status_code, response.content)
+        except httpx.TransportError as exc:
+            label = f"connection error: {type(exc).__name__}"
+        answer = Answer(started, time.monotonic() - started, label, status, instance)
+        with self._lock:
+            self.answers.append(answer)
