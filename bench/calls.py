@@ -310,7 +310,7 @@ def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int | float
         jitter_sample=0.0,
         now_ms=None,
     )
-    return [cb.keys.state, cb.keys.window, cb.keys.leases], args
+    return cb.keys.as_list(), args
 
 
 # -- 3. serialization ---------------------------------------------------------------------

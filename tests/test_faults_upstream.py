@@ -176,11 +176,10 @@ def _rss_kib(pid: int) -> int:
 
 
 def _worker_pid(gateway: GatewayProcess) -> int:
+    """uvicorn with --workers 1 serves from the process itself."""
     assert gateway.process is not None
-    children = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children")
-    pids = [int(pid) for pid in children.read_text().split()]
-    # uvicorn with --workers 1 serves from the process itself; with more, from a child
-    return pids[-1] if pids and gateway.workers > 1 else gateway.process.pid
+    assert gateway.workers == 1
+    return gateway.process.pid
 
 
 def test_a_huge_body_streams_through_with_flat_memory(

@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
-from app.fleet import fleetbreaker_command, free_port
+from app.fleet import fleetbreaker_command, free_port, http_ok
 from tests.support.gateway import TOKEN
 from tests.support.servers import RedisServer
 
@@ -72,11 +70,8 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the gateway exited at start:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if http_ok(f"{self.url}/healthz"):
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the gateway did not answer in {_START_TIMEOUT} s:\n{self.log()}")
