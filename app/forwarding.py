@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from .errors import BadRequest, UnsafePath
+from .errors import BadRequest, UnknownUpstream, UnsafePath
 
 # RFC 9110 section 7.6.1, plus the proxy-only ones: they describe one connection.
 HOP_BY_HOP = frozenset(
@@ -33,6 +33,35 @@ HOP_BY_HOP = frozenset(
 # A decoder applied this many times more than the gateway checked could still find
 # something: past it, the path is refused rather than guessed at.
 _DECODING_ROUNDS = 3
+
+
+def split_target(raw_path: bytes) -> tuple[bytes, bytes]:
+    """The upstream segment and the tail of ``/proxy/<upstream>/<tail>``, as sent.
+
+    >>> split_target(b"/proxy/payments/v1/orders%2F7")
+    (b'payments', b'v1/orders%2F7')
+    """
+    parts = raw_path.split(b"/", 3)  # b"", b"proxy", <upstream>, <tail>
+    segment = parts[2] if len(parts) > 2 else b""
+    return segment, parts[3] if len(parts) > 3 else b""
+
+
+def check_segment(raw: bytes, name: str) -> None:
+    """Refuse an upstream segment that is not the upstream's name exactly as written:
+    the router decodes ``%2F`` into a slash, so ``sec%2F..%2Fx`` would otherwise
+    route to ``sec`` with part of the path silently gone.
+
+    >>> check_segment(b"payments", "payments")
+    >>> check_segment(b"pay%6Dents", "payments")
+    Traceback (most recent call last):
+    ...
+    app.errors.UnsafePath: the upstream's name must be sent as it is, not percent-encoded
+    """
+    if raw == name.encode():
+        return
+    if b"%" in raw:
+        raise UnsafePath("the upstream's name must be sent as it is, not percent-encoded")
+    raise UnknownUpstream(f"no upstream named {raw.decode('latin-1')!r}")
 
 
 def check_tail(raw: bytes) -> None:
@@ -98,14 +127,22 @@ def _dropped(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return dropped
 
 
+#: Received-by of the ``Via`` the gateway adds (RFC 9110 section 7.6.3): a pseudonym,
+#: so that no host name or port leaks to the upstream.
+VIA = b"1.1 fleetbreaker"
+
+
 def request_headers(
     raw: list[tuple[bytes, bytes]], *, client_host: str | None, scheme: str
 ) -> list[tuple[bytes, bytes]]:
-    """The client's headers, minus hop-by-hop ones and ``Host``, plus X-Forwarded-*."""
+    """The client's headers, minus hop-by-hop ones and ``Host``, plus ``Via`` and
+    X-Forwarded-*. Nothing else is added: the upstream gets exactly what the client
+    sent, so a client that never asked for compression never gets it."""
     dropped = _dropped(raw) | {b"host"}
     forwarded_for = b""
     host = b""
     proto = b""
+    via = b""
     kept = []
     for name, value in raw:
         lowered = name.lower()
@@ -115,6 +152,9 @@ def request_headers(
             continue
         if lowered == b"x-forwarded-for":
             forwarded_for = value if not forwarded_for else forwarded_for + b", " + value
+            continue
+        if lowered == b"via":
+            via = value if not via else via + b", " + value
             continue
         if lowered == b"x-forwarded-proto":
             proto = proto or value
@@ -130,6 +170,7 @@ def request_headers(
         kept.append((b"x-forwarded-proto", scheme.encode()))
     if host:
         kept.append((b"x-forwarded-host", host))
+    kept.append((b"via", via + b", " + VIA if via else VIA))
     return kept
 
 

@@ -28,7 +28,14 @@ from .errors import (
     ProxyFailure,
     failure_code,
 )
-from .forwarding import declared_length, request_headers, response_headers, target_url
+from .forwarding import (
+    check_segment,
+    declared_length,
+    request_headers,
+    response_headers,
+    split_target,
+    target_url,
+)
 from .metrics import BODIES_BROKEN, CALLS, REQUESTS, result_of
 from .runtime import UPSTREAM_EXTENSION, Route, call_outcome, gateway_of
 from .settings import GatewayConfig
@@ -91,11 +98,16 @@ for _method in METHODS:
 async def _proxy(request: Request, name: str) -> Response:
     gateway = gateway_of(request)
     route = gateway.route(name)
-    url = target_url(route.upstream.url, _raw_tail(request), request.scope["query_string"])
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    segment, tail = split_target(raw_path)
+    check_segment(segment, name)
+    url = target_url(route.upstream.url, tail, request.scope["query_string"])
     raw_headers = list(request.headers.raw)
     content = await _body(request, raw_headers, gateway.config)
     client = request.client
-    outgoing = gateway.client.build_request(
+    # A request of its own, not the client's ``build_request``: that would add
+    # httpx's default headers (Accept-Encoding, User-Agent, ...) and cookies.
+    outgoing = httpx.Request(
         request.method,
         url,
         headers=request_headers(
@@ -167,13 +179,6 @@ async def _passed_on(
 def _sent_once(route: Route) -> int:
     """Attempts of a request that no breaker counted: one, when there is no breaker."""
     return 1 if route.breaker is None else 0
-
-
-def _raw_tail(request: Request) -> bytes:
-    """The path after ``/proxy/<upstream>/``, exactly as the client encoded it."""
-    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-    parts = raw_path.split(b"/", 3)  # b"", b"proxy", <upstream>, <tail>
-    return parts[3] if len(parts) > 3 else b""
 
 
 async def _body(

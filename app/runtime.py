@@ -10,8 +10,10 @@ Routes only read ``app.state.gateway``.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import logging
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,6 +84,27 @@ class _ByUpstream(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()  # shared by every route: closed once, here
+
+
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """One client serves every caller of the gateway: a cookie an upstream sets for
+    one of them must never be kept, let alone sent on another's request."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = False
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: urllib.request.Request) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: urllib.request.Request) -> bool:
+        return False
 
 
 def _named(upstream: str) -> Callable[[httpx.Request], str]:
@@ -163,6 +186,7 @@ class Gateway:
             timeout=config.client.timeout(),
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment must not reroute upstream calls
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
         if redis_client is None:
             logger.warning(

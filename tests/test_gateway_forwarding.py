@@ -89,6 +89,15 @@ def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded() -> None:
         (b"x-forwarded-for", b"203.0.113.7"),
         (b"x-forwarded-proto", b"https"),
         (b"x-forwarded-host", b"gateway.example"),
+        (b"via", b"1.1 fleetbreaker"),
+    ]
+
+
+def test_via_extends_what_an_earlier_proxy_said() -> None:
+    raw = [(b"Via", b"1.0 fred"), (b"via", b"1.1 lb")]
+    sent = request_headers(raw, client_host=None, scheme="http")
+    assert [value for name, value in sent if name == b"via"] == [
+        b"1.0 fred, 1.1 lb, 1.1 fleetbreaker"
     ]
 
 

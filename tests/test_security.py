@@ -8,6 +8,7 @@ makes (``socket.connect``) and every name it resolves (``getaddrinfo``) is recor
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -141,6 +142,11 @@ ESCAPES = [
     # request one for /base/a, on the configured host.
     (b"/proxy/api/a\r\nHost: evil.example\r\nX: b", FORWARDED),
     (b"/proxy/%2e%2e/admin", UNKNOWN),
+    # The router decodes the upstream's segment: its name must come as it is, or part
+    # of the path would vanish (sec%2F..%2F..%2F__reset/x routed to sec, path /x).
+    (b"/proxy/api%2F..%2F..%2F__reset/x", REFUSED),
+    (b"/proxy/api%2fx/y", REFUSED),
+    (b"/proxy/ap%69/x", REFUSED),
     # The absolute form: the server takes the path and ignores the host (RFC 9112 3.2.2).
     (b"http://evil.example/proxy/api/x", FORWARDED),
 ]
@@ -178,7 +184,8 @@ def test_the_escape_table_is_recorded(reliability: Reliability) -> None:
     reliability.record(
         "test_security::path_escapes",
         f"{len(ESCAPES)} path escapes and SSRF forms (`..`, `%2e%2e`, `//host`, `http://`, "
-        "backslashes, `@`, double and triple encoding, NUL, CR/LF)",
+        "backslashes, `@`, double and triple encoding, NUL, CR/LF, an encoded upstream "
+        "name)",
         answers=_ESCAPE_ANSWERS,
         lost="nothing: no connection to anything but the configured upstream host; "
         "each 200 a path under its base (`@`, `%40`, a query, a request line split at "
@@ -197,6 +204,51 @@ _HEADER_ANSWERS: list[str] = []
 
 
 # -- headers -----------------------------------------------------------------------------
+
+#: What the gateway adds on the way to the upstream, and nothing else: the upstream's
+#: Host, its own Via, and the X-Forwarded-* of the client.
+ADDED = {b"host", b"via", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+CLIENTS = {
+    "none": [],
+    "curl": [b"User-Agent: curl/8.5.0", b"Accept: */*"],
+    "asks-gzip": [b"Accept-Encoding: gzip", b"User-Agent: app/1.0"],
+    "repeated": [b"X-Tag: a", b"x-tag: b", b"Accept-Language: fr"],
+}
+
+
+@pytest.mark.parametrize("client", CLIENTS.values(), ids=CLIENTS.keys())
+def test_the_upstream_gets_exactly_the_headers_the_client_sent(
+    live: LiveGateway, upstream: Upstream, client: list[bytes]
+) -> None:
+    status, _ = live.get(b"/proxy/api/echo", *client)
+    assert status == 200
+    (hit,) = upstream.hits
+    received = [(name, value) for name, value in hit.raw_headers if name not in ADDED]
+    sent = [tuple(line.split(b": ", 1)) for line in client]
+    assert received == [(name.lower(), value) for name, value in sent]
+    assert dict(hit.raw_headers)[b"via"] == b"1.1 fleetbreaker"
+
+
+def test_a_compressed_body_comes_back_as_the_upstream_sent_it_only_when_asked(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    gzipped = gzip.compress(b"hello " * 100)
+    upstream.plan("/base/z", Reply(body=gzipped, headers=(("Content-Encoding", "gzip"),)))
+    status, body = live.get(b"/proxy/api/z", b"Accept-Encoding: gzip")
+    assert (status, body) == (200, gzipped)
+    status, _ = live.get(b"/proxy/api/plain")
+    (_, plain) = upstream.hits
+    assert b"accept-encoding" not in dict(plain.raw_headers)  # never asked for on its own
+
+
+def test_a_cookie_an_upstream_sets_for_one_client_never_reaches_another(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    upstream.plan("/base/login", Reply(headers=(("Set-Cookie", "session=alice; Path=/"),)))
+    live.get(b"/proxy/api/login")
+    live.get(b"/proxy/api/other")
+    assert "cookie" not in upstream.hits_on("/base/other")[0].headers
+
 
 HOP_BY_HOP = [
     b"Connection: keep-alive, X-Private",

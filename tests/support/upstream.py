@@ -42,6 +42,8 @@ class Hit:
     body: bytes
     raw_path: bytes = b""
     query: bytes = b""
+    #: Every header as received, in order, repeated ones included.
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Upstream:
@@ -149,6 +151,7 @@ class Upstream:
                     body,
                     scope.get("raw_path") or b"",
                     scope.get("query_string") or b"",
+                    tuple((bytes(k), bytes(v)) for k, v in scope["headers"]),
                 )
             )
         reply = self._next_reply(scope["path"])
