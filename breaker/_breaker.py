@@ -420,7 +420,7 @@ class CircuitBreaker:
             raw = yield "budget", args
         except BackendUnavailableError:
             if self.config.on_backend_error == "fail_closed":
-                return BudgetVerdict(granted=False, retries=0, requests=0, limit=0.0)
+                return BudgetVerdict(granted=False, retries=0, requests=0, limit=0.0, tokens=0.0)
             # The fallback breaker counts this process's calls: budget against those.
             raw = fallback_backend().run(self.name, "budget", self._key_list, args)
         return decode_budget(raw)

@@ -12,8 +12,12 @@ key                                 type    content
                                             ``generation`` it orders versions across a
                                             lost hash), ``reopens``, ``trial_successes``
 ``<prefix>:{<name>}:window``        hash    ``<bucket>:c`` calls, ``<bucket>:f`` failures,
-                                            ``<bucket>:s`` slow calls, one bucket per
-                                            ``window_bucket`` seconds of epoch time
+                                            ``<bucket>:s`` slow calls, ``<bucket>:r``
+                                            retries granted (``:t`` of them on a floor
+                                            token), ``<bucket>:d`` refused; one bucket
+                                            per ``window_bucket`` seconds of epoch time;
+                                            ``floor:tokens``, ``floor:at``: the retry
+                                            budget's floor bucket
 ``<prefix>:{<name>}:leases``        zset    half-open trial lease ids, scored by expiry (ms)
 ``<prefix>:events``                 pubsub  JSON transition events of every breaker
 ==================================  ======  =============================================

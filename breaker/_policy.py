@@ -14,7 +14,8 @@ The defaults follow the references the project set out to beat:
 - ``Retry-After`` (delta-seconds or HTTP-date) replaces the backoff, capped by
   ``max_retry_after``; a date in the past falls back to the backoff;
 - a fleet-wide budget (``RetryBudget``) caps retries at 20 % of the first attempts
-  the whole fleet made in the breaker's window, with a floor for quiet services.
+  the whole fleet made in the breaker's window, plus a floor for quiet services that
+  refills at 10 retries a second.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ Seconds = float | datetime.timedelta
 class RetryBudget:
     """A cap on retries shared by the whole fleet, kept in the breaker's window.
 
-    Retries may add at most ``ratio`` of the first attempts that every process made
-    through the breaker in its window, or ``min_retries_per_second`` over the window,
-    whichever is larger (so that a quiet service can still retry).
+    Retries may add ``ratio`` of the first attempts that every process made through
+    the breaker in its window, plus a floor so that a quiet service can still retry:
+    a token bucket refilled at ``min_retries_per_second`` that holds a tenth of a
+    second of it (at least one token). N first attempts that fail within ``d``
+    seconds get at most ``ratio * N + max(1, rate / 10) + rate * d`` retries: the
+    floor adds ``min_retries_per_second``, never a whole window's worth at once.
     """
 
     ratio: float = 0.2

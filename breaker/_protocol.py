@@ -205,13 +205,13 @@ def budget_args(
     min_retries_per_second: float,
     now_ms: int | None,
 ) -> list[str | int]:
-    """Ask ``budget.lua`` for one retry; the floor is a rate, turned into a window count."""
+    """Ask ``budget.lua`` for one retry: the ratio's room, else a token of the floor."""
     return [
         *_common(config, name, now_ms),
         _ms(config.window_bucket),
         config.buckets,
         repr(float(ratio)),
-        repr(float(min_retries_per_second * config.buckets * config.window_bucket)),
+        repr(float(min_retries_per_second)),
     ]
 
 
@@ -222,7 +222,10 @@ class BudgetVerdict:
     granted: bool
     retries: int
     requests: int
+    #: The ratio's room: retries it allows for the first attempts in the window.
     limit: float
+    #: Tokens the floor's bucket held (at most one second of ``min_retries_per_second``).
+    tokens: float
 
 
 def decode_budget(raw: list[Any]) -> BudgetVerdict:
@@ -233,6 +236,7 @@ def decode_budget(raw: list[Any]) -> BudgetVerdict:
         retries=int(detail["retries"]),
         requests=int(detail["requests"]),
         limit=float(detail["limit"]),
+        tokens=float(detail["tokens"]),
     )
 
 

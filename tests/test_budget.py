@@ -53,17 +53,54 @@ def test_a_recorded_retry_does_not_count_as_a_first_attempt(harness: Harness) ->
 
 def test_the_floor_lets_a_quiet_service_retry(harness: Harness) -> None:
     cb = harness.breaker(window=10.0)
-    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.5)
-    # 0.5 retries per second over a 10 s window: 5 retries with no traffic at all.
-    assert grants(cb, budget, 6) == [True] * 5 + [False]
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=30.0)
+    # No traffic at all: the floor's bucket holds a tenth of a second of its rate.
+    assert grants(cb, budget, 4) == [True, True, True, False]
+
+
+def test_the_floor_refills_at_its_rate_not_a_window_at_once(harness: Harness) -> None:
+    cb = harness.breaker(window=10.0)
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=10.0)
+    # A window's worth (100) was once spent in an instant; now a tenth of a second's.
+    assert grants(cb, budget, 2) == [True, False]
+    harness.clock.advance(0.25)  # 2.5 tokens, more than the bucket holds
+    assert grants(cb, budget, 2) == [True, False]
+    harness.clock.advance(0.05)
+    assert grants(cb, budget, 1) == [False]  # half a token
+    harness.clock.advance(0.05)
+    assert grants(cb, budget, 2) == [True, False]
+
+
+def test_a_slow_floor_still_grants_a_whole_retry(harness: Harness) -> None:
+    cb = harness.breaker(window=10.0)
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
+    assert grants(cb, budget, 2) == [True, False]
+    harness.clock.advance(5.0)
+    assert grants(cb, budget, 1) == [False]  # half a token
+    harness.clock.advance(5.0)
+    assert grants(cb, budget, 2) == [True, False]
+
+
+def test_a_burst_gets_the_ratio_plus_the_floors_bucket(harness: Harness) -> None:
+    cb = harness.breaker()
+    first_attempts(cb, 100)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=10.0)
+    granted = 0
+    for _ in range(40):
+        if cb.spend_retry(budget).granted:
+            granted += 1
+            first_attempts(cb, 1)  # the retry's own call
+    assert granted == 20 + 1
 
 
 def test_retries_slide_out_with_the_window(harness: Harness) -> None:
     cb = harness.breaker(window=10.0)
-    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
-    assert grants(cb, budget, 2) == [True, False]
+    first_attempts(cb, 10)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.0)
+    assert grants(cb, budget, 3) == [True, True, False]
     harness.clock.advance(10.0)
-    assert grants(cb, budget, 2) == [True, False]
+    first_attempts(cb, 10)
+    assert grants(cb, budget, 3) == [True, True, False]
 
 
 def test_operators_see_retries_and_refusals_in_the_snapshot(harness: Harness) -> None:
@@ -78,7 +115,12 @@ def test_the_budget_counters_live_in_the_breakers_window_hash(harness: Harness) 
     cb = harness.breaker()
     grants(cb, RetryBudget(ratio=0.0, min_retries_per_second=0.1), 2)
     fields = harness.hash(cb.keys.window)
-    assert sorted(field.split(":")[1] for field in fields) == ["d", "r"]
+    counters = sorted(field.split(":")[1] for field in fields if field[0].isdigit())
+    assert counters == ["d", "r", "t"]
+    assert sorted(field for field in fields if field.startswith("floor:")) == [
+        "floor:at",
+        "floor:tokens",
+    ]
     assert harness.raw.pttl(cb.keys.window) > 0
 
 

@@ -9,7 +9,14 @@ import httpx
 
 from app import GatewayConfig
 from breaker.testing import ManualClock
-from tests.support.gateway import AUTH, Scenario, config_for, gateway_client, gateway_config
+from tests.support.gateway import (
+    AUTH,
+    Scenario,
+    config_for,
+    gateway_client,
+    gateway_config,
+    metric,
+)
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
@@ -100,20 +107,6 @@ def test_fail_closed_upstream_answers_503_backend_unavailable_while_redis_is_dea
 
     run(config, scenario)
     assert upstream.hits == []
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the exposition ``text``."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        sample_name, _, label_text = sample.partition("{")
-        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-        if sample_name == name and found == wanted:
-            return float(value)
-    raise AssertionError(f"no sample {name}{{{wanted}}}")
 
 
 def test_metrics_count_calls_retries_transitions_and_read_the_state(

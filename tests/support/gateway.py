@@ -71,3 +71,17 @@ def config_for(
         """,
         redis_url=backend,
     )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus exposition ``text``."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, label_text = sample.partition("{")
+        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample_name == name and found == wanted:
+            return float(value)
+    raise AssertionError(f"no sample {name}{{{wanted}}}")

@@ -3,6 +3,7 @@ every answer: when it started, how long it took, and its status and error code."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -91,3 +92,22 @@ class Load:
         answer = Answer(started, time.monotonic() - started, label, status, instance)
         with self._lock:
             self.answers.append(answer)
+
+
+def burst(urls: list[str], count: int, *, timeout: float = 30.0) -> list[int | None]:
+    """``count`` GETs sent at once, each on a connection of its own, spread over
+    ``urls`` in turn: their statuses (None: no answer came)."""
+
+    async def send_all() -> list[int | None]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+
+            async def one(number: int) -> int | None:
+                try:
+                    return (await client.get(urls[number % len(urls)])).status_code
+                except httpx.TransportError:
+                    return None
+
+            return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+    return asyncio.run(send_all())
