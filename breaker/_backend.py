@@ -21,6 +21,7 @@ from typing import Any, Literal
 import fakeredis
 import redis
 import redis.asyncio
+from redis.maint_notifications import MaintNotificationsConfig
 
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError
@@ -58,6 +59,11 @@ def derive_client(client: Any, timeout: float | None) -> Any:
     settings = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
     settings["socket_timeout"] = timeout
     settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
+    # redis-py skips its check for connections the server closed (a restarted
+    # Redis) while maintenance notifications are on, which they are by default
+    # under RESP3 (redis/redis-py#4128): each stale pooled connection then fails
+    # one command. Off, the pool replaces such a connection before anything is sent.
+    settings["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     # A Sentinel pool finds its master through the sentinels: keep them.
     sentinel = (
         (pool.service_name, pool.sentinel_manager) if hasattr(pool, "sentinel_manager") else ()

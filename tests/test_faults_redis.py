@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from tests.support.gateway import AUTH
+from tests.support.gateway import AUTH, metric
 from tests.support.gateway_process import GatewayProcess, replicas_of
-from tests.support.load import Answer, Load
+from tests.support.load import Answer, Load, burst
 from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
@@ -292,3 +292,63 @@ def test_a_slow_redis_delays_requests_by_at_most_the_backend_timeout(
         f"{len(during)} answers during the pause; the fleet trips together again "
         f"{agreed:.2f} s after it ended",
     )
+
+
+def test_a_redis_restarted_between_bursts_costs_no_stale_connection(
+    tmp_path: Path, upstream: Upstream, reliability: Reliability
+) -> None:
+    """Each worker's pool holds the connections a burst opened. Redis is SIGKILLed and
+    restarted empty with nothing sent meanwhile, so they are all stale when the next
+    burst reaches them: not one may fail a command (and turn its process to the
+    fallback breaker and a per-process budget) once Redis answers again."""
+    server = RedisServer(tmp_path)
+    server.start()
+    upstream.plan("/ok", Reply(200))
+    upstream.plan("/down", Reply(503))
+    config = f"""
+        [defaults.breaker]
+        failure_threshold = 1000000   # the budget alone holds the retries back
+        [defaults.retry]
+        attempts = 3
+        backoff = 0
+        [upstreams.dead]
+        url = "{upstream.url}"
+        [upstreams.guarded]
+        url = "{upstream.url}"
+        breaker = {{ on_backend_error = "fail_closed" }}
+        """
+    try:
+        with replicas_of(tmp_path, server, config, workers=2, prefixes=[(), (), ()]) as fleet:
+            urls = [replica.url for replica in fleet]
+            opened = burst([f"{url}/proxy/guarded/ok" for url in urls], 60)
+            time.sleep(0.5)  # each call is recorded once its body has ended
+            server.kill()
+            server.start()  # empty; returns once it answers PING
+            time.sleep(1.0)
+            before = [_backend_errors(url) for url in urls]
+            hits_before = len(upstream.hits_on("/down"))
+            dead = burst([f"{url}/proxy/dead/down" for url in urls], 100)
+            hits = len(upstream.hits_on("/down")) - hits_before
+            guarded = burst([f"{url}/proxy/guarded/ok" for url in urls], 60)
+            errors = sum(_backend_errors(url) for url in urls) - sum(before)
+    finally:
+        server.stop()
+    assert set(opened) == {200}
+    assert dead == [503] * 100
+    assert guarded == [200] * 60, "fail_closed refused while Redis answered"
+    assert errors == 0
+    assert hits <= 100 * 1.2 + 10
+    reliability.record(
+        "test_faults_redis::stale_connections",
+        "Redis SIGKILLed and restarted empty between bursts: every pooled connection "
+        "of 3 replicas x 2 workers stale",
+        answers=[str(status) for status in opened + dead + guarded],
+        lost=f"nothing: {errors} failed Redis commands after the restart; 100 requests "
+        f"at once on a dead upstream reached it {hits} times (bound 130); a "
+        "`fail_closed` upstream answered 60 of 60",
+        recovery="at once: the pools replace connections the server closed before sending on them",
+    )
+
+
+def _backend_errors(url: str) -> float:
+    return metric(httpx.get(f"{url}/metrics", timeout=5).text, "fleetbreaker_backend_errors_total")
