@@ -8,6 +8,7 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── UnsafePath           400      invalid_path
     ├── BadRequest           400      bad_request
     ├── BodyTooLarge         413      body_too_large
+    ├── ClientGone           499      client_disconnected (nobody is left to read it)
     ├── HeadersTooLarge      431      headers_too_large
     ├── AdminDisabled        403      admin_disabled
     └── Unauthorized         401      unauthorized
@@ -87,6 +88,14 @@ class BadRequest(GatewayError):
 class BodyTooLarge(GatewayError):
     status = 413
     code = "body_too_large"
+
+
+class ClientGone(GatewayError):
+    """The client closed its connection before its request body ended (nginx's 499):
+    the answer only reaches the logs."""
+
+    status = 499
+    code = "client_disconnected"
 
 
 class HeadersTooLarge(GatewayError):

@@ -24,6 +24,7 @@ from .errors import (
     ATTEMPTS_HEADER,
     BodyBrokenOff,
     BodyTooLarge,
+    ClientGone,
     ErrorBody,
     ProxyFailure,
     failure_code,
@@ -38,7 +39,7 @@ from .forwarding import (
 )
 from .metrics import BODIES_BROKEN, CALLS, REQUESTS, result_of
 from .runtime import UPSTREAM_EXTENSION, Route, call_outcome, gateway_of
-from .settings import GatewayConfig
+from .upload import Upload
 
 logger = logging.getLogger("fleetbreaker.gateway")
 
@@ -103,7 +104,33 @@ async def _proxy(request: Request, name: str) -> Response:
     check_segment(segment, name)
     url = target_url(route.upstream.url, tail, request.scope["query_string"])
     raw_headers = list(request.headers.raw)
-    content = await _body(request, raw_headers, gateway.config)
+    upload = Upload(
+        request.receive,
+        limit=gateway.config.max_body_bytes,
+        declared=declared_length(raw_headers),
+        expects_continue=request.headers.get("expect", "").lower() == "100-continue",
+    )
+    try:
+        return await _forward(request, route, url, raw_headers, upload)
+    except BodyTooLarge as exc:
+        await upload.drain()
+        _refused(route, request, exc)
+        raise
+    except ClientGone as exc:
+        _refused(route, request, exc)
+        raise
+
+
+async def _forward(
+    request: Request,
+    route: Route,
+    url: httpx.URL,
+    raw_headers: list[tuple[bytes, bytes]],
+    upload: Upload,
+) -> Response:
+    gateway = gateway_of(request)
+    name = route.upstream.name
+    content = await upload.content(gateway.config.retry_buffer_bytes)
     client = request.client
     # A request of its own, not the client's ``build_request``: that would add
     # httpx's default headers (Accept-Encoding, User-Agent, ...) and cookies.
@@ -181,40 +208,25 @@ def _sent_once(route: Route) -> int:
     return 1 if route.breaker is None else 0
 
 
-async def _body(
-    request: Request, raw_headers: list[tuple[bytes, bytes]], config: GatewayConfig
-) -> bytes | AsyncIterator[bytes]:
-    """The body as bytes when it fits the retry buffer, else a stream (sent once)."""
-    limit = config.max_body_bytes
-    length = declared_length(raw_headers)
-    if length is not None and length > limit:
-        raise BodyTooLarge(f"the request body is {length} bytes; the limit is {limit}")
-    chunks = request.stream()
-    buffered: list[bytes] = []
-    size = 0
-    if length is None or length <= config.retry_buffer_bytes:
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
-            buffered.append(chunk)
-            if size > config.retry_buffer_bytes:
-                break
-        else:
-            return b"".join(buffered)
-    return _streamed(buffered, chunks, size, limit)
-
-
-async def _streamed(
-    buffered: list[bytes], rest: AsyncIterator[bytes], size: int, limit: int
-) -> AsyncIterator[bytes]:
-    for chunk in buffered:
-        yield chunk
-    async for chunk in rest:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
-        yield chunk
+def _refused(route: Route, request: Request, error: BodyTooLarge | ClientGone) -> None:
+    """Count, and log once, a request whose body ended it before any answer came."""
+    REQUESTS.labels(route.upstream.name, error.code).inc()
+    logger.info(
+        "%s %s via %s: %s",
+        request.method,
+        request.url.path,
+        route.upstream.name,
+        error.detail,
+        extra={
+            "fields": {
+                "event": "refused",
+                "upstream": route.upstream.name,
+                "method": request.method,
+                "path": request.url.path,
+                "error": error.code,
+            }
+        },
+    )
 
 
 def _account(

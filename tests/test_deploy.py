@@ -171,3 +171,15 @@ def test_nginx_accepts_the_templated_conf(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr
+
+
+def test_nginx_refuses_bodies_at_the_gateways_own_limit_with_its_json() -> None:
+    """An oversized upload is the client's mistake: nginx answers it, at the limit the
+    replicas would apply, so that no replica refuses one mid-body and is marked failed."""
+    conf = NGINX_CONF.read_text()
+    size = re.search(r"^\s*client_max_body_size (\d+)m;", conf, re.MULTILINE)
+    assert size is not None
+    config = load_config({"BREAKER_CONFIG": str(FLEET_CONFIG), "BREAKER_UPSTREAMS": "a=http://a"})
+    assert int(size.group(1)) * 1024 * 1024 == config.max_body_bytes
+    assert f"over the limit of {config.max_body_bytes} bytes" in conf
+    assert re.search(r"error_page 413 @body_too_large;", conf)

@@ -8,8 +8,10 @@ makes (``socket.connect``) and every name it resolves (``getaddrinfo``) is recor
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import logging
 import socket
 import threading
 import time
@@ -22,7 +24,7 @@ from urllib.parse import unquote
 import pytest
 import uvicorn
 
-from app import create_app
+from app import GatewayConfig, create_app
 from app.fleet import free_port
 from breaker import CircuitBreaker
 from breaker._keys import BreakerKeys
@@ -82,18 +84,9 @@ class LiveGateway:
         return self.send(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
 
 
-@pytest.fixture
-def live(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
-    config = gateway_config(
-        tmp_path,
-        f"""
-        [gateway]
-        max_header_bytes = {MAX_HEAD}
-        [upstreams.api]
-        url = "{upstream.url}/base/"
-        retry = {{ attempts = 1 }}
-        """,
-    )
+@contextlib.contextmanager
+def serving(config: GatewayConfig) -> Iterator[LiveGateway]:
+    """The gateway with ``config`` in uvicorn, in a thread, on a free port."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -109,6 +102,22 @@ def live(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
     yield LiveGateway(port, server)
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def live(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [gateway]
+        max_header_bytes = {MAX_HEAD}
+        [upstreams.api]
+        url = "{upstream.url}/base/"
+        retry = {{ attempts = 1 }}
+        """,
+    )
+    with serving(config) as gateway:
+        yield gateway
 
 
 # -- path escapes and SSRF -------------------------------------------------------------
@@ -323,6 +332,118 @@ def test_percent_encoded_cr_lf_in_a_header_is_forwarded_as_the_text_it_is(
 
 
 # -- size limits ------------------------------------------------------------------------
+
+MAX_BODY = 256 * 1024
+
+
+@pytest.fixture
+def limited(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
+    """A gateway whose bodies may be 256 KiB, buffered up to 16 KiB."""
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [gateway]
+        max_body_bytes = {MAX_BODY}
+        retry_buffer_bytes = {16 * 1024}
+        [upstreams.api]
+        url = "{upstream.url}/base/"
+        """,
+    )
+    with serving(config) as gateway:
+        yield gateway
+
+
+def read_answer(sock: socket.socket, pending: bytes = b"") -> tuple[int, bytes, bytes]:
+    """One HTTP answer from ``sock``: its status, head and body (by Content-Length)."""
+    data = pending
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        rest += chunk
+    return int(head.split()[1]), head, rest[:length]
+
+
+def chunked(body: bytes, size: int = 8192) -> bytes:
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+UPLOADS = {
+    "declared": lambda body: b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    "chunked": lambda body: b"Transfer-Encoding: chunked\r\n\r\n" + chunked(body),
+}
+
+
+@pytest.mark.parametrize("framing", UPLOADS.values(), ids=UPLOADS.keys())
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close"])
+def test_a_refused_upload_is_drained_so_its_connection_ends_cleanly(
+    limited: LiveGateway, upstream: Upstream, framing: Any, connection: bytes
+) -> None:
+    """Answered and closed while the client still sends (nginx asks ``Connection:
+    close``), a refusal ends in a reset, which nginx takes for a dead replica: the
+    rest of the body is read first, then the connection closes, or serves the next."""
+    body = b"x" * (MAX_BODY + MAX_BODY // 2)
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /proxy/api/upload HTTP/1.1\r\nHost: g\r\nConnection: %s\r\n%s"
+            % (connection, framing(body))
+        )
+        status, _, answer = read_answer(sock)
+        assert (status, json.loads(answer)["error"]) == (413, "body_too_large")
+        if connection == b"close":
+            assert sock.recv(65536) == b""  # an orderly end, not ECONNRESET
+        else:
+            sock.sendall(b"GET /proxy/api/next HTTP/1.1\r\nHost: g\r\n\r\n")
+            assert read_answer(sock)[0] == 200
+    # A body over the retry buffer streams to the upstream as it comes: it may have
+    # seen the start of it, never the whole.
+    assert all(len(hit.body) < MAX_BODY for hit in upstream.hits_on("/base/upload"))
+
+
+def test_a_client_gone_mid_upload_is_one_log_line_and_counts_for_nobody(
+    limited: LiveGateway, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fleetbreaker.gateway")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /proxy/api/upload HTTP/1.1\r\nHost: g\r\nContent-Length: %d\r\n\r\n" % MAX_BODY
+        )
+        sock.sendall(b"x" * (MAX_BODY // 2))  # past the retry buffer: streaming
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _refusals(caplog):
+        time.sleep(0.02)
+    assert [record.fields["error"] for record in _refusals(caplog)] == ["client_disconnected"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    _, body = limited.get(b"/admin/breakers/api", b"Authorization: Bearer " + TOKEN.encode())
+    assert json.loads(body)["window_calls"] == 0
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[Any]:
+    return [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "refused"]
+
+
+def test_a_client_that_expects_100_continue_is_refused_before_it_sends(
+    limited: LiveGateway, upstream: Upstream
+) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /proxy/api/upload HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1)
+        )
+        status, head, _ = read_answer(sock)
+    assert status == 413
+    assert b"100 continue" not in head.lower()
+    assert upstream.hits == []
 
 
 @pytest.mark.parametrize(
