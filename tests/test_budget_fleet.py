@@ -78,6 +78,7 @@ def test_a_burst_on_a_dead_upstream_gets_the_ratio_plus_one_second_of_floor(
     config = f"""
         [defaults.breaker]
         failure_threshold = 1000000   # the budget alone holds the retries back
+        backend_timeout = 2.0         # a starved CI machine: never the fallback's budget
         [defaults.retry]
         attempts = 3
         backoff = 0
