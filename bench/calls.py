@@ -291,9 +291,9 @@ def overhead(
 
 def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int | float]]:
     """The keys and arguments of a closed+success ``record`` on a live breaker, as the
-    library sends them (its private protocol module: this is a measurement)."""
+    library sends them (its private wire module: this is a measurement)."""
     from breaker import CircuitBreaker
-    from breaker._protocol import record_args
+    from breaker._wire import record_args
 
     cb = CircuitBreaker("bench-breakdown", redis=client, failure_threshold=10_000)
     cb.call(ok)

@@ -117,8 +117,7 @@ def _fleetbreaker_sync(batch_interval: float | None) -> Callable[[str, str, Sett
             except CircuitOpenError:
                 raise Rejected from None
 
-        # Its events thread follows the channel until the process ends (a daemon).
-        return SyncGuard(call, lambda: None)
+        return SyncGuard(call, cb.close)
 
     return make
 
@@ -142,10 +141,7 @@ async def _fleetbreaker_async(url: str, name: str, settings: Settings) -> AsyncG
         except CircuitOpenError:
             raise Rejected from None
 
-    async def close() -> None:
-        """Its events task ends with the loop."""
-
-    return AsyncGuard(call, close)
+    return AsyncGuard(call, cb.aclose)
 
 
 # -- pybreaker ------------------------------------------------------------------------------

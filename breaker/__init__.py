@@ -8,59 +8,74 @@
 from __future__ import annotations
 
 from ._breaker import CircuitBreaker
+from ._budget import RetryBudget
+from ._clock import Clock
 from ._config import BreakerConfig, BreakerSettings
 from ._exceptions import (
     BackendUnavailableError,
     BreakerError,
     CircuitOpenError,
     ConfigurationError,
+    PermitSettledError,
 )
-from ._keys import BreakerKeys, escape_name, events_channel
+from ._keys import BreakerKeys, escape_name, events_channel, unescape_name
+from ._models import BreakerSnapshot, BudgetVerdict, OutcomeEvent, TransitionEvent
+from ._operator import BreakerOperator
+from ._permit import AsyncPermit, Permit
 from ._policy import (
     IDEMPOTENT_METHODS,
     RETRY_EXCEPTIONS,
     RETRY_STATUSES,
     Attempt,
-    RetryBudget,
     RetryDetails,
     RetryHook,
-    RetryPolicy,
     parse_retry_after,
 )
-from ._protocol import STATES, BreakerSnapshot, BudgetVerdict, TransitionEvent
-from ._retrying import ATTEMPTS_EXTENSION, Retrier, attempts_of, current_attempt
+from ._retrying import ATTEMPTS_EXTENSION, Retrier, RetryPolicy, attempts_of, current_attempt
 from ._transport import (
+    HTTP_RETRY_EXCEPTIONS,
     RETRY_EXTENSION,
     ResilientTransport,
     SyncResilientTransport,
     is_server_error,
     origin_of,
 )
+from ._types import STATES, CallOutcome, Outcome, State
 
 __all__ = [
     "ATTEMPTS_EXTENSION",
+    "HTTP_RETRY_EXCEPTIONS",
     "IDEMPOTENT_METHODS",
     "RETRY_EXCEPTIONS",
     "RETRY_EXTENSION",
     "RETRY_STATUSES",
     "STATES",
+    "AsyncPermit",
     "Attempt",
     "BackendUnavailableError",
     "BreakerConfig",
     "BreakerError",
     "BreakerKeys",
+    "BreakerOperator",
     "BreakerSettings",
     "BreakerSnapshot",
     "BudgetVerdict",
+    "CallOutcome",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Clock",
     "ConfigurationError",
+    "Outcome",
+    "OutcomeEvent",
+    "Permit",
+    "PermitSettledError",
     "ResilientTransport",
     "Retrier",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "State",
     "SyncResilientTransport",
     "TransitionEvent",
     "attempts_of",
@@ -70,4 +85,5 @@ __all__ = [
     "is_server_error",
     "origin_of",
     "parse_retry_after",
+    "unescape_name",
 ]

@@ -1,9 +1,12 @@
-"""The I/O layer: run a breaker script on Redis, or on the embedded backend.
+"""The shared lane's I/O: run a breaker script on Redis, or on the embedded backend.
 
 Everything redis-py can raise is mapped here, once, to ``BackendUnavailableError``.
 A backend that failed is left alone for a backoff that grows with each consecutive
 failure (with jitter), so a dead Redis costs the callers nothing while it is down
 and is probed by one call at a time when the backoff ends.
+
+A ``Backend`` is shared by every breaker on the same client and timeout, and closed
+when the last of them closes: its pools, and its event hubs' threads and tasks.
 """
 
 from __future__ import annotations
@@ -13,10 +16,8 @@ import contextlib
 import logging
 import random
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import fakeredis
 import redis
@@ -26,43 +27,104 @@ from redis.maint_notifications import MaintNotificationsConfig
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError
 from ._scripts import Scripts
+from ._types import BackendKind, ScriptName
 
 logger = logging.getLogger("breaker")
 
-BackendKind = Literal["redis", "embedded", "fallback"]
-
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
-# Keys redis-py's pool adds to the connection settings for itself; a copied pool
-# must not inherit them (they are rebuilt from the remaining settings).
-_POOL_OWNED = (
-    "retry",
-    "retry_on_error",
-    "maint_notifications_pool_handler",
-    "himport_registry",
-    "orig_host_address",
-    "orig_socket_timeout",
-    "orig_socket_connect_timeout",
+
+#: What a pool's settings say of where and how to connect: copied to the breaker's own
+#: pool, so that it reaches the same server as the caller's client, the same way.
+CONNECTION_SETTINGS = frozenset(
+    {
+        "host",
+        "port",
+        "path",
+        "db",
+        "username",
+        "password",
+        "credential_provider",
+        "client_name",
+        "driver_info",
+        "protocol",
+        "legacy_responses",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_read_size",
+        "health_check_interval",
+        "redis_connect_func",
+    }
+    | {
+        f"ssl_{name}"
+        for name in (
+            "keyfile",
+            "certfile",
+            "cert_reqs",
+            "include_verify_flags",
+            "exclude_verify_flags",
+            "ca_certs",
+            "ca_data",
+            "ca_path",
+            "check_hostname",
+            "min_version",
+            "ciphers",
+            "password",
+            "validate_ocsp",
+            "validate_ocsp_stapled",
+            "ocsp_context",
+            "ocsp_expected_cert",
+        )
+    }
+)
+#: What the breaker sets for itself: bounded timeouts, no retries (a retried script
+#: whose reply was lost would run twice), no maintenance notifications (see below).
+SET_BY_BREAKER = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "retry",
+        "retry_on_error",
+        "maint_notifications_config",
+    }
+)
+#: What redis-py's pools add to the settings for themselves; never copied.
+POOL_OWNED = frozenset(
+    {
+        "connection_pool",
+        "himport_registry",
+        "maint_notifications_pool_handler",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
+    }
 )
 
 
 def derive_client(client: Any, timeout: float | None) -> Any:
     """A client on the same server as ``client``, with bounded timeouts and no retries.
 
-    The caller's client is left untouched: the breaker gets its own small pool, so a
+    A pool this cannot copy (a custom pool class) is used as it is, with a warning:
+    its own timeouts and retries then apply, and asyncio calls are still cut off at
+    ``timeout``. The caller's client is left untouched: the breaker gets its own small pool, so a
     hung Redis costs each call at most ``timeout``, instead of redis-py's default of
-    10 retries of a 5 s socket timeout. A pool this cannot copy (a custom pool class)
-    is used as it is, with a warning: its own timeouts and retries then apply, and
-    asyncio calls are still cut off at ``timeout``.
+    retries of a 5 s socket timeout. Only the settings in ``CONNECTION_SETTINGS`` are
+    copied (tests hold every setting the installed redis-py puts in a pool to one of
+    the three lists, so that an upgrade that adds one fails there, loudly).
+
+    Maintenance notifications stay off: with them on (redis-py 8's default under
+    RESP3), the pool skips its check for connections the server closed, and after a
+    Redis restart each stale pooled connection would fail one command
+    (redis/redis-py#4128). Off, the pool replaces such a connection before sending.
     """
     pool = client.connection_pool
-    settings = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_OWNED}
+    settings = {k: v for k, v in pool.connection_kwargs.items() if k in CONNECTION_SETTINGS}
     settings["socket_timeout"] = timeout
-    settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
-    # redis-py skips its check for connections the server closed (a restarted
-    # Redis) while maintenance notifications are on, which they are by default
-    # under RESP3 (redis/redis-py#4128): each stale pooled connection then fails
-    # one command. Off, the pool replaces such a connection before anything is sent.
+    if "path" not in settings:
+        settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
     settings["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     # A Sentinel pool finds its master through the sentinels: keep them.
     sentinel = (
@@ -85,11 +147,11 @@ class BackendHealth:
 
     After the n-th consecutive failure the backend is left alone for a random time in
     [b/2, b], b = min(5 s, 0.1 s * 2^(n-1)): a dead Redis is probed a few times a
-    second at first, then every few seconds, and never by every caller at once.
+    second at first, then every few seconds, and never by every caller at once. Time
+    is the callers' (``now``, the breaker's clock), so a test moves it.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failures = 0
         self._down_until = 0.0
@@ -103,18 +165,18 @@ class BackendHealth:
             if listener not in self._listeners:
                 self._listeners.append(listener)
 
-    def is_down(self) -> bool:
-        return self.clock() < self._down_until
+    def is_down(self, now: float) -> bool:
+        return now < self._down_until
 
     def is_suspect(self) -> bool:
         """The last command failed: the next call must find out from Redis itself."""
         return self._failures > 0
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, now: float) -> None:
         with self._lock:
             self._failures += 1
             ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
-            self._down_until = self.clock() + random.uniform(ceiling / 2, ceiling)
+            self._down_until = now + random.uniform(ceiling / 2, ceiling)
             self.last_error = error
             listeners = list(self._listeners)
         for listener in listeners:
@@ -135,7 +197,8 @@ class Backend:
     """Scripts bound to one client, with the health of that client.
 
     ``serves_sync`` and ``serves_async`` say which calling styles it serves: a redis-py
-    client serves one, the embedded backend (in memory) serves both.
+    client serves one, the embedded backend (in memory) serves both; asyncio callers
+    run it on the loop's executor, off the event loop.
     """
 
     def __init__(
@@ -150,91 +213,141 @@ class Backend:
         self.scripts = Scripts.register(client)
         self.health = BackendHealth()
         # The client the event hubs follow the channel with; None when no other
-        # process can publish (the in-process backends).
+        # process can publish (the embedded backend).
         self._subscribe_client = subscribe
         self._hubs: dict[str, EventHub] = {}
-        self._hubs_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._users = 0
 
     def hub(self, channel: str) -> EventHub:
         """The one event hub of ``channel`` on this backend."""
-        with self._hubs_lock:
+        with self._lock:
             if channel not in self._hubs:
-                hub = EventHub(self._subscribe_client, channel)
-                # The hub's thread outlives nothing: it stops with this backend.
-                weakref.finalize(self, hub.stop)
-                self._hubs[channel] = hub
+                self._hubs[channel] = EventHub(self._subscribe_client, channel)
             return self._hubs[channel]
 
+    # -- the breakers that use it ----------------------------------------------------
+
+    def join(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def leave(self) -> bool:
+        """One user fewer; True when it was the last, and the backend must close."""
+        with self._lock:
+            self._users -= 1
+            return self._users == 0
+
+    def close(self) -> None:
+        """Stop the hubs' threads, the off-loop thread, and close the pools (sync)."""
+        for hub in self._take_hubs():
+            hub.stop()
+        if self.kind == "redis" and not self.is_async:
+            for client in (self.client, self._subscribe_client):
+                client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """``close`` for asyncio clients: their tasks and pools are awaited."""
+        for hub in self._take_hubs():
+            await hub.astop()
+        if self.kind == "redis" and self.is_async:
+            for client in (self.client, self._subscribe_client):
+                await client.connection_pool.disconnect()
+        elif self.kind == "redis":
+            self.close()
+
+    def _take_hubs(self) -> list[EventHub]:
+        with self._lock:
+            hubs, self._hubs = list(self._hubs.values()), {}
+        return hubs
+
+    # -- running scripts -------------------------------------------------------------
+
     @contextlib.contextmanager
-    def _mapped(self, name: str) -> Iterator[None]:
-        if self.health.is_down():
+    def _mapped(self, name: str, now: float) -> Iterator[None]:
+        if self.health.is_down(now):
             raise BackendUnavailableError(name, f"backing off: {self.health.last_error}")
         try:
             yield
         except (TimeoutError, redis.RedisError, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self.health.failed(reason)
+            self.health.failed(reason, now)
             raise BackendUnavailableError(name, reason) from exc
         self.health.succeeded()
 
-    def run(self, name: str, script: str, keys: list[str], args: list[Any]) -> list[Any]:
-        with self._mapped(name):
-            reply: list[Any] = getattr(self.scripts, script)(keys=keys, args=args)
+    def run(
+        self, name: str, script: ScriptName, keys: list[str], args: list[Any], now: float
+    ) -> list[Any]:
+        """Run ``script``; ``now`` is the caller's clock (for the backoff)."""
+        with self._mapped(name, now):
+            reply: list[Any] = self.scripts.get(script)(keys=keys, args=args)
             return reply
 
-    async def arun(self, name: str, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+    async def arun(
+        self, name: str, script: ScriptName, keys: list[str], args: list[Any], now: float
+    ) -> list[Any]:
         if not self.is_async:
-            return self.run(name, script, keys, args)
-        with self._mapped(name):
+            # The embedded backend: fakeredis runs the script in Python and Lua, about
+            # half a millisecond each time; on the loop's executor, off the loop.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, self.run, name, script, keys, args, now)
+        with self._mapped(name, now):
             async with asyncio.timeout(self.timeout):
-                reply: list[Any] = await getattr(self.scripts, script)(keys=keys, args=args)
+                reply: list[Any] = await self.scripts.get(script)(keys=keys, args=args)
                 return reply
 
 
-def _embedded() -> Backend:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    return Backend(client, "embedded", timeout=None)
-
-
 _EMBEDDED: Backend | None = None
-_FALLBACK: Backend | None = None
-_REDIS: weakref.WeakKeyDictionary[Any, dict[float, Backend]] = weakref.WeakKeyDictionary()
+_REDIS: dict[tuple[int, float], tuple[Any, Backend]] = {}
 _LOCK = threading.Lock()
 
 
 def embedded_backend() -> Backend:
-    """The process-wide embedded backend: fakeredis running the same Lua scripts."""
+    """The process-wide embedded backend: fakeredis running the same Lua scripts.
+    Its data lives as long as the process, whichever breakers come and go."""
     global _EMBEDDED
     with _LOCK:
         if _EMBEDDED is None:
-            _EMBEDDED = _embedded()
+            client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+            _EMBEDDED = Backend(client, "embedded", timeout=None)
         return _EMBEDDED
 
 
-def fallback_backend() -> Backend:
-    """The process-wide fallback for Redis-backed breakers while Redis is unreachable."""
-    global _FALLBACK
-    with _LOCK:
-        if _FALLBACK is None:
-            _FALLBACK = _embedded()
-            _FALLBACK.kind = "fallback"
-        return _FALLBACK
-
-
-def redis_backend(client: Any, timeout: float) -> Backend:
-    """The backend for a caller's redis-py client: one per client and timeout, shared."""
+def open_backend(client: Any, timeout: float) -> Backend:
+    """The backend for a breaker on ``client`` (None: the embedded one), counted as
+    one more user: redis-py clients get one per client and timeout, shared by the
+    breakers on it until the last of them closes (``release``)."""
+    if client is None:
+        backend = embedded_backend()
+        backend.join()
+        return backend
     if not isinstance(client, redis.Redis | redis.asyncio.Redis):
         raise TypeError(
             "redis must be a redis.Redis or redis.asyncio.Redis client, "
             f"not {type(client).__name__}"
         )
     with _LOCK:
-        per_timeout = _REDIS.setdefault(client, {})
-        if timeout not in per_timeout:
-            per_timeout[timeout] = Backend(
+        key = (id(client), timeout)
+        found = _REDIS.get(key)
+        if found is None or found[0] is not client:
+            backend = Backend(
                 derive_client(client, timeout),
                 "redis",
                 timeout=timeout,
                 subscribe=derive_client(client, None),
             )
-        return per_timeout[timeout]
+            found = _REDIS[key] = (client, backend)
+        found[1].join()
+        return found[1]
+
+
+def release(backend: Backend) -> bool:
+    """A breaker is done with ``backend``; True when it was the last, and the caller
+    must close it (``close`` or ``aclose``)."""
+    with _LOCK:
+        if not backend.leave():
+            return False
+        for key, (_, held) in list(_REDIS.items()):
+            if held is backend:
+                del _REDIS[key]
+        return True

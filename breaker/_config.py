@@ -7,15 +7,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from ._exceptions import ConfigurationError
 from ._keys import check_prefix
+from ._types import BackendErrorPolicy, Outcome
 
-if TYPE_CHECKING:
-    from ._protocol import Outcome
-
-BackendErrorPolicy = Literal["fail_open", "fail_closed"]
 Seconds = float | timedelta
 
 # The window is summed in one script on every recorded call: keep it O(small).
@@ -133,17 +130,19 @@ class BreakerConfig:
 
     def classify(self, error: BaseException | None, result: object = None) -> Outcome:
         """How a call that raised ``error`` (or returned ``result``) counts: success,
-        failure, or release (counts as nothing), by these settings.
+        failure, or ignored (counts as nothing), by these settings. The one place that
+        judges an outcome: every guard, the transports and the gateway's metrics take
+        its verdict.
 
         >>> BreakerConfig(record_exceptions=(OSError,)).classify(ValueError())
-        'release'
+        'ignored'
         """
         if error is not None:
             if isinstance(error, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                return "release"
+                return "ignored"
             if isinstance(error, self.ignore_exceptions):
-                return "release"
-            return "failure" if isinstance(error, self.record_exceptions) else "release"
+                return "ignored"
+            return "failure" if isinstance(error, self.record_exceptions) else "ignored"
         if self.failure_predicate is not None and self.failure_predicate(result):
             return "failure"
         return "success"

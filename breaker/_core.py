@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._exceptions import CircuitOpenError
-from ._protocol import Reply, State, TransitionEvent
+from ._models import TransitionEvent
+from ._types import State
+from ._wire import Reply
 
 _REMEMBERED_EVENTS = 256
 

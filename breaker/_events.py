@@ -14,6 +14,7 @@ follow: their hub only relays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import weakref
@@ -22,12 +23,13 @@ from typing import Any
 
 import redis
 
-from ._protocol import TransitionEvent
+from ._models import TransitionEvent
 
 logger = logging.getLogger("breaker")
 
 Receiver = Callable[[TransitionEvent], None]
-_POLL = 0.5
+# How often a follower looks up from the channel to see whether it must stop.
+_POLL = 0.1
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 
@@ -137,6 +139,20 @@ class EventHub:
                 await pubsub.aclose()
 
     def stop(self) -> None:
+        """Stop following: the thread ends within a poll (and is waited for); a task
+        is cancelled (``astop`` also waits for it)."""
         self._stopped.set()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    async def astop(self) -> None:
+        """``stop``, waiting for the task to end when it runs in this loop."""
+        task = self._task
+        self.stop()
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -6,7 +6,8 @@ Every exception the library raises on purpose derives from ``BreakerError``; a r
     BreakerError
     ├── CircuitOpenError          the breaker rejected the call; nothing was called
     ├── BackendUnavailableError   Redis could not be reached and the policy is fail_closed
-    └── ConfigurationError        an invalid setting (also a ValueError), raised at construction
+    ├── ConfigurationError        an invalid setting (also a ValueError), raised at construction
+    └── PermitSettledError        a permit was settled twice (also a RuntimeError)
 """
 
 from __future__ import annotations
@@ -47,3 +48,11 @@ class ConfigurationError(BreakerError, ValueError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+class PermitSettledError(BreakerError, RuntimeError):
+    """A permit counts one call, once: it was settled already."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"this permit of breaker {name!r} was settled already")
+        self.name = name

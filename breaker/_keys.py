@@ -10,7 +10,10 @@ key                                 type    content
                                             (bumped by every transition), ``created_at``
                                             (epoch ms the hash was made; with
                                             ``generation`` it orders versions across a
-                                            lost hash), ``reopens``, ``trial_successes``
+                                            lost hash), ``reopens``, ``trial_successes``;
+                                            the settings operators act with:
+                                            ``key_ttl``, ``window_bucket`` (ms),
+                                            ``buckets``
 ``<prefix>:{<name>}:window``        hash    ``<bucket>:c`` calls, ``<bucket>:f`` failures,
                                             ``<bucket>:s`` slow calls, ``<bucket>:r``
                                             retries granted (``:t`` of them on a floor
@@ -32,6 +35,7 @@ become ``%XX`` (UTF-8 bytes); everything else, URLs included, stays readable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from ._exceptions import ConfigurationError
 
@@ -58,6 +62,38 @@ def escape_name(name: str) -> str:
         else:
             parts.append(char)
     return "".join(parts)
+
+
+def unescape_name(escaped: str) -> str:
+    """The name that ``escape_name`` turned into ``escaped`` (its inverse).
+
+    >>> unescape_name(escape_name("a}b{c%"))
+    'a}b{c%'
+    """
+    return unquote(escaped, errors="strict")
+
+
+def name_of_state_key(prefix: str, key: str | bytes) -> str | None:
+    """The breaker name of a state hash key ``<prefix>:{<name>}`` (as SCAN finds it),
+    or None for any other key (a window, leases, another prefix).
+
+    >>> name_of_state_key("breaker", b"breaker:{api%7D}")
+    'api}'
+    >>> name_of_state_key("breaker", "breaker:{api}:window") is None
+    True
+    """
+    text = key.decode() if isinstance(key, bytes) else key
+    start = f"{prefix}:{{"
+    if not (text.startswith(start) and text.endswith("}")):
+        return None
+    inner = text[len(start) : -1]
+    return None if "{" in inner or "}" in inner else unescape_name(inner)
+
+
+def state_key_pattern(prefix: str) -> str:
+    """The SCAN pattern that finds every state hash (and a few more keys, which
+    ``name_of_state_key`` tells apart)."""
+    return f"{prefix}:{{*}}"
 
 
 def check_prefix(prefix: str) -> None:

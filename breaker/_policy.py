@@ -1,7 +1,10 @@
-"""Retry policy: what is retried, when, and how long to wait. Values and pure decisions.
+"""Retry rules: what is retried, when, and how long to wait. Values and pure decisions.
 
 Nothing here does I/O or reads a clock: the runner (``_retrying``) passes time in, so
-every decision is tested as a plain function.
+every decision is tested as a plain function. Nothing here knows an HTTP library
+either: a status is any result's ``status_code``, a ``Retry-After`` its
+``headers``; the httpx transports add httpx's own network errors
+(``HTTP_RETRY_EXCEPTIONS``).
 
 The defaults follow the references the project set out to beat:
 
@@ -22,34 +25,22 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import math
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, Self
 
-import httpx
-
+from ._budget import RetryBudget
 from ._config import check_seconds
 from ._exceptions import BreakerError, ConfigurationError
-
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-    from ._clock import Clock
-    from ._retrying import Retrier
 
 #: RFC 9110 section 9.2.2: a repeat of these has the same effect as one request.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Transient answers: rate limited, bad gateway, unavailable, gateway timeout.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Failures of the network, not of the request: safe to try again.
-RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-)
+#: Failures of the network, not of the request: safe to try again. The transports
+#: count httpx's own network errors among them (``HTTP_RETRY_EXCEPTIONS``).
+RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 #: Bugs: retrying them only repeats the bug, whatever ``retry_exceptions`` says.
 NEVER_RETRIED: tuple[type[BaseException], ...] = (
     AssertionError,
@@ -63,38 +54,8 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
 )
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
-P = ParamSpec("P")
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 StopReason = Literal["attempts", "deadline", "budget"]
 Seconds = float | datetime.timedelta
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryBudget:
-    """A cap on retries shared by the whole fleet, kept in the breaker's window.
-
-    Retries may add ``ratio`` of the first attempts that every process made through
-    the breaker in its window, plus a floor so that a quiet service can still retry:
-    a token bucket refilled at ``min_retries_per_second`` that holds a tenth of a
-    second of it (at least one token). N first attempts that fail within ``d``
-    seconds get at most ``ratio * N + max(1, rate / 10) + rate * d`` retries: the
-    floor adds ``min_retries_per_second``, never a whole window's worth at once.
-    """
-
-    ratio: float = 0.2
-    min_retries_per_second: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("ratio", "min_retries_per_second"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ConfigurationError(name, f"must be a number >= 0, got {value!r}")
 
 
 _DEFAULT_BUDGET = RetryBudget()
@@ -129,11 +90,12 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True, init=False)
-class RetryPolicy:
-    """How an operation is retried. Durations are seconds or ``timedelta``.
+class RetryRules:
+    """How an operation is retried, as values and pure decisions; ``RetryPolicy``
+    adds the ways to run it. Durations are seconds or ``timedelta``.
 
-    >>> policy = RetryPolicy(attempts=4, deadline=10.0)
-    >>> policy.backoff_ceiling(3)
+    >>> rules = RetryRules(attempts=4, deadline=10.0)
+    >>> rules.backoff_ceiling(3)
     0.4
     """
 
@@ -202,43 +164,11 @@ class RetryPolicy:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
-    def bind(self, breaker: CircuitBreaker | None, *, clock: Clock | None = None) -> Retrier:
-        """This policy applied through ``breaker`` (every attempt counted fleet-wide,
-        an open breaker stops at once, retries within the fleet's budget).
-
-        >>> from breaker import CircuitBreaker
-        >>> @RetryPolicy(attempts=3).bind(CircuitBreaker("bind-doc"))
-        ... def fetch() -> str:
-        ...     return "ok"
-        >>> fetch()
-        'ok'
-        """
-        # The runner needs the breaker; the policy stays a plain value without it.
-        from ._retrying import Retrier
-
-        return Retrier(self, breaker, clock=clock)
-
-    @overload
-    def call(
-        self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, T]: ...
-
-    @overload
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
-
-    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` under this policy, with no breaker and no budget."""
-        return self.bind(None).call(fn, *args, **kwargs)
-
-    def __call__(self, fn: F) -> F:
-        """Use the policy as a decorator (no breaker, no budget): ``@RetryPolicy()``."""
-        return self.bind(None)(fn)
-
-    def replace(self, **changes: Any) -> RetryPolicy:
+    def replace(self, **changes: Any) -> Self:
         """A copy with some settings changed (validated again)."""
         values = {item.name: getattr(self, item.name) for item in fields(self)}
         values.update(changes)
-        return RetryPolicy(**values)
+        return type(self)(**values)
 
     # -- pure decisions -------------------------------------------------------------
 
@@ -261,8 +191,9 @@ class RetryPolicy:
         if isinstance(outcome, BaseException):
             if isinstance(outcome, NEVER_RETRIED) or not isinstance(outcome, Exception):
                 return False
-            if isinstance(outcome, httpx.HTTPStatusError):
-                return outcome.response.status_code in self.retry_statuses
+            status = _status_of(getattr(outcome, "response", None))  # httpx.HTTPStatusError
+            if status is not None:
+                return status in self.retry_statuses
             return isinstance(outcome, self.retry_exceptions)
         return _status_of(outcome) in self.retry_statuses
 
@@ -312,9 +243,19 @@ def parse_retry_after(value: str, now_epoch: float) -> float | None:
     return seconds if seconds > 0 else None
 
 
+def _carrier(outcome: Any) -> Any:
+    """What answers for an outcome: a response, or the response an error carries
+    (``httpx.HTTPStatusError``, ``requests.HTTPError``)."""
+    if isinstance(outcome, BaseException):
+        response = getattr(outcome, "response", None)
+        if _status_of(response) is not None:
+            return response
+    return outcome
+
+
 def retry_after_of(outcome: Any, now_epoch: float) -> float | None:
-    """The ``Retry-After`` of a response, or of an ``HTTPStatusError``'s response."""
-    response = outcome.response if isinstance(outcome, httpx.HTTPStatusError) else outcome
+    """The ``Retry-After`` of a response, or of the response an error carries."""
+    response = _carrier(outcome)
     headers = getattr(response, "headers", None)
     if _status_of(response) is None or headers is None:
         return None
@@ -328,7 +269,7 @@ def request_of(outcome: Any) -> tuple[str | None, Mapping[str, str] | None]:
     httpx responses and request errors carry their request; a plain function's
     results and exceptions do not (their method is None).
     """
-    carrier = outcome.response if isinstance(outcome, httpx.HTTPStatusError) else outcome
+    carrier = _carrier(outcome)
     try:
         request = getattr(carrier, "request", None)
     except RuntimeError:  # httpx: ".request property has not been set"

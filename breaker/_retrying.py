@@ -1,8 +1,8 @@
 """The retry runner: the decisions of one operation, written once, driven sync or async.
 
 ``_operation`` is a generator that yields what it needs done (an attempt, a budget
-request, a wait) and receives the result; ``Retrier._drive`` does it with blocking
-calls and ``Retrier._adrive`` with awaits. Each attempt goes through the breaker, so
+request, a wait) and receives the result; ``Retrier.run`` does it with blocking calls
+and ``Retrier.arun`` with awaits. Each attempt takes a permit of the breaker, so
 every attempt is counted fleet-wide, and an open breaker ends the operation at once.
 
 What comes back is the last real outcome: the exception is re-raised as it was, the
@@ -17,21 +17,25 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
 from ._decorating import decorate
 from ._exceptions import CircuitOpenError
-from ._policy import Attempt, RetryDetails, RetryPolicy, StopReason, request_of
-
-if TYPE_CHECKING:
-    from ._breaker import AsyncHold, CircuitBreaker, Hold
+from ._permit import AsyncPermit, Permit
+from ._policy import Attempt, RetryDetails, RetryRules, StopReason, request_of
 
 logger = logging.getLogger("breaker.retry")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+#: Takes a result that counts as a success and the permit of its attempt, which it
+#: settles later (a response whose body is still to come); returns what the caller
+#: gets instead.
+Hold = Callable[[Any, Permit], Any]
+AsyncHold = Callable[[Any, AsyncPermit], Any]
 
 #: Where a response carries the number of attempts made for it.
 ATTEMPTS_EXTENSION = "fleetbreaker.attempts"
@@ -106,7 +110,7 @@ _Steps = Generator[_Step, Any, tuple[_Outcome, int]]
 
 
 def _operation(
-    policy: RetryPolicy,
+    policy: RetryRules,
     name: str,
     clock: Clock,
     *,
@@ -154,7 +158,7 @@ def _operation(
             yield _Wait(delay)
 
 
-def _timeout(policy: RetryPolicy, clock: Clock, deadline_at: float | None) -> float | None:
+def _timeout(policy: RetryRules, clock: Clock, deadline_at: float | None) -> float | None:
     """What one attempt may take: the per-try timeout, within what is left of the deadline."""
     limits = [policy.per_try_timeout] if policy.per_try_timeout is not None else []
     if deadline_at is not None:
@@ -168,7 +172,7 @@ def _rejected_here(error: Exception | None, name: str) -> bool:
     return isinstance(error, CircuitOpenError) and error.name == name
 
 
-def _tell(policy: RetryPolicy, details: RetryDetails) -> None:
+def _tell(policy: RetryRules, details: RetryDetails) -> None:
     if details.stopped_by is None:
         logger.debug(
             "%s: attempt %d failed (%s); retrying in %.3fs",
@@ -219,24 +223,65 @@ def _deliver(outcome: _Outcome, attempts: int) -> Any:
     return outcome.value
 
 
-# -- the drivers ---------------------------------------------------------------------
+# -- the policy, and its runner ------------------------------------------------------
+
+
+class RetryPolicy(RetryRules):
+    """How an operation is retried (``RetryRules``' settings and decisions), and the
+    ways to run it: through a breaker (``bind``), or alone (``call``, decorator).
+
+    >>> policy = RetryPolicy(attempts=4, deadline=10.0)
+    >>> policy.backoff_ceiling(3)
+    0.4
+    """
+
+    __slots__ = ()
+
+    def bind(self, breaker: CircuitBreaker | None, *, clock: Clock | None = None) -> Retrier:
+        """This policy applied through ``breaker`` (every attempt counted fleet-wide,
+        an open breaker stops at once, retries within the fleet's budget).
+
+        >>> from breaker import CircuitBreaker
+        >>> @RetryPolicy(attempts=3).bind(CircuitBreaker("bind-doc"))
+        ... def fetch() -> str:
+        ...     return "ok"
+        >>> fetch()
+        'ok'
+        """
+        return Retrier(self, breaker, clock=clock)
+
+    @overload
+    def call(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` under this policy, with no breaker and no budget."""
+        return Retrier(self).call(fn, *args, **kwargs)
+
+    def __call__(self, fn: F) -> F:
+        """Use the policy as a decorator (no breaker, no budget): ``@RetryPolicy()``."""
+        return Retrier(self)(fn)
 
 
 class Retrier:
-    """A ``RetryPolicy`` bound to a breaker (or to none) and a clock: runs operations.
+    """A retry policy bound to a breaker (or to none) and a clock: runs operations.
 
     >>> from breaker import RetryPolicy
-    >>> retrier = RetryPolicy(attempts=2).bind(None)
+    >>> retrier = Retrier(RetryPolicy(attempts=2))
     >>> retrier.call(lambda: "ok")
     'ok'
 
-    With a breaker, every attempt goes through it, an open breaker ends the operation
+    With a breaker, every attempt takes a permit, an open breaker ends the operation
     at once with ``CircuitOpenError``, and each retry asks the fleet's budget first.
     """
 
     def __init__(
         self,
-        policy: RetryPolicy,
+        policy: RetryRules,
         breaker: CircuitBreaker | None = None,
         *,
         clock: Clock | None = None,
@@ -259,8 +304,8 @@ class Retrier:
         """Run ``fn(*args, **kwargs)`` under the policy; await it if ``fn`` is async."""
         label = getattr(fn, "__qualname__", None) or repr(fn)
         if inspect.iscoroutinefunction(fn):
-            return self._adrive(lambda attempt: fn(*args, **kwargs), repeatable=None, label=label)
-        return self._drive(lambda attempt: fn(*args, **kwargs), repeatable=None, label=label)
+            return self.arun(lambda attempt: fn(*args, **kwargs), label=label)
+        return self.run(lambda attempt: fn(*args, **kwargs), label=label)
 
     def __call__(self, fn: F) -> F:
         """Use the retrier as a decorator, on a sync or an async function."""
@@ -278,15 +323,21 @@ class Retrier:
             repeatable=repeatable,
         )
 
-    def _drive(
+    def run(
         self,
         attempt_fn: Callable[[Attempt], T],
         *,
-        repeatable: bool | None,
+        repeatable: bool | None = None,
         label: str = "request",
         hold: Hold | None = None,
     ) -> T:
-        """``hold``: see ``CircuitBreaker._call_settled_later``."""
+        """Run the attempts of one operation, each ``attempt_fn(attempt)``.
+
+        ``repeatable``: whether the operation may be sent again at all (a transport
+        knows), or None to judge by the request an outcome carries. ``hold``: a
+        result that counts as a success is handed to ``hold`` with its attempt's
+        permit, to be settled later (a response judged when its body ends).
+        """
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
@@ -296,7 +347,8 @@ class Retrier:
             elif isinstance(step, _Check):
                 reply = self._rejection()
             elif isinstance(step, _Spend):
-                reply = self._spend()
+                breaker, budget = self.breaker, self.policy.budget
+                reply = breaker is None or budget is None or breaker.spend_retry(budget).granted
             elif isinstance(step, _Discard):
                 close = getattr(step.value, "close", None)
                 if callable(close):
@@ -308,15 +360,17 @@ class Retrier:
             except StopIteration as done:
                 return cast(T, _deliver(*done.value))
 
-    async def _adrive(
+    async def arun(
         self,
         attempt_fn: Callable[[Attempt], Awaitable[T]],
         *,
-        repeatable: bool | None,
+        repeatable: bool | None = None,
         label: str = "request",
         enforce_timeout: bool = True,
         hold: AsyncHold | None = None,
     ) -> T:
+        """``run``, awaited. With ``enforce_timeout`` each attempt is cut off at its
+        timeout (a transport that bounds its own I/O turns it off)."""
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
@@ -326,7 +380,12 @@ class Retrier:
             elif isinstance(step, _Check):
                 reply = self._rejection()
             elif isinstance(step, _Spend):
-                reply = await self._aspend()
+                breaker, budget = self.breaker, self.policy.budget
+                reply = (
+                    breaker is None
+                    or budget is None
+                    or (await breaker.aspend_retry(budget)).granted
+                )
             elif isinstance(step, _Discard):
                 await _aclose(step.value)
             else:
@@ -343,10 +402,16 @@ class Retrier:
         try:
             if self.breaker is None:
                 return _Outcome(attempt_fn(attempt), None)
-            if hold is not None:
-                held = self.breaker._call_settled_later(lambda: attempt_fn(attempt), hold)
-                return _Outcome(held, None)
-            return _Outcome(self.breaker.call(attempt_fn, attempt), None)
+            permit = self.breaker.acquire()
+            try:
+                result = attempt_fn(attempt)
+            except BaseException as exc:
+                permit.settle(exc)
+                raise
+            if hold is not None and self.breaker.config.classify(None, result) == "success":
+                return _Outcome(hold(result, permit), None)
+            permit.settle(result=result)
+            return _Outcome(result, None)
         except Exception as exc:
             return _Outcome(None, exc)
         finally:
@@ -359,35 +424,36 @@ class Retrier:
         enforce_timeout: bool,
         hold: AsyncHold | None,
     ) -> _Outcome:
-        async def bounded(attempt: Attempt) -> Any:
-            if enforce_timeout and attempt.timeout is not None:
-                async with asyncio.timeout(attempt.timeout):
-                    return await attempt_fn(attempt)
-            return await attempt_fn(attempt)
-
         token = _ATTEMPT.set(attempt)
         try:
             if self.breaker is None:
-                return _Outcome(await bounded(attempt), None)
-            if hold is not None:
-                held = await self.breaker._acall_settled_later(lambda: bounded(attempt), hold)
-                return _Outcome(held, None)
-            return _Outcome(await self.breaker.call(bounded, attempt), None)
+                return _Outcome(await _bounded(attempt_fn, attempt, enforce_timeout), None)
+            permit = await self.breaker.aacquire()
+            try:
+                result = await _bounded(attempt_fn, attempt, enforce_timeout)
+            except BaseException as exc:
+                await permit.settle(exc)
+                raise
+            if hold is not None and self.breaker.config.classify(None, result) == "success":
+                return _Outcome(hold(result, permit), None)
+            await permit.settle(result=result)
+            return _Outcome(result, None)
         except Exception as exc:
             return _Outcome(None, exc)
         finally:
             _ATTEMPT.reset(token)
 
     def _rejection(self) -> CircuitOpenError | None:
-        return self.breaker._rejection_now() if self.breaker is not None else None
+        return self.breaker.would_reject() if self.breaker is not None else None
 
-    def _spend(self) -> bool:
-        breaker, budget = self.breaker, self.policy.budget
-        return breaker is None or budget is None or breaker.spend_retry(budget).granted
 
-    async def _aspend(self) -> bool:
-        breaker, budget = self.breaker, self.policy.budget
-        return breaker is None or budget is None or (await breaker.aspend_retry(budget)).granted
+async def _bounded(
+    attempt_fn: Callable[[Attempt], Awaitable[Any]], attempt: Attempt, enforce: bool
+) -> Any:
+    if enforce and attempt.timeout is not None:
+        async with asyncio.timeout(attempt.timeout):
+            return await attempt_fn(attempt)
+    return await attempt_fn(attempt)
 
 
 async def _aclose(value: Any) -> None:

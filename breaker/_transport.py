@@ -28,7 +28,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -36,12 +36,19 @@ import httpx
 from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
-from ._policy import Attempt, RetryPolicy
-from ._protocol import Outcome
-from ._retrying import Retrier
+from ._permit import AsyncPermit, Permit
+from ._policy import Attempt, RetryRules
+from ._retrying import Retrier, RetryPolicy
 
 #: A request extension: True retries the request whatever its method, False never.
 RETRY_EXTENSION = "fleetbreaker.retry"
+#: httpx's own network errors, retried where the policy retries ``TimeoutError``
+#: (``httpx.TimeoutException``) or ``ConnectionError`` (the others).
+HTTP_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -58,22 +65,35 @@ def is_server_error(result: Any) -> bool:
     return isinstance(result, httpx.Response) and result.status_code >= 500
 
 
-class _Routing:
-    """What both twins share: the retry policy, and one breaker per name, made on
-    first use (names should be few: origins, or upstreams)."""
+def http_rules(policy: RetryRules) -> RetryRules:
+    """``policy`` with httpx's network errors counted as the errors they stand for."""
+    extra: list[type[BaseException]] = []
+    if any(issubclass(TimeoutError, kind) for kind in policy.retry_exceptions):
+        extra.append(httpx.TimeoutException)
+    if any(issubclass(ConnectionError, kind) for kind in policy.retry_exceptions):
+        extra += [httpx.NetworkError, httpx.RemoteProtocolError]
+    missing = tuple(kind for kind in extra if kind not in policy.retry_exceptions)
+    return policy.replace(retry_exceptions=policy.retry_exceptions + missing) if missing else policy
+
+
+class _Resilient:
+    """What both transports share: the retry policy, one breaker per name (made on
+    first use: names should be few, origins or upstreams), and closing them."""
 
     def __init__(
         self,
         redis: Any,
-        retry: RetryPolicy | None,
+        retry: RetryRules | None,
         config: BreakerConfig | None,
         name_of: Callable[[httpx.Request], str],
         clock: Clock | None,
+        body_timeout: float | None,
     ) -> None:
         config = config if config is not None else BreakerConfig()
         if config.failure_predicate is None:
             config = dataclasses.replace(config, failure_predicate=is_server_error)
-        self.retry = retry if retry is not None else RetryPolicy()
+        self.retry = http_rules(retry if retry is not None else RetryPolicy())
+        self.body_timeout = body_timeout
         self._redis = redis
         self._config = config
         self._clock = clock
@@ -81,13 +101,8 @@ class _Routing:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
 
-    def route(self, request: httpx.Request) -> tuple[Retrier, bool]:
-        """The retrier for this request (bound to its breaker), and whether the request
-        may be sent again."""
-        retrier = Retrier(self.retry, self.get(self._name_of(request)))
-        return retrier, _repeatable(request, self.retry)
-
-    def get(self, name: str) -> CircuitBreaker:
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
         breaker = self._breakers.get(name)
         if breaker is None:
             with self._lock:
@@ -99,14 +114,20 @@ class _Routing:
                     self._breakers[name] = breaker
         return breaker
 
+    def _route(self, request: httpx.Request) -> tuple[Retrier, bool]:
+        """The retrier for this request (bound to its breaker), and whether the
+        request may be sent again: its body can be replayed, and the caller opted it
+        in or its method (or an ``Idempotency-Key``) allows it."""
+        retrier = Retrier(self.retry, self.breaker(self._name_of(request)))
+        choice = request.extensions.get(RETRY_EXTENSION)
+        if choice is False or not isinstance(request.stream, httpx.ByteStream):
+            return retrier, False
+        return retrier, choice is True or self.retry.allows_method(request.method, request.headers)
 
-def _repeatable(request: httpx.Request, policy: RetryPolicy) -> bool:
-    """Whether this request may be sent again: its body can be replayed, and the
-    caller opted it in or its method (or an ``Idempotency-Key``) allows it."""
-    choice = request.extensions.get(RETRY_EXTENSION)
-    if choice is False or not isinstance(request.stream, httpx.ByteStream):
-        return False
-    return choice is True or policy.allows_method(request.method, request.headers)
+    def _take_breakers(self) -> list[CircuitBreaker]:
+        with self._lock:
+            breakers, self._breakers = list(self._breakers.values()), {}
+        return breakers
 
 
 def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
@@ -124,124 +145,124 @@ def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
     }
 
 
-def _body_timed_out(request: httpx.Request, limit: float) -> httpx.ReadTimeout:
-    return httpx.ReadTimeout(f"the response body took longer than {limit:g} s", request=request)
+class _Deadline:
+    """When a response body must have ended (``body_timeout`` after its headers), and
+    the error that says it did not. Both body streams check it as each chunk comes;
+    the async one also cuts a read that stalls past it."""
+
+    def __init__(self, request: httpx.Request, limit: float | None, now: float) -> None:
+        self.request = request
+        self.limit = limit
+        self.at = None if limit is None else now + limit
+
+    def passed(self, now: float) -> bool:
+        return self.at is not None and now > self.at
+
+    def error(self) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(
+            f"the response body took longer than {self.limit:g} s", request=self.request
+        )
 
 
-_RECORDING: set[asyncio.Future[None]] = set()
+_RECORDING: set[asyncio.Future[Any]] = set()
 
 
 class _SettledStream(httpx.AsyncByteStream):
-    """A response body that records its attempt's outcome once, when it ends."""
+    """A response body that settles its attempt's permit once, when it ends.
+
+    The rule, the same as the sync twin's: a body that ends is the success its headers
+    said; one that breaks off counts as its error does; one past ``body_timeout`` is a
+    failure (``httpx.ReadTimeout``); a reader that stops early (closes, or is
+    cancelled) leaves the headers' success standing.
+    """
 
     def __init__(
-        self,
-        inner: httpx.AsyncByteStream,
-        settle: Callable[[Outcome], Awaitable[None]],
-        config: BreakerConfig,
-        request: httpx.Request,
-        body_timeout: float | None,
+        self, inner: httpx.AsyncByteStream, permit: AsyncPermit, deadline: _Deadline
     ) -> None:
         self._inner = inner
-        self._settle_once: Callable[[Outcome], Awaitable[None]] | None = settle
-        self._config = config
-        self._request = request
-        self._body_timeout = body_timeout
+        self._permit = permit
+        self._deadline = deadline
 
-    async def _settle(self, outcome: Outcome) -> None:
-        """Record ``outcome``, once. Shielded: a reader that is being cancelled (anyio
+    async def _settle(self, error: BaseException | None) -> None:
+        """Settle the permit, once. Shielded: a reader that is being cancelled (anyio
         cancels every await of a cancelled scope) still gets its call recorded."""
-        settle, self._settle_once = self._settle_once, None
-        if settle is None:
+        if self._permit.settled:
             return
-        recording = asyncio.ensure_future(settle(outcome))
+        settle = self._permit.success() if error is None else self._permit.settle(error)
+        recording = asyncio.ensure_future(settle)
         _RECORDING.add(recording)  # a task nobody awaits must be held, or it may vanish
         recording.add_done_callback(_RECORDING.discard)
         await asyncio.shield(recording)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = aiter(self._inner)
-        limit = self._body_timeout
-        deadline = None if limit is None else asyncio.get_running_loop().time() + limit
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(self._deadline.at):
                         chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
                 yield chunk
         except TimeoutError as exc:
-            assert limit is not None
-            error = _body_timed_out(self._request, limit)
-            await self._settle(self._config.classify(error))
+            error = self._deadline.error()
+            await self._settle(error)
             raise error from exc
         except asyncio.CancelledError:
-            # The reader went away (a server cancels a response whose client has
-            # closed, often once the last byte is out): the headers' success stands.
-            await self._settle("success")
+            await self._settle(None)  # the reader went away: the headers' success stands
             raise
         except Exception as exc:
-            await self._settle(self._config.classify(exc))
+            await self._settle(exc)
             raise
-        await self._settle("success")
+        await self._settle(None)
 
     async def aclose(self) -> None:
-        await self._settle("success")
+        await self._settle(None)
         await self._inner.aclose()
 
 
 class _SyncSettledStream(httpx.SyncByteStream):
-    """The sync twin of ``_SettledStream``: it cannot interrupt a read, so
-    ``body_timeout`` is checked as each chunk arrives (the read timeout bounds a
-    stall)."""
+    """The sync twin of ``_SettledStream``, by the same rule. It cannot interrupt a
+    read: a stalled body is cut by httpx's read timeout, a trickling one here."""
 
-    def __init__(
-        self,
-        inner: httpx.SyncByteStream,
-        settle: Callable[[Outcome], None],
-        config: BreakerConfig,
-        request: httpx.Request,
-        body_timeout: float | None,
-    ) -> None:
+    def __init__(self, inner: httpx.SyncByteStream, permit: Permit, deadline: _Deadline) -> None:
         self._inner = inner
-        self._settle_once: Callable[[Outcome], None] | None = settle
-        self._config = config
-        self._request = request
-        self._body_timeout = body_timeout
+        self._permit = permit
+        self._deadline = deadline
 
-    def _settle(self, outcome: Outcome) -> None:
-        settle, self._settle_once = self._settle_once, None
-        if settle is not None:
-            settle(outcome)
+    def _settle(self, error: BaseException | None) -> None:
+        if self._permit.settled:
+            return
+        if error is None:
+            self._permit.success()
+        else:
+            self._permit.settle(error)
 
     def __iter__(self) -> Iterator[bytes]:
-        limit = self._body_timeout
-        deadline = None if limit is None else time.monotonic() + limit
         try:
             for chunk in self._inner:
-                if deadline is not None and time.monotonic() > deadline:
-                    assert limit is not None
-                    raise _body_timed_out(self._request, limit)
+                if self._deadline.passed(time.monotonic()):
+                    raise self._deadline.error()
                 yield chunk
         except Exception as exc:
-            self._settle(self._config.classify(exc))
+            self._settle(exc)
             raise
-        self._settle("success")
+        self._settle(None)
 
     def close(self) -> None:
-        self._settle("success")
+        self._settle(None)
         self._inner.close()
 
 
-class ResilientTransport(httpx.AsyncBaseTransport):
+class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncClient`` transport with a fleet-wide breaker and retries.
 
     >>> import httpx
     >>> client = httpx.AsyncClient(transport=ResilientTransport())
 
     ``redis`` is a ``redis.asyncio.Redis`` (None: the embedded backend);
-    ``breaker_config`` applies to every breaker this transport creates.
+    ``breaker_config`` applies to every breaker this transport creates. Closing it
+    (``aclose``, or ``async with``) closes them and the inner transport.
     """
 
     def __init__(
@@ -249,22 +270,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         redis: Any = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryRules | None = None,
         breaker_config: BreakerConfig | None = None,
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
         body_timeout: float | None = None,
     ) -> None:
+        super().__init__(redis, retry, breaker_config, breaker_name, clock, body_timeout)
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
-        self._body_timeout = body_timeout
-
-    def breaker(self, name: str) -> CircuitBreaker:
-        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
-        return self._routing.get(name)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        retrier, repeatable = self._routing.route(request)
+        retrier, repeatable = self._route(request)
         timeouts = request.extensions.get("timeout")
 
         async def attempt(attempt: Attempt) -> httpx.Response:
@@ -282,25 +298,21 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     request=request,
                 ) from exc
 
-        def hold(
-            response: httpx.Response, settle: Callable[[Outcome], Awaitable[None]]
-        ) -> httpx.Response:
+        def hold(response: httpx.Response, permit: AsyncPermit) -> httpx.Response:
             assert isinstance(response.stream, httpx.AsyncByteStream)
-            response.stream = _SettledStream(
-                response.stream, settle, config, request, self._body_timeout
-            )
+            deadline = _Deadline(request, self.body_timeout, asyncio.get_running_loop().time())
+            response.stream = _SettledStream(response.stream, permit, deadline)
             return response
 
-        config = retrier.breaker.config if retrier.breaker is not None else BreakerConfig()
-        return await retrier._adrive(
-            attempt, repeatable=repeatable, enforce_timeout=False, hold=hold
-        )
+        return await retrier.arun(attempt, repeatable=repeatable, enforce_timeout=False, hold=hold)
 
     async def aclose(self) -> None:
+        for breaker in self._take_breakers():
+            await breaker.aclose()
         await self._inner.aclose()
 
 
-class SyncResilientTransport(httpx.BaseTransport):
+class SyncResilientTransport(_Resilient, httpx.BaseTransport):
     """The ``httpx.Client`` twin of ``ResilientTransport`` (``redis``: a ``redis.Redis``).
 
     >>> import httpx
@@ -312,37 +324,32 @@ class SyncResilientTransport(httpx.BaseTransport):
         transport: httpx.BaseTransport | None = None,
         *,
         redis: Any = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryRules | None = None,
         breaker_config: BreakerConfig | None = None,
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
         body_timeout: float | None = None,
     ) -> None:
+        super().__init__(redis, retry, breaker_config, breaker_name, clock, body_timeout)
         self._inner = transport if transport is not None else httpx.HTTPTransport()
-        self._routing = _Routing(redis, retry, breaker_config, breaker_name, clock)
-        self._body_timeout = body_timeout
-
-    def breaker(self, name: str) -> CircuitBreaker:
-        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
-        return self._routing.get(name)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        retrier, repeatable = self._routing.route(request)
+        retrier, repeatable = self._route(request)
         timeouts = request.extensions.get("timeout")
 
         def attempt(attempt: Attempt) -> httpx.Response:
             _bounded(request, timeouts, attempt)
             return self._inner.handle_request(request)
 
-        def hold(response: httpx.Response, settle: Callable[[Outcome], None]) -> httpx.Response:
+        def hold(response: httpx.Response, permit: Permit) -> httpx.Response:
             assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = _SyncSettledStream(
-                response.stream, settle, config, request, self._body_timeout
-            )
+            deadline = _Deadline(request, self.body_timeout, time.monotonic())
+            response.stream = _SyncSettledStream(response.stream, permit, deadline)
             return response
 
-        config = retrier.breaker.config if retrier.breaker is not None else BreakerConfig()
-        return retrier._drive(attempt, repeatable=repeatable, hold=hold)
+        return retrier.run(attempt, repeatable=repeatable, hold=hold)
 
     def close(self) -> None:
+        for breaker in self._take_breakers():
+            breaker.close()
         self._inner.close()

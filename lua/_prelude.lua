@@ -6,11 +6,16 @@
 --   KEYS[1]: state hash   <prefix>:{<name>}
 --   KEYS[2]: window hash  <prefix>:{<name>}:window   (bucketed call counters)
 --   KEYS[3]: leases zset  <prefix>:{<name>}:leases   (half-open trial leases)
--- ARGV (every script; script-specific arguments start at ARGV[5]):
+-- ARGV (every script; script-specific arguments start at ARGV[7]):
 --   ARGV[1]: now in epoch ms, or "" to use Redis TIME (tests inject time here)
 --   ARGV[2]: the breaker name, as given (only for the events)
 --   ARGV[3]: the pub/sub channel for transition events
 --   ARGV[4]: key TTL in ms, refreshed on every write
+--   ARGV[5]: window bucket width in ms
+--   ARGV[6]: number of buckets in the window
+--   ARGV[4..6] may each be "": an operator tool that does not know the breaker's
+--   settings acts with the ones the breaker stored in its hash (key_ttl,
+--   window_bucket, buckets), so that it never re-applies defaults.
 
 local function clock_ms()
   if ARGV[1] ~= '' then
@@ -24,7 +29,6 @@ end
 local NOW = clock_ms()
 local NAME = ARGV[2]
 local CHANNEL = ARGV[3]
-local TTL_MS = tonumber(ARGV[4])
 
 -- Integers are written with %d: tostring() would switch to exponent notation for
 -- large values on some Lua builds.
@@ -53,6 +57,10 @@ local function load_state()
     open_until = tonumber(h.open_until or '0'),
     reopens = tonumber(h.reopens or '0'),
     trial_successes = tonumber(h.trial_successes or '0'),
+    -- The settings operators act with, as the breaker's own calls stored them.
+    key_ttl = tonumber(h.key_ttl),
+    window_bucket = tonumber(h.window_bucket),
+    buckets = tonumber(h.buckets),
   }
 end
 
@@ -65,6 +73,13 @@ local LOADED = {}
 for field, value in pairs(S) do
   LOADED[field] = value
 end
+
+-- The caller's settings win; an operator tool sends none and takes the stored ones
+-- (or the defaults, for a breaker that never ran).
+S.key_ttl = tonumber(ARGV[4]) or S.key_ttl or 604800000
+S.window_bucket = tonumber(ARGV[5]) or S.window_bucket or 1000
+S.buckets = tonumber(ARGV[6]) or S.buckets or 10
+local TTL_MS = S.key_ttl
 
 local function unchanged()
   if not EXISTED then
@@ -89,7 +104,10 @@ local function save_state()
       'opened_at', int(S.opened_at),
       'open_until', int(S.open_until),
       'reopens', int(S.reopens),
-      'trial_successes', int(S.trial_successes))
+      'trial_successes', int(S.trial_successes),
+      'key_ttl', int(S.key_ttl),
+      'window_bucket', int(S.window_bucket),
+      'buckets', int(S.buckets))
   end
   -- Every write refreshes every key's TTL, the leases' too (ZADD makes that key
   -- without one). PEXPIRE on a missing key is a no-op.

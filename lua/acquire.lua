@@ -2,20 +2,20 @@
 -- Moves open -> half_open once open_until has passed, and hands out half-open
 -- trial leases, at most half_open_max_calls at once across the whole fleet.
 --
--- KEYS[1..3], ARGV[1..4]: see _prelude.lua
--- ARGV[5]: half_open_max_calls
--- ARGV[6]: lease duration in ms (a dead holder's lease expires after it)
--- ARGV[7]: lease id the caller will present to record
+-- KEYS[1..3], ARGV[1..6]: see _prelude.lua
+-- ARGV[7]: half_open_max_calls
+-- ARGV[8]: lease duration in ms (a dead holder's lease expires after it)
+-- ARGV[9]: lease id the caller will present to record
 -- returns: {verdict, state, created_at, generation, open_until, now, failures,
 --           last_failure_at, extra, event_json...}
 --   verdict "admit": a normal call (closed or disabled); extra is ""
---   verdict "trial": a half-open trial under lease ARGV[7]; extra is the lease expiry (ms)
+--   verdict "trial": a half-open trial under lease ARGV[9]; extra is the lease expiry (ms)
 --   verdict "reject": extra is the epoch ms at which asking again may succeed
 --                     ("" for forced_open: only an operator ends it)
 
-local max_calls = tonumber(ARGV[5])
-local lease_ms = tonumber(ARGV[6])
-local lease_id = ARGV[7]
+local max_calls = tonumber(ARGV[7])
+local lease_ms = tonumber(ARGV[8])
+local lease_id = ARGV[9]
 
 if S.state == 'closed' or S.state == 'disabled' then
   return reply('admit')

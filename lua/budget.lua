@@ -5,15 +5,13 @@
 --     granted here: a granted retry is counted at once, before its call is recorded,
 --     so that concurrent callers never all see the same room;
 --   * the floor, for a quiet service: a token bucket refilled at
---     min_retries_per_second, holding a tenth of a second of it (at least 1 token).
+--     min_retries_per_second, holding a quarter of a second of it (at least 1 token).
 --     A burst of failures spends that, plus what refills while it lasts: never a
 --     whole window's worth at once.
 -- So N first attempts answered within d seconds get at most
--- ratio x N + max(1, rate / 10) + rate x d retries.
+-- ratio x N + max(1, rate / 4) + rate x d retries.
 --
--- KEYS[1..3], ARGV[1..4]: see _prelude.lua
--- ARGV[5]: window bucket width in ms
--- ARGV[6]: number of buckets in the window
+-- KEYS[1..3], ARGV[1..6]: see _prelude.lua
 -- ARGV[7]: ratio: retries allowed per first attempt (0: only the floor)
 -- ARGV[8]: the floor's rate: min_retries_per_second (0: no floor)
 -- returns: {verdict, state, created_at, generation, open_until, now, failures,
@@ -25,16 +23,15 @@
 -- floor token (also counted in "<bucket>:r"), and the bucket itself as "floor:tokens"
 -- and "floor:at" (epoch ms of its last refill).
 
-local bucket_ms = tonumber(ARGV[5])
-local current = math.floor(NOW / bucket_ms)
-local sums = window_sums(current, tonumber(ARGV[6]), false)
+local current = math.floor(NOW / S.window_bucket)
+local sums = window_sums(current, S.buckets, false)
 local requests = math.max(0, sums.c - sums.r)
 local limit = tonumber(ARGV[7]) * requests
 local rate = tonumber(ARGV[8])
 
 local capacity = 0
 if rate > 0 then
-  capacity = math.max(1, rate / 10)
+  capacity = math.max(1, rate / 4)
 end
 local stored = redis.call('HMGET', KEYS[2], 'floor:tokens', 'floor:at')
 local tokens = capacity

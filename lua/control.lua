@@ -1,8 +1,8 @@
 -- control: an operator action, seen by every process on its next call (and at once
 -- by the processes that follow the events channel).
 --
--- KEYS[1..3], ARGV[1..4]: see _prelude.lua
--- ARGV[5]: action: "reset" | "force_open" | "disable"
+-- KEYS[1..3], ARGV[1..6]: see _prelude.lua (an operator tool sends "" for 4..6)
+-- ARGV[7]: action: "reset" | "force_open" | "disable"
 -- returns: {verdict, state, created_at, generation, open_until, now, failures,
 --           last_failure_at, extra, event_json...}
 --   verdict "changed" or "unchanged"; extra is ""
@@ -12,7 +12,7 @@
 --   force_open: every call is rejected until reset
 --   disable: every call goes through and is still counted, but nothing trips
 
-local action = ARGV[5]
+local action = ARGV[7]
 local targets = { force_open = 'forced_open', disable = 'disabled' }
 
 if action == 'reset' then

@@ -2,21 +2,19 @@
 -- locally since its last reply. Decides every trip: consecutive failures, failure
 -- rate and slow-call rate over the sliding window, and the half-open verdict.
 --
--- KEYS[1..3], ARGV[1..4]: see _prelude.lua
--- ARGV[5]:  generation the call was admitted under (stale outcomes are ignored)
--- ARGV[6]:  lease id of a half-open trial, or "" for a normal call
--- ARGV[7]:  outcome: "success" | "failure" | "release" (a cancelled trial) | "none"
--- ARGV[8]:  "1" if the call was slow, else "0"
--- ARGV[9]:  batched successes to count first (closed-state calls, all fast)
--- ARGV[10]: last_failure_at the batching caller saw last: its successes came after
+-- KEYS[1..3], ARGV[1..6]: see _prelude.lua (ARGV[5..6]: the window's buckets)
+-- ARGV[7]:  generation the call was admitted under (stale outcomes are ignored)
+-- ARGV[8]:  lease id of a half-open trial, or "" for a normal call
+-- ARGV[9]:  outcome: "success" | "failure" | "release" (a cancelled trial) | "none"
+-- ARGV[10]: "1" if the call was slow, else "0"
+-- ARGV[11]: batched successes to count first (closed-state calls, all fast)
+-- ARGV[12]: last_failure_at the batching caller saw last: its successes came after
 --           that failure, so they may reset the streak only if no failure followed
--- ARGV[11]: failure_threshold (consecutive failures that trip)
--- ARGV[12]: success_threshold (trial successes that close)
--- ARGV[13]: failure_rate_threshold in 0..1, or -1 when off
--- ARGV[14]: slow_call_rate_threshold in 0..1, or -1 when off
--- ARGV[15]: minimum_calls in the window before a rate can trip
--- ARGV[16]: window bucket width in ms
--- ARGV[17]: number of buckets in the window
+-- ARGV[13]: failure_threshold (consecutive failures that trip)
+-- ARGV[14]: success_threshold (trial successes that close)
+-- ARGV[15]: failure_rate_threshold in 0..1, or -1 when off
+-- ARGV[16]: slow_call_rate_threshold in 0..1, or -1 when off
+-- ARGV[17]: minimum_calls in the window before a rate can trip
 -- ARGV[18]: reset_timeout in ms
 -- ARGV[19]: reset_timeout_max in ms, or 0 when the open time does not grow
 -- ARGV[20]: reset_timeout_multiplier
@@ -27,19 +25,19 @@
 --   verdict "counted", "released" (a trial lease given back unused) or "stale";
 --   extra is ""
 
-local generation = tonumber(ARGV[5])
-local lease_id = ARGV[6]
-local outcome = ARGV[7]
-local slow = tonumber(ARGV[8])
-local batched = tonumber(ARGV[9])
-local seen_last_failure_at = tonumber(ARGV[10])
-local failure_threshold = tonumber(ARGV[11])
-local success_threshold = tonumber(ARGV[12])
-local failure_rate = tonumber(ARGV[13])
-local slow_rate = tonumber(ARGV[14])
-local minimum_calls = tonumber(ARGV[15])
-local bucket_ms = tonumber(ARGV[16])
-local buckets = tonumber(ARGV[17])
+local generation = tonumber(ARGV[7])
+local lease_id = ARGV[8]
+local outcome = ARGV[9]
+local slow = tonumber(ARGV[10])
+local batched = tonumber(ARGV[11])
+local seen_last_failure_at = tonumber(ARGV[12])
+local failure_threshold = tonumber(ARGV[13])
+local success_threshold = tonumber(ARGV[14])
+local failure_rate = tonumber(ARGV[15])
+local slow_rate = tonumber(ARGV[16])
+local minimum_calls = tonumber(ARGV[17])
+local bucket_ms = S.window_bucket
+local buckets = S.buckets
 
 local function open(reason)
   to_open(reason, tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]),

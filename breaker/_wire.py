@@ -1,23 +1,19 @@
-"""Pure functions between Python and the Lua scripts: build ARGV, decode replies.
+"""The wire between Python and the Lua scripts: ARGV building and reply decoding only.
 
-Nothing here does I/O, so all of it is tested without Redis. The argument order is
-the scripts' header contracts (``lua/*.lua``).
+Pure functions, tested without Redis. The argument order is the scripts' header
+contracts (``lua/*.lua``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ._config import BreakerConfig
 from ._keys import events_channel
-
-State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
-#: Every state a breaker can be in, in the order they are listed to operators.
-STATES: tuple[State, ...] = ("closed", "open", "half_open", "forced_open", "disabled")
-Outcome = Literal["success", "failure", "release", "none"]
-ControlAction = Literal["reset", "force_open", "disable"]
+from ._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
+from ._types import STATES, BackendKind, ControlAction, Outcome, State
 
 
 def _ms(seconds: float) -> int:
@@ -26,59 +22,6 @@ def _ms(seconds: float) -> int:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionEvent:
-    """One state change of one breaker, as published on ``<prefix>:events``.
-
-    ``at``, ``open_until`` and ``created_at`` are epoch milliseconds of the Redis
-    clock. ``(created_at, generation)`` orders the transitions of one breaker, also
-    across a Redis that lost the breaker's hash and started its generations again.
-    """
-
-    name: str
-    from_state: str
-    to_state: str
-    at: int
-    reason: str
-    created_at: int
-    generation: int
-    open_until: int
-
-    @property
-    def version(self) -> tuple[int, int]:
-        return (self.created_at, self.generation)
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> TransitionEvent | None:
-        """Decode a published event; None for anything that is not one."""
-        try:
-            body = json.loads(raw)
-            return cls(
-                name=str(body["name"]),
-                from_state=str(body["from"]),
-                to_state=str(body["to"]),
-                at=int(body["at"]),
-                reason=str(body["reason"]),
-                created_at=int(body["created_at"]),
-                generation=int(body["generation"]),
-                open_until=int(body["open_until"]),
-            )
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event as published: ``from`` and ``to`` rather than the attribute names."""
-        return {
-            "name": self.name,
-            "from": self.from_state,
-            "to": self.to_state,
-            "at": self.at,
-            "reason": self.reason,
-            "generation": self.generation,
-            "open_until": self.open_until,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +70,15 @@ def decode_reply(raw: list[Any]) -> Reply:
     )
 
 
-def _common(config: BreakerConfig, name: str, now_ms: int | None) -> list[str | int]:
-    return [
-        "" if now_ms is None else now_ms,
-        name,
-        events_channel(config.prefix),
-        _ms(config.key_ttl),
-    ]
+def _common(
+    config: BreakerConfig, name: str, now_ms: int | None, *, stored: bool = False
+) -> list[str | int]:
+    """ARGV[1..6] of every script. ``stored``: an operator tool that does not know the
+    breaker's settings sends none, and the script takes the ones the breaker stored."""
+    settings: list[str | int] = (
+        ["", "", ""] if stored else [_ms(config.key_ttl), _ms(config.window_bucket), config.buckets]
+    )
+    return ["" if now_ms is None else now_ms, name, events_channel(config.prefix), *settings]
 
 
 def acquire_args(
@@ -147,13 +92,23 @@ def acquire_args(
     ]
 
 
+#: What ``record.lua`` is told: an outcome, or "none" when it only carries batched
+#: successes (ignored outcomes travel as "release": a trial lease given back unused).
+_WIRE_OUTCOMES: dict[Outcome | None, str] = {
+    "success": "success",
+    "failure": "failure",
+    "ignored": "release",
+    None: "none",
+}
+
+
 def record_args(
     config: BreakerConfig,
     name: str,
     *,
     generation: int,
     lease_id: str,
-    outcome: Outcome,
+    outcome: Outcome | None,
     slow: bool,
     batched: int,
     seen_last_failure_at: int,
@@ -164,7 +119,7 @@ def record_args(
         *_common(config, name, now_ms),
         generation,
         lease_id,
-        outcome,
+        _WIRE_OUTCOMES[outcome],
         1 if slow else 0,
         batched,
         seen_last_failure_at,
@@ -173,8 +128,6 @@ def record_args(
         _rate(config.failure_rate_threshold),
         _rate(config.slow_call_rate_threshold),
         config.minimum_calls,
-        _ms(config.window_bucket),
-        config.buckets,
         _ms(config.reset_timeout),
         0 if config.reset_timeout_max is None else _ms(config.reset_timeout_max),
         repr(float(config.reset_timeout_multiplier)),
@@ -188,13 +141,20 @@ def _rate(value: float | None) -> str:
 
 
 def control_args(
-    config: BreakerConfig, name: str, action: ControlAction, now_ms: int | None
+    config: BreakerConfig,
+    name: str,
+    action: ControlAction,
+    now_ms: int | None,
+    *,
+    stored: bool = False,
 ) -> list[str | int]:
-    return [*_common(config, name, now_ms), action]
+    return [*_common(config, name, now_ms, stored=stored), action]
 
 
-def snapshot_args(config: BreakerConfig, name: str, now_ms: int | None) -> list[str | int]:
-    return [*_common(config, name, now_ms), _ms(config.window_bucket), config.buckets]
+def snapshot_args(
+    config: BreakerConfig, name: str, now_ms: int | None, *, stored: bool = False
+) -> list[str | int]:
+    return _common(config, name, now_ms, stored=stored)
 
 
 def budget_args(
@@ -208,24 +168,9 @@ def budget_args(
     """Ask ``budget.lua`` for one retry: the ratio's room, else a token of the floor."""
     return [
         *_common(config, name, now_ms),
-        _ms(config.window_bucket),
-        config.buckets,
         repr(float(ratio)),
         repr(float(min_retries_per_second)),
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetVerdict:
-    """``budget.lua``'s answer, with the window's figures as they stood when it asked."""
-
-    granted: bool
-    retries: int
-    requests: int
-    #: The ratio's room: retries it allows for the first attempts in the window.
-    limit: float
-    #: Tokens the floor's bucket held (at most one second of ``min_retries_per_second``).
-    tokens: float
 
 
 def decode_budget(raw: list[Any]) -> BudgetVerdict:
@@ -240,36 +185,7 @@ def decode_budget(raw: list[Any]) -> BudgetVerdict:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """A consistent read of one breaker. Times are epoch ms of the Redis clock (0: never)."""
-
-    name: str
-    state: State
-    failures: int
-    last_failure_at: int
-    opened_at: int
-    created_at: int
-    open_until: int
-    retry_after: float
-    generation: int
-    reopens: int
-    trial_successes: int
-    half_open_leases: int
-    window_calls: int
-    window_failures: int
-    window_slow_calls: int
-    window_retries: int
-    window_retries_refused: int
-    backend: Literal["redis", "embedded", "fallback"]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__slots__}
-
-
-def decode_snapshot(
-    name: str, raw: list[Any], backend: Literal["redis", "embedded", "fallback"]
-) -> BreakerSnapshot:
+def decode_snapshot(name: str, raw: list[Any], backend: BackendKind) -> BreakerSnapshot:
     reply = decode_reply(raw)
     detail = json.loads(reply.extra)
     return BreakerSnapshot(

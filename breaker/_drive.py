@@ -1,0 +1,98 @@
+"""The drivers: the only code that runs an operation's calls, blocking or awaited.
+
+``run`` and ``arun`` take the same steps (``_engine.Steps``) and differ only in how
+they reach the shared lane: a blocking call, or an await (the embedded backend then
+runs on a thread of its own). The local lane is the in-process fallback, whose
+scripts take tens of microseconds: both call it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from ._backend import Backend
+from ._engine import Call, Engine, Steps
+from ._events import EventHub
+from ._exceptions import BackendUnavailableError
+from ._local import LocalEngine
+
+T = TypeVar("T")
+
+
+class Driver:
+    """Runs one breaker's operations on its shared and local lanes, and follows the
+    fleet's transitions for it (a thread for a sync client, a task for an asyncio one)."""
+
+    def __init__(self, engine: Engine, shared: Backend, hub: EventHub, local: LocalEngine) -> None:
+        self.name = engine.name
+        self.keys = engine.keys.as_list()
+        self.clock = engine.clock
+        self.shared = shared
+        self.hub = hub
+        self.local = local
+
+    def ready(self, *, sync: bool) -> None:
+        """Check that the backend serves this calling style, and follow events."""
+        if sync and not self.shared.serves_sync:
+            raise TypeError(
+                f"breaker {self.name!r} uses an asyncio Redis client: "
+                "use 'async with', 'await cb.call(async_fn)' and the a-prefixed methods"
+            )
+        if not sync and not self.shared.serves_async:
+            raise TypeError(
+                f"breaker {self.name!r} uses a sync Redis client: use 'with' and 'cb.call(fn)'"
+            )
+        if sync:
+            self.hub.start_thread()
+        else:
+            self.hub.start_task()
+
+    def follow(self, timeout: float | None) -> None:
+        """Follow events now; a sync follower is waited for, up to ``timeout``."""
+        if self.shared.is_async:
+            self.hub.start_task()
+            return
+        self.hub.start_thread()
+        if timeout is not None:
+            self.hub.subscribed.wait(timeout)
+
+    def run(self, steps: Steps[T]) -> T:
+        """Drive ``steps`` with blocking calls."""
+        try:
+            call = next(steps)
+            while True:
+                try:
+                    raw = self._local(call) if call.lane == "local" else self._shared(call)
+                except BackendUnavailableError as exc:
+                    call = steps.throw(exc)
+                else:
+                    call = steps.send(raw)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def arun(self, steps: Steps[T]) -> T:
+        """Drive ``steps`` with awaits: nothing here blocks the event loop."""
+        try:
+            call = next(steps)
+            while True:
+                try:
+                    if call.lane == "local":
+                        raw = self._local(call)
+                    else:
+                        raw = await self.shared.arun(
+                            self.name, call.script, self.keys, call.args, self.clock.monotonic()
+                        )
+                except BackendUnavailableError as exc:
+                    call = steps.throw(exc)
+                else:
+                    call = steps.send(raw)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _shared(self, call: Call) -> list[Any]:
+        return self.shared.run(self.name, call.script, self.keys, call.args, self.clock.monotonic())
+
+    def _local(self, call: Call) -> list[Any]:
+        return self.local.run(call.script, self.keys, call.args)

@@ -1,0 +1,350 @@
+"""Everything a breaker decides without I/O, as operations that yield what to run.
+
+Each operation (admission, recording, control, snapshot, flush) is a generator: it
+yields a ``Call`` (which lane, which script, which arguments) whenever it needs a
+script run, and receives the raw reply, or has ``BackendUnavailableError`` thrown in
+when the shared lane failed. ``_drive`` runs them with blocking calls or with awaits:
+that is the only difference between the sync and the async API, and no blocking
+call can reach the event loop from here.
+
+The lanes: ``shared`` is where the fleet's state lives (Redis, or the embedded
+backend); ``local`` is this process's fallback (``_local.LocalEngine``), which takes
+over while the shared lane cannot be reached and the policy is ``fail_open``.
+
+The engine also keeps what replies and events tell (the local views in ``_core``) and
+tells it on: transitions to transition listeners, and how each call counted to
+outcome listeners. It is the one place that emits outcome events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+from ._clock import Clock
+from ._config import BreakerConfig
+from ._core import BreakerCore, Flush, Ticket
+from ._events import EventHub
+from ._exceptions import BackendUnavailableError, CircuitOpenError
+from ._keys import BreakerKeys
+from ._models import BreakerSnapshot, OutcomeEvent, TransitionEvent
+from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
+from ._wire import (
+    Reply,
+    acquire_args,
+    control_args,
+    decode_reply,
+    decode_snapshot,
+    record_args,
+    snapshot_args,
+)
+
+logger = logging.getLogger("breaker")
+
+T = TypeVar("T")
+Lane = Literal["shared", "local"]
+TransitionListener = Callable[[TransitionEvent], None]
+OutcomeListener = Callable[[OutcomeEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One script to run, on one lane."""
+
+    lane: Lane
+    script: ScriptName
+    args: list[Any]
+
+
+#: An operation: yields the calls it needs, receives each raw reply, returns T.
+Steps = Generator[Call, list[Any], T]
+
+
+class Health(Protocol):
+    """What the engine needs to know of the shared lane's health (``BackendHealth``)."""
+
+    last_error: str
+
+    def is_down(self, now: float) -> bool: ...
+
+    def is_suspect(self) -> bool: ...
+
+
+class Engine:
+    """One breaker's decisions: its local views on both lanes, the steps of each
+    operation, the fallback policy, and its listeners."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig,
+        clock: Clock,
+        *,
+        kind: BackendKind,
+        health: Health,
+        hub: EventHub,
+        local_hub: EventHub,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.kind = kind
+        self.keys = BreakerKeys.of(config.prefix, name)
+        self.health = health
+        self.shared = BreakerCore(name, config, clock, fallback=False)
+        self.local = BreakerCore(name, config, clock, fallback=True)
+        self._hubs = {False: hub, True: local_hub}
+        self.transition_listeners: list[TransitionListener] = []
+        self.made_here_listeners: list[TransitionListener] = []
+        self.outcome_listeners: list[OutcomeListener] = []
+        self._abandoned: list[Ticket] = []
+        self._lock = threading.Lock()
+        hub.register(name, self.receive)
+        local_hub.register(name, self.receive_local)
+
+    # -- admission -------------------------------------------------------------------
+
+    def admission(self) -> Steps[Ticket]:
+        """Admit a call, or raise ``CircuitOpenError`` (``BackendUnavailableError``
+        when Redis is away and the policy is ``fail_closed``)."""
+        yield from self._release_abandoned()
+        try:
+            ticket = yield from self._admission()
+        except CircuitOpenError as rejection:
+            down = self.health.is_down(self.clock.monotonic())
+            backend: BackendKind = "fallback" if down else self.kind
+            self._tell_outcome("rejected", None, rejection.state, backend)
+            raise
+        except BackendUnavailableError:
+            self._tell_outcome("rejected", None, "backend_unavailable", self.kind)
+            raise
+        return ticket
+
+    def _admission(self) -> Steps[Ticket]:
+        if self.health.is_down(self.clock.monotonic()):
+            return (yield from self._admit_locally(None))
+        # After a failure the local view is not trusted: the call's own acquire asks
+        # Redis first, so that fail_closed never lets a call through unasked.
+        ticket = None if self.health.is_suspect() else self.shared.admit_locally()
+        if ticket is not None:
+            return ticket
+        lease_id = uuid.uuid4().hex
+        try:
+            raw = yield Call("shared", "acquire", self._acquire_args(lease_id))
+        except BackendUnavailableError as exc:
+            return (yield from self._admit_locally(exc))
+        return self._admitted(self.shared, raw, lease_id)
+
+    def _admit_locally(self, error: BackendUnavailableError | None) -> Steps[Ticket]:
+        """Admit through the fallback: the same scripts and settings, local state."""
+        if self.config.on_backend_error == "fail_closed":
+            if error is not None:
+                raise error
+            raise BackendUnavailableError(self.name, f"backing off: {self.health.last_error}")
+        ticket = self.local.admit_locally()
+        if ticket is not None:
+            return ticket
+        lease_id = uuid.uuid4().hex
+        raw = yield Call("local", "acquire", self._acquire_args(lease_id))
+        return self._admitted(self.local, raw, lease_id)
+
+    def _acquire_args(self, lease_id: str) -> list[Any]:
+        return acquire_args(self.config, self.name, lease_id, self.clock.epoch_ms())
+
+    def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Ticket:
+        reply = decode_reply(raw)
+        try:
+            return core.admit_from(reply, lease_id)
+        finally:
+            self._heard(core, reply)
+
+    def would_reject(self) -> CircuitOpenError | None:
+        """The ``CircuitOpenError`` a call would get now, by this process's view alone
+        (no round trip)."""
+        core = self.local if self.health.is_down(self.clock.monotonic()) else self.shared
+        try:
+            core.admit_locally()
+        except CircuitOpenError as rejection:
+            return rejection
+        return None
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def recording(self, ticket: Ticket, outcome: Outcome, reason: str = "") -> Steps[None]:
+        """Count how an admitted call ended."""
+        core = self.local if ticket.via_fallback else self.shared
+        # Measured once: a failed Redis call must not make the call itself look slow.
+        duration = self.clock.monotonic() - ticket.started
+        slow = core.is_slow(ticket)
+        backend: BackendKind = "fallback" if ticket.via_fallback else self.kind
+        self._tell_outcome(outcome, duration, reason, backend)
+        args = self._record_args(core, ticket, outcome, slow)
+        if args is None:
+            return
+        if ticket.via_fallback:
+            self._heard(self.local, decode_reply((yield Call("local", "record", args))))
+            return
+        try:
+            raw = yield Call("shared", "record", args)
+        except BackendUnavailableError:
+            yield from self._record_locally(outcome, slow)
+            return
+        self._heard(self.shared, decode_reply(raw))
+
+    def _record_locally(self, outcome: Outcome, slow: bool) -> Steps[None]:
+        """Redis failed while recording a call it admitted: let the fallback count it."""
+        if outcome == "ignored" or self.config.on_backend_error != "fail_open":
+            return
+        try:
+            ticket = yield from self._admit_locally(None)
+        except CircuitOpenError:
+            return
+        args = self._record_call(ticket.generation, ticket.lease_id, outcome, slow, None)
+        self._heard(self.local, decode_reply((yield Call("local", "record", args))))
+
+    def _record_args(
+        self, core: BreakerCore, ticket: Ticket, outcome: Outcome, slow: bool
+    ) -> list[Any] | None:
+        """The ``record`` arguments for this outcome, or None when no round trip is due."""
+        absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
+        if absorbed and not core.flush_due():
+            return None
+        flush = core.take_flush(ticket.generation)
+        sent: Outcome | None = None if absorbed else outcome
+        if sent in (None, "ignored") and not ticket.lease_id and flush.count == 0:
+            return None
+        return self._record_call(ticket.generation, ticket.lease_id, sent, slow, flush)
+
+    def _record_call(
+        self,
+        generation: int,
+        lease_id: str,
+        outcome: Outcome | None,
+        slow: bool,
+        flush: Flush | None,
+    ) -> list[Any]:
+        return record_args(
+            self.config,
+            self.name,
+            generation=generation,
+            lease_id=lease_id,
+            outcome=outcome,
+            slow=slow,
+            batched=flush.count if flush else 0,
+            seen_last_failure_at=flush.seen_last_failure_at if flush else 0,
+            jitter_sample=random.random(),
+            now_ms=self.clock.epoch_ms(),
+        )
+
+    def flushing(self) -> Steps[None]:
+        """Record the successes counted locally in batched mode, now."""
+        view = self.shared.view
+        if view is None:
+            return
+        flush = self.shared.take_flush(view.generation)
+        if flush.count == 0:
+            return
+        args = self._record_call(flush.generation, "", None, False, flush)
+        try:
+            raw = yield Call("shared", "record", args)
+        except BackendUnavailableError as exc:
+            logger.warning("breaker %s: batched successes lost: %s", self.name, exc.reason)
+            return
+        self._heard(self.shared, decode_reply(raw))
+
+    # -- abandoned permits -----------------------------------------------------------
+
+    def abandon(self, ticket: Ticket) -> None:
+        """A permit was dropped unsettled: give its trial lease back on the next call
+        (safe from a finalizer: no I/O here)."""
+        if ticket.lease_id:
+            with self._lock:
+                self._abandoned.append(ticket)
+
+    def _release_abandoned(self) -> Steps[None]:
+        if not self._abandoned:
+            return
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, []
+        for ticket in abandoned:
+            yield from self.recording(ticket, "ignored", "abandoned")
+
+    def releasing(self) -> Steps[None]:
+        """Give back the leases of dropped permits now (when closing)."""
+        yield from self._release_abandoned()
+
+    # -- operators -------------------------------------------------------------------
+
+    def control(self, action: ControlAction, *, stored: bool = False) -> Steps[None]:
+        now = self.clock.epoch_ms()
+        args = control_args(self.config, self.name, action, now, stored=stored)
+        raw = yield Call("shared", "control", args)
+        self._heard(self.shared, decode_reply(raw))
+
+    def snapshot(self, *, stored: bool = False) -> Steps[BreakerSnapshot]:
+        args = snapshot_args(self.config, self.name, self.clock.epoch_ms(), stored=stored)
+        raw = yield Call("shared", "snapshot", args)
+        return decode_snapshot(self.name, raw, self.kind)
+
+    # -- what replies and events tell ------------------------------------------------
+
+    def _heard(self, core: BreakerCore, reply: Reply) -> None:
+        """A reply to this breaker's own call: refresh the view, tell the transitions
+        it made to the made-here listeners (once in the fleet) and to this process's
+        other breakers of the same name."""
+        core.apply(reply)
+        for event in reply.events:
+            _tell(self.made_here_listeners, event)
+        self._hubs[core.fallback].relay(reply.events)
+
+    def receive(self, event: TransitionEvent) -> None:
+        """A transition of this breaker, made by this process or any other."""
+        self._deliver(self.shared, event)
+
+    def receive_local(self, event: TransitionEvent) -> None:
+        self._deliver(self.local, event)
+
+    def _deliver(self, core: BreakerCore, event: TransitionEvent) -> None:
+        core.apply_event(event)
+        for fresh in core.unseen((event,)):
+            logger.info(
+                "breaker %s: %s -> %s (%s)%s",
+                fresh.name,
+                fresh.from_state,
+                fresh.to_state,
+                fresh.reason,
+                " [fallback]" if core.fallback else "",
+            )
+            _tell(self.transition_listeners, fresh)
+
+    def _tell_outcome(
+        self, outcome: CallOutcome, duration: float | None, reason: str, backend: BackendKind
+    ) -> None:
+        if self.outcome_listeners:
+            event = OutcomeEvent(self.name, outcome, duration, reason, backend)
+            _tell(self.outcome_listeners, event)
+
+
+def _tell(listeners: list[Callable[[Any], None]], event: Any) -> None:
+    """Hand ``event`` to each listener; one that fails is logged and skipped."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            logger.exception("breaker listener %r failed", listener)
+
+
+def describe(error: BaseException | None, result: object = None) -> str:
+    """The ``reason`` of an outcome event: the exception's type, or the status of a
+    result that has one (``status 503``)."""
+    if error is not None:
+        return type(error).__name__
+    status = getattr(result, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        return f"status {status}"
+    return ""

@@ -1,0 +1,124 @@
+"""The values the library hands out: transitions, outcomes, snapshots, budget verdicts.
+
+Frozen and slotted; nothing here does I/O or decides anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ._types import BackendKind, CallOutcome, State
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionEvent:
+    """One state change of one breaker, as published on ``<prefix>:events``.
+
+    ``at``, ``open_until`` and ``created_at`` are epoch milliseconds of the Redis
+    clock. ``(created_at, generation)`` orders the transitions of one breaker, also
+    across a Redis that lost the breaker's hash and started its generations again.
+    """
+
+    name: str
+    from_state: str
+    to_state: str
+    at: int
+    reason: str
+    created_at: int
+    generation: int
+    open_until: int
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.created_at, self.generation)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TransitionEvent | None:
+        """Decode a published event; None for anything that is not one."""
+        try:
+            body = json.loads(raw)
+            return cls(
+                name=str(body["name"]),
+                from_state=str(body["from"]),
+                to_state=str(body["to"]),
+                at=int(body["at"]),
+                reason=str(body["reason"]),
+                created_at=int(body["created_at"]),
+                generation=int(body["generation"]),
+                open_until=int(body["open_until"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as published: ``from`` and ``to`` rather than the attribute names."""
+        return {
+            "name": self.name,
+            "from": self.from_state,
+            "to": self.to_state,
+            "at": self.at,
+            "reason": self.reason,
+            "generation": self.generation,
+            "open_until": self.open_until,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeEvent:
+    """How one call through a breaker counted, told to its outcome listeners.
+
+    ``outcome`` is ``success``, ``failure`` or ``ignored`` for a call that was made
+    (``duration`` is how long it took, in seconds), or ``rejected`` for one the breaker
+    refused (``duration`` is None). ``reason`` says why: the exception's type, the
+    result's status (``status 503``), ``body_broken``, or for a rejection the state
+    (``open``, ``half_open``, ``forced_open``) or ``backend_unavailable``. ``backend``
+    is where the decision was made: ``fallback`` while Redis cannot be reached.
+    """
+
+    name: str
+    outcome: CallOutcome
+    duration: float | None
+    reason: str
+    backend: BackendKind
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    """``budget.lua``'s answer, with the window's figures as they stood when it asked."""
+
+    granted: bool
+    retries: int
+    requests: int
+    #: The ratio's room: retries it allows for the first attempts in the window.
+    limit: float
+    #: Tokens the floor's bucket held (at most a quarter of a second of its rate).
+    tokens: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A consistent read of one breaker. Times are epoch ms of the Redis clock (0: never)."""
+
+    name: str
+    state: State
+    failures: int
+    last_failure_at: int
+    opened_at: int
+    created_at: int
+    open_until: int
+    retry_after: float
+    generation: int
+    reopens: int
+    trial_successes: int
+    half_open_leases: int
+    window_calls: int
+    window_failures: int
+    window_slow_calls: int
+    window_retries: int
+    window_retries_refused: int
+    backend: BackendKind
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__slots__}
