@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -18,15 +19,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 import redis
 
 from breaker import (
     BackendUnavailableError,
-    BreakerConfig,
+    BreakerOperator,
     BreakerSnapshot,
-    CircuitBreaker,
     TransitionEvent,
     events_channel,
 )
@@ -269,42 +268,30 @@ def _client(args: argparse.Namespace) -> redis.Redis:
     return client
 
 
-def _configured(redis_url: str) -> tuple[str, dict[str, BreakerConfig]]:
-    """The key prefix and the configured upstreams' breaker settings (none: defaults)."""
+def _configured(redis_url: str) -> tuple[str, list[str]]:
+    """The key prefix, and the names of the configured upstreams with a breaker."""
     environ = {**os.environ, "BREAKER_REDIS_URL": redis_url}
     if not environ.get("BREAKER_CONFIG") and not environ.get("BREAKER_UPSTREAMS"):
-        return "breaker", {}
+        return "breaker", []
     config = load_config(environ)
-    return config.prefix, {
-        name: up.breaker for name, up in config.upstreams.items() if up.breaker is not None
-    }
+    return config.prefix, [name for name, up in config.upstreams.items() if up.breaker]
 
 
-def _names_in_redis(client: redis.Redis, prefix: str) -> set[str]:
-    """Breaker names from the state hashes ``<prefix>:{<name>}`` (unescaped)."""
-    names = set()
-    start = f"{prefix}:{{"
-    for key in client.scan_iter(match=f"{prefix}:{{*}}", count=500):
-        text = key.decode() if isinstance(key, bytes) else str(key)
-        if text.startswith(start) and text.endswith("}"):
-            names.add(unquote(text[len(start) : -1]))
-    return names
-
-
-def _breakers(args: argparse.Namespace) -> tuple[redis.Redis, dict[str, CircuitBreaker]]:
+@contextlib.contextmanager
+def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[str]]]:
+    """The operator for ``--redis-url``, and every breaker name it knows of: those in
+    Redis and the configured ones. It acts with each breaker's stored settings."""
     client = _client(args)
     prefix, configured = _configured(args.redis_url)
-    names = sorted(set(configured) | _names_in_redis(client, prefix))
-    default = BreakerConfig(prefix=prefix)
-    return client, {
-        name: CircuitBreaker(name, redis=client, config=configured.get(name, default))
-        for name in names
-    }
+    with BreakerOperator(client, prefix=prefix) as operator:
+        names = _unreachable_guard(operator.names)
+        yield operator, sorted(set(configured) | set(names))
+    client.close()
 
 
 def _status(args: argparse.Namespace) -> int:
-    _, breakers = _breakers(args)
-    snapshots = [_unreachable_guard(breaker.snapshot) for breaker in breakers.values()]
+    with _operator(args) as (operator, names):
+        snapshots = [_unreachable_guard(functools.partial(operator.snapshot, n)) for n in names]
     if args.json:
         for snapshot in snapshots:
             print(json.dumps(snapshot.as_dict(), sort_keys=True))
@@ -313,14 +300,22 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_left(snapshot: BreakerSnapshot) -> str:
+    if snapshot.state != "open":
+        return "-"
+    if snapshot.retry_after <= 0:
+        return "half-open on next call"
+    return f"{snapshot.retry_after:.1f}s"
+
+
 def _table(snapshots: list[BreakerSnapshot]) -> str:
-    header = ("NAME", "STATE", "FAILURES", "RETRY AFTER", "WINDOW CALLS", "WINDOW FAILED")
+    header = ("NAME", "STATE", "FAILURES", "OPEN FOR", "WINDOW CALLS", "WINDOW FAILED")
     rows = [header] + [
         (
             s.name,
             s.state,
             str(s.failures),
-            f"{s.retry_after:.1f}s" if s.state == "open" else "-",
+            _open_left(s),
             str(s.window_calls),
             str(s.window_failures),
         )
@@ -336,13 +331,12 @@ def _table(snapshots: list[BreakerSnapshot]) -> str:
 
 
 def _control(args: argparse.Namespace) -> int:
-    _, breakers = _breakers(args)
-    breaker = breakers.get(args.name)
-    if breaker is None:
-        known = ", ".join(breakers) or "none"
-        raise CommandError(f"no breaker named {args.name!r} (known: {known})")
-    _unreachable_guard(getattr(breaker, args.action))
-    snapshot = _unreachable_guard(breaker.snapshot)
+    with _operator(args) as (operator, names):
+        if args.name not in names:
+            known = ", ".join(names) or "none"
+            raise CommandError(f"no breaker named {args.name!r} (known: {known})")
+        _unreachable_guard(lambda: operator.control(args.name, args.action))
+        snapshot = _unreachable_guard(lambda: operator.snapshot(args.name))
     print(f"{snapshot.name}: {snapshot.state}")
     return EXIT_OK
 
@@ -354,7 +348,20 @@ def _unreachable_guard(operation: Callable[[], Any]) -> Any:
         raise CommandError(f"Redis did not answer: {exc.reason}", EXIT_UNREACHABLE) from None
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end a long-running command cleanly: also when it was started
+    with SIGINT ignored, which a process inherits from a background job or nohup (a
+    ``watch`` started so never heard Ctrl-C, and its test waited for it in vain)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
 def _watch(args: argparse.Namespace) -> int:
+    _stop_on_signals()
     client = _client(args)
     prefix, _ = _configured(args.redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]

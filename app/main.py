@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from breaker.testing import Clock
+from breaker import Clock
 
 from . import admin, demo, errors, ops, proxy
 from .forwarding import has_control_character

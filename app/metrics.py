@@ -66,6 +66,13 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+LOOP_LAG = Histogram(
+    "fleetbreaker_event_loop_lag_seconds",
+    "How late the worker's event loop ran a timer: time it spent on something that "
+    "did not yield (sampled every 0.1 s).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

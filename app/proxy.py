@@ -37,8 +37,8 @@ from .forwarding import (
     split_target,
     target_url,
 )
-from .metrics import BODIES_BROKEN, CALLS, REQUESTS, result_of
-from .runtime import UPSTREAM_EXTENSION, Route, call_outcome, gateway_of
+from .metrics import BODIES_BROKEN, REQUESTS, result_of
+from .runtime import UPSTREAM_EXTENSION, Route, gateway_of
 from .upload import Upload
 
 logger = logging.getLogger("fleetbreaker.gateway")
@@ -165,19 +165,14 @@ async def _forward(
 async def _passed_on(
     upstream_response: httpx.Response, request: Request, route: Route
 ) -> AsyncIterator[bytes]:
-    """The upstream's body as it comes. Its breaker outcome is counted when it ends
-    (as the breaker judges it). If it breaks off, the status is already with the
-    client: log it once, count it, and cut the client's response."""
+    """The upstream's body as it comes (the transport settles its breaker permit when
+    it ends). If it breaks off, the status is already with the client: log it once,
+    count it, and cut the client's response."""
     name = route.upstream.name
-    config = route.upstream.breaker
-    # A response the breaker took as a success is judged again at its body's end.
-    judged = config is not None and call_outcome(config, upstream_response) == "success"
-    outcome = "success"  # also when the client goes away first, as the breaker has it
     try:
         async for chunk in upstream_response.aiter_raw():
             yield chunk
     except httpx.TransportError as exc:
-        outcome = "failure"
         timed_out = isinstance(exc, httpx.TimeoutException)
         code = "upstream_body_timeout" if timed_out else "upstream_body_broken"
         BODIES_BROKEN.labels(name, code).inc()
@@ -198,9 +193,6 @@ async def _passed_on(
             },
         )
         raise BodyBrokenOff(f"{name!r}: the body broke off: {type(exc).__name__}") from exc
-    finally:
-        if judged:
-            CALLS.labels(name, outcome).inc()
 
 
 def _sent_once(route: Route) -> int:
@@ -232,16 +224,11 @@ def _refused(route: Route, request: Request, error: BodyTooLarge | ClientGone) -
 def _account(
     route: Route, request: Request, last: httpx.Response | Exception, attempts: int
 ) -> None:
-    """Metrics of the request's last attempt, which ended in ``last``, and one log line
-    if it was retried or rejected (a retried attempt was counted by the retry hook)."""
+    """The request's answer in metrics, and one log line if it was retried or
+    rejected. How each attempt counted for the breaker is the breaker's to tell: its
+    outcome events feed ``fleetbreaker_calls_total``."""
     name = route.upstream.name
     error = last if isinstance(last, Exception) else None
-    if isinstance(error, CircuitOpenError):
-        CALLS.labels(name, "rejected").inc()
-    elif attempts and route.upstream.breaker is not None:
-        outcome = call_outcome(route.upstream.breaker, last)
-        if outcome is not None and (outcome, error) != ("success", None):
-            CALLS.labels(name, outcome).inc()  # a success is counted when its body ends
     code = None if error is None else failure_code(error)[1]
     status = last.status_code if isinstance(last, httpx.Response) else None
     REQUESTS.labels(name, result_of(status, code)).inc()

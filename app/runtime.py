@@ -10,6 +10,7 @@ Routes only read ``app.state.gateway``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import logging
 import time
@@ -23,35 +24,33 @@ from fastapi import Request
 
 from breaker import (
     BackendUnavailableError,
-    BreakerConfig,
     BreakerSnapshot,
     CircuitBreaker,
+    Clock,
+    OutcomeEvent,
     ResilientTransport,
     RetryDetails,
     RetryHook,
     TransitionEvent,
 )
-from breaker.testing import Clock
 
 from . import errors
 from .events import EventFeed
-from .metrics import BACKEND_ERRORS, CALLS, LATENCY, RETRIES, RETRIES_REFUSED, TRANSITIONS
+from .metrics import (
+    BACKEND_ERRORS,
+    CALLS,
+    LATENCY,
+    LOOP_LAG,
+    RETRIES,
+    RETRIES_REFUSED,
+    TRANSITIONS,
+)
 from .settings import GatewayConfig, Upstream
 
 logger = logging.getLogger("fleetbreaker.gateway")
 
 #: The request extension that names the upstream a request is for.
 UPSTREAM_EXTENSION = "fleetbreaker.upstream"
-
-
-def call_outcome(config: BreakerConfig, cause: object) -> str | None:
-    """How the breaker counted an attempt that ended in ``cause`` (an exception or a
-    response), by its own rule: success, failure, or None (not counted)."""
-    if isinstance(cause, BaseException):
-        outcome = config.classify(cause)
-    else:
-        outcome = config.classify(None, cause)
-    return None if outcome == "release" else outcome
 
 
 class _Timed(httpx.AsyncBaseTransport):
@@ -83,6 +82,8 @@ class _ByUpstream(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        for route in self._routes.values():
+            await route.aclose()  # a route's breakers; _Timed leaves the pool open
         await self._pool.aclose()  # shared by every route: closed once, here
 
 
@@ -114,26 +115,41 @@ def _named(upstream: str) -> Callable[[httpx.Request], str]:
     return name_of
 
 
-def _retry_hook(name: str, breaker: BreakerConfig) -> RetryHook:
+def _retry_hook(name: str) -> RetryHook:
     retries = RETRIES.labels(name)
 
     def hook(details: RetryDetails, /) -> None:
         if details.stopped_by is not None:
             RETRIES_REFUSED.labels(name, details.stopped_by).inc()
-            return
-        # A retried attempt never reaches the proxy's own accounting: count it here.
-        retries.inc()
-        outcome = call_outcome(breaker, details.cause)
-        if outcome is not None:
-            CALLS.labels(name, outcome).inc()
+        else:
+            retries.inc()
 
     return hook
+
+
+def _count_outcome(event: OutcomeEvent) -> None:
+    """Every call of every breaker, as the breaker counted it: the one judgement,
+    made by the library, that the metrics only read."""
+    CALLS.labels(event.name, event.outcome).inc()
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     upstream: Upstream
     breaker: CircuitBreaker | None  # None: ``breaker = false``
+
+
+_LAG_EVERY = 0.1
+
+
+async def _watch_loop_lag() -> None:
+    """Sleeps a tenth of a second at a time and notes how late it woke: a loop that
+    something blocks (a blocking call, a long computation) wakes late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(_LAG_EVERY)
+        LOOP_LAG.observe(max(0.0, loop.time() - started - _LAG_EVERY))
 
 
 class Gateway:
@@ -152,6 +168,7 @@ class Gateway:
         self.client = client
         self.routes = routes
         self.feed = feed
+        self._lag = asyncio.get_running_loop().create_task(_watch_loop_lag(), name="loop-lag")
 
     @classmethod
     async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
@@ -168,7 +185,7 @@ class Gateway:
             transport = ResilientTransport(
                 _Timed(pool, name),
                 redis=redis_client,
-                retry=upstream.retry.replace(hooks=(_retry_hook(name, upstream.breaker),)),
+                retry=upstream.retry.replace(hooks=(_retry_hook(name),)),
                 breaker_config=upstream.breaker,
                 breaker_name=_named(name),
                 clock=clock,
@@ -177,6 +194,7 @@ class Gateway:
             breaker = transport.breaker(name)
             breaker.add_listener(feed.publish)
             breaker.add_listener(_log_transition, made_here_only=True)
+            breaker.add_outcome_listener(_count_outcome)
             breaker.add_backend_error_listener(_count_backend_error)
             breaker.follow_events()
             transports[name] = transport
@@ -231,6 +249,9 @@ class Gateway:
         return result
 
     async def aclose(self) -> None:
+        self._lag.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._lag
         await self.client.aclose()
         if self.redis is not None:
             await self.redis.aclose()

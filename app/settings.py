@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -73,12 +74,10 @@ from breaker import BreakerConfig, ConfigurationError, RetryBudget, RetryPolicy,
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEMO_UPSTREAM = "demo"
 # Settings that a TOML file cannot express (code), or that are gateway-wide (prefix).
-_BREAKER_KEYS = frozenset(field.name for field in fields(BreakerConfig)) - {
-    "record_exceptions",
-    "ignore_exceptions",
-    "failure_predicate",
-    "prefix",
-}
+_BREAKER_KEYS = (
+    frozenset(field.name for field in fields(BreakerConfig))
+    - {"record_exceptions", "ignore_exceptions", "failure_predicate", "prefix"}
+) | {"failure_statuses"}
 _RETRY_KEYS = frozenset(
     {
         "attempts",
@@ -351,13 +350,16 @@ def _upstream(
             raise ConfigError(f"{key}.retry: retries need the breaker, and breaker = false")
         return Upstream(name=name, url=url, breaker=None, retry=RetryPolicy(attempts=1))
     breaker_values = _merged("breaker", _BREAKER_KEYS, key, defaults.breaker, section.breaker)
+    statuses = breaker_values.pop("failure_statuses", ["5xx"])
+    where = key if "failure_statuses" in section.breaker else "defaults"
+    predicate = failure_statuses(f"{where}.breaker.failure_statuses", statuses)
     retry_values = _merged("retry", _RETRY_KEYS, key, defaults.retry, section.retry)
     try:
         breaker = BreakerConfig(
             **breaker_values,
             prefix=prefix,
             record_exceptions=_UPSTREAM_FAILURES,
-            failure_predicate=is_server_error,
+            failure_predicate=predicate,
         )
     except ConfigurationError as exc:
         where = key if exc.field in section.breaker else "defaults"
@@ -374,6 +376,35 @@ def _upstream(
     except TypeError as exc:
         raise ConfigError(f"{key}.retry: {exc}") from None
     return Upstream(name=name, url=url, breaker=breaker, retry=retry)
+
+
+class _StatusIn:
+    """A response counts as a failure when its status is one of these."""
+
+    def __init__(self, statuses: frozenset[int]) -> None:
+        self.statuses = statuses
+
+    def __call__(self, result: object) -> bool:
+        return isinstance(result, httpx.Response) and result.status_code in self.statuses
+
+
+def failure_statuses(key: str, value: object) -> Callable[[object], bool]:
+    """The failure predicate of ``failure_statuses``: status codes, and classes written
+    ``"5xx"``. The default, ``["5xx"]``, is the library's ``is_server_error``."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f'{key}: must be a non-empty list of statuses, like ["5xx", 429]')
+    statuses: set[int] = set()
+    for item in value:
+        if isinstance(item, str) and re.fullmatch(r"[1-5]xx", item):
+            first = int(item[0]) * 100
+            statuses.update(range(first, first + 100))
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            statuses.add(item)
+        else:
+            raise ConfigError(f'{key}: {item!r} is not a status (100..599) or a class like "5xx"')
+    if statuses == set(range(500, 600)):
+        return is_server_error
+    return _StatusIn(frozenset(statuses))
 
 
 def _merged(

@@ -285,3 +285,40 @@ def test_admin_snapshot_while_redis_is_dead_is_503_json(
         assert response.json()["error"] == "backend_unavailable"
 
     run(config, scenario)
+
+
+def test_metrics_count_what_the_breaker_counted_even_a_404_made_a_failure(
+    tmp_path: Path, upstream: Upstream, backend: str | None
+) -> None:
+    """One judgement of outcomes, the breaker's: with ``failure_statuses`` a 404 is a
+    failure, and ``/metrics`` says so because it reads the breaker's outcome events."""
+    upstream.plan("/base/gone", Reply(404))
+    upstream.plan("/base/fine", Reply(200))
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [upstreams.api]
+        url = "{upstream.url}/base"
+        breaker = {{ failure_threshold = 10, failure_statuses = ["5xx", 404] }}
+        """,
+        redis_url=backend,
+    )
+
+    def counted(text: str, outcome: str) -> float:
+        try:
+            return metric(text, "fleetbreaker_calls_total", upstream="api", outcome=outcome)
+        except AssertionError:
+            return 0.0  # the counters live as long as the process: earlier tests add to them
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        before = (await client.get("/metrics")).text
+        for path in ("gone", "fine", "gone", "gone"):
+            await client.get(f"/proxy/api/{path}")
+        text = (await client.get("/metrics")).text
+        snapshot = (await client.get("/admin/breakers/api", headers=AUTH)).json()
+        failures = counted(text, "failure") - counted(before, "failure")
+        successes = counted(text, "success") - counted(before, "success")
+        assert (failures, successes) == (3, 1)
+        assert (snapshot["window_failures"], snapshot["window_calls"]) == (3, 4)
+
+    run(config, scenario)
