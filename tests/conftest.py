@@ -12,9 +12,9 @@ Time is a ``ManualClock``: tests advance it instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import shutil
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,8 @@ import redis
 import redis.asyncio as aioredis
 
 from breaker import CircuitBreaker
-from breaker._backend import embedded_backend, fallback_backend
+from breaker._backend import embedded_backend
+from breaker._local import fallback_engine
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
 from tests.support.reliability import Reliability, audit_dependencies, render
@@ -102,9 +103,6 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
-    del client
-    # Backends are per client: collecting it stops its events thread.
-    gc.collect()
 
 
 @dataclass
@@ -115,6 +113,7 @@ class Harness:
     clock: ManualClock
     raw: Any
     client: Any
+    url: str | None = None  # of the Redis, for the asyncio clients a test makes
     breakers: list[CircuitBreaker] = field(default_factory=list)
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
@@ -126,20 +125,61 @@ class Harness:
         return text_hash(self.raw, key)
 
 
+class Breakers:
+    """Makes breakers (``CircuitBreaker``'s arguments) and closes them after the test:
+    no events thread of one test follows a server of the next."""
+
+    def __init__(self) -> None:
+        self.made: list[CircuitBreaker] = []
+
+    def __call__(self, name: str = "p", **arguments: Any) -> CircuitBreaker:
+        cb = CircuitBreaker(name, **arguments)
+        self.made.append(cb)
+        return cb
+
+    def close(self) -> None:
+        for cb in self.made:
+            cb.close()
+
+
+@pytest.fixture
+def breakers() -> Iterator[Breakers]:
+    made = Breakers()
+    yield made
+    made.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_follower_outlives_its_test() -> Iterator[None]:
+    """Every breaker a test made is closed by its end: its events thread is gone."""
+    before = {thread for thread in threading.enumerate() if _follows(thread)}
+    yield
+    left = [t.name for t in threading.enumerate() if _follows(t) and t not in before]
+    assert left == [], f"threads left running by this test: {left}"
+
+
+def _follows(thread: threading.Thread) -> bool:
+    return thread.name.startswith("fleetbreaker-")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_in_process_backends() -> None:
     """The embedded and fallback backends are process-wide: empty them for each test."""
     embedded_backend().client.flushall()
-    fallback_backend().client.flushall()
+    fallback_engine().clear()
 
 
 @pytest.fixture(params=["redis", "embedded"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "redis":
         client = request.getfixturevalue("sync_redis")
-        yield Harness("redis", ManualClock(), client, client)
+        url = request.getfixturevalue("redis_url")
+        made = Harness("redis", ManualClock(), client, client, url)
     else:
-        yield Harness("embedded", ManualClock(), embedded_backend().client, None)
+        made = Harness("embedded", ManualClock(), embedded_backend().client, None)
+    yield made
+    for breaker in made.breakers:
+        breaker.close()
 
 
 @dataclass
@@ -150,15 +190,20 @@ class AsyncHarness:
     clock: ManualClock
     url: str | None
     clients: list[aioredis.Redis] = field(default_factory=list)
+    breakers: list[CircuitBreaker] = field(default_factory=list)
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
         client = None
         if self.url is not None:
             client = aioredis.Redis.from_url(self.url)
             self.clients.append(client)
-        return CircuitBreaker(name, redis=client, clock=self.clock, **settings)
+        cb = CircuitBreaker(name, redis=client, clock=self.clock, **settings)
+        self.breakers.append(cb)
+        return cb
 
     async def aclose(self) -> None:
+        for breaker in self.breakers:
+            await breaker.aclose()
         for client in self.clients:
             await client.aclose()
 

@@ -14,7 +14,9 @@ import redis
 import redis.asyncio as aioredis
 
 from breaker import BackendUnavailableError, CircuitBreaker, CircuitOpenError
+from breaker._backend import BackendHealth
 from breaker.testing import ManualClock
+from tests.conftest import Breakers
 from tests.support.servers import BlackHole, RedisServer
 from tests.test_round_trips import commands_during, fail, succeed
 
@@ -26,33 +28,42 @@ def black_hole() -> Iterator[BlackHole]:
     hole.close()
 
 
-def dead_redis_breaker(server: RedisServer, **settings: object) -> CircuitBreaker:
-    cb = CircuitBreaker("p", redis=server.client(), clock=ManualClock(), **settings)  # type: ignore[arg-type]
+def dead_redis_breaker(
+    breakers: Breakers, server: RedisServer, **settings: object
+) -> CircuitBreaker:
+    """A breaker that has used ``server``, which is then SIGKILLed. Time is a
+    ManualClock: the backoff after a failure lasts until the test moves it."""
+    cb = breakers("p", redis=server.client(), clock=ManualClock(), **settings)
     succeed(cb)
     server.kill()
     return cb
 
 
-def test_fail_open_lets_calls_through_while_redis_is_dead(redis_server: RedisServer) -> None:
-    cb = dead_redis_breaker(redis_server, reset_timeout=0.001)
+def test_fail_open_lets_calls_through_while_redis_is_dead(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = dead_redis_breaker(breakers, redis_server, reset_timeout=0.001)
     results = [cb.call(lambda: "served") for _ in range(5)]
     assert results == ["served"] * 5
 
 
-def test_fallback_breaker_still_trips_on_a_dead_upstream(redis_server: RedisServer) -> None:
-    cb = dead_redis_breaker(redis_server, failure_threshold=3)
-    cb._backend.health.clock = ManualClock().monotonic  # stay in backoff: use the fallback
-    for _ in range(3):
+def test_fallback_breaker_still_trips_on_a_dead_upstream(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = dead_redis_breaker(breakers, redis_server, failure_threshold=3)
+    for _ in range(3):  # the clock stands still: Redis stays in backoff, the fallback decides
         fail(cb)
     with pytest.raises(CircuitOpenError):
         succeed(cb)
 
 
 def test_fail_closed_raises_backend_unavailable_without_calling(
-    redis_server: RedisServer,
+    breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = dead_redis_breaker(redis_server, on_backend_error="fail_closed", reset_timeout=0.001)
-    cb._core.view = None  # forget the closed view: the next call must ask Redis
+    cb = dead_redis_breaker(
+        breakers, redis_server, on_backend_error="fail_closed", reset_timeout=0.001
+    )
+    cb.clock.advance(1.0)  # type: ignore[attr-defined]  # the closed view is no longer trusted
     called: list[int] = []
     with pytest.raises(BackendUnavailableError) as refused:
         cb.call(called.append, 1)
@@ -62,80 +73,81 @@ def test_fail_closed_raises_backend_unavailable_without_calling(
 
 
 def test_fail_closed_asks_redis_before_the_next_call_once_redis_has_failed(
-    redis_server: RedisServer,
+    breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = dead_redis_breaker(redis_server, on_backend_error="fail_closed", reset_timeout=300)
-    health_clock = ManualClock()
-    cb._backend.health.clock = health_clock.monotonic
+    cb = dead_redis_breaker(
+        breakers, redis_server, on_backend_error="fail_closed", reset_timeout=300
+    )
     called: list[int] = []
     cb.call(called.append, 1)  # the closed view admits it; its record finds Redis dead
-    health_clock.advance(10.0)  # past any backoff: the closed view would admit again
+    cb.clock.advance(10.0)  # type: ignore[attr-defined]  # past any backoff, not the view's trust
     with pytest.raises(BackendUnavailableError):
         cb.call(called.append, 2)
     assert called == [1]
 
 
 def test_operator_actions_raise_breaker_errors_not_redis_errors(
-    redis_server: RedisServer,
+    breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = dead_redis_breaker(redis_server)
+    cb = dead_redis_breaker(breakers, redis_server)
     for action in (cb.reset, cb.force_open, cb.disable, cb.snapshot):
         with pytest.raises(BackendUnavailableError):
             action()
 
 
-def test_a_hung_redis_costs_a_call_at_most_the_backend_timeout(black_hole: BlackHole) -> None:
+def test_a_hung_redis_costs_a_call_at_most_the_backend_timeout(
+    breakers: Breakers, black_hole: BlackHole
+) -> None:
     client = redis.Redis(port=black_hole.port)
-    cb = CircuitBreaker("p", redis=client, clock=ManualClock(), backend_timeout=0.1)
+    cb = breakers("p", redis=client, clock=ManualClock(), backend_timeout=0.1)
+    reasons: list[str] = []
+    cb.add_backend_error_listener(reasons.append)
     started = time.monotonic()
     assert cb.call(lambda: "served") == "served"
     # A hang check, not a speed check: redis-py's defaults would take about a minute.
     assert time.monotonic() - started < 5.0
-    assert "Timeout" in cb._backend.health.last_error
+    assert "Timeout" in reasons[0]
 
 
-def test_a_dead_redis_is_left_alone_during_the_backoff(black_hole: BlackHole) -> None:
+def test_a_dead_redis_is_left_alone_during_the_backoff(
+    breakers: Breakers, black_hole: BlackHole
+) -> None:
     client = redis.Redis(port=black_hole.port)
-    cb = CircuitBreaker("p", redis=client, clock=ManualClock(), backend_timeout=0.1)
-    health_clock = ManualClock()
-    cb._backend.health.clock = health_clock.monotonic
+    clock = ManualClock()
+    cb = breakers("p", redis=client, clock=clock, backend_timeout=0.1)
     succeed(cb)
     tried = black_hole.wait_accepted(1)
     for _ in range(20):
         succeed(cb)
     assert black_hole.accepted == tried
-    health_clock.advance(0.2)  # the first backoff is at most 0.1 s: one probe again
+    clock.advance(0.2)  # the first backoff is at most 0.1 s: one probe again
     succeed(cb)
     assert black_hole.wait_accepted(tried + 1) == tried + 1
 
 
 def test_backoff_grows_with_consecutive_failures_and_is_capped() -> None:
-    from breaker._backend import BackendHealth
-
-    clock = ManualClock(start=0.0)
-    health = BackendHealth(clock=clock.monotonic)
-    ceilings = []
-    for _ in range(10):
-        health.failed("down")
-        down_for = health._down_until - clock.monotonic()
-        ceilings.append(down_for)
-    assert 0.05 <= ceilings[0] <= 0.1
-    assert 0.1 <= ceilings[1] <= 0.2
-    assert all(2.5 <= down_for <= 5.0 for down_for in ceilings[7:])
+    health = BackendHealth()
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0]
+    now = 0.0
+    for low, high in ((ceiling / 2, ceiling) for ceiling in ceilings):
+        health.failed("down", now)
+        assert health.is_down(now + low - 1e-9)  # down for at least half the ceiling
+        assert not health.is_down(now + high)  # and at most the ceiling
+        now += 100.0
     health.succeeded()
-    assert not health.is_down()
+    assert not health.is_down(now)
 
 
-def test_state_resyncs_from_redis_when_it_returns(redis_server: RedisServer) -> None:
-    cb = dead_redis_breaker(redis_server, failure_threshold=2)
-    health_clock = ManualClock()
-    cb._backend.health.clock = health_clock.monotonic
+def test_state_resyncs_from_redis_when_it_returns(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = dead_redis_breaker(breakers, redis_server, failure_threshold=2)
     fail(cb)
     fail(cb)  # the fallback breaker opens
     with pytest.raises(CircuitOpenError):
         succeed(cb)
     redis_server.start()  # back, empty, on the same port
-    health_clock.advance(10.0)
+    cb.clock.advance(10.0)  # type: ignore[attr-defined]  # past the backoff and the open time
     succeed(cb)  # Redis says closed: its state wins again
     snapshot = cb.snapshot()
     assert (snapshot.backend, snapshot.state, snapshot.window_calls) == ("redis", "closed", 1)
@@ -155,6 +167,7 @@ def test_async_fail_open_lets_calls_through_while_redis_is_dead(
             return "served"
 
         results = [await cb.call(upstream) for _ in range(3)]
+        await cb.aclose()
         await client.aclose()
         return results
 
@@ -162,17 +175,16 @@ def test_async_fail_open_lets_calls_through_while_redis_is_dead(
 
 
 def test_a_redis_restarted_empty_is_followed_although_generations_restart(
-    redis_server: RedisServer,
+    breakers: Breakers, redis_server: RedisServer
 ) -> None:
     clock = ManualClock()
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
     for _ in range(3):  # the process's view reaches generation 6
         fail(cb)
         fail(cb)
         cb.reset()
     redis_server.kill()
     redis_server.start()  # back, empty: its next breaker hash starts at generation 0
-    cb._backend.health.clock = ManualClock().monotonic
     clock.advance(60.0)  # the closed view is no longer trusted
     fail(cb)
     fail(cb)
@@ -187,16 +199,19 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
     assert commands_during(redis_server, rejected) == {}
 
 
-def test_backend_error_listener_hears_each_failure_once(redis_server: RedisServer) -> None:
+def test_backend_error_listener_hears_each_failure_once(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
     client = redis_server.client()
-    first = CircuitBreaker("a", redis=client, clock=ManualClock(), reset_timeout=0.001)
-    second = CircuitBreaker("b", redis=client, clock=ManualClock())
+    clock = ManualClock()
+    first = breakers("a", redis=client, clock=clock, reset_timeout=0.001)
+    second = breakers("b", redis=client, clock=ManualClock())
     reasons: list[str] = []
     first.add_backend_error_listener(reasons.append)
     second.add_backend_error_listener(reasons.append)  # same backend, same listener
     succeed(first)
     redis_server.kill()
-    first._core.view = None  # the next call must ask Redis
+    clock.advance(1.0)  # the closed view is no longer trusted: the next call asks Redis
     succeed(first)
     assert len(reasons) == 1
     assert "ConnectionError" in reasons[0]

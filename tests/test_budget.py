@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from breaker import CircuitBreaker, RetryBudget
-from tests.conftest import Harness
+from tests.conftest import Breakers, Harness
 from tests.support.servers import RedisServer
 from tests.test_backend_outage import dead_redis_breaker
 
@@ -53,22 +53,22 @@ def test_a_recorded_retry_does_not_count_as_a_first_attempt(harness: Harness) ->
 
 def test_the_floor_lets_a_quiet_service_retry(harness: Harness) -> None:
     cb = harness.breaker(window=10.0)
-    budget = RetryBudget(ratio=0.2, min_retries_per_second=30.0)
-    # No traffic at all: the floor's bucket holds a tenth of a second of its rate.
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=12.0)
+    # No traffic at all: the floor's bucket holds a quarter of a second of its rate.
     assert grants(cb, budget, 4) == [True, True, True, False]
 
 
 def test_the_floor_refills_at_its_rate_not_a_window_at_once(harness: Harness) -> None:
     cb = harness.breaker(window=10.0)
     budget = RetryBudget(ratio=0.0, min_retries_per_second=10.0)
-    # A window's worth (100) was once spent in an instant; now a tenth of a second's.
+    # A window's worth (100) was once spent in an instant; now a quarter second's.
+    assert grants(cb, budget, 3) == [True, True, False]  # half a token is left
+    harness.clock.advance(0.02)
+    assert grants(cb, budget, 1) == [False]  # 0.7 of a token
+    harness.clock.advance(0.03)
     assert grants(cb, budget, 2) == [True, False]
-    harness.clock.advance(0.25)  # 2.5 tokens, more than the bucket holds
-    assert grants(cb, budget, 2) == [True, False]
-    harness.clock.advance(0.05)
-    assert grants(cb, budget, 1) == [False]  # half a token
-    harness.clock.advance(0.05)
-    assert grants(cb, budget, 2) == [True, False]
+    harness.clock.advance(60.0)  # the bucket refills to a quarter second, never beyond
+    assert grants(cb, budget, 3) == [True, True, False]
 
 
 def test_a_slow_floor_still_grants_a_whole_retry(harness: Harness) -> None:
@@ -90,7 +90,7 @@ def test_a_burst_gets_the_ratio_plus_the_floors_bucket(harness: Harness) -> None
         if cb.spend_retry(budget).granted:
             granted += 1
             first_attempts(cb, 1)  # the retry's own call
-    assert granted == 20 + 1
+    assert granted == 20 + 2
 
 
 def test_retries_slide_out_with_the_window(harness: Harness) -> None:
@@ -140,14 +140,16 @@ def _refused() -> None:
 
 
 def test_with_redis_dead_fail_open_budgets_against_the_fallback(
-    redis_server: RedisServer,
+    breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = dead_redis_breaker(redis_server, window=10.0)
+    cb = dead_redis_breaker(breakers, redis_server, window=10.0)
     budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1)
     # The in-process fallback keeps its own window: its floor still bounds retries.
     assert grants(cb, budget, 2) == [True, False]
 
 
-def test_with_redis_dead_fail_closed_refuses_every_retry(redis_server: RedisServer) -> None:
-    cb = dead_redis_breaker(redis_server, on_backend_error="fail_closed")
+def test_with_redis_dead_fail_closed_refuses_every_retry(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = dead_redis_breaker(breakers, redis_server, on_backend_error="fail_closed")
     assert grants(cb, RetryBudget(), 1) == [False]

@@ -72,7 +72,7 @@ def test_a_burst_on_a_dead_upstream_gets_the_ratio_plus_one_second_of_floor(
 ) -> None:
     """100 requests at one instant through 3 replicas x 2 workers, 3 attempts each,
     the default budget: at most 100 x 1.2 + one second of floor (10) reach the upstream
-    (the floor's bucket holds 1 token; the rest refills while the burst lasts).
+    (the floor's bucket holds 2.5 tokens; the rest refills while the burst lasts).
     The floor was once a whole window's allowance (100 retries), spent at t=0."""
     upstream.plan("/down", Reply(503))
     config = f"""

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ import pytest
 from app.fleet import fleetbreaker_command, free_port
 from breaker import CircuitBreaker
 from breaker.testing import ManualClock
+from tests.conftest import Breakers
 from tests.support.servers import RedisServer
 from tests.test_round_trips import fail
+
+pytestmark = pytest.mark.slow  # each test runs the console script, as a user would
 
 _TIMEOUT = 60
 
@@ -27,18 +31,20 @@ def cli(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def tripped(server: RedisServer, name: str, threshold: int = 2) -> CircuitBreaker:
-    cb = CircuitBreaker(
-        name, redis=server.client(), clock=ManualClock(), failure_threshold=threshold
-    )
+def tripped(
+    breakers: Breakers, server: RedisServer, name: str, threshold: int = 2
+) -> CircuitBreaker:
+    cb = breakers(name, redis=server.client(), clock=ManualClock(), failure_threshold=threshold)
     for _ in range(threshold):
         fail(cb)
     return cb
 
 
-def test_status_prints_a_table_of_every_breaker_in_redis(redis_server: RedisServer) -> None:
-    tripped(redis_server, "payments")
-    CircuitBreaker("search", redis=redis_server.client()).reset()
+def test_status_prints_a_table_of_every_breaker_in_redis(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    tripped(breakers, redis_server, "payments")
+    breakers("search", redis=redis_server.client()).reset()
     result = cli("status", "--redis-url", redis_server.url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -46,8 +52,8 @@ def test_status_prints_a_table_of_every_breaker_in_redis(redis_server: RedisServ
         "NAME",
         "STATE",
         "FAILURES",
-        "RETRY",
-        "AFTER",
+        "OPEN",
+        "FOR",
         "WINDOW",
         "CALLS",
         "WINDOW",
@@ -57,8 +63,10 @@ def test_status_prints_a_table_of_every_breaker_in_redis(redis_server: RedisServ
     assert lines[2].split()[:3] == ["search", "closed", "0"]
 
 
-def test_status_json_reads_the_url_from_the_environment(redis_server: RedisServer) -> None:
-    tripped(redis_server, "a{b}")  # an escaped name comes back as it was
+def test_status_json_reads_the_url_from_the_environment(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    tripped(breakers, redis_server, "a{b}")  # an escaped name comes back as it was
     result = cli("status", "--json", BREAKER_REDIS_URL=redis_server.url)
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
@@ -83,17 +91,19 @@ def test_status_includes_configured_upstreams_not_yet_in_redis(
     [("reset", "closed"), ("open", "forced_open"), ("disable", "disabled")],
 )
 def test_control_commands_change_the_shared_state(
-    redis_server: RedisServer, command: str, state: str
+    breakers: Breakers, redis_server: RedisServer, command: str, state: str
 ) -> None:
-    cb = tripped(redis_server, "payments")
+    cb = tripped(breakers, redis_server, "payments")
     result = cli(command, "payments", "--redis-url", redis_server.url)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"payments: {state}\n"
     assert cb.snapshot().state == state
 
 
-def test_an_unknown_name_is_exit_2_with_the_known_ones(redis_server: RedisServer) -> None:
-    tripped(redis_server, "payments")
+def test_an_unknown_name_is_exit_2_with_the_known_ones(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    tripped(breakers, redis_server, "payments")
     result = cli("reset", "nope", "--redis-url", redis_server.url)
     assert result.returncode == 2
     assert result.stderr == "fleetbreaker: no breaker named 'nope' (known: payments)\n"
@@ -117,20 +127,25 @@ def test_unreachable_redis_is_exit_1_in_one_line() -> None:
 
 
 def test_watch_prints_transitions_and_stops_cleanly_on_ctrl_c(
+    breakers: Breakers,
     redis_server: RedisServer,
 ) -> None:
+    # Started with SIGINT ignored, as a background job's children are: it must still
+    # stop on Ctrl-C. (Before it set its own handler, it never did, and this test
+    # failed whenever the suite itself ran with SIGINT ignored.)
     watcher = subprocess.Popen(
         [*fleetbreaker_command(), "watch", "--redis-url", redis_server.url],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert watcher.stderr is not None
         assert watcher.stdout is not None
         assert watcher.stderr.readline().startswith("watching breaker:events")
-        tripped(redis_server, "payments")
+        tripped(breakers, redis_server, "payments")
         line = watcher.stdout.readline()
         assert line.split()[1:] == ["payments:", "closed", "->", "open", "(failure_threshold)"]
         watcher.send_signal(signal.SIGINT)
@@ -138,3 +153,46 @@ def test_watch_prints_transitions_and_stops_cleanly_on_ctrl_c(
     finally:
         watcher.kill()
         watcher.wait(_TIMEOUT)
+
+
+def test_reset_acts_with_the_breakers_own_key_ttl_not_a_default(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    tripped(breakers, redis_server, "short-lived", threshold=1)
+    short = breakers("short-lived", redis=redis_server.client(), key_ttl=60.0)
+    short.acquire().success()  # its calls store its settings with its state
+    result = cli("reset", "short-lived", "--redis-url", redis_server.url)
+    assert result.returncode == 0, result.stderr
+    client = redis_server.client()
+    assert 0 < client.pttl("breaker:{short-lived}") <= 60_000
+    client.close()
+
+
+def test_status_sums_the_window_with_the_breakers_own_buckets(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    clock = ManualClock(start=time.time() - 18.0)  # the CLI reads Redis's own clock
+    cb = breakers(
+        "coarse", redis=redis_server.client(), clock=clock, window_bucket=2.0, window=20.0
+    )
+    for _ in range(3):  # 18 s ago, 9 s ago, now: all inside its 20 s window
+        cb.acquire().failure()
+        clock.advance(9.0)
+    result = cli("status", "--json", "--redis-url", redis_server.url)
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    # A default window (10 x 1 s) would have counted 2 of them.
+    assert (line["name"], line["window_calls"]) == ("coarse", 3)
+
+
+def test_status_says_when_an_open_breaker_turns_half_open(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = breakers("past", redis=redis_server.client(), failure_threshold=1, reset_timeout=300)
+    cb.acquire().failure()
+    result = cli("status", "--redis-url", redis_server.url)
+    assert "half-open on next call" not in result.stdout
+    client = redis_server.client()
+    client.hset("breaker:{past}", "open_until", 1)  # its open time ended long ago
+    client.close()
+    result = cli("status", "--redis-url", redis_server.url)
+    assert "half-open on next call" in result.stdout

@@ -13,19 +13,20 @@ import time
 import pytest
 import redis
 
-from breaker import CircuitBreaker, CircuitOpenError, TransitionEvent
+from breaker import CircuitOpenError, TransitionEvent
 from breaker.testing import ManualClock
+from tests.conftest import Breakers
 from tests.support.servers import RedisServer
 from tests.test_round_trips import commands_during, fail, succeed
 
 _DELIVERY_TIMEOUT = 10.0  # a bound on waiting for a message, never a delay
 
 
-def test_transition_is_published_as_json(sync_redis: redis.Redis) -> None:
+def test_transition_is_published_as_json(breakers: Breakers, sync_redis: redis.Redis) -> None:
     pubsub = sync_redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe("breaker:events")
     clock = ManualClock()
-    cb = CircuitBreaker("payments", redis=sync_redis, clock=clock, failure_threshold=1)
+    cb = breakers("payments", redis=sync_redis, clock=clock, failure_threshold=1)
     fail(cb)
     deadline = time.monotonic() + _DELIVERY_TIMEOUT
     message = None
@@ -47,14 +48,16 @@ def test_transition_is_published_as_json(sync_redis: redis.Redis) -> None:
     }
 
 
-def test_another_process_learns_of_a_trip_without_a_call(redis_server: RedisServer) -> None:
+def test_another_process_learns_of_a_trip_without_a_call(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
     clock = ManualClock()
-    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
-    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    here = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    there = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
     heard = threading.Event()
     there.add_listener(lambda event: heard.set() if event.to_state == "open" else None)
     succeed(there)  # its view: closed, trusted
-    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert there.follow_events(timeout=_DELIVERY_TIMEOUT)
     fail(here)
     fail(here)
     assert heard.wait(_DELIVERY_TIMEOUT)
@@ -67,27 +70,30 @@ def test_another_process_learns_of_a_trip_without_a_call(redis_server: RedisServ
 
 
 def test_operator_reset_reaches_a_process_that_holds_the_open_view(
+    breakers: Breakers,
     redis_server: RedisServer,
 ) -> None:
     clock = ManualClock()
-    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
-    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    here = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    there = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     closed_again = threading.Event()
     there.add_listener(lambda event: closed_again.set() if event.reason == "reset" else None)
     succeed(there)
-    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert there.follow_events(timeout=_DELIVERY_TIMEOUT)
     fail(there)
     here.reset()
     assert closed_again.wait(_DELIVERY_TIMEOUT)
     succeed(there)  # open_until is far away, yet the reset let it through at once
 
 
-def test_listener_hears_other_processes_transitions_once(redis_server: RedisServer) -> None:
+def test_listener_hears_other_processes_transitions_once(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
     clock = ManualClock()
-    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    here = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     heard: list[TransitionEvent] = []
     done = threading.Event()
-    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    there = breakers("p", redis=redis_server.client(), clock=clock)
 
     def listen(event: TransitionEvent) -> None:
         heard.append(event)
@@ -96,31 +102,35 @@ def test_listener_hears_other_processes_transitions_once(redis_server: RedisServ
 
     there.add_listener(listen)
     succeed(there)
-    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert there.follow_events(timeout=_DELIVERY_TIMEOUT)
     fail(here)
     here.reset()
     assert done.wait(_DELIVERY_TIMEOUT)
     assert [(e.to_state, e.generation) for e in heard] == [("open", 1), ("closed", 2)]
 
 
-def test_a_malformed_message_on_the_channel_is_ignored(redis_server: RedisServer) -> None:
+def test_a_malformed_message_on_the_channel_is_ignored(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
     clock = ManualClock()
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     heard = threading.Event()
     cb.add_listener(lambda event: heard.set())
     succeed(cb)
-    assert cb._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)
     publisher = redis_server.client()
     publisher.publish("breaker:events", b"{not json")
     publisher.publish("breaker:events", json.dumps({"name": "p"}))
-    other = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    other = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     fail(other)
     assert heard.wait(_DELIVERY_TIMEOUT)  # the subscriber survived the bad messages
     assert cb.snapshot().state == "open"
 
 
-def test_sync_calls_from_many_threads_run_concurrently(sync_redis: redis.Redis) -> None:
-    cb = CircuitBreaker("p", redis=sync_redis)
+def test_sync_calls_from_many_threads_run_concurrently(
+    breakers: Breakers, sync_redis: redis.Redis
+) -> None:
+    cb = breakers("p", redis=sync_redis)
     # Every thread must be inside the protected call at once to pass the barrier: a
     # breaker that held a lock around the call would break it (BrokenBarrierError).
     barrier = threading.Barrier(8, timeout=30)
@@ -142,11 +152,12 @@ def test_sync_calls_from_many_threads_run_concurrently(sync_redis: redis.Redis) 
 
 
 def test_made_here_listener_hears_only_this_objects_transitions(
+    breakers: Breakers,
     redis_server: RedisServer,
 ) -> None:
     clock = ManualClock()
-    here = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
-    there = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    here = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    there = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     made_here: list[str] = []
     made_there: list[str] = []
     heard_there: list[str] = []
@@ -161,7 +172,7 @@ def test_made_here_listener_hears_only_this_objects_transitions(
 
     there.add_listener(hear)
     there.follow_events()
-    assert there._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert there.follow_events(timeout=_DELIVERY_TIMEOUT)
     fail(here)  # here opens it
     there.reset()  # there closes it
     assert done.wait(_DELIVERY_TIMEOUT)
@@ -170,7 +181,9 @@ def test_made_here_listener_hears_only_this_objects_transitions(
     assert heard_there == ["failure_threshold", "reset"]
 
 
-def test_follow_events_subscribes_before_any_call(redis_server: RedisServer) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=ManualClock())
+def test_follow_events_subscribes_before_any_call(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=ManualClock())
     cb.follow_events()
-    assert cb._hub.subscribed.wait(_DELIVERY_TIMEOUT)
+    assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)

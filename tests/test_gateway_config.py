@@ -229,6 +229,7 @@ def test_an_upstream_in_the_file_and_the_environment_is_refused(tmp_path: Path) 
         gateway_config(tmp_path, "[upstreams.api]\nurl='http://h'", upstreams="api=http://h")
 
 
+@pytest.mark.slow  # a process
 def test_serve_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[upstreams.api]\nurl='http://h'\nbreaker={failure_threshold=0}\n")

@@ -1,85 +1,79 @@
-"""The README's API snippets run as written (only pointed at the test db, not db 0)."""
+"""Every Python block of the README runs as written, saved as a file: only the Redis
+URL (to the test db, never db 0) and the demo upstream's address are rewritten."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import textwrap
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
+import pytest
 import redis
 
 from app import load_config
-from breaker.testing import set_testing
 from tests.support.upstream import Reply, Upstream
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+pytestmark = pytest.mark.slow  # it runs processes
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+DEMO_UPSTREAM = "http://127.0.0.1:9000"
+_TIMEOUT = 60
 
 
-def snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README, re.DOTALL)
-
-
-def on_test_db(source: str, url: str) -> str:
-    return source.replace('"redis://127.0.0.1:6379/0"', repr(url)).replace(
-        "redis.Redis()", f"redis.Redis.from_url({url!r})"
+def run_block(
+    tmp_path: Path, index: int, redis_url: str, upstream: Upstream
+) -> subprocess.CompletedProcess[str]:
+    source = BLOCKS[index].replace("redis://127.0.0.1:6379/0", redis_url)
+    source = source.replace(DEMO_UPSTREAM, upstream.url)
+    path = tmp_path / f"block_{index}.py"
+    path.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=_TIMEOUT, cwd=tmp_path
     )
 
 
-def test_the_async_snippet_runs_as_written(redis_url: str, sync_redis: redis.Redis) -> None:
-    source = on_test_db(snippets()[0], redis_url)
-
-    async def some_coroutine_function(x: int) -> int:
-        return x + 1
-
-    namespace: dict[str, Any] = {"some_coroutine_function": some_coroutine_function, "arg": 41}
-    body = textwrap.indent(source, "    ")
-    exec(f"async def snippet():\n{body}\n    return result", namespace)
-    assert asyncio.run(namespace["snippet"]()) == 42
+def test_the_readme_has_the_blocks_these_tests_expect() -> None:
+    assert len(BLOCKS) == 5
+    assert all('"redis://127.0.0.1:6379/0"' in block for block in BLOCKS)
 
 
-def test_the_sync_snippet_runs_as_written(redis_url: str, sync_redis: redis.Redis) -> None:
-    source = on_test_db(snippets()[1], redis_url)
-    namespace: dict[str, Any] = {"some_function": lambda x: x * 2, "arg": 21}
-    exec(source, namespace)
-    assert namespace["result"] == 42
-    assert callable(namespace["charge"])
-
-
-def on_upstream(source: str, upstream: Upstream) -> str:
-    return source.replace("http://inventory.internal", upstream.url)
-
-
-def test_the_retry_decorator_snippet_runs_as_written(
-    redis_url: str, sync_redis: redis.Redis, upstream: Upstream
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_every_python_block_runs_as_a_file(
+    tmp_path: Path, index: int, redis_url: str, sync_redis: redis.Redis, upstream: Upstream
 ) -> None:
     upstream.plan("/stock/42", Reply(503), Reply(200, body=b"7"))
-    namespace: dict[str, Any] = {}
-    exec(on_upstream(on_test_db(snippets()[2], redis_url), upstream), namespace)
-    set_testing(True)
-    try:
-        response = namespace["stock"]("42")
-    finally:
-        set_testing(False)
-    assert (response.status_code, response.text) == (200, "7")
-    assert len(upstream.hits_on("/stock/42")) == 2
+    result = run_block(tmp_path, index, redis_url, upstream)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_the_transport_snippet_runs_as_written(
-    redis_url: str, sync_redis: redis.Redis, upstream: Upstream
+def test_the_first_block_trips_payments_as_the_redis_data_section_shows(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis, upstream: Upstream
 ) -> None:
+    result = run_block(tmp_path, 0, redis_url, upstream)
+    assert result.stdout.splitlines()[0] == "charged order 42"
+    assert result.stdout.splitlines()[1].startswith("payments is open; retry after")
+    stored: dict[bytes, bytes] = sync_redis.hgetall("breaker:{payments}")  # type: ignore[assignment]
+    state = {key.decode(): value.decode() for key, value in stored.items()}
+    assert (state["state"], state["failures"]) == ("open", "5")
+    shown = re.search(r"HGETALL 'breaker:\{payments\}'\n(.*?)\$", README, re.DOTALL)
+    assert shown is not None
+    fields = re.findall(r'^\s*\d+\) "(.*)"$', shown.group(1), re.MULTILINE)[::2]
+    assert set(fields) == set(state)
+
+
+def test_the_retry_blocks_retry_through_the_breaker(
+    tmp_path: Path, redis_url: str, sync_redis: redis.Redis, upstream: Upstream
+) -> None:
+    upstream.plan("/stock/42", Reply(503), Reply(200, body=b"7"))
+    result = run_block(tmp_path, 3, redis_url, upstream)
+    assert result.stdout.strip() == "200"
     upstream.plan("/stock/42", Reply(502), Reply(200))
-    source = on_upstream(on_test_db(snippets()[3], redis_url), upstream)
-    namespace: dict[str, Any] = {}
-    body = textwrap.indent(source, "    ")
-    exec(f"async def snippet():\n{body}\n    return response, attempts", namespace)
-    set_testing(True)
-    try:
-        response, attempts = asyncio.run(namespace["snippet"]())
-    finally:
-        set_testing(False)
-    assert (response.status_code, attempts) == (200, 2)
+    result = run_block(tmp_path, 4, redis_url, upstream)
+    assert result.stdout.strip() == "200 after 2 attempt(s)"
 
 
 def test_the_gateway_toml_example_loads(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from breaker import (
+    RETRY_EXCEPTIONS,
     CircuitOpenError,
     ConfigurationError,
     RetryBudget,
@@ -18,6 +19,7 @@ from breaker import (
     RetryPolicy,
     parse_retry_after,
 )
+from breaker._transport import http_rules
 
 NOW = 1_700_000_000.0
 
@@ -83,7 +85,16 @@ def test_retried_statuses_can_be_configured() -> None:
     ids=type,
 )
 def test_connection_errors_and_timeouts_are_retried(error: Exception) -> None:
-    assert RetryPolicy().wants_retry(error)
+    """Plain ones by any policy; httpx's own where a transport runs the policy (they
+    stand for the ConnectionError and TimeoutError it retries)."""
+    assert http_rules(RetryPolicy()).wants_retry(error)
+    assert RetryPolicy().wants_retry(error) == isinstance(error, RETRY_EXCEPTIONS)
+
+
+def test_httpx_errors_are_retried_only_as_the_errors_they_stand_for() -> None:
+    timeouts_only = http_rules(RetryPolicy(retry_exceptions=(TimeoutError,)))
+    assert timeouts_only.wants_retry(httpx.ReadTimeout("slow"))
+    assert not timeouts_only.wants_retry(httpx.ConnectError("refused"))
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ EPSILON = 1e-6
 
 def outcome_of(kind: str, retry_after: int) -> _Outcome:
     if kind == "refused":
-        return _Outcome(None, httpx.ConnectError("refused", request=REQUEST))
+        return _Outcome(None, ConnectionError("refused"))
     if kind == "bug":
         return _Outcome(None, TypeError("bug"))
     status = {"unavailable": 503, "busy": 429, "not_found": 404, "ok": 200}[kind]

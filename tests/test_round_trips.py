@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from breaker import CircuitBreaker, CircuitOpenError, RetryPolicy
 from breaker.testing import ManualClock
+from tests.conftest import Breakers
 from tests.support.servers import RedisServer
 
 LUA = Path(__file__).parent.parent / "lua"
@@ -68,18 +69,20 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-def test_closed_success_costs_one_round_trip(redis_server: RedisServer, clock: ManualClock) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+def test_closed_success_costs_one_round_trip(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=clock)
     succeed(cb)  # the first call of a process also asks acquire
     assert commands_during(redis_server, repeat(50, lambda: succeed(cb))) == {"evalsha": 50}
 
 
 def test_a_success_that_changes_nothing_writes_only_ttls_inside_redis(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
     """Server work, not round trips: no HSET of an unchanged state, and the window is
     read (to prune it) only by the first call of each bucket when no rate is set."""
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock)
     succeed(cb)
     before = redis_server.command_calls()
     repeat(20, lambda: succeed(cb))()
@@ -91,31 +94,35 @@ def test_a_success_that_changes_nothing_writes_only_ttls_inside_redis(
     assert ran["pexpire"] == 60  # every key's TTL is refreshed
 
 
-def test_closed_failure_costs_one_round_trip(redis_server: RedisServer, clock: ManualClock) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
+def test_closed_failure_costs_one_round_trip(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
     succeed(cb)
     assert commands_during(redis_server, repeat(50, lambda: fail(cb))) == {"evalsha": 50}
 
 
-def test_open_rejection_costs_nothing(redis_server: RedisServer, clock: ManualClock) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+def test_open_rejection_costs_nothing(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     fail(cb)
     assert commands_during(redis_server, repeat(50, lambda: reject(cb))) == {}
 
 
 def test_half_open_trial_costs_two_round_trips(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
     fail(cb)
     clock.advance(10.0)
     assert commands_during(redis_server, lambda: succeed(cb)) == {"evalsha": 2}
 
 
 def test_batched_successes_cost_under_five_hundredths_per_call(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, batch_interval=0.05)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, batch_interval=0.05)
     succeed(cb)
 
     def thousand_calls_in_one_second() -> None:
@@ -130,9 +137,9 @@ def test_batched_successes_cost_under_five_hundredths_per_call(
 
 
 def test_batched_successes_ride_along_with_the_next_failure(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, batch_interval=60.0)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, batch_interval=60.0)
     succeed(cb)
     fail(cb)
     assert commands_during(redis_server, repeat(10, lambda: succeed(cb))) == {}
@@ -144,9 +151,9 @@ def test_batched_successes_ride_along_with_the_next_failure(
 
 
 def test_after_script_flush_one_call_reloads_and_succeeds(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock)
     succeed(cb)
     redis_server.client().script_flush()
     assert commands_during(redis_server, lambda: succeed(cb)) == {
@@ -156,7 +163,7 @@ def test_after_script_flush_one_call_reloads_and_succeeds(
 
 
 def test_async_closed_success_costs_one_round_trip(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
     async def scenario() -> dict[str, int]:
         client = aioredis.Redis.from_url(redis_server.url)
@@ -176,9 +183,9 @@ def test_async_closed_success_costs_one_round_trip(
 
 
 def test_a_retried_call_that_succeeds_at_once_costs_no_more(
-    redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
 ) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock)
     retrier = RetryPolicy().bind(cb)
     succeed(cb)
     assert commands_during(redis_server, repeat(50, lambda: retrier.call(lambda: None))) == {
@@ -186,8 +193,10 @@ def test_a_retried_call_that_succeeds_at_once_costs_no_more(
     }
 
 
-def test_a_retry_costs_one_budget_round_trip(redis_server: RedisServer, clock: ManualClock) -> None:
-    cb = CircuitBreaker("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
+def test_a_retry_costs_one_budget_round_trip(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
     retrier = RetryPolicy(attempts=2).bind(cb)
     succeed(cb)
 

@@ -71,11 +71,12 @@ def test_every_key_has_a_ttl_refreshed_on_write(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=1, reset_timeout=5.0, key_ttl=3600.0)
     fail(cb)
     harness.clock.advance(5.0)
-    cb._admit()  # a half-open lease: the third key
+    held = cb.acquire()  # a half-open lease: the third key
     keys = sorted(key.decode() for key in harness.raw.keys("breaker:*"))
     assert keys == ["breaker:{payments}", "breaker:{payments}:leases", "breaker:{payments}:window"]
     for key in keys:
         assert 3_500_000 < harness.raw.pttl(key) <= 3_600_000
+    held.ignore()
 
 
 def test_half_open_after_reset_timeout_admits_a_trial_that_closes_on_success(
@@ -93,11 +94,11 @@ def test_half_open_admits_at_most_half_open_max_calls_at_once(harness: Harness) 
     cb = harness.breaker(failure_threshold=1, reset_timeout=5.0, half_open_max_calls=2)
     fail(cb)
     harness.clock.advance(5.0)
-    first, second = cb._admit(), cb._admit()
-    assert first.lease_id
-    assert second.lease_id
+    first, second = cb.acquire(), cb.acquire()
+    assert first.trial
+    assert second.trial
     with pytest.raises(CircuitOpenError) as rejected:
-        cb._admit()
+        cb.acquire()
     assert rejected.value.state == "half_open"
     assert cb.snapshot().half_open_leases == 2
 
@@ -158,24 +159,25 @@ def test_an_expired_lease_frees_its_slot_for_the_next_trial(harness: Harness) ->
     cb = harness.breaker(failure_threshold=1, reset_timeout=5.0, half_open_lease=3.0)
     fail(cb)
     harness.clock.advance(5.0)
-    cb._admit()  # a holder that never reports, as if its process died
+    held = cb.acquire()  # a holder that never reports, as if its process died
     with pytest.raises(CircuitOpenError) as rejected:
-        cb._admit()
+        cb.acquire()
     assert rejected.value.retry_after == pytest.approx(3.0)
     harness.clock.advance(3.0)
-    assert cb._admit().lease_id
+    assert cb.acquire().trial
+    assert held.trial
 
 
 def test_outcome_of_an_expired_and_reassigned_lease_is_ignored(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=1, reset_timeout=5.0, half_open_lease=3.0)
     fail(cb)
     harness.clock.advance(5.0)
-    late = cb._admit()
+    late = cb.acquire()
     harness.clock.advance(3.0)
-    current = cb._admit()
-    cb._record(late, "failure")
+    current = cb.acquire()
+    late.failure()
     assert cb.snapshot().state == "half_open"
-    cb._record(current, "success")
+    current.success()
     assert cb.snapshot().state == "closed"
 
 
@@ -285,18 +287,19 @@ def test_reset_closes_and_clears_counters_leases_and_window(harness: Harness) ->
     cb = harness.breaker(failure_threshold=2, reset_timeout=5.0)
     fail(cb, 2)
     harness.clock.advance(5.0)
-    cb._admit()
+    held = cb.acquire()
     cb.reset()
     snapshot = cb.snapshot()
     assert (snapshot.state, snapshot.failures, snapshot.window_calls) == ("closed", 0, 0)
     assert snapshot.half_open_leases == 0
+    assert held.trial
 
 
 def test_outcome_of_a_call_admitted_before_a_reset_is_ignored(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=1)
-    ticket = cb._admit()
+    permit = cb.acquire()
     cb.reset()
-    cb._record(ticket, "failure")
+    permit.failure()
     assert cb.snapshot().state == "closed"
 
 

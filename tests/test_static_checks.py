@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.reliability import Reliability
+
+pytestmark = pytest.mark.slow  # it runs processes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("app", "breaker", "bench")

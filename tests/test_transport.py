@@ -99,7 +99,11 @@ class Caller:
     def snapshot(self, name: str | None = None) -> BreakerSnapshot:
         client = redis.Redis.from_url(self.redis_url) if self.redis_url else None
         name = name or origin_of(httpx.Request("GET", self.upstream.url))
-        return CircuitBreaker(name, redis=client, clock=self.clock).snapshot()
+        cb = CircuitBreaker(name, redis=client, clock=self.clock)
+        try:
+            return cb.snapshot()
+        finally:
+            cb.close()
 
 
 @pytest.fixture(params=["sync-redis", "sync-embedded", "async-redis", "async-embedded"])
@@ -418,6 +422,52 @@ def test_a_body_that_outlasts_the_body_timeout_is_cut_and_counts_as_a_failure(
     with pytest.raises(httpx.ReadTimeout, match=r"body took longer than 0\.2 s"):
         caller.send("GET", "/trickle", base=faulty.url, body_timeout=0.2)
     assert caller.snapshot(faulty_name(faulty)).failures == 1
+
+
+@pytest.mark.slow  # it waits for a real read timeout, which nothing can inject
+def test_a_stalled_body_is_cut_by_the_async_deadline_or_the_sync_read_timeout(
+    caller: Caller, faulty: FaultyUpstream
+) -> None:
+    """The one rule of both twins: a body past ``body_timeout`` is a failure. The async
+    one cuts a read that stalls at the deadline; the sync one cannot interrupt a read,
+    and httpx's read timeout cuts it."""
+    sync = caller.kind.startswith("sync")
+    expected = r"timed out" if sync else r"body took longer than 0\.2 s"
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match=expected):
+        caller.send("GET", "/stall", base=faulty.url, body_timeout=0.2, timeout=0.4)
+    assert time.monotonic() - started < 5.0  # a hang check, not a speed check
+    assert caller.snapshot(faulty_name(faulty)).failures == 1
+
+
+def test_a_reader_that_stops_early_leaves_the_headers_success_standing(
+    harness: Harness, faulty: FaultyUpstream
+) -> None:
+    config = BreakerConfig(failure_threshold=1)
+    transport = SyncResilientTransport(redis=harness.client, breaker_config=config)
+    with (
+        httpx.Client(transport=transport, timeout=POOL_WAIT) as http,
+        http.stream("GET", f"{faulty.url}/trickle") as response,
+    ):
+        assert next(response.iter_raw())  # one chunk of many, then the reader leaves
+    snapshot = harness.breaker(faulty_name(faulty)).snapshot()
+    assert (snapshot.window_calls, snapshot.failures) == (1, 0)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(harness.url) if harness.url else None
+        transport = ResilientTransport(redis=client, breaker_config=config)
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=POOL_WAIT) as http,
+            http.stream("GET", f"{faulty.url}/trickle") as response,
+        ):
+            async for _ in response.aiter_raw():
+                break
+        if client is not None:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    snapshot = harness.breaker(faulty_name(faulty)).snapshot()
+    assert (snapshot.window_calls, snapshot.failures) == (2, 0)
 
 
 def test_a_body_read_to_its_end_counts_as_one_success(

@@ -24,6 +24,17 @@ except ConnectionError:
     pass
 print(cb.snapshot().state, breaker.__file__, importlib.resources.files("breaker._lua"))
 """
+CHECKOUT_PROBE = """
+import breaker
+from breaker import CircuitBreaker
+cb = CircuitBreaker("checkout-check", failure_threshold=1)
+try:
+    with cb:
+        raise ConnectionError
+except ConnectionError:
+    pass
+print(cb.snapshot().state, breaker.__file__)
+"""
 
 
 def test_wheel_contains_the_scripts_and_runs_them_when_installed(tmp_path: Path) -> None:
@@ -53,3 +64,17 @@ def test_wheel_contains_the_scripts_and_runs_them_when_installed(tmp_path: Path)
     assert state == "open"
     assert module.startswith(str(tmp_path / "venv"))
     assert scripts.startswith(str(tmp_path / "venv"))
+
+    # From the repository's root the source tree comes first on sys.path and shadows
+    # the installed copy: it must import and run all the same (its Lua is in lua/).
+    result = subprocess.run(
+        [str(python), "-c", CHECKOUT_PROBE], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.stdout.split() == ["open", str(ROOT / "breaker" / "__init__.py")]
+
+
+def test_the_source_tree_imports_with_the_editable_install() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHECKOUT_PROBE], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.stdout.split() == ["open", str(ROOT / "breaker" / "__init__.py")]

@@ -95,6 +95,10 @@ class FaultyUpstream:
                 writer.write(b"1\r\nx\r\n")
                 await writer.drain()
                 await asyncio.sleep(0.05)
+        elif path == "/stall":  # good headers, a first chunk, then nothing
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(_TRICKLE_FOR)
         elif path == "/garbage":
             writer.write(b"SSH-2.0-OpenSSH_9.2 this is not HTTP\r\n\r\n")
             await writer.drain()

@@ -16,8 +16,7 @@ from typing import Any
 
 import redis
 
-from breaker import CircuitBreaker, CircuitOpenError
-from breaker._core import Ticket
+from breaker import CircuitBreaker, CircuitOpenError, Permit
 from breaker.testing import ManualClock
 
 _WAIT = 10.0  # bound on waiting for an event to arrive, never a delay
@@ -38,10 +37,11 @@ def serve(
     cb = CircuitBreaker("fleet", redis=redis.Redis.from_url(url), clock=clock, **settings)
     states: dict[str, threading.Event] = {}
     cb.add_listener(lambda event: states.setdefault(event.to_state, threading.Event()).set())
-    held: list[Ticket] = []
+    held: list[Permit] = []
     while True:
         command, *args = conn.recv()
         if command == "stop":
+            cb.close()
             conn.send("bye")
             return
         if command == "advance":
@@ -57,8 +57,7 @@ def serve(
         elif command == "wait_for":
             conn.send(states.setdefault(args[0], threading.Event()).wait(_WAIT))
         elif command == "subscribed":
-            cb.call(lambda: None)  # starts the subscriber
-            conn.send(cb._hub.subscribed.wait(_WAIT))
+            conn.send(cb.follow_events(timeout=_WAIT))
 
 
 def _call(cb: CircuitBreaker, outcome: str) -> str:
@@ -89,7 +88,7 @@ def _burst(cb: CircuitBreaker, threads: int, per_thread: int, failures: int) -> 
     return counts
 
 
-def _take_trials(cb: CircuitBreaker, threads: int, fleet_barrier: Any, held: list[Ticket]) -> int:
+def _take_trials(cb: CircuitBreaker, threads: int, fleet_barrier: Any, held: list[Permit]) -> int:
     """``threads`` threads ask for a half-open trial at the same moment across the fleet
     (``fleet_barrier`` lines the processes up); trials are held, not released."""
     granted = 0
@@ -102,12 +101,12 @@ def _take_trials(cb: CircuitBreaker, threads: int, fleet_barrier: Any, held: lis
             fleet_barrier.wait(_WAIT)
         local.wait()
         try:
-            ticket = cb._admit()
+            permit = cb.acquire()
         except CircuitOpenError:
             return
         with lock:
-            held.append(ticket)
-            if ticket.lease_id:
+            held.append(permit)
+            if permit.trial:
                 granted += 1
 
     _in_threads(threads, work)

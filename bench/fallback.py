@@ -1,0 +1,184 @@
+"""``python -m bench.fallback``: what a decision costs while Redis is away.
+
+Two figures, from one run:
+
+- **per call:** one closed-success ``record`` on each lane, in µs: the fallback lane
+  (``LocalEngine``, the same Lua in-process), the embedded backend (fakeredis), and
+  a real Redis round trip for scale;
+- **loop lag:** ``fleetbreaker serve`` (one worker) proxies 200 concurrent requests at a
+  time, for a few seconds, to a fast local upstream, first with its Redis up, then
+  with its Redis dead (every decision on the fallback lane). The worker samples how
+  late its event loop runs a timer (``fleetbreaker_event_loop_lag_seconds``); the
+  p99 is read from that histogram, as the upper bound of its bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+from app.fleet import Service, fleetbreaker_command, free_port, http_ok, wait_ready
+from breaker import BreakerConfig
+from breaker._backend import embedded_backend
+from breaker._local import LocalEngine
+from breaker._scripts import script_source
+from breaker._wire import record_args
+
+from .server import BenchRedis
+
+_ROOT = Path(__file__).resolve().parent.parent
+CONCURRENT = 200
+_KEYS = ["fb:{bench}", "fb:{bench}:window", "fb:{bench}:leases"]
+
+
+def _record() -> list[str | int | float]:
+    return record_args(
+        BreakerConfig(prefix="fb", failure_threshold=10**9),
+        "bench",
+        generation=0,
+        lease_id="",
+        outcome="success",
+        slow=False,
+        batched=0,
+        seen_last_failure_at=0,
+        jitter_sample=0.0,
+        now_ms=None,
+    )
+
+
+def per_call(calls: int, redis_url: str) -> dict[str, float]:
+    """µs per closed-success ``record`` on each lane (the median of 5 batches)."""
+    local = LocalEngine()
+    embedded = embedded_backend()
+    client = redis.Redis.from_url(redis_url)
+    real = client.register_script(script_source("record"))
+    runs: dict[str, Callable[[], object]] = {
+        "fallback lane (LocalEngine)": lambda: local.run("record", _KEYS, _record()),
+        "embedded (fakeredis)": lambda: embedded.run("bench", "record", _KEYS, _record(), 0.0),
+        "Redis round trip": lambda: real(keys=_KEYS, args=_record()),
+    }
+    figures = {}
+    for name, run in runs.items():
+        run()
+        batches = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                run()
+            batches.append((time.perf_counter() - started) / calls * 1e6)
+        figures[name] = sorted(batches)[2]
+    client.close()
+    return figures
+
+
+@dataclass(frozen=True)
+class Lag:
+    scenario: str
+    requests: int
+    p99_at_most: float  # seconds: the upper bound of the bucket holding the p99
+    samples: int
+
+
+def loop_lag(redis_url: str, seconds: float) -> list[Lag]:
+    output = io.StringIO()
+    lock = threading.Lock()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fleetbreaker-lag-") as folder:
+        upstream_port = free_port()
+        upstream = Service(
+            name="upstream",
+            argv=[sys.executable, "-m", "bench.upstream", str(upstream_port)],
+            environ={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(_ROOT)},
+            ready=lambda: http_ok(f"http://127.0.0.1:{upstream_port}/"),
+        )
+        upstream.start(output, lock)
+        try:
+            wait_ready([upstream])
+            dead = f"redis://127.0.0.1:{free_port()}/0"
+            for scenario, url in (("Redis up", redis_url), ("Redis dead: fallback", dead)):
+                results.append(_lag_of(scenario, url, upstream_port, Path(folder), seconds))
+        finally:
+            upstream.stop()
+    return results
+
+
+def _lag_of(scenario: str, redis_url: str, upstream_port: int, folder: Path, seconds: float) -> Lag:
+    config = folder / f"{free_port()}.toml"
+    config.write_text(f'[upstreams.api]\nurl = "http://127.0.0.1:{upstream_port}"\n')
+    port = free_port()
+    gateway = Service(
+        name="gateway",
+        argv=[*fleetbreaker_command(), "serve", "--port", str(port), "--log-level", "warning"],
+        environ={
+            "PATH": "/usr/bin:/bin",
+            "BREAKER_REDIS_URL": redis_url,
+            "BREAKER_CONFIG": str(config),
+        },
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
+    gateway.start(io.StringIO(), threading.Lock())
+    try:
+        wait_ready([gateway])
+        base = f"http://127.0.0.1:{port}"
+        before = _buckets(base)
+        sent = asyncio.run(_load(f"{base}/proxy/api/item", seconds))
+        after = _buckets(base)
+    finally:
+        gateway.stop()
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+    total = counts[float("inf")]
+    p99 = next(bound for bound, count in sorted(counts.items()) if count >= 0.99 * total)
+    return Lag(scenario, sent, p99, int(total))
+
+
+def _buckets(base: str) -> dict[float, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("fleetbreaker_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            found[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def _load(url: str, seconds: float) -> int:
+    """Waves of CONCURRENT requests, each wave sent at once, for ``seconds``."""
+    sent = 0
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            await asyncio.gather(*(client.get(url) for _ in range(CONCURRENT)))
+            sent += CONCURRENT
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fallback", description=__doc__)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    with BenchRedis() as server:
+        for name, micros in per_call(args.calls, server.url).items():
+            print(f"per call  {name:<30} {micros:8.1f} µs")
+        for lag in loop_lag(server.url, args.seconds):
+            print(
+                f"loop lag  {lag.scenario:<30} p99 <= {lag.p99_at_most * 1000:g} ms "
+                f"({lag.samples} samples, {lag.requests} requests)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
