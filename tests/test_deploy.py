@@ -29,6 +29,11 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def dockerfile_arg_defaults() -> dict[str, str]:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.MULTILINE))
+
+
 def test_compose_runs_redis_three_gateways_nginx_and_the_upstream(
     compose: dict[str, Any],
 ) -> None:
@@ -91,7 +96,8 @@ def test_compose_mounts_the_nginx_conf_the_native_fleet_templates(
 def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
-    assert final_stage.startswith("python:3.11-slim")
+    assert final_stage.startswith("${PYTHON_IMAGE}\n")
+    assert dockerfile_arg_defaults()["PYTHON_IMAGE"] == "python:3.11-slim"
     user = re.search(r"^USER (\S+)$", final_stage, re.MULTILINE)
     assert user is not None
     assert user[1] not in ("root", "0")
