@@ -128,6 +128,12 @@ def test_compose_builds_with_the_dockerfiles_own_defaults(compose: dict[str, Any
     )
 
 
+def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert all("healthcheck" in services[name] for name in ("redis", "upstream", "lb"))
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()  # the gateway's
+
+
 def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
