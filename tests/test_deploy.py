@@ -1,8 +1,9 @@
 """The deploy files agree with each other and with the native fleet: docker-compose.yml,
 the Dockerfile, deploy/nginx.conf (which both run), deploy/fleet.toml and .env.example.
 
-No Docker engine runs here, so compose is checked as data and nginx.conf by nginx
-itself (``nginx -t``) once templated the way ``fleetbreaker fleet`` templates it.
+Compose is checked as data here (tests/test_compose.py runs it for real), and
+nginx.conf by nginx itself (``nginx -t``) once templated the way ``fleetbreaker
+fleet`` templates it.
 """
 
 from __future__ import annotations
