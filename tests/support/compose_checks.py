@@ -233,9 +233,10 @@ def kill(fleet: Fleet, command: list[str]) -> str:
         f"errors before the kill: {sorted({s.label for s in errors if s not in at_kill})}",
     )
     slowest = max(s.took for s in after)
+    failed = f"{len(errors)} failed {sorted({s.label for s in errors})}" if errors else "0 failed"
     return (
         f"{' '.join(command)} under load: {len(sent)} requests, {len(at_kill)} in flight "
-        f"during the kill ({kill_returned - kill_started:.2f} s), {len(errors)} failed; all "
+        f"during the kill ({kill_returned - kill_started:.2f} s), {failed}; all "
         f"{len(after)} sent after it got 200 (slowest {slowest:.2f} s)"
     )
 
