@@ -1,22 +1,44 @@
-# The gateway image: fleetbreaker and its dependencies, no compiler, no source tree,
-# run as an unprivileged user. docker-compose.yml runs it three times behind nginx.
+# The gateway image: fleetbreaker and its dependencies in a virtual environment, no
+# compiler, no pip, no source tree, run as an unprivileged user. docker-compose.yml
+# runs it three times behind nginx, and once more as the demo upstream. Needs BuildKit
+# (the default builder of `docker build` and `docker compose` since Docker 23).
+#
+# Two build arguments let it build where neither Docker Hub nor the package index can
+# be reached (scripts/compose-check does, in CI):
+#   PYTHON_IMAGE  the base of every stage: python:3.11-slim, or any Debian with python3
+#                 (3.11 or later), its venv module and useradd.
+#   WHEELS_IMAGE  where the wheels come from: an image whose /wheels holds fleetbreaker's
+#                 wheel and its dependencies'. By default, the stage below builds them
+#                 with pip from the package index.
+ARG PYTHON_IMAGE=python:3.11-slim
+ARG WHEELS_IMAGE=wheels-from-index
 
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS wheels-from-index
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The pip of a venv: every base has it, where a system pip may be missing or refuse
+# to install (Debian's python3 has none, PEP 668).
+RUN python3 -m venv /opt/pip
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY breaker breaker
 COPY lua lua
 COPY app app
 # Wheels for fleetbreaker and every dependency (all of them ship manylinux wheels).
-RUN pip wheel --wheel-dir /wheels .
+RUN /opt/pip/bin/pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM ${WHEELS_IMAGE} AS wheels
+
+FROM ${PYTHON_IMAGE} AS venv
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/fleetbreaker
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    /opt/fleetbreaker/bin/pip install --no-index --find-links /wheels fleetbreaker \
+    && /opt/fleetbreaker/bin/pip uninstall --yes pip setuptools
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/fleetbreaker/bin:$PATH
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleetbreaker
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels fleetbreaker
+COPY --from=venv /opt/fleetbreaker /opt/fleetbreaker
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \

@@ -1,8 +1,9 @@
 """The deploy files agree with each other and with the native fleet: docker-compose.yml,
 the Dockerfile, deploy/nginx.conf (which both run), deploy/fleet.toml and .env.example.
 
-No Docker engine runs here, so compose is checked as data and nginx.conf by nginx
-itself (``nginx -t``) once templated the way ``fleetbreaker fleet`` templates it.
+Compose is checked as data here (tests/test_compose.py runs it for real), and
+nginx.conf by nginx itself (``nginx -t``) once templated the way ``fleetbreaker
+fleet`` templates it.
 """
 
 from __future__ import annotations
@@ -29,18 +30,30 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def default_of(value: str, variable: str) -> str:
+    """``default`` for compose's ``${variable:-default}``; fails on anything else."""
+    match = re.fullmatch(rf"\$\{{{variable}:-([^}}]+)\}}", value)
+    assert match is not None, f"{value!r} is not ${{{variable}:-default}}"
+    return match[1]
+
+
+def dockerfile_arg_defaults() -> dict[str, str]:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.MULTILINE))
+
+
 def test_compose_runs_redis_three_gateways_nginx_and_the_upstream(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
     assert set(services) == {"redis", "gateway", "lb", "upstream"}
-    assert services["redis"]["image"].startswith("redis:7")
+    assert default_of(services["redis"]["image"], "REDIS_IMAGE").startswith("redis:7")
     assert "healthcheck" in services["redis"]
     gateway = services["gateway"]
     assert gateway["deploy"]["replicas"] == 3
     assert gateway["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
     assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
-    assert services["lb"]["ports"] == ["8080:8080"]
+    assert services["lb"]["ports"] == ["${LB_PORT:-8080}:8080"]
     assert services["lb"]["depends_on"]["gateway"] == {"condition": "service_healthy"}
     assert services["upstream"]["command"][0] == "demo-upstream"
 
@@ -88,10 +101,45 @@ def test_compose_mounts_the_nginx_conf_the_native_fleet_templates(
     assert "listen 8080;" in conf
 
 
+def test_every_compose_variable_has_a_public_default_listed_in_env_example(
+    compose: dict[str, Any],
+) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    defaults = dict(re.findall(r"\$\{(\w+):-([^}]+)\}", text))
+    assert set(defaults) == {
+        "PYTHON_IMAGE",
+        "WHEELS_IMAGE",
+        "FLEETBREAKER_IMAGE",
+        "REDIS_IMAGE",
+        "NGINX_IMAGE",
+        "LB_PORT",
+        "UPSTREAM_PORT",
+    }
+    example = (ROOT / ".env.example").read_text()
+    for variable, default in defaults.items():
+        assert f"\n#{variable}={default}\n" in example
+    assert default_of(compose["services"]["lb"]["image"], "NGINX_IMAGE").startswith("nginx:")
+    assert compose["services"]["upstream"]["ports"] == ["${UPSTREAM_PORT:-9000}:9000"]
+
+
+def test_compose_builds_with_the_dockerfiles_own_defaults(compose: dict[str, Any]) -> None:
+    args = compose["x-fleetbreaker"]["build"]["args"]
+    assert {name: default_of(value, name) for name, value in args.items()} == (
+        dockerfile_arg_defaults()
+    )
+
+
+def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert all("healthcheck" in services[name] for name in ("redis", "upstream", "lb"))
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()  # the gateway's
+
+
 def test_the_dockerfile_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
-    assert final_stage.startswith("python:3.11-slim")
+    assert final_stage.startswith("${PYTHON_IMAGE}\n")
+    assert dockerfile_arg_defaults()["PYTHON_IMAGE"] == "python:3.11-slim"
     user = re.search(r"^USER (\S+)$", final_stage, re.MULTILINE)
     assert user is not None
     assert user[1] not in ("root", "0")
