@@ -24,6 +24,7 @@ from fastapi import Request
 
 from breaker import (
     BackendUnavailableError,
+    BreakerListener,
     BreakerSnapshot,
     CircuitBreaker,
     Clock,
@@ -127,10 +128,18 @@ def _retry_hook(name: str) -> RetryHook:
     return hook
 
 
-def _count_outcome(event: OutcomeEvent) -> None:
-    """Every call of every breaker, as the breaker counted it: the one judgement,
-    made by the library, that the metrics only read."""
-    CALLS.labels(event.name, event.outcome).inc()
+class _Metrics(BreakerListener):
+    """What the breakers tell, counted: every call as the breaker counted it (the one
+    judgement, made by the library, that the metrics only read), and Redis errors."""
+
+    def outcome(self, event: OutcomeEvent) -> None:
+        CALLS.labels(event.name, event.outcome).inc()
+
+    def backend_error(self, reason: str) -> None:
+        BACKEND_ERRORS.inc()
+
+
+_METRICS = _Metrics()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +203,7 @@ class Gateway:
             breaker = transport.breaker(name)
             breaker.add_listener(feed.publish)
             breaker.add_listener(_log_transition, made_here_only=True)
-            breaker.add_outcome_listener(_count_outcome)
-            breaker.add_backend_error_listener(_count_backend_error)
+            breaker.add_listener(_METRICS)
             breaker.follow_events()
             transports[name] = transport
             routes[name] = Route(upstream, breaker)
@@ -266,10 +274,6 @@ def _log_transition(event: TransitionEvent) -> None:
         event.to_state,
         extra={"fields": {"event": "transition", "upstream": event.name, **event.as_dict()}},
     )
-
-
-def _count_backend_error(reason: str) -> None:
-    BACKEND_ERRORS.inc()
 
 
 def gateway_of(request: Request) -> Gateway:

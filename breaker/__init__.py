@@ -19,6 +19,7 @@ from ._exceptions import (
     PermitSettledError,
 )
 from ._keys import BreakerKeys, escape_name, events_channel, unescape_name
+from ._listeners import BreakerListener
 from ._models import BreakerSnapshot, BudgetVerdict, OutcomeEvent, TransitionEvent
 from ._operator import BreakerOperator
 from ._permit import AsyncPermit, Permit
@@ -56,6 +57,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerError",
     "BreakerKeys",
+    "BreakerListener",
     "BreakerOperator",
     "BreakerSettings",
     "BreakerSnapshot",

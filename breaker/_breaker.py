@@ -25,11 +25,12 @@ from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
 from ._decorating import decorate
 from ._drive import Driver
-from ._engine import Engine, OutcomeListener, Steps, TransitionListener
+from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._keys import BreakerKeys, events_channel
+from ._listeners import BreakerListener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
-from ._models import BreakerSnapshot, BudgetVerdict
+from ._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
 from ._permit import AsyncPermit, Permit
 
 P = ParamSpec("P")
@@ -65,7 +66,7 @@ class CircuitBreaker:
         *,
         redis: Any = None,
         config: BreakerConfig | None = None,
-        listeners: Iterable[TransitionListener] = (),
+        listeners: Iterable[BreakerListener | Callable[[TransitionEvent], None]] = (),
         clock: Clock | None = None,
         **settings: Unpack[BreakerSettings],
     ) -> None:
@@ -88,7 +89,8 @@ class CircuitBreaker:
             hub=self._hub,
             local_hub=fallback_hub(channel),
         )
-        self._engine.transition_listeners.extend(listeners)
+        for listener in listeners:
+            self.add_listener(listener)
         self._driver = Driver(self._engine, backend, self._hub, fallback_engine())
         self._closed = False
 
@@ -99,28 +101,22 @@ class CircuitBreaker:
 
     # -- listeners -------------------------------------------------------------------
 
-    def add_listener(self, listener: TransitionListener, *, made_here_only: bool = False) -> None:
-        """Call ``listener(TransitionEvent)`` for every transition, in any process.
-
-        Events of other processes arrive on the events thread (sync client) or in the
-        event loop (asyncio client); a listener must not block. ``made_here_only``
-        hears only the transitions this object's own calls made: each is then heard by
-        exactly one process of the fleet, as a counter summed over the fleet needs.
-        """
-        engine = self._engine
-        (engine.made_here_listeners if made_here_only else engine.transition_listeners).append(
-            listener
-        )
-
-    def add_outcome_listener(self, listener: OutcomeListener) -> None:
-        """Call ``listener(OutcomeEvent)`` for each call: how it counted (success,
-        failure, ignored) with its duration, or that it was rejected, and why."""
-        self._engine.outcome_listeners.append(listener)
-
-    def add_backend_error_listener(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(reason)`` each time a Redis command of this breaker fails
-        (once per failure, however many breakers share the client)."""
-        self._backend.health.add_listener(listener)
+    def add_listener(
+        self,
+        listener: BreakerListener | Callable[[TransitionEvent], None],
+        *,
+        made_here_only: bool = False,
+    ) -> None:
+        """Hear this breaker: a ``BreakerListener`` hears every method it overrides
+        (transitions, outcomes, Redis errors and round trips, resubscriptions); a plain
+        function hears transitions. ``made_here_only``: only the transitions this
+        object's own calls made, each heard once in the fleet (for fleet-wide sums)."""
+        heard = as_listener(listener)
+        self._engine.add_listener(heard, made_here_only=made_here_only)
+        if overrides(heard, "backend_error"):
+            self._backend.health.add_listener(heard.backend_error)
+        if overrides(heard, "subscribed"):
+            self._hub.add_subscribed_listener(heard.subscribed)
 
     def follow_events(self, *, timeout: float | None = None) -> bool:
         """Follow the fleet's transitions from now on, not from the first call (with an

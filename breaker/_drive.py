@@ -8,6 +8,7 @@ scripts take tens of microseconds: both call it directly.
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from ._backend import Backend
@@ -24,6 +25,7 @@ class Driver:
     fleet's transitions for it (a thread for a sync client, a task for an asyncio one)."""
 
     def __init__(self, engine: Engine, shared: Backend, hub: EventHub, local: LocalEngine) -> None:
+        self.engine = engine
         self.name = engine.name
         self.keys = engine.keys.as_list()
         self.clock = engine.clock
@@ -80,9 +82,11 @@ class Driver:
                     if call.lane == "local":
                         raw = self._local(call)
                     else:
+                        started = time.perf_counter()
                         raw = await self.shared.arun(
                             self.name, call.script, self.keys, call.args, self.clock.monotonic()
                         )
+                        self.engine.tell_backend_call(call.script, time.perf_counter() - started)
                 except BackendUnavailableError as exc:
                     call = steps.throw(exc)
                 else:
@@ -92,7 +96,10 @@ class Driver:
             return result
 
     def _shared(self, call: Call) -> list[Any]:
-        return self.shared.run(self.name, call.script, self.keys, call.args, self.clock.monotonic())
+        started = time.perf_counter()
+        raw = self.shared.run(self.name, call.script, self.keys, call.args, self.clock.monotonic())
+        self.engine.tell_backend_call(call.script, time.perf_counter() - started)
+        return raw
 
     def _local(self, call: Call) -> list[Any]:
         return self.local.run(call.script, self.keys, call.args)

@@ -32,6 +32,7 @@ from ._core import BreakerCore, Flush, Ticket
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError
 from ._keys import BreakerKeys
+from ._listeners import BreakerListener, overrides
 from ._models import BreakerSnapshot, OutcomeEvent, TransitionEvent
 from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
 from ._wire import (
@@ -48,8 +49,6 @@ logger = logging.getLogger("breaker")
 
 T = TypeVar("T")
 Lane = Literal["shared", "local"]
-TransitionListener = Callable[[TransitionEvent], None]
-OutcomeListener = Callable[[OutcomeEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +98,11 @@ class Engine:
         self.shared = BreakerCore(name, config, clock, fallback=False)
         self.local = BreakerCore(name, config, clock, fallback=True)
         self._hubs = {False: hub, True: local_hub}
-        self.transition_listeners: list[TransitionListener] = []
-        self.made_here_listeners: list[TransitionListener] = []
-        self.outcome_listeners: list[OutcomeListener] = []
+        # Each listener, under every method it overrides: a call pays only for what
+        # someone hears.
+        self._hearing: dict[str, list[BreakerListener]] = {
+            method: [] for method in ("transition", "made_here", "outcome", "backend_call")
+        }
         self._abandoned: list[Ticket] = []
         self._lock = threading.Lock()
         hub.register(name, self.receive)
@@ -291,6 +292,19 @@ class Engine:
         raw = yield Call("shared", "snapshot", args)
         return decode_snapshot(self.name, raw, self.kind)
 
+    # -- listeners -------------------------------------------------------------------
+
+    def add_listener(self, listener: BreakerListener, *, made_here_only: bool) -> None:
+        if overrides(listener, "transition"):
+            self._hearing["made_here" if made_here_only else "transition"].append(listener)
+        for method in ("outcome", "backend_call"):
+            if overrides(listener, method):
+                self._hearing[method].append(listener)
+
+    def tell_backend_call(self, script: str, seconds: float) -> None:
+        for listener in self._hearing["backend_call"]:
+            _tell(listener.backend_call, script, seconds)
+
     # -- what replies and events tell ------------------------------------------------
 
     def _heard(self, core: BreakerCore, reply: Reply) -> None:
@@ -299,7 +313,8 @@ class Engine:
         other breakers of the same name."""
         core.apply(reply)
         for event in reply.events:
-            _tell(self.made_here_listeners, event)
+            for listener in self._hearing["made_here"]:
+                _tell(listener.transition, event)
         self._hubs[core.fallback].relay(reply.events)
 
     def receive(self, event: TransitionEvent) -> None:
@@ -320,23 +335,24 @@ class Engine:
                 fresh.reason,
                 " [fallback]" if core.fallback else "",
             )
-            _tell(self.transition_listeners, fresh)
+            for listener in self._hearing["transition"]:
+                _tell(listener.transition, fresh)
 
     def _tell_outcome(
         self, outcome: CallOutcome, duration: float | None, reason: str, backend: BackendKind
     ) -> None:
-        if self.outcome_listeners:
+        if self._hearing["outcome"]:
             event = OutcomeEvent(self.name, outcome, duration, reason, backend)
-            _tell(self.outcome_listeners, event)
+            for listener in self._hearing["outcome"]:
+                _tell(listener.outcome, event)
 
 
-def _tell(listeners: list[Callable[[Any], None]], event: Any) -> None:
-    """Hand ``event`` to each listener; one that fails is logged and skipped."""
-    for listener in listeners:
-        try:
-            listener(event)
-        except Exception:
-            logger.exception("breaker listener %r failed", listener)
+def _tell(method: Callable[..., None], *arguments: Any) -> None:
+    """Call one listener's method; one that fails is logged and skipped."""
+    try:
+        method(*arguments)
+    except Exception:
+        logger.exception("breaker listener %r failed", method)
 
 
 def describe(error: BaseException | None, result: object = None) -> str:

@@ -46,6 +46,21 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         self.subscribed = threading.Event()
+        self._subscribed_listeners: list[Callable[[str], None]] = []
+
+    def add_subscribed_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(channel)`` each time the follower (re)subscribes; kept once."""
+        with self._lock:
+            if listener not in self._subscribed_listeners:
+                self._subscribed_listeners.append(listener)
+
+    def _on_subscribed(self) -> None:
+        self.subscribed.set()
+        for listener in list(self._subscribed_listeners):
+            try:
+                listener(self.channel)
+            except Exception:
+                logger.exception("subscription listener %r failed", listener)
 
     def register(self, name: str, receiver: Receiver) -> None:
         """Call ``receiver`` (a bound method, held weakly) for every event of ``name``."""
@@ -93,7 +108,7 @@ class EventHub:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
-                self.subscribed.set()
+                self._on_subscribed()
                 backoff = _BACKOFF_FIRST
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=_POLL)
@@ -124,7 +139,7 @@ class EventHub:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                self.subscribed.set()
+                self._on_subscribed()
                 backoff = _BACKOFF_FIRST
                 while not self._stopped.is_set():
                     message = await pubsub.get_message(timeout=_POLL)

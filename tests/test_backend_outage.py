@@ -13,12 +13,19 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from breaker import BackendUnavailableError, CircuitBreaker, CircuitOpenError
+from breaker import BackendUnavailableError, BreakerListener, CircuitBreaker, CircuitOpenError
 from breaker._backend import BackendHealth
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
 from tests.support.servers import BlackHole, RedisServer
 from tests.test_round_trips import commands_during, fail, succeed
+
+
+class Errors(BreakerListener, list[str]):
+    """The reasons of the Redis errors it heard."""
+
+    def backend_error(self, reason: str) -> None:
+        self.append(reason)
 
 
 @pytest.fixture
@@ -100,8 +107,8 @@ def test_a_hung_redis_costs_a_call_at_most_the_backend_timeout(
 ) -> None:
     client = redis.Redis(port=black_hole.port)
     cb = breakers("p", redis=client, clock=ManualClock(), backend_timeout=0.1)
-    reasons: list[str] = []
-    cb.add_backend_error_listener(reasons.append)
+    reasons = Errors()
+    cb.add_listener(reasons)
     started = time.monotonic()
     assert cb.call(lambda: "served") == "served"
     # A hang check, not a speed check: redis-py's defaults would take about a minute.
@@ -206,9 +213,9 @@ def test_backend_error_listener_hears_each_failure_once(
     clock = ManualClock()
     first = breakers("a", redis=client, clock=clock, reset_timeout=0.001)
     second = breakers("b", redis=client, clock=ManualClock())
-    reasons: list[str] = []
-    first.add_backend_error_listener(reasons.append)
-    second.add_backend_error_listener(reasons.append)  # same backend, same listener
+    reasons = Errors()
+    first.add_listener(reasons)
+    second.add_listener(reasons)  # same backend, same listener
     succeed(first)
     redis_server.kill()
     clock.advance(1.0)  # the closed view is no longer trusted: the next call asks Redis

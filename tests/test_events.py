@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from breaker import CircuitOpenError, TransitionEvent
+from breaker import BreakerListener, CircuitOpenError, TransitionEvent
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
 from tests.support.servers import RedisServer
@@ -187,3 +187,30 @@ def test_follow_events_subscribes_before_any_call(
     cb = breakers("p", redis=redis_server.client(), clock=ManualClock())
     cb.follow_events()
     assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)
+
+
+class Store(BreakerListener):
+    """What the shared lane told: scripts with their round trips, resubscriptions."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.subscriptions: list[str] = []
+
+    def backend_call(self, script: str, seconds: float) -> None:
+        self.calls.append((script, seconds))
+
+    def subscribed(self, channel: str) -> None:
+        self.subscriptions.append(channel)
+
+
+def test_a_listener_hears_each_round_trip_and_each_subscription(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    cb = breakers("p", redis=redis_server.client(), clock=ManualClock())
+    heard = Store()
+    cb.add_listener(heard)
+    assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)
+    cb.acquire().success()
+    assert [script for script, _ in heard.calls] == ["acquire", "record"]
+    assert all(0 < seconds < 5 for _, seconds in heard.calls)
+    assert heard.subscriptions == ["breaker:events"]

@@ -7,12 +7,13 @@ import gc
 
 import pytest
 
-from breaker import (
-    CircuitOpenError,
-    OutcomeEvent,
-    PermitSettledError,
-)
+from breaker import BreakerListener, CircuitOpenError, OutcomeEvent, PermitSettledError
 from tests.conftest import AsyncHarness, Harness
+
+
+class Outcomes(BreakerListener, list[OutcomeEvent]):
+    def outcome(self, event: OutcomeEvent) -> None:
+        self.append(event)
 
 
 def test_a_permit_counts_what_it_is_told(harness: Harness) -> None:
@@ -70,8 +71,8 @@ def test_close_gives_back_the_leases_of_dropped_permits(harness: Harness) -> Non
 
 def test_outcome_events_tell_every_call_with_its_duration_and_reason(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=2, reset_timeout=5.0)
-    heard: list[OutcomeEvent] = []
-    cb.add_outcome_listener(heard.append)
+    heard = Outcomes()
+    cb.add_listener(heard)
     permit = cb.acquire()
     harness.clock.advance(0.25)
     permit.failure(TimeoutError())
@@ -100,8 +101,8 @@ def _raise(error: Exception) -> None:
 def test_async_permits_are_the_same_primitive_awaited(async_harness: AsyncHarness) -> None:
     async def scenario() -> None:
         cb = async_harness.breaker(failure_threshold=1, reset_timeout=5.0)
-        heard: list[OutcomeEvent] = []
-        cb.add_outcome_listener(heard.append)
+        heard = Outcomes()
+        cb.add_listener(heard)
         permit = await cb.aacquire()
         assert await permit.settle(result=None) == "success"
         with pytest.raises(PermitSettledError):
