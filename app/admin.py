@@ -82,6 +82,7 @@ class BreakerView(BaseModel):
     window_slow_calls: int
     window_retries: int
     window_retries_refused: int
+    window_rejections: int
     backend: Literal["redis", "embedded", "fallback"]
 
 

@@ -118,6 +118,8 @@ class BreakerSnapshot:
     window_slow_calls: int
     window_retries: int
     window_retries_refused: int
+    #: Calls the breaker refused, fleet-wide (each process reports its own in batches).
+    window_rejections: int
     backend: BackendKind
 
     def as_dict(self) -> dict[str, Any]:

@@ -206,5 +206,6 @@ def decode_snapshot(name: str, raw: list[Any], backend: BackendKind) -> BreakerS
         window_slow_calls=int(detail["slow"]),
         window_retries=int(detail["retries"]),
         window_retries_refused=int(detail["refused"]),
+        window_rejections=int(detail["rejected"]),
         backend=backend,
     )

@@ -166,14 +166,14 @@ local function to_closed(reason)
   transition('closed', reason)
 end
 
--- Calls, failures, slow calls, retries granted, of them on a floor token, and
--- retries refused ("c", "f", "s", "r", "t", "d") summed over the buckets of the window
+-- Calls, failures, slow calls, retries granted, of them on a floor token, retries
+-- refused, and calls rejected ("c", "f", "s", "r", "t", "d", "x") summed over the buckets of the window
 -- that ends at bucket ``current``. With ``prune``, the buckets that slid out are
 -- deleted (a read-only caller passes false). Fields that are not "<bucket>:<kind>"
 -- (budget.lua's "floor:*") are no counters and are left alone.
 local function window_sums(current, buckets, prune)
   local flat = redis.call('HGETALL', KEYS[2])
-  local sums = { c = 0, f = 0, s = 0, r = 0, t = 0, d = 0 }
+  local sums = { c = 0, f = 0, s = 0, r = 0, t = 0, d = 0, x = 0 }
   local expired = {}
   local oldest = current - buckets + 1
   for i = 1, #flat, 2 do

@@ -7,12 +7,12 @@
 -- returns: {verdict, state, created_at, generation, open_until, now, failures,
 --           last_failure_at, extra}; verdict "snapshot"; extra is the JSON object
 --           {opened_at, reopens, trial_successes, leases, calls, failed, slow, retries,
---           refused} where the last five are summed over the live window
+--           refused, rejected} where the last six are summed over the live window
 
 local sums = window_sums(math.floor(NOW / S.window_bucket), S.buckets, false)
 local leases = redis.call('ZCOUNT', KEYS[3], '(' .. int(NOW), '+inf')
 return reply('snapshot', cjson.encode({
   opened_at = S.opened_at, reopens = S.reopens, trial_successes = S.trial_successes,
   leases = leases, calls = sums.c, failed = sums.f, slow = sums.s,
-  retries = sums.r, refused = sums.d,
+  retries = sums.r, refused = sums.d, rejected = sums.x,
 }))
