@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from breaker._scripts import script_source
+from breaker._scripts import function_name, script_source
 
 from .peers import AsyncGuard, Peer, Rejected, Settings, SyncGuard, UpstreamDown
 from .server import BenchRedis
@@ -217,9 +217,10 @@ class Overhead:
 #: The steps from a raw EVALSHA to a guarded call, in the order they add cost.
 BREAKDOWN = (
     "raw EVALSHA of `return 1`, no arguments",
-    "… with the 3 keys and 22 arguments of a `record` call",
-    "… running the `record` script itself",
+    "… with the 3 keys and 8 arguments of a `record` call",
+    "… running `record` as a FUNCTION (FCALL)",
     "fleetbreaker `cb.call(fn)`",
+    "(the EVALSHA path: `record` as a script)",
 )
 
 
@@ -248,12 +249,17 @@ def overhead(
 
     keys, args = _record_call(sync_client)
     record_sha = sync_client.script_load(script_source("record"))
+    record_function = function_name("record")
 
     def with_args() -> None:
         for _ in range(calls):
             sync_client.evalsha(sha, 3, *keys, *args)
 
     def record_alone() -> None:
+        for _ in range(calls):
+            sync_client.fcall(record_function, 3, *keys, *args)
+
+    def record_script() -> None:
         for _ in range(calls):
             sync_client.evalsha(record_sha, 3, *keys, *args)
 
@@ -262,6 +268,7 @@ def overhead(
         "raw async": raw_async,
         BREAKDOWN[1]: with_args,
         BREAKDOWN[2]: record_alone,
+        BREAKDOWN[4]: record_script,
     }
     for name, guard in guards.items():
         contenders[name] = functools.partial(driver.calls, guard, calls)
@@ -285,32 +292,32 @@ def overhead(
             BREAKDOWN[1]: medians[BREAKDOWN[1]],
             BREAKDOWN[2]: medians[BREAKDOWN[2]],
             BREAKDOWN[3]: medians.get("fleetbreaker", float("nan")),
+            BREAKDOWN[4]: medians[BREAKDOWN[4]],
         },
     )
 
 
-def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int | float]]:
+def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int]]:
     """The keys and arguments of a closed+success ``record`` on a live breaker, as the
     library sends them (its private wire module: this is a measurement)."""
     from breaker import CircuitBreaker
-    from breaker._wire import record_args
+    from breaker._wire import Wired, record_args
 
     cb = CircuitBreaker("bench-breakdown", redis=client, failure_threshold=10_000)
     cb.call(ok)
     generation = int(client.hget(cb.keys.state, "generation") or 0)
     args = record_args(
-        cb.config,
-        cb.name,
+        Wired.of(cb.config, cb.name),
         generation=generation,
         lease_id="",
         outcome="success",
-        slow=False,
-        batched=0,
-        seen_last_failure_at=0,
-        jitter_sample=0.0,
+        duration_ms=0,
+        batch=None,
         now_ms=None,
     )
-    return cb.keys.as_list(), args
+    keys = cb.keys.as_list()
+    cb.close()
+    return keys, args
 
 
 # -- 3. serialization ---------------------------------------------------------------------

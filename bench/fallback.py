@@ -32,8 +32,8 @@ from app.fleet import Service, fleetbreaker_command, free_port, http_ok, wait_re
 from breaker import BreakerConfig
 from breaker._backend import embedded_backend
 from breaker._local import LocalEngine
-from breaker._scripts import script_source
-from breaker._wire import record_args
+from breaker._scripts import function_name, library_source
+from breaker._wire import Wired, record_args
 
 from .server import BenchRedis
 
@@ -42,18 +42,19 @@ CONCURRENT = 200
 _KEYS = ["fb:{bench}", "fb:{bench}:window", "fb:{bench}:leases"]
 
 
-def _record() -> list[str | int | float]:
+_WIRED = Wired.of(BreakerConfig(prefix="fb", failure_threshold=10**9), "bench")
+
+
+def _record(offer: bool = False) -> list[str | int]:
     return record_args(
-        BreakerConfig(prefix="fb", failure_threshold=10**9),
-        "bench",
+        _WIRED,
         generation=0,
         lease_id="",
         outcome="success",
-        slow=False,
-        batched=0,
-        seen_last_failure_at=0,
-        jitter_sample=0.0,
+        duration_ms=1,
+        batch=None,
         now_ms=None,
+        offer=offer,
     )
 
 
@@ -62,11 +63,15 @@ def per_call(calls: int, redis_url: str) -> dict[str, float]:
     local = LocalEngine()
     embedded = embedded_backend()
     client = redis.Redis.from_url(redis_url)
-    real = client.register_script(script_source("record"))
+    client.function_load(library_source(), replace=True)
+    record = function_name("record")
+    local.run("record", _KEYS, _record(offer=True))
+    embedded.run("bench", "record", _KEYS, _record(offer=True), 0.0)
+    client.fcall(record, 3, *_KEYS, *_record(offer=True))
     runs: dict[str, Callable[[], object]] = {
         "fallback lane (LocalEngine)": lambda: local.run("record", _KEYS, _record()),
         "embedded (fakeredis)": lambda: embedded.run("bench", "record", _KEYS, _record(), 0.0),
-        "Redis round trip": lambda: real(keys=_KEYS, args=_record()),
+        "Redis round trip (FCALL)": lambda: client.fcall(record, 3, *_KEYS, *_record()),
     }
     figures = {}
     for name, run in runs.items():

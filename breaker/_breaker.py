@@ -76,7 +76,7 @@ class CircuitBreaker:
         self.name = name
         self.keys = BreakerKeys.of(self.config.prefix, name)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        backend = open_backend(redis, self.config.backend_timeout)
+        backend = open_backend(redis, self.config.backend_timeout, self.config.script_mode)
         channel = events_channel(self.config.prefix)
         self._backend = backend
         self._hub = backend.hub(channel)

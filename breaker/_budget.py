@@ -3,15 +3,16 @@
 Retries may add ``ratio`` of the first attempts that every process made through the
 breaker in its window, plus a floor so that a quiet service can still retry: a token
 bucket refilled at ``min_retries_per_second`` that holds a quarter of a second of it
-(at least one token). Both live in the breaker's window hash (``budget.lua``).
+(at least one token). Both live in the breaker's window hash (the library's ``budget``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from ._engine import Call, Engine, Steps
+from ._engine import Engine, Steps
 from ._exceptions import BackendUnavailableError, ConfigurationError
 from ._models import BudgetVerdict
 from ._wire import budget_args, decode_budget
@@ -47,17 +48,21 @@ def spending(engine: Engine, budget: RetryBudget) -> Steps[BudgetVerdict]:
 
     While Redis is away, ``fail_closed`` refuses every retry and ``fail_open``
     budgets against the fallback's window, which counts this process's calls."""
-    args = budget_args(
-        engine.config,
-        engine.name,
-        ratio=budget.ratio,
-        min_retries_per_second=budget.min_retries_per_second,
-        now_ms=engine.clock.epoch_ms(),
-    )
+    now = engine.clock.epoch_ms()
+
+    def args(offer: bool) -> list[Any]:
+        return budget_args(
+            engine.wired,
+            ratio=budget.ratio,
+            min_retries_per_second=budget.min_retries_per_second,
+            now_ms=now,
+            offer=offer,
+        )
+
     try:
-        raw = yield Call("shared", "budget", args)
+        raw = yield from engine.ask("shared", "budget", args)
     except BackendUnavailableError:
         if engine.config.on_backend_error == "fail_closed":
             return BudgetVerdict(granted=False, retries=0, requests=0, limit=0.0, tokens=0.0)
-        raw = yield Call("local", "budget", args)
+        raw = yield from engine.ask("local", "budget", args)
     return decode_budget(raw)

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 
 from ._exceptions import ConfigurationError
 from ._keys import check_prefix
-from ._types import BackendErrorPolicy, Outcome
+from ._types import BackendErrorPolicy, Outcome, ScriptMode
 
 Seconds = float | timedelta
 
@@ -67,6 +67,9 @@ class BreakerConfig:
     on_backend_error: BackendErrorPolicy = "fail_open"
     #: Seconds a Redis command may take before the backend counts as unavailable.
     backend_timeout: float = 0.25
+    #: How Redis runs the library: "auto" (FUNCTION, or EVALSHA where the server
+    #: refuses it: Redis < 7, an ACL), "functions" or "eval".
+    script_mode: ScriptMode = "auto"
     #: Seconds between flushes of locally counted successes; None: every call records.
     batch_interval: float | None = None
     #: Prefix of every Redis key and of the events channel.
@@ -118,6 +121,8 @@ class BreakerConfig:
             raise ConfigurationError("key_ttl", "must outlive the window and the open time")
         if self.on_backend_error not in ("fail_open", "fail_closed"):
             raise ConfigurationError("on_backend_error", "must be 'fail_open' or 'fail_closed'")
+        if self.script_mode not in ("auto", "functions", "eval"):
+            raise ConfigurationError("script_mode", "must be 'auto', 'functions' or 'eval'")
         for name in ("record_exceptions", "ignore_exceptions"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(
@@ -176,6 +181,7 @@ class BreakerSettings(TypedDict, total=False):
     failure_predicate: Callable[[Any], bool] | None
     on_backend_error: BackendErrorPolicy
     backend_timeout: Seconds
+    script_mode: ScriptMode
     batch_interval: Seconds | None
     prefix: str
     key_ttl: Seconds

@@ -17,7 +17,10 @@ from ._config import BreakerConfig
 from ._exceptions import CircuitOpenError
 from ._models import TransitionEvent
 from ._types import State
-from ._wire import Reply
+from ._wire import Batch, Reply
+
+#: How often a process that rejects calls (and so sends nothing) reports how many.
+REJECTIONS_EVERY = 1.0
 
 _REMEMBERED_EVENTS = 256
 
@@ -51,15 +54,6 @@ class Ticket:
     via_fallback: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Flush:
-    """Successes counted locally, to be recorded with the next round trip."""
-
-    count: int
-    generation: int
-    seen_last_failure_at: int
-
-
 class BreakerCore:
     """The local view of one breaker on one backend (Redis, or the in-process fallback)."""
 
@@ -73,6 +67,8 @@ class BreakerCore:
         self._pending = 0
         self._pending_generation = -1
         self._next_flush = 0.0
+        self._rejected = 0
+        self._next_rejection_report = 0.0
         self._seen: deque[tuple[int, int]] = deque(maxlen=_REMEMBERED_EVENTS)
 
     # -- admission ---------------------------------------------------------------
@@ -132,13 +128,26 @@ class BreakerCore:
     def flush_due(self) -> bool:
         return self._pending > 0 and self.clock.monotonic() >= self._next_flush
 
-    def take_flush(self, generation: int) -> Flush:
-        """Hand over the locally counted successes of ``generation`` for the next record."""
+    def take_batch(self, generation: int) -> Batch:
+        """Hand over what was counted locally for the next record: the successes of
+        ``generation``, and the calls rejected since the last report."""
         view = self.view
         with self._lock:
             count = self._pending if self._pending_generation == generation else 0
             self._pending = 0
-            return Flush(count, generation, view.last_failure_at if view else 0)
+            rejected, self._rejected = self._rejected, 0
+            self._next_rejection_report = self.clock.monotonic() + REJECTIONS_EVERY
+            return Batch(count, rejected, view.last_failure_at if view else 0)
+
+    def count_rejection(self) -> bool:
+        """Count a call this process rejected; True when the count is due in Redis (a
+        breaker that stays open sends nothing else: it reports at most once a second)."""
+        now = self.clock.monotonic()
+        with self._lock:
+            if self._rejected == 0 and now >= self._next_rejection_report:
+                self._next_rejection_report = now + REJECTIONS_EVERY
+            self._rejected += 1
+            return now >= self._next_rejection_report
 
     # -- keeping the view fresh --------------------------------------------------
 

@@ -19,7 +19,6 @@ outcome listeners. It is the one place that emits outcome events.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable, Generator
@@ -28,7 +27,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from ._clock import Clock
 from ._config import BreakerConfig
-from ._core import BreakerCore, Flush, Ticket
+from ._core import BreakerCore, Ticket
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError
 from ._keys import BreakerKeys
@@ -36,7 +35,9 @@ from ._listeners import BreakerListener, overrides
 from ._models import BreakerSnapshot, OutcomeEvent, TransitionEvent
 from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
 from ._wire import (
+    Batch,
     Reply,
+    Wired,
     acquire_args,
     control_args,
     decode_reply,
@@ -94,6 +95,11 @@ class Engine:
         self.clock = clock
         self.kind = kind
         self.keys = BreakerKeys.of(config.prefix, name)
+        self.wired = Wired.of(config, name)
+        # Whether this breaker's settings are known stored on each lane: its first call
+        # there sends them (and the newest process's settings win).
+        self._offered: dict[Lane, bool] = {"shared": False, "local": False}
+        self._told_of_settings = False
         self.health = health
         self.shared = BreakerCore(name, config, clock, fallback=False)
         self.local = BreakerCore(name, config, clock, fallback=True)
@@ -131,15 +137,19 @@ class Engine:
             return (yield from self._admit_locally(None))
         # After a failure the local view is not trusted: the call's own acquire asks
         # Redis first, so that fail_closed never lets a call through unasked.
-        ticket = None if self.health.is_suspect() else self.shared.admit_locally()
+        try:
+            ticket = None if self.health.is_suspect() else self.shared.admit_locally()
+        except CircuitOpenError:
+            yield from self._count_rejection(self.shared)
+            raise
         if ticket is not None:
             return ticket
         lease_id = uuid.uuid4().hex
         try:
-            raw = yield Call("shared", "acquire", self._acquire_args(lease_id))
+            raw = yield from self.ask("shared", "acquire", self._acquire_args(lease_id))
         except BackendUnavailableError as exc:
             return (yield from self._admit_locally(exc))
-        return self._admitted(self.shared, raw, lease_id)
+        return (yield from self._admitted(self.shared, raw, lease_id))
 
     def _admit_locally(self, error: BackendUnavailableError | None) -> Steps[Ticket]:
         """Admit through the fallback: the same scripts and settings, local state."""
@@ -151,18 +161,59 @@ class Engine:
         if ticket is not None:
             return ticket
         lease_id = uuid.uuid4().hex
-        raw = yield Call("local", "acquire", self._acquire_args(lease_id))
-        return self._admitted(self.local, raw, lease_id)
+        raw = yield from self.ask("local", "acquire", self._acquire_args(lease_id))
+        return (yield from self._admitted(self.local, raw, lease_id))
 
-    def _acquire_args(self, lease_id: str) -> list[Any]:
-        return acquire_args(self.config, self.name, lease_id, self.clock.epoch_ms())
+    def _acquire_args(self, lease_id: str) -> Callable[[bool], list[Any]]:
+        now = self.clock.epoch_ms()
+        return lambda offer: acquire_args(self.wired, lease_id, now, offer=offer)
 
-    def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Ticket:
+    def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Steps[Ticket]:
         reply = decode_reply(raw)
         try:
             return core.admit_from(reply, lease_id)
+        except CircuitOpenError:
+            yield from self._count_rejection(core)
+            raise
         finally:
             self._heard(core, reply)
+
+    def _count_rejection(self, core: BreakerCore) -> Steps[None]:
+        """Count a rejection; report this process's rejections to the fleet's window
+        when due (at most once a second: an open breaker sends nothing else)."""
+        if core.fallback or not core.count_rejection():
+            return
+        view = core.view
+        batch = core.take_batch(view.generation if view else 0)
+        args = self._record_call(batch_generation(view), "", None, 0, batch)
+        try:
+            raw = yield from self.ask("shared", "record", args)
+        except BackendUnavailableError:
+            return  # counts, not decisions: lost with the outage
+        self._heard(core, decode_reply(raw))
+
+    # -- the settings, stored with the breaker ------------------------------------------
+
+    def ask(
+        self, lane: Lane, script: ScriptName, args_for: Callable[[bool], list[Any]]
+    ) -> Steps[list[Any]]:
+        """Run ``script`` on ``lane``, sending this breaker's settings with its first
+        call there, and again if the breaker holds none (a flushed or new Redis)."""
+        raw = yield Call(lane, script, args_for(not self._offered[lane]))
+        if raw[0] in (b"unconfigured", "unconfigured"):
+            raw = yield Call(lane, script, args_for(True))
+        self._offered[lane] = True
+        stored = raw[9].decode() if isinstance(raw[9], bytes) else str(raw[9])
+        if stored and stored != self.wired.digest and not self._told_of_settings:
+            self._told_of_settings = True
+            logger.warning(
+                "breaker %s: runs with the settings another process stored (%s), not "
+                "this process's (%s): the newest process's settings win",
+                self.name,
+                stored,
+                self.wired.digest,
+            )
+        return raw
 
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone
@@ -184,20 +235,20 @@ class Engine:
         slow = core.is_slow(ticket)
         backend: BackendKind = "fallback" if ticket.via_fallback else self.kind
         self._tell_outcome(outcome, duration, reason, backend)
-        args = self._record_args(core, ticket, outcome, slow)
+        args = self._record_args(core, ticket, outcome, slow, duration)
         if args is None:
             return
         if ticket.via_fallback:
-            self._heard(self.local, decode_reply((yield Call("local", "record", args))))
+            self._heard(self.local, decode_reply((yield from self.ask("local", "record", args))))
             return
         try:
-            raw = yield Call("shared", "record", args)
+            raw = yield from self.ask("shared", "record", args)
         except BackendUnavailableError:
-            yield from self._record_locally(outcome, slow)
+            yield from self._record_locally(outcome, duration)
             return
         self._heard(self.shared, decode_reply(raw))
 
-    def _record_locally(self, outcome: Outcome, slow: bool) -> Steps[None]:
+    def _record_locally(self, outcome: Outcome, duration: float) -> Steps[None]:
         """Redis failed while recording a call it admitted: let the fallback count it."""
         if outcome == "ignored" or self.config.on_backend_error != "fail_open":
             return
@@ -205,56 +256,56 @@ class Engine:
             ticket = yield from self._admit_locally(None)
         except CircuitOpenError:
             return
-        args = self._record_call(ticket.generation, ticket.lease_id, outcome, slow, None)
-        self._heard(self.local, decode_reply((yield Call("local", "record", args))))
+        args = self._record_call(ticket.generation, ticket.lease_id, outcome, duration, None)
+        self._heard(self.local, decode_reply((yield from self.ask("local", "record", args))))
 
     def _record_args(
-        self, core: BreakerCore, ticket: Ticket, outcome: Outcome, slow: bool
-    ) -> list[Any] | None:
+        self, core: BreakerCore, ticket: Ticket, outcome: Outcome, slow: bool, duration: float
+    ) -> Callable[[bool], list[Any]] | None:
         """The ``record`` arguments for this outcome, or None when no round trip is due."""
         absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
         if absorbed and not core.flush_due():
             return None
-        flush = core.take_flush(ticket.generation)
+        batch = core.take_batch(ticket.generation)
         sent: Outcome | None = None if absorbed else outcome
-        if sent in (None, "ignored") and not ticket.lease_id and flush.count == 0:
+        if sent in (None, "ignored") and not ticket.lease_id and batch.empty:
             return None
-        return self._record_call(ticket.generation, ticket.lease_id, sent, slow, flush)
+        return self._record_call(ticket.generation, ticket.lease_id, sent, duration, batch)
 
     def _record_call(
         self,
         generation: int,
         lease_id: str,
         outcome: Outcome | None,
-        slow: bool,
-        flush: Flush | None,
-    ) -> list[Any]:
-        return record_args(
-            self.config,
-            self.name,
+        duration: float,
+        batch: Batch | None,
+    ) -> Callable[[bool], list[Any]]:
+        now = self.clock.epoch_ms()
+        duration_ms = round(duration * 1000)
+        return lambda offer: record_args(
+            self.wired,
             generation=generation,
             lease_id=lease_id,
             outcome=outcome,
-            slow=slow,
-            batched=flush.count if flush else 0,
-            seen_last_failure_at=flush.seen_last_failure_at if flush else 0,
-            jitter_sample=random.random(),
-            now_ms=self.clock.epoch_ms(),
+            duration_ms=duration_ms,
+            batch=batch,
+            now_ms=now,
+            offer=offer,
         )
 
     def flushing(self) -> Steps[None]:
-        """Record the successes counted locally in batched mode, now."""
+        """Record what was counted locally (batched successes, rejections), now."""
         view = self.shared.view
         if view is None:
             return
-        flush = self.shared.take_flush(view.generation)
-        if flush.count == 0:
+        batch = self.shared.take_batch(view.generation)
+        if batch.empty:
             return
-        args = self._record_call(flush.generation, "", None, False, flush)
+        args = self._record_call(view.generation, "", None, 0.0, batch)
         try:
-            raw = yield Call("shared", "record", args)
+            raw = yield from self.ask("shared", "record", args)
         except BackendUnavailableError as exc:
-            logger.warning("breaker %s: batched successes lost: %s", self.name, exc.reason)
+            logger.warning("breaker %s: batched counts lost: %s", self.name, exc.reason)
             return
         self._heard(self.shared, decode_reply(raw))
 
@@ -281,15 +332,14 @@ class Engine:
 
     # -- operators -------------------------------------------------------------------
 
-    def control(self, action: ControlAction, *, stored: bool = False) -> Steps[None]:
+    def control(self, action: ControlAction) -> Steps[None]:
         now = self.clock.epoch_ms()
-        args = control_args(self.config, self.name, action, now, stored=stored)
-        raw = yield Call("shared", "control", args)
+        args = lambda offer: control_args(self.wired, action, now, offer=offer)  # noqa: E731
+        raw = yield from self.ask("shared", "control", args)
         self._heard(self.shared, decode_reply(raw))
 
-    def snapshot(self, *, stored: bool = False) -> Steps[BreakerSnapshot]:
-        args = snapshot_args(self.config, self.name, self.clock.epoch_ms(), stored=stored)
-        raw = yield Call("shared", "snapshot", args)
+    def snapshot(self) -> Steps[BreakerSnapshot]:
+        raw = yield Call("shared", "snapshot", snapshot_args(self.clock.epoch_ms()))
         return decode_snapshot(self.name, raw, self.kind)
 
     # -- listeners -------------------------------------------------------------------
@@ -364,3 +414,9 @@ def describe(error: BaseException | None, result: object = None) -> str:
     if isinstance(status, int) and not isinstance(status, bool):
         return f"status {status}"
     return ""
+
+
+def batch_generation(view: object) -> int:
+    """The generation a batch of counts belongs to: the view's, or 0 before any."""
+    generation = getattr(view, "generation", 0)
+    return generation if isinstance(generation, int) else 0

@@ -1,11 +1,9 @@
 """The fallback lane: the breaker's own Lua, run in this process while Redis is away.
 
 While Redis cannot be reached, a ``fail_open`` breaker keeps deciding by itself with
-the same rules: the same scripts run here, on a small in-memory store, in lupa's Lua
-5.1 (Redis's). Each script is compiled once, so a decision costs tens of
-microseconds: cheap enough to take on the event loop, where a fakeredis round trip
-(which compiles the script again on every call) would stall it for half a
-millisecond.
+the same rules: the same library runs here, on a small in-memory store, in lupa's Lua
+5.1 (Redis's). It is loaded once, as Redis loads a FUNCTION library, so a decision
+costs tens of microseconds: cheap enough to take on the event loop.
 
 Only the commands the scripts use are here, with Redis's semantics for the values
 they pass and receive. Keys expire lazily, by the script clock (``ARGV[1]`` or
@@ -25,8 +23,8 @@ from typing import Any
 import lupa.lua51 as lua
 
 from ._events import EventHub
-from ._scripts import script_source
-from ._types import ScriptName
+from ._scripts import function_name, library_source
+from ._types import SCRIPT_NAMES, ScriptName
 
 Value = bytes | int | float | bool | None
 
@@ -182,11 +180,10 @@ class _Store:
 
 
 class LocalEngine:
-    """The scripts, compiled once into one Lua runtime, over an in-memory store.
+    """The library, loaded once into one Lua runtime, over an in-memory store.
 
     >>> engine = LocalEngine()
-    >>> engine.run("snapshot", ["b:{x}", "b:{x}:window", "b:{x}:leases"],
-    ...            ["", "x", "b:events", "", "", ""])[1]
+    >>> engine.run("snapshot", ["b:{x}", "b:{x}:window", "b:{x}:leases"], ["", "", ""])[1]
     b'closed'
     """
 
@@ -195,12 +192,16 @@ class LocalEngine:
         self._store = _Store(self._runtime)
         self._lock = threading.Lock()
         install = self._runtime.eval(
-            "function(call, encode) redis = {call = call, "
-            "error_reply = function(message) return {err = message} end}; "
-            "cjson = {encode = encode} end"
+            "function(call, encode, decode) FUNCTIONS = {}; redis = {call = call, "
+            "error_reply = function(message) return {err = message} end, "
+            "register_function = function(a, b) if type(a) == 'table' then "
+            "FUNCTIONS[a.function_name] = a.callback else FUNCTIONS[a] = b end end}; "
+            "cjson = {encode = encode, decode = decode} end"
         )
-        install(self._store.call, self._encode)
-        self._compiled: dict[ScriptName, Any] = {}
+        install(self._store.call, self._encode, self._decode)
+        self._runtime.execute(library_source().split("\n", 1)[1].encode())
+        functions = self._runtime.globals().FUNCTIONS
+        self._functions = {name: functions[function_name(name).encode()] for name in SCRIPT_NAMES}
 
     def _encode(self, table: Any) -> bytes:
         def plain(value: Any) -> Any:
@@ -212,27 +213,27 @@ class LocalEngine:
 
         return json.dumps({plain(key): plain(value) for key, value in table.items()}).encode()
 
-    def _script(self, name: ScriptName) -> Any:
-        compiled = self._compiled.get(name)
-        if compiled is None:
-            source = script_source(name).encode()
-            compiled = self._compiled[name] = self._runtime.eval(
-                b"function(KEYS, ARGV)\n" + source + b"\nend"
-            )
-        return compiled
+    def _decode(self, text: bytes) -> Any:
+        decoded = json.loads(text)
+        return self._runtime.table_from(
+            {
+                key.encode(): value.encode() if isinstance(value, str) else value
+                for key, value in decoded.items()
+            }
+        )
 
     def run(self, name: ScriptName, keys: list[str], args: list[Any]) -> list[Any]:
-        """Run script ``name`` as EVALSHA would, and return its reply as redis-py does."""
+        """Run operation ``name`` as FCALL would, and return its reply as redis-py does."""
         encoded = [_text(arg) for arg in args]
         with self._lock:
             self._store.now_ms = float(encoded[0]) if encoded[0] else time.time() * 1000
             try:
-                reply = self._script(name)(
+                reply = self._functions[name](
                     self._runtime.table_from([key.encode() for key in keys]),
                     self._runtime.table_from(encoded),
                 )
             except lua.LuaError as exc:
-                raise ScriptError(f"script {name!r} failed: {exc}") from exc
+                raise ScriptError(f"operation {name!r} failed: {exc}") from exc
         converted: list[Any] = _from_lua(reply)
         return converted
 

@@ -86,7 +86,7 @@ class OutcomeEvent:
 
 @dataclass(frozen=True, slots=True)
 class BudgetVerdict:
-    """``budget.lua``'s answer, with the window's figures as they stood when it asked."""
+    """The ``budget`` operation's answer, with the window's figures as they stood then."""
 
     granted: bool
     retries: int

@@ -16,7 +16,7 @@ from ._config import BreakerConfig
 from ._keys import BreakerKeys, name_of_state_key, state_key_pattern
 from ._models import BreakerSnapshot
 from ._types import ControlAction
-from ._wire import control_args, decode_reply, decode_snapshot, snapshot_args
+from ._wire import OPERATOR, control_args, decode_reply, decode_snapshot, snapshot_args
 
 
 class BreakerOperator:
@@ -42,12 +42,12 @@ class BreakerOperator:
         return sorted(found)
 
     def snapshot(self, name: str) -> BreakerSnapshot:
-        args = snapshot_args(self._config, name, None, stored=True)
+        args = snapshot_args(None)
         return decode_snapshot(name, self._run(name, "snapshot", args), self._backend.kind)
 
     def control(self, name: str, action: ControlAction) -> None:
         """``reset``, ``force_open`` or ``disable`` breaker ``name``, fleet-wide."""
-        args = control_args(self._config, name, action, None, stored=True)
+        args = control_args(OPERATOR, action, None)
         decode_reply(self._run(name, "control", args))
 
     def _run(self, name: str, script: Any, args: list[Any]) -> list[Any]:

@@ -23,3 +23,7 @@ BackendKind = Literal["redis", "embedded", "fallback"]
 
 ScriptName = Literal["acquire", "budget", "control", "record", "snapshot"]
 SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "budget", "control", "record", "snapshot")
+
+#: How a server runs the library: as FUNCTIONs (Redis 7), as EVALSHA scripts, or
+#: functions unless the server refuses them.
+ScriptMode = Literal["auto", "functions", "eval"]

@@ -1,11 +1,14 @@
-"""The wire between Python and the Lua scripts: ARGV building and reply decoding only.
+"""The wire between Python and the Lua library: ARGV building and reply decoding only.
 
-Pure functions, tested without Redis. The argument order is the scripts' header
-contracts (``lua/*.lua``).
+Pure functions, tested without Redis. The argument order is the library's header
+contracts (``lua/fleetbreaker.lua``). What is constant for a breaker, its settings, is
+encoded once (``Wired``) and stored in Redis by its first call: a call then carries
+only what varies (the outcome, the duration, the lease, the test clock).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +27,52 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _rate(value: float | None) -> float:
+    return -1 if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Wired:
+    """A breaker's settings as the library stores them, and their digest."""
+
+    name: str
+    digest: str
+    payload: str  # the JSON the library stores
+
+    @classmethod
+    def of(cls, config: BreakerConfig, name: str) -> Wired:
+        settings = {
+            "name": name,
+            "channel": events_channel(config.prefix),
+            "key_ttl": _ms(config.key_ttl),
+            "window_bucket": _ms(config.window_bucket),
+            "buckets": config.buckets,
+            "failure_threshold": config.failure_threshold,
+            "success_threshold": config.success_threshold,
+            "failure_rate_threshold": _rate(config.failure_rate_threshold),
+            "slow_call_rate_threshold": _rate(config.slow_call_rate_threshold),
+            "slow_call_duration": _ms(config.slow_call_duration or 0.0),
+            "minimum_calls": config.minimum_calls,
+            "reset_timeout": _ms(config.reset_timeout),
+            "reset_timeout_max": _ms(config.reset_timeout_max or 0.0),
+            "reset_timeout_multiplier": float(config.reset_timeout_multiplier),
+            "reset_timeout_jitter": float(config.reset_timeout_jitter),
+            "half_open_max_calls": config.half_open_max_calls,
+            "half_open_lease": _ms(config.half_open_lease),
+        }
+        payload = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16]
+        return cls(name, digest, payload)
+
+
+#: An operator tool's settings: none, so that the library acts with the stored ones.
+OPERATOR = Wired("", "", "")
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The reply every script shares: a verdict, the breaker's view, and its events."""
+    """The reply every operation shares: a verdict, the breaker's view, the digest of
+    the settings the call ran with, and the transitions it made."""
 
     verdict: str
     state: State
@@ -37,6 +83,7 @@ class Reply:
     failures: int
     last_failure_at: int
     extra: str
+    digest: str
     events: tuple[TransitionEvent, ...]
 
     @property
@@ -48,13 +95,18 @@ class Reply:
         """Seconds until ``open_until`` on the Redis clock (0 when it has passed)."""
         return max(0.0, (self.open_until - self.now) / 1000)
 
+    @property
+    def unconfigured(self) -> bool:
+        """The breaker held no settings: nothing was done, send them."""
+        return self.verdict == "unconfigured"
+
 
 def decode_reply(raw: list[Any]) -> Reply:
     state = _text(raw[1])
     if state not in STATES:
         raise ValueError(f"unknown breaker state in reply: {state!r}")
     events = tuple(
-        event for event in (TransitionEvent.from_json(item) for item in raw[9:]) if event
+        event for event in (TransitionEvent.from_json(item) for item in raw[10:]) if event
     )
     return Reply(
         verdict=_text(raw[0]),
@@ -66,34 +118,25 @@ def decode_reply(raw: list[Any]) -> Reply:
         failures=int(raw[6]),
         last_failure_at=int(raw[7]),
         extra=_text(raw[8]),
+        digest=_text(raw[9]),
         events=events,
     )
 
 
-def _common(
-    config: BreakerConfig, name: str, now_ms: int | None, *, stored: bool = False
-) -> list[str | int]:
-    """ARGV[1..6] of every script. ``stored``: an operator tool that does not know the
-    breaker's settings sends none, and the script takes the ones the breaker stored."""
-    settings: list[str | int] = (
-        ["", "", ""] if stored else [_ms(config.key_ttl), _ms(config.window_bucket), config.buckets]
-    )
-    return ["" if now_ms is None else now_ms, name, events_channel(config.prefix), *settings]
+def _common(wired: Wired, now_ms: int | None, offer: bool) -> list[str | int]:
+    """ARGV[1..3]: the clock, the settings' digest, and the settings themselves when
+    offered (a process's first call of a breaker, or after ``unconfigured``)."""
+    return ["" if now_ms is None else now_ms, wired.digest, wired.payload if offer else ""]
 
 
 def acquire_args(
-    config: BreakerConfig, name: str, lease_id: str, now_ms: int | None
+    wired: Wired, lease_id: str, now_ms: int | None, *, offer: bool = False
 ) -> list[str | int]:
-    return [
-        *_common(config, name, now_ms),
-        config.half_open_max_calls,
-        _ms(config.half_open_lease),
-        lease_id,
-    ]
+    return [*_common(wired, now_ms, offer), lease_id]
 
 
-#: What ``record.lua`` is told: an outcome, or "none" when it only carries batched
-#: successes (ignored outcomes travel as "release": a trial lease given back unused).
+#: What the library is told of an outcome: "none" when a record call only carries a
+#: batch; an ignored outcome travels as "release" (a trial lease given back unused).
 _WIRE_OUTCOMES: dict[Outcome | None, str] = {
     "success": "success",
     "failure": "failure",
@@ -102,72 +145,67 @@ _WIRE_OUTCOMES: dict[Outcome | None, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a process counted by itself since it last wrote: closed-state successes,
+    calls it rejected, and the last failure it had seen."""
+
+    successes: int = 0
+    rejections: int = 0
+    seen_last_failure_at: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.successes == 0 and self.rejections == 0
+
+    def encoded(self) -> str:
+        if self.empty:
+            return ""
+        return f"{self.successes}:{self.rejections}:{self.seen_last_failure_at}"
+
+
 def record_args(
-    config: BreakerConfig,
-    name: str,
+    wired: Wired,
     *,
     generation: int,
     lease_id: str,
     outcome: Outcome | None,
-    slow: bool,
-    batched: int,
-    seen_last_failure_at: int,
-    jitter_sample: float,
+    duration_ms: int,
+    batch: Batch | None,
     now_ms: int | None,
-) -> list[str | int | float]:
+    offer: bool = False,
+) -> list[str | int]:
     return [
-        *_common(config, name, now_ms),
+        *_common(wired, now_ms, offer),
         generation,
         lease_id,
         _WIRE_OUTCOMES[outcome],
-        1 if slow else 0,
-        batched,
-        seen_last_failure_at,
-        config.failure_threshold,
-        config.success_threshold,
-        _rate(config.failure_rate_threshold),
-        _rate(config.slow_call_rate_threshold),
-        config.minimum_calls,
-        _ms(config.reset_timeout),
-        0 if config.reset_timeout_max is None else _ms(config.reset_timeout_max),
-        repr(float(config.reset_timeout_multiplier)),
-        repr(float(config.reset_timeout_jitter)),
-        repr(float(jitter_sample)),
+        duration_ms,
+        batch.encoded() if batch is not None else "",
     ]
 
 
-def _rate(value: float | None) -> str:
-    return "-1" if value is None else repr(float(value))
-
-
 def control_args(
-    config: BreakerConfig,
-    name: str,
-    action: ControlAction,
-    now_ms: int | None,
-    *,
-    stored: bool = False,
+    wired: Wired, action: ControlAction, now_ms: int | None, *, offer: bool = False
 ) -> list[str | int]:
-    return [*_common(config, name, now_ms, stored=stored), action]
+    return [*_common(wired, now_ms, offer), action]
 
 
-def snapshot_args(
-    config: BreakerConfig, name: str, now_ms: int | None, *, stored: bool = False
-) -> list[str | int]:
-    return _common(config, name, now_ms, stored=stored)
+def snapshot_args(now_ms: int | None) -> list[str | int]:
+    return [*_common(OPERATOR, now_ms, False)]
 
 
 def budget_args(
-    config: BreakerConfig,
-    name: str,
+    wired: Wired,
     *,
     ratio: float,
     min_retries_per_second: float,
     now_ms: int | None,
+    offer: bool = False,
 ) -> list[str | int]:
-    """Ask ``budget.lua`` for one retry: the ratio's room, else a token of the floor."""
+    """Ask ``budget`` for one retry: the ratio's room, else a token of the floor."""
     return [
-        *_common(config, name, now_ms),
+        *_common(wired, now_ms, offer),
         repr(float(ratio)),
         repr(float(min_retries_per_second)),
     ]

@@ -114,9 +114,11 @@ class Harness:
     raw: Any
     client: Any
     url: str | None = None  # of the Redis, for the asyncio clients a test makes
+    script_mode: str = "auto"  # how Redis runs the library: FUNCTIONs, or EVALSHA
     breakers: list[CircuitBreaker] = field(default_factory=list)
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
+        settings.setdefault("script_mode", self.script_mode)
         cb = CircuitBreaker(name, redis=self.client, clock=self.clock, **settings)
         self.breakers.append(cb)
         return cb
@@ -169,12 +171,18 @@ def _fresh_in_process_backends() -> None:
     fallback_engine().clear()
 
 
-@pytest.fixture(params=["redis", "embedded"])
+# Every behaviour on Redis as a FUNCTION library, as EVALSHA scripts (for servers that
+# refuse FUNCTION; the full lane), and on the embedded backend.
+_EVAL = pytest.param("redis-eval", marks=pytest.mark.slow)
+
+
+@pytest.fixture(params=["redis", _EVAL, "embedded"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         client = request.getfixturevalue("sync_redis")
         url = request.getfixturevalue("redis_url")
-        made = Harness("redis", ManualClock(), client, client, url)
+        mode = "eval" if request.param == "redis-eval" else "functions"
+        made = Harness("redis", ManualClock(), client, client, url, mode)
     else:
         made = Harness("embedded", ManualClock(), embedded_backend().client, None)
     yield made
@@ -189,6 +197,7 @@ class AsyncHarness:
     kind: str
     clock: ManualClock
     url: str | None
+    script_mode: str = "auto"
     clients: list[aioredis.Redis] = field(default_factory=list)
     breakers: list[CircuitBreaker] = field(default_factory=list)
 
@@ -197,6 +206,7 @@ class AsyncHarness:
         if self.url is not None:
             client = aioredis.Redis.from_url(self.url)
             self.clients.append(client)
+        settings.setdefault("script_mode", self.script_mode)
         cb = CircuitBreaker(name, redis=client, clock=self.clock, **settings)
         self.breakers.append(cb)
         return cb
@@ -219,11 +229,15 @@ class AsyncHarness:
         asyncio.run(main())
 
 
-@pytest.fixture(params=["redis-async", "embedded"])
+@pytest.fixture(
+    params=["redis-async", pytest.param("redis-async-eval", marks=pytest.mark.slow), "embedded"]
+)
 def async_harness(request: pytest.FixtureRequest) -> Iterator[AsyncHarness]:
-    if request.param == "redis-async":
+    if request.param.startswith("redis-async"):
         request.getfixturevalue("sync_redis")  # flushes the db around the test
-        yield AsyncHarness("redis-async", ManualClock(), request.getfixturevalue("redis_url"))
+        mode = "eval" if request.param.endswith("eval") else "functions"
+        url = request.getfixturevalue("redis_url")
+        yield AsyncHarness("redis-async", ManualClock(), url, mode)
     else:
         yield AsyncHarness("embedded", ManualClock(), None)
 

@@ -24,4 +24,4 @@ def test_exception_tree_has_one_root() -> None:
 
 def test_package_ships_py_typed_and_the_lua_sources() -> None:
     assert files("breaker").joinpath("py.typed").is_file()
-    assert files("breaker._lua").joinpath("record.lua").is_file()
+    assert files("breaker._lua").joinpath("fleetbreaker.lua").is_file()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from breaker import CircuitBreaker, CircuitOpenError, RetryPolicy
+from breaker._types import ScriptMode
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
 from tests.support.servers import RedisServer
@@ -69,60 +71,125 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How Redis runs the library, and the command a round trip then is."""
+
+    script_mode: ScriptMode
+    command: str
+
+
+@pytest.fixture(
+    params=[Mode("functions", "fcall"), Mode("eval", "evalsha")], ids=["functions", "eval"]
+)
+def mode(request: pytest.FixtureRequest) -> Mode:
+    made: Mode = request.param
+    return made
+
+
 def test_closed_success_costs_one_round_trip(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, script_mode=mode.script_mode)
     succeed(cb)  # the first call of a process also asks acquire
-    assert commands_during(redis_server, repeat(50, lambda: succeed(cb))) == {"evalsha": 50}
+    assert commands_during(redis_server, repeat(50, lambda: succeed(cb))) == {mode.command: 50}
 
 
-def test_a_success_that_changes_nothing_writes_only_ttls_inside_redis(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+def test_a_success_that_changes_nothing_reads_one_hash_and_counts_once(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    """Server work, not round trips: no HSET of an unchanged state, and the window is
-    read (to prune it) only by the first call of each bucket when no rate is set."""
-    cb = breakers("p", redis=redis_server.client(), clock=clock)
-    succeed(cb)
+    """Server work, not round trips: a fast success in a healthy closed breaker reads
+    the fields it needs and increments one counter; no HSET of an unchanged state, and
+    the TTLs and the window's pruning wait for the next bucket."""
+    cb = breakers("p", redis=redis_server.client(), clock=clock, script_mode=mode.script_mode)
+    succeed(cb)  # the first call of this bucket refreshed the TTLs
     before = redis_server.command_calls()
     repeat(20, lambda: succeed(cb))()
     after = redis_server.command_calls()
-    ran = {name: after[name] - before.get(name, 0) for name in after}
-    assert ran.get("hset", 0) == 0
-    assert ran["hgetall"] == 20  # the state hash, once per call
-    assert ran["hincrby"] == 20  # the window still counts every call
-    assert ran["pexpire"] == 60  # every key's TTL is refreshed
+    ran = {name: after[name] - before.get(name, 0) for name in after if name in _INSIDE_SCRIPTS}
+    assert {name: n for name, n in ran.items() if n} == {"hmget": 20, "hincrby": 20}
+
+
+def test_ttls_are_refreshed_once_a_bucket_and_outlive_the_last_write_by_at_most_one(
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
+) -> None:
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        key_ttl=60.0,
+        window_bucket=5.0,
+        window=10.0,
+    )
+    client = redis_server.client()
+    succeed(cb)
+    before = redis_server.command_calls().get("pexpire", 0)
+    for _ in range(4):  # 4 buckets of 5 s, 3 calls in each
+        for _ in range(3):
+            succeed(cb)
+        clock.advance(5.0)
+    assert redis_server.command_calls()["pexpire"] - before == 3 * 3  # 3 keys, 3 new buckets
+    # The last write was in the current bucket, whose first call refreshed every key:
+    # no key outlives it by more than key_ttl (+ one bucket, at most).
+    for key in cb.keys.as_list()[:2]:
+        assert 0 < client.pttl(key) <= 60_000
+    client.close()
 
 
 def test_closed_failure_costs_one_round_trip(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        failure_threshold=100,
+    )
     succeed(cb)
-    assert commands_during(redis_server, repeat(50, lambda: fail(cb))) == {"evalsha": 50}
+    assert commands_during(redis_server, repeat(50, lambda: fail(cb))) == {mode.command: 50}
 
 
 def test_open_rejection_costs_nothing(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        failure_threshold=1,
+    )
     fail(cb)
     assert commands_during(redis_server, repeat(50, lambda: reject(cb))) == {}
 
 
 def test_half_open_trial_costs_two_round_trips(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=1)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        failure_threshold=1,
+    )
     fail(cb)
     clock.advance(10.0)
-    assert commands_during(redis_server, lambda: succeed(cb)) == {"evalsha": 2}
+    assert commands_during(redis_server, lambda: succeed(cb)) == {mode.command: 2}
 
 
 def test_batched_successes_cost_under_five_hundredths_per_call(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, batch_interval=0.05)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        batch_interval=0.05,
+    )
     succeed(cb)
 
     def thousand_calls_in_one_second() -> None:
@@ -131,19 +198,25 @@ def test_batched_successes_cost_under_five_hundredths_per_call(
             clock.advance(0.001)
 
     calls = commands_during(redis_server, thousand_calls_in_one_second)
-    assert calls["evalsha"] / 1000 <= 0.05
+    assert calls[mode.command] / 1000 <= 0.05
     cb.flush()
     assert cb.snapshot().window_calls == 1001
 
 
 def test_batched_successes_ride_along_with_the_next_failure(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, batch_interval=60.0)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        batch_interval=60.0,
+    )
     succeed(cb)
     fail(cb)
     assert commands_during(redis_server, repeat(10, lambda: succeed(cb))) == {}
-    assert commands_during(redis_server, lambda: fail(cb)) == {"evalsha": 1}
+    assert commands_during(redis_server, lambda: fail(cb)) == {mode.command: 1}
     snapshot = cb.snapshot()
     assert (snapshot.window_calls, snapshot.window_failures) == (13, 2)
     # The ten successes came after the first failure: the streak restarted at them.
@@ -151,23 +224,25 @@ def test_batched_successes_ride_along_with_the_next_failure(
 
 
 def test_after_script_flush_one_call_reloads_and_succeeds(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, script_mode=mode.script_mode)
     succeed(cb)
-    redis_server.client().script_flush()
-    assert commands_during(redis_server, lambda: succeed(cb)) == {
-        "evalsha": 2,
-        "script|load": 1,
-    }
+    if mode.script_mode == "eval":
+        redis_server.client().script_flush()
+        loaded = {"script|load": 1}
+    else:
+        redis_server.client().function_flush()
+        loaded = {"function|load": 1}
+    assert commands_during(redis_server, lambda: succeed(cb)) == {mode.command: 2, **loaded}
 
 
 def test_async_closed_success_costs_one_round_trip(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
     async def scenario() -> dict[str, int]:
         client = aioredis.Redis.from_url(redis_server.url)
-        cb = CircuitBreaker("p", redis=client, clock=clock)
+        cb = CircuitBreaker("p", redis=client, clock=clock, script_mode=mode.script_mode)
         async with cb:
             pass
         before = redis_server.command_calls()
@@ -175,28 +250,35 @@ def test_async_closed_success_costs_one_round_trip(
             async with cb:
                 pass
         after = redis_server.command_calls()
+        await cb.aclose()
         await client.aclose()
         return {k: after[k] - before.get(k, 0) for k in after if k not in _NOT_CALLS}
 
     delta = asyncio.run(scenario())
-    assert {k: v for k, v in delta.items() if v} == {"evalsha": 20}
+    assert {k: v for k, v in delta.items() if v} == {mode.command: 20}
 
 
 def test_a_retried_call_that_succeeds_at_once_costs_no_more(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, script_mode=mode.script_mode)
     retrier = RetryPolicy().bind(cb)
     succeed(cb)
     assert commands_during(redis_server, repeat(50, lambda: retrier.call(lambda: None))) == {
-        "evalsha": 50
+        mode.command: 50
     }
 
 
 def test_a_retry_costs_one_budget_round_trip(
-    breakers: Breakers, redis_server: RedisServer, clock: ManualClock
+    breakers: Breakers, redis_server: RedisServer, clock: ManualClock, mode: Mode
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=100)
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=clock,
+        script_mode=mode.script_mode,
+        failure_threshold=100,
+    )
     retrier = RetryPolicy(attempts=2).bind(cb)
     succeed(cb)
 
@@ -212,4 +294,4 @@ def test_a_retry_costs_one_budget_round_trip(
 
     retrier.call(fails_once())  # loads the budget script
     # record the failure, ask the budget, record the success.
-    assert commands_during(redis_server, lambda: retrier.call(fails_once())) == {"evalsha": 3}
+    assert commands_during(redis_server, lambda: retrier.call(fails_once())) == {mode.command: 3}

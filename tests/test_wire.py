@@ -1,4 +1,4 @@
-"""Script arguments and replies, as pure functions, without Redis."""
+"""The library's arguments and replies, as pure functions, without Redis."""
 
 from __future__ import annotations
 
@@ -7,65 +7,73 @@ import re
 from pathlib import Path
 
 from breaker import BreakerConfig, TransitionEvent
-from breaker._wire import acquire_args, control_args, decode_reply, record_args, snapshot_args
+from breaker._wire import (
+    OPERATOR,
+    Batch,
+    Wired,
+    acquire_args,
+    budget_args,
+    control_args,
+    decode_reply,
+    record_args,
+    snapshot_args,
+)
 
-LUA = Path(__file__).parent.parent / "lua"
+LIBRARY = (Path(__file__).parent.parent / "lua" / "fleetbreaker.lua").read_text()
 
 
-def _declared_argv(script: str) -> int:
-    """The highest ARGV the script's header (or the prelude's) declares."""
-    declared = []
-    for name in (script, "_prelude"):
-        header = (LUA / f"{name}.lua").read_text()
-        declared += [int(n) for n in re.findall(r"^--\s+ARGV\[(\d+)\]", header, re.MULTILINE)]
-    return max(declared)
+def _declared(operation: str) -> int:
+    """The highest ARGV an operation's header (after the shared ARGV[1..3]) declares."""
+    header = LIBRARY.split(f"local function {operation}(keys, args)")[0]
+    own = header.rsplit("\n\n", 1)[-1]
+    numbers = [int(n) for n in re.findall(r"^-- ARGV\[(\d+)\]", own, re.MULTILINE)]
+    return max(numbers, default=3)
 
 
-def test_record_args_match_the_scripts_argv_contract() -> None:
+def test_record_takes_at_most_eight_arguments_and_matches_its_contract() -> None:
     args = record_args(
-        BreakerConfig(),
-        "payments",
+        Wired.of(BreakerConfig(), "payments"),
         generation=3,
         lease_id="",
         outcome="failure",
-        slow=False,
-        batched=0,
-        seen_last_failure_at=0,
-        jitter_sample=0.5,
+        duration_ms=12,
+        batch=None,
         now_ms=None,
     )
-    assert len(args) == _declared_argv("record")
-    assert args[:6] == ["", "payments", "breaker:events", 604_800_000, 1000, 10]
+    assert len(args) == _declared("record") <= 8
+    assert args[3:] == [3, "", "failure", 12, ""]
 
 
-def test_acquire_control_and_snapshot_args_match_their_contracts() -> None:
-    assert len(acquire_args(BreakerConfig(), "p", "lease", 5)) == _declared_argv("acquire")
-    assert len(control_args(BreakerConfig(), "p", "reset", None)) == _declared_argv("control")
-    assert len(snapshot_args(BreakerConfig(), "p", None)) == _declared_argv("snapshot")
+def test_every_operation_matches_its_contract() -> None:
+    wired = Wired.of(BreakerConfig(), "p")
+    assert len(acquire_args(wired, "lease", 5)) == _declared("acquire")
+    assert len(control_args(wired, "reset", None)) == _declared("control")
+    assert len(snapshot_args(None)) == _declared("snapshot")
+    args = budget_args(wired, ratio=0.2, min_retries_per_second=10, now_ms=None)
+    assert len(args) == _declared("budget")
 
 
-def test_an_operator_tool_sends_no_settings_and_the_script_takes_the_stored_ones() -> None:
-    args = control_args(BreakerConfig(key_ttl=60.0), "p", "reset", None, stored=True)
-    assert args[3:6] == ["", "", ""]
+def test_settings_travel_only_when_offered_and_are_digested() -> None:
+    wired = Wired.of(BreakerConfig(failure_rate_threshold=0.25), "p")
+    assert acquire_args(wired, "l", None)[1:3] == [wired.digest, ""]
+    offered = acquire_args(wired, "l", None, offer=True)
+    settings = json.loads(str(offered[2]))
+    assert (settings["failure_rate_threshold"], settings["slow_call_rate_threshold"]) == (0.25, -1)
+    assert settings["name"] == "p"
+    assert Wired.of(BreakerConfig(failure_rate_threshold=0.25), "p").digest == wired.digest
+    assert Wired.of(BreakerConfig(failure_rate_threshold=0.5), "p").digest != wired.digest
 
 
-def test_rates_are_sent_as_minus_one_when_off() -> None:
-    args = record_args(
-        BreakerConfig(failure_rate_threshold=0.25),
-        "p",
-        generation=0,
-        lease_id="",
-        outcome="success",
-        slow=False,
-        batched=0,
-        seen_last_failure_at=0,
-        jitter_sample=0.0,
-        now_ms=1,
-    )
-    assert args[14:16] == ["0.25", "-1"]
+def test_an_operator_tool_sends_no_settings_and_the_library_takes_the_stored_ones() -> None:
+    assert control_args(OPERATOR, "reset", None)[:3] == ["", "", ""]
 
 
-def test_decode_reply_reads_the_view_and_the_events() -> None:
+def test_a_batch_travels_as_one_argument() -> None:
+    assert Batch(12, 3, 1000).encoded() == "12:3:1000"
+    assert Batch().encoded() == ""
+
+
+def test_decode_reply_reads_the_view_the_digest_and_the_events() -> None:
     event = {
         "name": "p",
         "from": "closed",
@@ -87,10 +95,12 @@ def test_decode_reply_reads_the_view_and_the_events() -> None:
             b"5",
             b"1000",
             b"",
+            b"d1g35t",
             json.dumps(event).encode(),
         ]
     )
     assert (reply.state, reply.version, reply.retry_after) == ("open", (500, 4), 10.0)
+    assert reply.digest == "d1g35t"
     assert reply.events == (
         TransitionEvent("p", "closed", "open", 1000, "failure_threshold", 500, 4, 11000),
     )

@@ -1,0 +1,603 @@
+#!lua name=fleetbreaker
+-- fleetbreaker: every decision of every breaker, as one Redis FUNCTION library.
+--
+-- The loader (breaker/_scripts.py) loads it once per server with FUNCTION LOAD
+-- REPLACE, under names that carry a hash of this file: the library
+-- `fleetbreaker_<version>` and its functions `fb_<version>_<operation>`. A process
+-- calls the functions of its own version, so two versions of fleetbreaker (a rolling
+-- deploy) never run each other's code. Where a server refuses FUNCTION (Redis < 7,
+-- an ACL), the loader cuts this file at the "registrations" marker and runs each
+-- operation as a script that ends `return <operation>(KEYS, ARGV)`.
+--
+-- KEYS (every operation):
+--   KEYS[1]: state hash   <prefix>:{<name>}          the state, and the breaker's settings
+--   KEYS[2]: window hash  <prefix>:{<name>}:window   bucketed counters
+--   KEYS[3]: leases zset  <prefix>:{<name>}:leases   half-open trial leases
+-- ARGV (every operation; an operation's own start at ARGV[4]):
+--   ARGV[1]: now in epoch ms, or "" for Redis TIME (tests inject time here)
+--   ARGV[2]: the digest of the caller's settings; "" for an operator tool, which acts
+--            with the settings the breaker stored
+--   ARGV[3]: the caller's settings as JSON, or "". A process sends them with its first
+--            call of a breaker (the newest process's settings win, and every call
+--            runs with the stored ones), and again when the breaker has none.
+-- Every reply: {verdict, state, created_at, generation, open_until, now, failures,
+--               last_failure_at, extra, stored_digest, event_json...}
+--   verdict "unconfigured": the breaker holds no settings and none came; nothing was
+--   done: send them. stored_digest: the settings the call ran with.
+--
+-- Settings live in the state hash, beside the state (durations in ms): name, channel,
+-- key_ttl, window_bucket, buckets, failure_threshold, success_threshold,
+-- failure_rate_threshold and slow_call_rate_threshold (-1: off), slow_call_duration
+-- (0: off), minimum_calls, reset_timeout, reset_timeout_max (0: no growth),
+-- reset_timeout_multiplier, reset_timeout_jitter, half_open_max_calls,
+-- half_open_lease, settings (their digest) and settings_at (when stored).
+--
+-- TTLs: every key expires key_ttl after it was last refreshed, and keys are refreshed
+-- when the state changes and on the first call of each window bucket: a key expires
+-- no later than key_ttl + one bucket after its last write.
+
+local SETTINGS = {
+  'name', 'channel', 'key_ttl', 'window_bucket', 'buckets', 'failure_threshold',
+  'success_threshold', 'failure_rate_threshold', 'slow_call_rate_threshold',
+  'slow_call_duration', 'minimum_calls', 'reset_timeout', 'reset_timeout_max',
+  'reset_timeout_multiplier', 'reset_timeout_jitter', 'half_open_max_calls',
+  'half_open_lease',
+}
+local DEFAULTS = {
+  name = '', channel = '', key_ttl = 604800000, window_bucket = 1000, buckets = 10,
+  failure_threshold = 5, success_threshold = 1, failure_rate_threshold = -1,
+  slow_call_rate_threshold = -1, slow_call_duration = 0, minimum_calls = 10,
+  reset_timeout = 10000, reset_timeout_max = 0, reset_timeout_multiplier = 2,
+  reset_timeout_jitter = 0, half_open_max_calls = 1, half_open_lease = 10000,
+}
+local STATE = {
+  'state', 'created_at', 'generation', 'failures', 'last_failure_at', 'opened_at',
+  'open_until', 'reopens', 'trial_successes',
+}
+
+-- Integers are written with %d: tostring() would switch to exponent notation for
+-- large values on some Lua builds.
+local function int(x)
+  return string.format('%d', math.floor(x))
+end
+
+-- One call's context: the keys, the time, the settings and the state once loaded,
+-- and the transitions it made.
+local function begin(keys, args)
+  local now
+  if args[1] ~= '' then
+    now = tonumber(args[1])
+  else
+    -- Redis time, so that the replicas' own clocks never matter.
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return { keys = keys, args = args, now = now, events = {}, digest = args[2] }
+end
+
+local function state_from(h, now)
+  return {
+    state = h.state or 'closed',
+    -- The hash's incarnation: a hash lost to a restart or to its TTL comes back with
+    -- a later created_at, so processes know its generations started again.
+    created_at = tonumber(h.created_at) or now,
+    generation = tonumber(h.generation) or 0,
+    failures = tonumber(h.failures) or 0,
+    last_failure_at = tonumber(h.last_failure_at) or 0,
+    opened_at = tonumber(h.opened_at) or 0,
+    open_until = tonumber(h.open_until) or 0,
+    reopens = tonumber(h.reopens) or 0,
+    trial_successes = tonumber(h.trial_successes) or 0,
+  }
+end
+
+local function settings_from(h)
+  local cfg = {}
+  for _, field in ipairs(SETTINGS) do
+    local value = h[field]
+    if field == 'name' or field == 'channel' then
+      cfg[field] = value or DEFAULTS[field]
+    else
+      cfg[field] = tonumber(value) or DEFAULTS[field]
+    end
+  end
+  return cfg
+end
+
+-- Loads the whole state hash into c.s (the state), c.cfg (the settings), and
+-- c.loaded (a copy, to tell a change). False when the call must stop: the breaker
+-- holds no settings, none came, and it is not an operator's call.
+local function load(c)
+  local flat = redis.call('HGETALL', c.keys[1])
+  local h = {}
+  for i = 1, #flat, 2 do
+    h[flat[i]] = flat[i + 1]
+  end
+  c.existed = #flat > 0
+  c.s = state_from(h, c.now)
+  c.loaded = {}
+  for field, value in pairs(c.s) do
+    c.loaded[field] = value
+  end
+  c.stored = h.settings or ''
+  if c.args[3] ~= '' then
+    local offered = cjson.decode(c.args[3])
+    local pairs_out = { 'settings', c.digest, 'settings_at', int(c.now) }
+    for _, field in ipairs(SETTINGS) do
+      local value = offered[field]
+      h[field] = type(value) == 'number' and string.format('%.17g', value) or value
+      pairs_out[#pairs_out + 1] = field
+      pairs_out[#pairs_out + 1] = h[field]
+    end
+    redis.call('HSET', c.keys[1], unpack(pairs_out))
+    c.stored = c.digest
+    c.refresh = true
+  elseif c.stored == '' and c.digest ~= '' then
+    return false
+  end
+  c.cfg = settings_from(h)
+  return true
+end
+
+local function changed(c)
+  if not c.existed then
+    return true
+  end
+  for field, value in pairs(c.s) do
+    if c.loaded[field] ~= value then
+      return true
+    end
+  end
+  return false
+end
+
+local function refresh_ttls(c)
+  local ttl = c.cfg.key_ttl
+  redis.call('PEXPIRE', c.keys[1], ttl)
+  redis.call('PEXPIRE', c.keys[2], ttl)
+  redis.call('PEXPIRE', c.keys[3], ttl)
+end
+
+-- Writes the state if the call changed it (a success in a healthy closed breaker
+-- changes nothing, and writes nothing), and refreshes the TTLs with every write.
+local function save(c)
+  if changed(c) then
+    local flat = {}
+    for _, field in ipairs(STATE) do
+      flat[#flat + 1] = field
+      flat[#flat + 1] = field == 'state' and c.s.state or int(c.s[field])
+    end
+    redis.call('HSET', c.keys[1], unpack(flat))
+    c.refresh = true
+  end
+  if c.refresh then
+    refresh_ttls(c)
+    c.refresh = false
+  end
+end
+
+-- The one place where the state changes. Every transition bumps the generation, so
+-- outcomes of calls admitted under an older generation are recognised as stale, and
+-- is published, so that every process updates its local view without a call.
+local function transition(c, to, reason)
+  local s = c.s
+  local from = s.state
+  s.state = to
+  s.generation = s.generation + 1
+  local event = cjson.encode({
+    name = c.cfg.name, from = from, to = to, at = c.now, reason = reason,
+    created_at = s.created_at, generation = s.generation, open_until = s.open_until,
+  })
+  if c.cfg.channel ~= '' then
+    redis.call('PUBLISH', c.cfg.channel, event)
+  end
+  c.events[#c.events + 1] = event
+end
+
+local function to_open(c, reason)
+  local s, cfg = c.s, c.cfg
+  if s.state == 'half_open' then
+    s.reopens = s.reopens + 1
+  else
+    s.reopens = 0
+  end
+  local duration = cfg.reset_timeout
+  if cfg.reset_timeout_max > 0 then
+    duration = math.min(cfg.reset_timeout * cfg.reset_timeout_multiplier ^ s.reopens,
+      cfg.reset_timeout_max)
+  end
+  -- A jitter sample from the clock and the generation: a script's random numbers are
+  -- the same on every call, and two trips in one millisecond must still differ.
+  local sample = ((c.now + s.generation * 7919) % 997) / 997
+  duration = duration * (1 + cfg.reset_timeout_jitter * sample)
+  s.opened_at = c.now
+  s.open_until = c.now + math.floor(duration)
+  s.trial_successes = 0
+  redis.call('DEL', c.keys[3])
+  transition(c, 'open', reason)
+end
+
+local function to_half_open(c)
+  c.s.trial_successes = 0
+  redis.call('DEL', c.keys[3])
+  transition(c, 'half_open', 'reset_timeout')
+end
+
+-- A fresh closed period starts with an empty window, or the failures that opened the
+-- breaker would trip it again at once; a reset also forgets when it last failed.
+local function to_closed(c, reason)
+  local s = c.s
+  s.failures = 0
+  s.reopens = 0
+  s.trial_successes = 0
+  s.open_until = 0
+  if reason == 'reset' then
+    s.last_failure_at = 0
+    s.opened_at = 0
+  end
+  redis.call('DEL', c.keys[2], c.keys[3])
+  transition(c, 'closed', reason)
+end
+
+-- Calls, failures, slow calls, retries granted, of them on a floor token, retries
+-- refused, and calls rejected ("c", "f", "s", "r", "t", "d", "x") summed over the
+-- buckets of the window that ends at bucket ``current``. With ``prune``, the buckets
+-- that slid out are deleted. Fields that are not "<bucket>:<kind>" (the budget's
+-- "floor:*") are no counters and are left alone.
+local function window_sums(key, current, buckets, prune)
+  local flat = redis.call('HGETALL', key)
+  local sums = { c = 0, f = 0, s = 0, r = 0, t = 0, d = 0, x = 0 }
+  local expired = {}
+  local oldest = current - buckets + 1
+  for i = 1, #flat, 2 do
+    local sep = string.find(flat[i], ':', 1, true)
+    local bucket = tonumber(string.sub(flat[i], 1, sep - 1))
+    if bucket == nil then
+      -- not a counter
+    elseif bucket < oldest then
+      expired[#expired + 1] = flat[i]
+    else
+      local kind = string.sub(flat[i], sep + 1)
+      sums[kind] = sums[kind] + tonumber(flat[i + 1])
+    end
+  end
+  if prune and #expired > 0 then
+    redis.call('HDEL', key, unpack(expired))
+  end
+  return sums
+end
+
+-- Counts into the current bucket. Its first call prunes what slid out of the window
+-- and refreshes the TTLs, so the window stays O(buckets) and no call pays for
+-- either more than once a bucket.
+local function count(c, calls, failures, slows, rejections)
+  local cfg = c.cfg
+  local current = math.floor(c.now / cfg.window_bucket)
+  local prefix = int(current) .. ':'
+  local key = c.keys[2]
+  if calls > 0 and redis.call('HINCRBY', key, prefix .. 'c', calls) == calls then
+    window_sums(key, current, cfg.buckets, true)
+    c.refresh = true
+  end
+  if failures > 0 then
+    redis.call('HINCRBY', key, prefix .. 'f', failures)
+  end
+  if slows > 0 then
+    redis.call('HINCRBY', key, prefix .. 's', slows)
+  end
+  if rejections > 0 and redis.call('HINCRBY', key, prefix .. 'x', rejections) == rejections then
+    c.refresh = true
+  end
+end
+
+-- The reply shared by every operation: the verdict, then the view every caller
+-- refreshes from it, then the JSON of the transitions this call made.
+local function reply(c, verdict, extra)
+  local s = c.s
+  local r = {
+    verdict, s.state, int(s.created_at), int(s.generation), int(s.open_until),
+    int(c.now), int(s.failures), int(s.last_failure_at), extra or '', c.stored,
+  }
+  for i = 1, #c.events do
+    r[#r + 1] = c.events[i]
+  end
+  return r
+end
+
+local function unconfigured(c)
+  return { 'unconfigured', 'closed', '0', '0', '0', int(c.now), '0', '0', '', '' }
+end
+
+-- acquire: asked before a call whenever the caller's local view cannot decide alone.
+-- Moves open -> half_open once open_until has passed, and hands out half-open trial
+-- leases, at most half_open_max_calls at once across the whole fleet.
+-- ARGV[4]: lease id the caller will present to record
+-- verdict "admit": a normal call (closed or disabled); extra ""
+-- verdict "trial": a half-open trial under lease ARGV[4]; extra: the lease's expiry (ms)
+-- verdict "reject": extra: the epoch ms at which asking again may succeed ("" for
+--                   forced_open: only an operator ends it)
+local function acquire(keys, args)
+  local c = begin(keys, args)
+  if not load(c) then
+    return unconfigured(c)
+  end
+  local s, cfg = c.s, c.cfg
+  if s.state == 'closed' or s.state == 'disabled' then
+    save(c)
+    return reply(c, 'admit')
+  end
+  if s.state == 'forced_open' then
+    save(c)
+    return reply(c, 'reject')
+  end
+  if s.state == 'open' then
+    if c.now < s.open_until then
+      save(c)
+      return reply(c, 'reject', int(s.open_until))
+    end
+    to_half_open(c)
+  end
+  -- half_open: expired leases belong to callers that died or hung; free their slots.
+  redis.call('ZREMRANGEBYSCORE', keys[3], '-inf', c.now)
+  if redis.call('ZCARD', keys[3]) < cfg.half_open_max_calls then
+    redis.call('ZADD', keys[3], c.now + cfg.half_open_lease, args[4])
+    c.refresh = true
+    save(c)
+    return reply(c, 'trial', int(c.now + cfg.half_open_lease))
+  end
+  save(c)
+  local earliest = redis.call('ZRANGE', keys[3], 0, 0, 'WITHSCORES')
+  return reply(c, 'reject', earliest[2])
+end
+
+-- The counting of a whole record call, on the full state.
+local function record_full(c, generation, lease_id, outcome, duration, batch)
+  local s, cfg = c.s, c.cfg
+  local slow = (cfg.slow_call_duration > 0 and duration >= cfg.slow_call_duration) and 1 or 0
+  local counting = s.state == 'closed' or s.state == 'disabled'
+  local verdict = 'stale'
+
+  -- Batched: successes a process counted locally since its last reply (all fast,
+  -- closed), the calls it rejected, and the last failure it had seen: its successes
+  -- came after that one, so they may end the streak only if no failure followed.
+  local successes, rejections, seen = 0, 0, 0
+  if batch ~= '' then
+    local a, b, d = string.match(batch, '^(%d+):(%d+):(%d+)$')
+    successes, rejections, seen = tonumber(a), tonumber(b), tonumber(d)
+  end
+  if rejections > 0 then
+    count(c, 0, 0, 0, rejections)
+  end
+  if successes > 0 and counting and generation == s.generation then
+    count(c, successes, 0, 0, 0)
+    if s.last_failure_at == seen then
+      s.failures = 0
+    end
+  end
+
+  if lease_id ~= '' then
+    local held = redis.call('ZREM', c.keys[3], lease_id) == 1
+    if held and s.state == 'half_open' and generation == s.generation then
+      verdict = 'counted'
+      if outcome == 'success' then
+        count(c, 1, 0, slow, 0)
+        s.trial_successes = s.trial_successes + 1
+        if s.trial_successes >= cfg.success_threshold then
+          to_closed(c, 'trial_succeeded')
+        end
+      elseif outcome == 'failure' then
+        count(c, 1, 1, slow, 0)
+        s.failures = s.failures + 1
+        s.last_failure_at = c.now
+        to_open(c, 'trial_failed')
+      else
+        verdict = 'released'
+      end
+    end
+  elseif (outcome == 'success' or outcome == 'failure') and counting
+      and generation == s.generation then
+    verdict = 'counted'
+    if outcome == 'success' then
+      count(c, 1, 0, slow, 0)
+      s.failures = 0
+    else
+      count(c, 1, 1, slow, 0)
+      s.failures = s.failures + 1
+      s.last_failure_at = c.now
+    end
+    if s.state == 'closed' then
+      if s.failures >= cfg.failure_threshold then
+        to_open(c, 'failure_threshold')
+      elseif cfg.failure_rate_threshold >= 0 or cfg.slow_call_rate_threshold >= 0 then
+        local current = math.floor(c.now / cfg.window_bucket)
+        local sums = window_sums(c.keys[2], current, cfg.buckets, false)
+        if sums.c >= cfg.minimum_calls then
+          if cfg.failure_rate_threshold >= 0 and sums.f >= cfg.failure_rate_threshold * sums.c then
+            to_open(c, 'failure_rate')
+          elseif cfg.slow_call_rate_threshold >= 0
+              and sums.s >= cfg.slow_call_rate_threshold * sums.c then
+            to_open(c, 'slow_call_rate')
+          end
+        end
+      end
+    end
+  end
+  save(c)
+  return reply(c, verdict)
+end
+
+local HOT = {
+  'state', 'generation', 'created_at', 'failures', 'last_failure_at', 'open_until',
+  'settings', 'window_bucket', 'slow_call_duration',
+}
+
+-- record: the outcome of one call, and what a batching caller counted locally.
+-- Decides every trip: consecutive failures, failure rate and slow-call rate over the
+-- sliding window, and the half-open verdict.
+-- ARGV[4]: generation the call was admitted under (stale outcomes are ignored)
+-- ARGV[5]: lease id of a half-open trial, or "" for a normal call
+-- ARGV[6]: outcome: "success" | "failure" | "release" (a trial lease given back
+--          unused) | "none" (only the batch)
+-- ARGV[7]: the call's duration in ms (slow from slow_call_duration on)
+-- ARGV[8]: the batch, "<successes>:<rejections>:<last_failure_at seen>", or ""
+-- verdict "counted", "released" or "stale"; extra ""
+--
+-- A fast success in a closed breaker, the common case, reads the nine fields it
+-- needs and increments one counter: it writes the state only when a failure streak
+-- ends, and refreshes the TTLs only on the first call of a bucket.
+local function record(keys, args)
+  local generation, lease_id, outcome = tonumber(args[4]), args[5], args[6]
+  local duration, batch = tonumber(args[7]), args[8]
+  if outcome == 'success' and lease_id == '' and batch == '' and args[3] == '' then
+    local h = redis.call('HMGET', keys[1], unpack(HOT))
+    local slow_ms = tonumber(h[9]) or 0
+    if h[1] == 'closed' and h[7] and tonumber(h[2]) == generation
+        and (slow_ms == 0 or duration < slow_ms) then
+      local c = begin(keys, args)
+      c.stored = h[7]
+      c.s = {
+        state = 'closed', generation = generation, created_at = tonumber(h[3]),
+        failures = 0, last_failure_at = tonumber(h[5]) or 0,
+        open_until = tonumber(h[6]) or 0,
+      }
+      if tonumber(h[4]) ~= 0 then
+        redis.call('HSET', keys[1], 'failures', '0')
+      end
+      local bucket_ms = tonumber(h[8])
+      local current = math.floor(c.now / bucket_ms)
+      if redis.call('HINCRBY', keys[2], int(current) .. ':c', 1) == 1 then
+        local more = redis.call('HMGET', keys[1], 'buckets', 'key_ttl')
+        c.cfg = { key_ttl = tonumber(more[2]) }
+        window_sums(keys[2], current, tonumber(more[1]), true)
+        refresh_ttls(c)
+      end
+      return reply(c, 'counted')
+    end
+  end
+  local c = begin(keys, args)
+  if not load(c) then
+    return unconfigured(c)
+  end
+  return record_full(c, generation, lease_id, outcome, duration, batch)
+end
+
+-- control: an operator action, seen by every process on its next call (and at once by
+-- those that follow the events channel).
+-- ARGV[4]: action: "reset" | "force_open" | "disable"
+-- verdict "changed" or "unchanged"; extra ""
+--   reset: closed, with every counter, the window, the leases and the failure times
+--          cleared; it always counts as a transition, so in-flight outcomes of the old
+--          generation are ignored and every process resyncs
+--   force_open: every call is rejected until reset
+--   disable: every call goes through and is still counted, but nothing trips
+local function control(keys, args)
+  local c = begin(keys, args)
+  if not load(c) then
+    return unconfigured(c)
+  end
+  local action = args[4]
+  local targets = { force_open = 'forced_open', disable = 'disabled' }
+  if action == 'reset' then
+    to_closed(c, 'reset')
+  elseif targets[action] == nil then
+    return redis.error_reply('unknown control action: ' .. action)
+  elseif c.s.state == targets[action] then
+    return reply(c, 'unchanged')
+  else
+    c.s.open_until = 0
+    c.s.trial_successes = 0
+    redis.call('DEL', keys[3])
+    transition(c, targets[action], action)
+  end
+  save(c)
+  return reply(c, 'changed')
+end
+
+-- snapshot: a read of one breaker for operators; it changes nothing (FCALL_RO), so an
+-- open breaker whose open_until has passed still reads "open" (with nothing left to
+-- wait): it turns half_open on the next call.
+-- verdict "snapshot"; extra: the JSON object {opened_at, reopens, trial_successes,
+-- leases, calls, failed, slow, retries, refused, rejected}, the last six summed over
+-- the live window
+local function snapshot(keys, args)
+  local c = begin(keys, { args[1], '', '' })
+  load(c)
+  local s, cfg = c.s, c.cfg
+  local sums = window_sums(keys[2], math.floor(c.now / cfg.window_bucket), cfg.buckets, false)
+  local leases = redis.call('ZCOUNT', keys[3], '(' .. int(c.now), '+inf')
+  return reply(c, 'snapshot', cjson.encode({
+    opened_at = s.opened_at, reopens = s.reopens, trial_successes = s.trial_successes,
+    leases = leases, calls = sums.c, failed = sums.f, slow = sums.s,
+    retries = sums.r, refused = sums.d, rejected = sums.x,
+  }))
+end
+
+-- budget: may one more retry go out? Asked only when a caller is about to retry, so a
+-- call that succeeds at once never pays for it. Two allowances add up:
+--   * the ratio: retries granted on it may reach ratio x the fleet's first attempts in
+--     the window. First attempts are the calls record counted minus the retries
+--     granted here: a granted retry is counted at once, before its call is recorded,
+--     so that concurrent callers never all see the same room;
+--   * the floor, for a quiet service: a token bucket refilled at
+--     min_retries_per_second, holding a quarter of a second of it (at least 1 token).
+-- So N first attempts answered within d seconds get at most
+-- ratio x N + max(1, rate / 4) + rate x d retries.
+-- ARGV[4]: ratio: retries allowed per first attempt (0: only the floor)
+-- ARGV[5]: the floor's rate: min_retries_per_second (0: no floor)
+-- verdict "granted" or "refused"; extra: the JSON object {retries, requests, limit,
+-- tokens} as they stood before this request
+-- The window hash keeps, besides the counters: "<bucket>:t" retries granted on a floor
+-- token (also counted in "<bucket>:r"), and the bucket itself as "floor:tokens" and
+-- "floor:at" (epoch ms of its last refill).
+local function budget(keys, args)
+  local c = begin(keys, args)
+  if not load(c) then
+    return unconfigured(c)
+  end
+  local cfg = c.cfg
+  local current = math.floor(c.now / cfg.window_bucket)
+  local sums = window_sums(keys[2], current, cfg.buckets, false)
+  local requests = math.max(0, sums.c - sums.r)
+  local limit = tonumber(args[4]) * requests
+  local rate = tonumber(args[5])
+  local capacity = 0
+  if rate > 0 then
+    capacity = math.max(1, rate / 4)
+  end
+  local stored = redis.call('HMGET', keys[2], 'floor:tokens', 'floor:at')
+  local tokens = capacity
+  if stored[1] and stored[2] then
+    local elapsed = math.max(0, c.now - tonumber(stored[2])) / 1000
+    tokens = math.min(capacity, tonumber(stored[1]) + elapsed * rate)
+  end
+  local available = tokens
+  local verdict = 'granted'
+  local field = int(current) .. ':r'
+  if sums.r - sums.t < limit then
+    -- the ratio's room
+  elseif tokens >= 1 then
+    redis.call('HINCRBY', keys[2], int(current) .. ':t', 1)
+    tokens = tokens - 1
+  else
+    verdict = 'refused'
+    field = int(current) .. ':d'
+  end
+  if redis.call('HINCRBY', keys[2], field, 1) == 1 then
+    c.refresh = true
+  end
+  -- %.17g: the fraction of a token refilled so far must survive the round trip.
+  redis.call('HSET', keys[2], 'floor:tokens', string.format('%.17g', tokens), 'floor:at', int(c.now))
+  save(c)
+  return reply(c, verdict, cjson.encode({
+    retries = sums.r, requests = requests, limit = limit, tokens = available,
+  }))
+end
+
+-- registrations (the loader cuts here for the EVALSHA path; VERSION is its hash)
+redis.register_function('fb_VERSION_acquire', acquire)
+redis.register_function('fb_VERSION_record', record)
+redis.register_function('fb_VERSION_control', control)
+redis.register_function{
+  function_name = 'fb_VERSION_snapshot', callback = snapshot, flags = { 'no-writes' },
+}
+redis.register_function('fb_VERSION_budget', budget)
