@@ -12,14 +12,15 @@ when the last of them closes: its pools, and its event hubs' threads and tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
+import hiredis
 import redis
 import redis.asyncio
 from redis.maint_notifications import MaintNotificationsConfig
@@ -122,6 +123,7 @@ def derive_client(client: Any, timeout: float | None) -> Any:
     """
     pool = client.connection_pool
     settings = {k: v for k, v in pool.connection_kwargs.items() if k in CONNECTION_SETTINGS}
+    settings["decode_responses"] = False  # the breaker decodes its own replies
     settings["socket_timeout"] = timeout
     if "path" not in settings:
         settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
@@ -193,6 +195,91 @@ class BackendHealth:
                 self.last_error = ""
 
 
+class Connections:
+    """The breaker's own connections to one server, for its FCALLs: idle ones on a
+    stack, the last one back the first one out.
+
+    redis-py's pool runs its per-command layers on every call (retries, of which the
+    breaker has none, and observability hooks); its packer walks every argument in
+    Python. Here a command is packed in C by hiredis and sent whole, and a connection
+    is checked as the pool checks it: one the server closed (a restarted Redis) is
+    replaced before anything is sent. A connection that failed is disconnected by
+    redis-py itself, and connects again when it is next taken. About 10 µs of a
+    guarded call's 50 (``bench``).
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._idle: deque[Any] = deque()
+
+    def call(self, command: tuple[Any, ...]) -> Any:
+        connection = self._take()
+        try:
+            connection.send_packed_command([hiredis.pack_command(command)], check_health=False)
+            return connection.read_response()
+        finally:
+            self._idle.append(connection)
+
+    def _take(self) -> Any:
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._pool.make_connection()
+        connection.connect()
+        # One the server closed while it sat idle (a restarted Redis) reads as closed,
+        # or has something to read: replaced before anything is sent, as redis-py's
+        # pool does.
+        try:
+            stale = connection.can_read()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            connection.disconnect()
+            connection.connect()
+        return connection
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().disconnect()
+
+
+class AsyncConnections:
+    """``Connections`` for an asyncio pool. A call cut off mid-reply (the timeout, a
+    cancelled caller) leaves its connection unusable: it is disconnected first."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._idle: deque[Any] = deque()
+
+    async def call(self, command: tuple[Any, ...]) -> Any:
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._pool.make_connection()
+        try:
+            await connection.connect()
+            try:
+                stale = await connection.can_read()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True
+            if stale:
+                await connection.disconnect()
+                await connection.connect()
+            await connection.send_packed_command(
+                [hiredis.pack_command(command)], check_health=False
+            )
+            return await connection.read_response()
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(connection)
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().disconnect()
+
+
 class Backend:
     """The library bound to one client, with the health of that client.
 
@@ -230,6 +317,14 @@ class Backend:
         self._hubs: dict[str, EventHub] = {}
         self._lock = threading.Lock()
         self._users = 0
+        # The breaker's own connections, for its FCALLs: where the pool is one of
+        # redis-py's own (the breaker made it). Anything else (fakeredis, a Sentinel
+        # pool, a cluster) goes through the client.
+        pool = getattr(client, "connection_pool", None)
+        self._connections = Connections(pool) if type(pool) is redis.ConnectionPool else None
+        self._aconnections = (
+            AsyncConnections(pool) if type(pool) is redis.asyncio.ConnectionPool else None
+        )
 
     def hub(self, channel: str) -> EventHub:
         """The one event hub of ``channel`` on this backend."""
@@ -255,6 +350,8 @@ class Backend:
         for hub in self._take_hubs():
             hub.stop()
         if self.kind == "redis" and not self.is_async:
+            if self._connections is not None:
+                self._connections.close()
             for client in (self.client, self._subscribe_client):
                 client.connection_pool.disconnect()
 
@@ -263,6 +360,8 @@ class Backend:
         for hub in self._take_hubs():
             await hub.astop()
         if self.kind == "redis" and self.is_async:
+            if self._aconnections is not None:
+                await self._aconnections.aclose()
             for client in (self.client, self._subscribe_client):
                 await client.connection_pool.disconnect()
         elif self.kind == "redis":
@@ -275,35 +374,36 @@ class Backend:
 
     # -- running scripts -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _mapped(self, name: str, now: float) -> Iterator[None]:
-        if self.health.is_down(now):
-            raise BackendUnavailableError(name, f"backing off: {self.health.last_error}")
-        try:
-            yield
-        except (TimeoutError, redis.RedisError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.health.failed(reason, now)
-            raise BackendUnavailableError(name, reason) from exc
-        self.health.succeeded()
-
     def run(
         self, name: str, script: ScriptName, keys: list[str], args: list[Any], now: float
     ) -> list[Any]:
-        """Run ``script``; ``now`` is the caller's clock (for the backoff)."""
-        with self._mapped(name, now):
+        """Run ``script``; ``now`` is the caller's clock (for the backoff). Every error
+        of redis-py becomes ``BackendUnavailableError``, here, once."""
+        health = self.health
+        if health.is_down(now):
+            raise BackendUnavailableError(name, f"backing off: {health.last_error}")
+        try:
             if self.mode != "eval":
-                command = _FCALL_RO if script == "snapshot" else "FCALL"
-                call = (command, function_name(script), len(keys), *keys, *args)
                 try:
-                    return _list(self.client.execute_command(*call))
+                    reply = self._fcall(_command(script), function_name(script), keys, args)
                 except redis.ResponseError as exc:
-                    if _not_loaded(exc):
-                        self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-                        return _list(self.client.execute_command(*call))
-                    if not self._refused(exc):
-                        raise
-            return _list(self._script(script)(keys=keys, args=args))
+                    if not _not_loaded(exc):
+                        if not self._refused(exc):
+                            raise
+                        return self.run(name, script, keys, args, now)
+                    self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+                    reply = self._fcall(_command(script), function_name(script), keys, args)
+            else:
+                reply = self._script(script)(keys=keys, args=args)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            raise self._failed(name, exc, now) from exc
+        health.succeeded()
+        return _list(reply)
+
+    def _fcall(self, command: str, function: str, keys: list[str], args: list[Any]) -> Any:
+        if self._connections is None:
+            return self.client.execute_command(command, function, len(keys), *keys, *args)
+        return self._connections.call((command, function, len(keys), *keys, *args))
 
     async def arun(
         self, name: str, script: ScriptName, keys: list[str], args: list[Any], now: float
@@ -313,21 +413,42 @@ class Backend:
             # a tenth of a millisecond each time; on the loop's executor, off the loop.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self.run, name, script, keys, args, now)
-        with self._mapped(name, now):
+        health = self.health
+        if health.is_down(now):
+            raise BackendUnavailableError(name, f"backing off: {health.last_error}")
+        try:
             async with asyncio.timeout(self.timeout):
                 if self.mode != "eval":
-                    command = _FCALL_RO if script == "snapshot" else "FCALL"
-                    call = (command, function_name(script), len(keys), *keys, *args)
                     try:
-                        return _list(await self.client.execute_command(*call))
+                        reply = await self._afcall(
+                            _command(script), function_name(script), keys, args
+                        )
                     except redis.ResponseError as exc:
-                        if _not_loaded(exc):
-                            source = library_source()
-                            await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", source)
-                            return _list(await self.client.execute_command(*call))
-                        if not self._refused(exc):
-                            raise
-                return _list(await self._script(script)(keys=keys, args=args))
+                        if not _not_loaded(exc):
+                            if not self._refused(exc):
+                                raise
+                            return await self.arun(name, script, keys, args, now)
+                        source = library_source()
+                        await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+                        reply = await self._afcall(
+                            _command(script), function_name(script), keys, args
+                        )
+                else:
+                    reply = await self._script(script)(keys=keys, args=args)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            raise self._failed(name, exc, now) from exc
+        health.succeeded()
+        return _list(reply)
+
+    async def _afcall(self, command: str, function: str, keys: list[str], args: list[Any]) -> Any:
+        if self._aconnections is None:
+            return await self.client.execute_command(command, function, len(keys), *keys, *args)
+        return await self._aconnections.call((command, function, len(keys), *keys, *args))
+
+    def _failed(self, name: str, exc: BaseException, now: float) -> BackendUnavailableError:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.health.failed(reason, now)
+        return BackendUnavailableError(name, reason)
 
     def _refused(self, exc: redis.ResponseError) -> bool:
         """A server that refuses FUNCTION: "auto" turns to EVALSHA for good."""
@@ -346,7 +467,9 @@ class Backend:
         return registered
 
 
-_FCALL_RO = "FCALL_RO"
+def _command(script: ScriptName) -> str:
+    """A snapshot only reads: FCALL_RO (a replica may answer it, in a cluster)."""
+    return "FCALL_RO" if script == "snapshot" else "FCALL"
 
 
 def _not_loaded(exc: redis.ResponseError) -> bool:

@@ -102,15 +102,19 @@ class Reply:
 
 
 def decode_reply(raw: list[Any]) -> Reply:
-    state = _text(raw[1])
+    """A reply as redis-py gives it: bytes, and integers where the library answers
+    with numbers."""
+    state = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
     if state not in STATES:
         raise ValueError(f"unknown breaker state in reply: {state!r}")
-    events = tuple(
-        event for event in (TransitionEvent.from_json(item) for item in raw[10:]) if event
-    )
+    events: tuple[TransitionEvent, ...] = ()
+    if len(raw) > 10:
+        events = tuple(
+            event for event in (TransitionEvent.from_json(item) for item in raw[10:]) if event
+        )
     return Reply(
         verdict=_text(raw[0]),
-        state=state,
+        state=state,  # checked above
         created_at=int(raw[2]),
         generation=int(raw[3]),
         open_until=int(raw[4]),

@@ -63,16 +63,18 @@ end
 
 -- One call's context: the keys, the time, the settings and the state once loaded,
 -- and the transitions it made.
-local function begin(keys, args)
-  local now
-  if args[1] ~= '' then
-    now = tonumber(args[1])
-  else
-    -- Redis time, so that the replicas' own clocks never matter.
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Now in epoch ms: the one given (tests inject time), else Redis TIME, so that the
+-- replicas' own clocks never matter.
+local function time_now(given)
+  if given ~= '' then
+    return tonumber(given)
   end
-  return { keys = keys, args = args, now = now, events = {}, digest = args[2] }
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function begin(keys, args)
+  return { keys = keys, args = args, now = time_now(args[1]), events = {}, digest = args[2] }
 end
 
 local function state_from(h, now)
@@ -426,11 +428,6 @@ local function record_full(c, generation, lease_id, outcome, duration, batch)
   return reply(c, verdict)
 end
 
-local HOT = {
-  'state', 'generation', 'created_at', 'failures', 'last_failure_at', 'open_until',
-  'settings', 'window_bucket', 'slow_call_duration',
-}
-
 -- record: the outcome of one call, and what a batching caller counted locally.
 -- Decides every trip: consecutive failures, failure rate and slow-call rate over the
 -- sliding window, and the half-open verdict.
@@ -442,43 +439,34 @@ local HOT = {
 -- ARGV[8]: the batch, "<successes>:<rejections>:<last_failure_at seen>", or ""
 -- verdict "counted", "released" or "stale"; extra ""
 --
--- A fast success in a closed breaker, the common case, reads the nine fields it
--- needs and increments one counter: it writes the state only when a failure streak
--- ends, and refreshes the TTLs only on the first call of a bucket.
+-- A fast success in a closed breaker, the common case, reads the fields it needs in
+-- one HMGET and increments one counter, and answers with what it read: it writes
+-- the state only when a failure streak ends, and refreshes the TTLs and prunes the
+-- window only on the first call of a bucket.
 local function record(keys, args)
-  local generation, lease_id, outcome = tonumber(args[4]), args[5], args[6]
-  local duration, batch = tonumber(args[7]), args[8]
-  if outcome == 'success' and lease_id == '' and batch == '' and args[3] == '' then
-    local h = redis.call('HMGET', keys[1], unpack(HOT))
-    local slow_ms = tonumber(h[9]) or 0
-    if h[1] == 'closed' and h[7] and tonumber(h[2]) == generation
-        and (slow_ms == 0 or duration < slow_ms) then
-      local c = begin(keys, args)
-      c.stored = h[7]
-      c.s = {
-        state = 'closed', generation = generation, created_at = tonumber(h[3]),
-        failures = 0, last_failure_at = tonumber(h[5]) or 0,
-        open_until = tonumber(h[6]) or 0,
-      }
-      if tonumber(h[4]) ~= 0 then
+  if args[6] == 'success' and args[5] == '' and args[8] == '' and args[3] == '' then
+    local h = redis.call('HMGET', keys[1], 'state', 'generation', 'created_at', 'failures',
+      'last_failure_at', 'settings', 'window_bucket', 'slow_call_duration')
+    if h[1] == 'closed' and h[6] and h[2] == args[4]
+        and (h[8] == '0' or tonumber(args[7]) < tonumber(h[8])) then
+      local now = time_now(args[1])
+      if h[4] ~= '0' then
         redis.call('HSET', keys[1], 'failures', '0')
       end
-      local bucket_ms = tonumber(h[8])
-      local current = math.floor(c.now / bucket_ms)
-      if redis.call('HINCRBY', keys[2], int(current) .. ':c', 1) == 1 then
+      local current = math.floor(now / tonumber(h[7]))
+      if redis.call('HINCRBY', keys[2], current .. ':c', 1) == 1 then
         local more = redis.call('HMGET', keys[1], 'buckets', 'key_ttl')
-        c.cfg = { key_ttl = tonumber(more[2]) }
         window_sums(keys[2], current, tonumber(more[1]), true)
-        refresh_ttls(c)
+        refresh_ttls({ keys = keys, cfg = { key_ttl = tonumber(more[2]) } })
       end
-      return reply(c, 'counted')
+      return { 'counted', 'closed', h[3], h[2], '0', now, '0', h[5], '', h[6] }
     end
   end
   local c = begin(keys, args)
   if not load(c) then
     return unconfigured(c)
   end
-  return record_full(c, generation, lease_id, outcome, duration, batch)
+  return record_full(c, tonumber(args[4]), args[5], args[6], tonumber(args[7]), args[8])
 end
 
 -- control: an operator action, seen by every process on its next call (and at once by

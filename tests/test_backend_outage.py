@@ -206,6 +206,36 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
     assert commands_during(redis_server, rejected) == {}
 
 
+def test_an_async_breaker_replaces_connections_a_restarted_redis_closed(
+    redis_server: RedisServer,
+) -> None:
+    """The connections a breaker keeps idle are dead once Redis restarts: each is
+    found closed before anything is sent on it, so no call after the restart fails."""
+
+    async def scenario() -> tuple[list[str], str]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        clock = ManualClock()
+        cb = CircuitBreaker("p", redis=client, clock=clock, failure_threshold=2)
+        errors = Errors()
+        cb.add_listener(errors)
+
+        async def upstream() -> str:
+            return "served"
+
+        await asyncio.gather(*(cb.call(upstream) for _ in range(4)))  # several idle
+        # Off the loop, as a restart happens: the loop sees each connection closed.
+        await asyncio.to_thread(redis_server.kill)
+        await asyncio.to_thread(redis_server.start)
+        clock.advance(60.0)  # the closed view is no longer trusted: each call asks
+        results = [await cb.call(upstream) for _ in range(4)]
+        snapshot = await cb.asnapshot()
+        await cb.aclose()
+        await client.aclose()
+        return results + errors, f"{snapshot.backend} {snapshot.window_calls}"
+
+    assert asyncio.run(scenario()) == (["served"] * 4, "redis 4")
+
+
 def test_backend_error_listener_hears_each_failure_once(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:
