@@ -13,7 +13,8 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── AdminDisabled        403      admin_disabled
     └── Unauthorized         401      unauthorized
     ProxyFailure                      the upstream call ended without a response
-    ├── CircuitOpenError     503      circuit_open (Retry-After)
+    ├── CircuitOpenError     503      circuit_open (Retry-After); for a GET or HEAD, the
+    │                                 upstream's static fallback instead, if it has one
     ├── BackendUnavailable   503      backend_unavailable
     ├── httpx.TimeoutException 504    upstream_timeout
     └── httpx.TransportError 502      upstream_unavailable
@@ -31,16 +32,22 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from breaker import BackendUnavailableError, CircuitOpenError
 
+from .settings import StaticFallback
+
 logger = logging.getLogger("fleetbreaker.gateway")
 
 #: The response header that gives how many attempts reached the upstream.
 ATTEMPTS_HEADER = "X-Fleetbreaker-Attempts"
+#: On a static fallback's answer: why the upstream's own answer is not there.
+FALLBACK_HEADER = "X-Fleetbreaker-Fallback"
+#: The methods a static fallback answers: those that only read (RFC 9110 section 9.2.1).
+FALLBACK_METHODS = frozenset({"GET", "HEAD"})
 
 
 class ErrorBody(BaseModel):
@@ -171,6 +178,19 @@ def proxy_failure_answer(failure: ProxyFailure) -> tuple[int, ErrorBody, dict[st
         )
     body = ErrorBody(error=code, detail=detail, upstream=upstream, retry_after=retry_after)
     return status, body, headers
+
+
+def static_fallback_answer(fallback: StaticFallback, attempts: int) -> Response:
+    """An upstream's static fallback, answered while its breaker is open: the
+    configured status, headers and body, and what the gateway adds to every answer."""
+    answer = Response(fallback.body, status_code=fallback.status)  # Content-Length only
+    answer.raw_headers = [
+        *((name.lower().encode(), value.encode()) for name, value in fallback.headers),
+        *answer.raw_headers,
+        (ATTEMPTS_HEADER.lower().encode(), str(attempts).encode()),
+        (FALLBACK_HEADER.lower().encode(), b"circuit_open"),
+    ]
+    return answer
 
 
 def _answer(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -22,12 +22,14 @@ from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
 
 from .errors import (
     ATTEMPTS_HEADER,
+    FALLBACK_METHODS,
     BodyBrokenOff,
     BodyTooLarge,
     ClientGone,
     ErrorBody,
     ProxyFailure,
     failure_code,
+    static_fallback_answer,
 )
 from .forwarding import (
     check_segment,
@@ -148,6 +150,13 @@ async def _forward(
     except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
         attempts = attempts_of(exc) or _sent_once(route)
         _account(route, request, exc, attempts)
+        fallback = route.upstream.fallback
+        if (
+            isinstance(exc, CircuitOpenError)
+            and fallback is not None
+            and request.method in FALLBACK_METHODS
+        ):
+            return static_fallback_answer(fallback, attempts)
         raise ProxyFailure(name, exc, attempts) from exc
     attempts = attempts_of(upstream_response) or _sent_once(route)
     _account(route, request, upstream_response, attempts)

@@ -39,6 +39,11 @@ The file::
     url = "http://static.internal"
     breaker = false                    # proxied as it is: no breaker, so no retries either
 
+    [upstreams.catalog.fallback]       # a GET or HEAD while the breaker is open gets this
+    status = 200                       # instead of the 503 (the upstream is not called)
+    headers = { "Content-Type" = "application/json", "Cache-Control" = "max-age=30" }
+    body = '{"items": []}'
+
 Breaker and retry keys are ``BreakerConfig``'s and ``RetryPolicy``'s own fields, checked
 by them: the library decides what is valid, this module only names the key. Any
 problem becomes one ``ConfigError`` whose message names the key.
@@ -160,12 +165,21 @@ class PolicySection(_Strict):
     retry: dict[str, Any] = {}
 
 
+class FallbackSection(_Strict):
+    """A static answer for GET and HEAD requests while the upstream's breaker is open."""
+
+    status: int = 200
+    headers: dict[str, str] = {}
+    body: str = ""
+
+
 class UpstreamSection(_Strict):
     url: str
     retry: dict[str, Any] = {}
     # false: no breaker and, since retries without one are what this gateway exists
     # to prevent, no retries: each request is sent once.
     breaker: dict[str, Any] | Literal[False] = {}
+    fallback: FallbackSection | None = None
 
 
 class ConfigFile(_Strict):
@@ -176,6 +190,15 @@ class ConfigFile(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class StaticFallback:
+    """What a GET or HEAD gets while the breaker is open, instead of the 503."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # a Content-Type always among them
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """One configured upstream: where it is, and how its breaker and retries behave."""
 
@@ -183,6 +206,7 @@ class Upstream:
     url: httpx.URL
     breaker: BreakerConfig | None  # None: ``breaker = false``, sent once, unguarded
     retry: RetryPolicy
+    fallback: StaticFallback | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +372,8 @@ def _upstream(
     if section.breaker is False:
         if section.retry:
             raise ConfigError(f"{key}.retry: retries need the breaker, and breaker = false")
+        if section.fallback is not None:
+            raise ConfigError(f"{key}.fallback: answers an open breaker, and breaker = false")
         return Upstream(name=name, url=url, breaker=None, retry=RetryPolicy(attempts=1))
     breaker_values = _merged("breaker", _BREAKER_KEYS, key, defaults.breaker, section.breaker)
     statuses = breaker_values.pop("failure_statuses", ["5xx"])
@@ -375,7 +401,49 @@ def _upstream(
         raise ConfigError(f"{where}.retry.{exc.field}: {exc.problem}") from None
     except TypeError as exc:
         raise ConfigError(f"{key}.retry: {exc}") from None
-    return Upstream(name=name, url=url, breaker=breaker, retry=retry)
+    fallback = None if section.fallback is None else static_fallback(key, section.fallback)
+    return Upstream(name=name, url=url, breaker=breaker, retry=retry, fallback=fallback)
+
+
+# Framing and connection headers are the server's to write, never a configuration's.
+_GATEWAY_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 section 5.6.2
+
+
+def static_fallback(key: str, section: FallbackSection) -> StaticFallback:
+    """The ``fallback`` table checked: a status a body can go with, and headers that
+    are well formed and leave the message's framing to the server."""
+    key = f"{key}.fallback"
+    if not 200 <= section.status <= 599 or section.status in (204, 304):
+        raise ConfigError(
+            f"{key}.status: must be 200..599 and able to carry a body (not 204 or 304), "
+            f"got {section.status}"
+        )
+    headers: list[tuple[str, str]] = []
+    for header, value in section.headers.items():
+        if not _TOKEN.match(header):
+            raise ConfigError(f"{key}.headers.{header}: is not a header name")
+        if header.lower() in _GATEWAY_HEADERS:
+            raise ConfigError(f"{key}.headers.{header}: is the server's to set, not the file's")
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise ConfigError(f"{key}.headers.{header}: holds a control character")
+        if not value.isascii():
+            raise ConfigError(f"{key}.headers.{header}: must be ASCII")
+        headers.append((header, value))
+    if not any(header.lower() == "content-type" for header, _ in headers):
+        headers.append(("Content-Type", "text/plain; charset=utf-8"))
+    return StaticFallback(section.status, tuple(headers), section.body.encode())
 
 
 class _StatusIn:

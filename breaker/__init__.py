@@ -11,13 +11,16 @@ from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._clock import Clock
 from ._config import BreakerConfig, BreakerSettings
+from ._delivery import ATTEMPTS_EXTENSION, STOPPED_EXTENSION, attempts_of
 from ._exceptions import (
     BackendUnavailableError,
     BreakerError,
     CircuitOpenError,
     ConfigurationError,
+    FallbackError,
     PermitSettledError,
 )
+from ._fallback import Fallback, FallbackGuard, FallbackKind, FallbackReason
 from ._keys import BreakerKeys, escape_name, events_channel, unescape_name
 from ._listeners import BreakerListener
 from ._models import BreakerSnapshot, BudgetVerdict, OutcomeEvent, TransitionEvent
@@ -32,7 +35,7 @@ from ._policy import (
     RetryHook,
     parse_retry_after,
 )
-from ._retrying import ATTEMPTS_EXTENSION, Retrier, RetryPolicy, attempts_of, current_attempt
+from ._retrying import Retrier, RetryPolicy, current_attempt
 from ._transport import (
     HTTP_RETRY_EXCEPTIONS,
     RETRY_EXTENSION,
@@ -51,6 +54,7 @@ __all__ = [
     "RETRY_EXTENSION",
     "RETRY_STATUSES",
     "STATES",
+    "STOPPED_EXTENSION",
     "AsyncPermit",
     "Attempt",
     "BackendUnavailableError",
@@ -67,6 +71,11 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
+    "Fallback",
+    "FallbackError",
+    "FallbackGuard",
+    "FallbackKind",
+    "FallbackReason",
     "Outcome",
     "OutcomeEvent",
     "Permit",

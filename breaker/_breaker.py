@@ -27,6 +27,7 @@ from ._decorating import decorate
 from ._drive import Driver
 from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
+from ._fallback import FallbackGuard
 from ._keys import BreakerKeys, events_channel
 from ._listeners import BreakerListener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
@@ -196,6 +197,11 @@ class CircuitBreaker:
     def __call__(self, fn: F) -> F:
         """Use the breaker as a decorator, on a sync or an async function."""
         return decorate(fn, self.call)
+
+    def with_fallback(self, fallback: object, /) -> FallbackGuard:
+        """``call`` and the decorator, answered by ``fallback`` (a value, a function of
+        the ``FallbackReason``, or a ``Fallback``) when the breaker refuses a call."""
+        return FallbackGuard(self, fallback)
 
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone

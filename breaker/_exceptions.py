@@ -7,6 +7,8 @@ Every exception the library raises on purpose derives from ``BreakerError``; a r
     ├── CircuitOpenError          the breaker rejected the call; nothing was called
     ├── BackendUnavailableError   Redis could not be reached and the policy is fail_closed
     ├── ConfigurationError        an invalid setting (also a ValueError), raised at construction
+    ├── FallbackError             a fallback raised: ``__cause__`` is its exception, chained
+    │                             in turn to the error the fallback stood in for
     └── PermitSettledError        a permit was settled twice (also a RuntimeError)
 """
 
@@ -48,6 +50,28 @@ class ConfigurationError(BreakerError, ValueError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+class FallbackError(BreakerError):
+    """A fallback raised while it answered for ``kind`` (``open``, ``exhausted``, ...).
+
+    ``original`` is the error it stood in for (None when a retrier gave up on a result,
+    such as a 503 response). The fallback's own exception is ``__cause__``, and its
+    ``__context__`` is ``original``: a traceback shows the original error, then the
+    fallback's, then this one.
+    """
+
+    def __init__(
+        self, name: str, kind: str, original: BaseException | None, raised: BaseException
+    ) -> None:
+        why = kind if original is None else f"{kind}: {original}"
+        super().__init__(
+            f"the fallback of {name!r} raised {type(raised).__name__}: {raised}"
+            f"; it was answering for {why}"
+        )
+        self.name = name
+        self.kind = kind
+        self.original = original
 
 
 class PermitSettledError(BreakerError, RuntimeError):

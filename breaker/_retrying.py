@@ -6,7 +6,9 @@ and ``Retrier.arun`` with awaits. Each attempt takes a permit of the breaker, so
 every attempt is counted fleet-wide, and an open breaker ends the operation at once.
 
 What comes back is the last real outcome: the exception is re-raised as it was, the
-response returned as it was, with the number of attempts attached (``attempts_of``).
+response returned as it was, with the number of attempts attached (``attempts_of``)
+and, when retries ran out, why (``_delivery``). With a fallback (``with_fallback``),
+an outcome it covers is answered by it instead (``_fallback``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
 from ._decorating import decorate
+from ._delivery import mark
 from ._exceptions import CircuitOpenError
+from ._fallback import Fallback, FallbackReason, as_fallback, reason_for
 from ._permit import AsyncPermit, Permit
 from ._policy import Attempt, RetryDetails, RetryRules, StopReason, request_of
 
@@ -37,9 +41,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 Hold = Callable[[Any, Permit], Any]
 AsyncHold = Callable[[Any, AsyncPermit], Any]
 
-#: Where a response carries the number of attempts made for it.
-ATTEMPTS_EXTENSION = "fleetbreaker.attempts"
-_ATTEMPTS_ATTRIBUTE = "fleetbreaker_attempts"
 _ATTEMPT: ContextVar[Attempt | None] = ContextVar("fleetbreaker_attempt", default=None)
 
 
@@ -50,18 +51,6 @@ def current_attempt() -> Attempt | None:
     here to bound its own I/O (``requests.get(url, timeout=current_attempt().timeout)``).
     """
     return _ATTEMPT.get()
-
-
-def attempts_of(outcome: Any) -> int | None:
-    """How many attempts produced this exception or response (None if not retried here)."""
-    if isinstance(outcome, BaseException):
-        value = getattr(outcome, _ATTEMPTS_ATTRIBUTE, None)
-        return value if isinstance(value, int) else None
-    extensions = getattr(outcome, "extensions", None)
-    if isinstance(extensions, dict):
-        value = extensions.get(ATTEMPTS_EXTENSION)
-        return value if isinstance(value, int) else None
-    return None
 
 
 # -- the decisions, written once -----------------------------------------------------
@@ -105,8 +94,9 @@ class _Wait:
 
 
 _Step = _Try | _Check | _Spend | _Discard | _Wait
-# Yields what it needs done; returns the final outcome and the attempts it took.
-_Steps = Generator[_Step, Any, tuple[_Outcome, int]]
+# Yields what it needs done; returns the final outcome, the attempts it took and, if
+# it gave up on an outcome it wanted to try again, what stopped it.
+_Steps = Generator[_Step, Any, tuple[_Outcome, int, StopReason | None]]
 
 
 def _operation(
@@ -128,29 +118,29 @@ def _operation(
         number += 1
         outcome: _Outcome = yield _Try(Attempt(number, _timeout(policy, clock, deadline_at)))
         if guarded and _rejected_here(outcome.error, name):
-            return outcome, number - 1
+            return outcome, number - 1, None
         cause = outcome.cause
         if repeatable is False or not policy.wants_retry(cause):
-            return outcome, number
+            return outcome, number, None
         if repeatable is None and not policy.allows_method(*request_of(cause)):
-            return outcome, number
+            return outcome, number, None
         if number >= policy.attempts:
             _tell(policy, RetryDetails(name, number, None, cause, "attempts"))
-            return outcome, number
+            return outcome, number, "attempts"
         delay = policy.delay_after(number, cause, now_epoch=clock.wall())
         if deadline_at is not None and clock.monotonic() + delay >= deadline_at:
             _tell(policy, RetryDetails(name, number, delay, cause, "deadline"))
-            return outcome, number
+            return outcome, number, "deadline"
         # This attempt may have opened the breaker: then stop now, without waiting.
         rejection: CircuitOpenError | None = (yield _Check()) if guarded else None
         if rejection is not None:
             rejection.__cause__ = outcome.error
             if outcome.error is None:
                 yield _Discard(outcome.value)
-            return _Outcome(None, rejection), number
+            return _Outcome(None, rejection), number, None
         if budgeted and not (yield _Spend()):
             _tell(policy, RetryDetails(name, number, None, cause, "budget"))
-            return outcome, number
+            return outcome, number, "budget"
         _tell(policy, RetryDetails(name, number, delay, cause))
         if outcome.error is None:
             yield _Discard(outcome.value)
@@ -210,17 +200,31 @@ def _describe(cause: Any) -> str:
     return f"status {status}" if status is not None else type(cause).__name__
 
 
-def _deliver(outcome: _Outcome, attempts: int) -> Any:
-    """Hand back the last real outcome, as it was, with the attempt count attached."""
+def _ending(done: StopIteration) -> tuple[_Outcome, int, StopReason | None]:
+    """The operation's end, its outcome marked with the attempts it took and, if
+    retries ran out on it, why (``_delivery``)."""
+    outcome, attempts, stopped_by = done.value
+    mark(outcome.error if outcome.error is not None else outcome.value, attempts, stopped_by)
+    return outcome, attempts, stopped_by
+
+
+def _deliver(outcome: _Outcome) -> Any:
+    """Hand back the last real outcome, as it was."""
     if outcome.error is not None:
-        error = outcome.error
-        setattr(error, _ATTEMPTS_ATTRIBUTE, attempts)
-        error.add_note(f"fleetbreaker: {attempts} attempt(s) made")
-        raise error
-    extensions = getattr(outcome.value, "extensions", None)
-    if isinstance(extensions, dict):
-        extensions[ATTEMPTS_EXTENSION] = attempts
+        raise outcome.error
     return outcome.value
+
+
+def _reason(
+    outcome: _Outcome, attempts: int, stopped_by: StopReason | None, name: str
+) -> FallbackReason | None:
+    """Why the operation ended unserved, or None: it ended in a result the retrier
+    did not give up on (a success, or an answer not worth another try)."""
+    if outcome.error is not None:
+        return reason_for(outcome.error, name)
+    if stopped_by is None:
+        return None
+    return FallbackReason("exhausted", name, result=outcome.value, attempts=attempts)
 
 
 # -- the policy, and its runner ------------------------------------------------------
@@ -277,6 +281,8 @@ class Retrier:
 
     With a breaker, every attempt takes a permit, an open breaker ends the operation
     at once with ``CircuitOpenError``, and each retry asks the fleet's budget first.
+    With a ``fallback`` (``with_fallback``), an operation that ends for a reason it
+    covers is answered by it (``_fallback``).
     """
 
     def __init__(
@@ -285,12 +291,29 @@ class Retrier:
         breaker: CircuitBreaker | None = None,
         *,
         clock: Clock | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self.policy = policy
         self.breaker = breaker
         if clock is None:
             clock = breaker.clock if breaker is not None else SystemClock()
         self.clock = clock
+        self.fallback = fallback
+
+    def with_fallback(self, fallback: object, /) -> Retrier:
+        """This retrier, answered by ``fallback`` (a value, a function of the
+        ``FallbackReason``, or a ``Fallback``) when the operation ends unserved:
+        by default when the breaker is open or retries ran out, on an exception or
+        on a result (the last 503 response, closed first).
+
+        >>> from breaker import RetryPolicy
+        >>> retrier = Retrier(RetryPolicy(attempts=2, backoff=0)).with_fallback("cached")
+        >>> def refused() -> str:
+        ...     raise ConnectionError("refused")
+        >>> retrier.call(refused)
+        'cached'
+        """
+        return Retrier(self.policy, self.breaker, clock=self.clock, fallback=as_fallback(fallback))
 
     @overload
     def call(
@@ -350,15 +373,21 @@ class Retrier:
                 breaker, budget = self.breaker, self.policy.budget
                 reply = breaker is None or budget is None or breaker.spend_retry(budget).granted
             elif isinstance(step, _Discard):
-                close = getattr(step.value, "close", None)
-                if callable(close):
-                    close()
+                _close(step.value)
             else:
                 self.clock.sleep(step.seconds)
             try:
                 step = steps.send(reply)
             except StopIteration as done:
-                return cast(T, _deliver(*done.value))
+                outcome, attempts, stopped_by = _ending(done)
+                break
+        covered = self._covered(outcome, attempts, stopped_by, label)
+        if covered is None:
+            return cast(T, _deliver(outcome))
+        fallback, reason = covered
+        if outcome.error is None:
+            _close(outcome.value)
+        return cast(T, fallback.answer_for(reason))
 
     async def arun(
         self,
@@ -393,7 +422,28 @@ class Retrier:
             try:
                 step = steps.send(reply)
             except StopIteration as done:
-                return cast(T, _deliver(*done.value))
+                outcome, attempts, stopped_by = _ending(done)
+                break
+        covered = self._covered(outcome, attempts, stopped_by, label)
+        if covered is None:
+            return cast(T, _deliver(outcome))
+        fallback, reason = covered
+        if outcome.error is None:
+            await _aclose(outcome.value)
+        return cast(T, await fallback.aanswer_for(reason))
+
+    def _covered(
+        self, outcome: _Outcome, attempts: int, stopped_by: StopReason | None, label: str
+    ) -> tuple[Fallback, FallbackReason] | None:
+        """The fallback and the reason it answers for this ending, or None (no
+        fallback, or one that does not cover it: the outcome is delivered as it was)."""
+        if self.fallback is None:
+            return None
+        name = self.breaker.name if self.breaker is not None else label
+        reason = _reason(outcome, attempts, stopped_by, name)
+        if reason is None or reason.kind not in self.fallback.on:
+            return None
+        return self.fallback, reason
 
     def _try(
         self, attempt_fn: Callable[[Attempt], Any], attempt: Attempt, hold: Hold | None
@@ -454,6 +504,12 @@ async def _bounded(
         async with asyncio.timeout(attempt.timeout):
             return await attempt_fn(attempt)
     return await attempt_fn(attempt)
+
+
+def _close(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()
 
 
 async def _aclose(value: Any) -> None:

@@ -70,7 +70,9 @@ def run(policy: RetryPolicy, kinds: list[str], durations: list[float], retry_aft
         try:
             step = steps.send(reply)
         except StopIteration as done:
-            final, attempts = done.value
+            final, attempts, stopped_by = done.value
+            if stopped_by is not None:  # it gave up only on what it wanted to retry
+                assert policy.wants_retry(tries[-1].cause)
             assert final is tries[-1]
             return Run(attempts, started, clock.monotonic(), waits, timeouts, final)
 

@@ -1,0 +1,321 @@
+"""fleetbreaker in your own FastAPI app: a lifespan, dependencies, exception handlers.
+
+::
+
+    from typing import Annotated
+
+    import httpx
+    from fastapi import Depends, FastAPI
+
+    from breaker.fastapi import Upstream, add_exception_handlers, lifespan, upstream_client
+
+    inventory = Upstream("inventory", "http://inventory.internal:8080")
+    app = FastAPI(lifespan=lifespan(inventory, redis_url="redis://redis:6379/0"))
+    add_exception_handlers(app)  # an open breaker: 503, Retry-After, a JSON body
+
+    @app.get("/stock/{sku}")
+    async def stock(
+        sku: str, client: Annotated[httpx.AsyncClient, Depends(upstream_client("inventory"))]
+    ) -> dict[str, str]:
+        return (await client.get(f"/stock/{sku}")).json()
+
+- ``lifespan`` builds, in each worker at startup: the Redis client, and per
+  ``Upstream`` an ``httpx.AsyncClient`` on its URL whose transport is a
+  ``ResilientTransport`` (one breaker named after the upstream, shared by every
+  worker and replica through Redis, a 5xx counting as a failure; the upstream's
+  retry policy). It puts them on ``app.state.fleetbreaker`` (``Resilience``) and
+  closes them all at shutdown: the clients, with them their breakers, then Redis.
+  Already have a lifespan? Enter this one inside it: ``async with lifespan(...)(app):``.
+- ``upstream_client(name)`` and ``upstream_breaker(name)`` are dependencies:
+  ``Depends(upstream_client("inventory"))``. The client is already guarded: calls
+  through it must not go through its breaker's ``call`` again (each would count twice).
+- ``add_exception_handlers(app)`` answers ``CircuitOpenError`` and
+  ``BackendUnavailableError``, from any breaker, with a 503 (and ``Retry-After``).
+
+FastAPI is an optional dependency of the library (``pip install
+'fleetbreaker[fastapi]'``): ``import breaker`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
+
+import httpx
+import redis.asyncio
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from ._breaker import CircuitBreaker
+from ._config import BreakerConfig
+from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
+from ._retrying import RetryPolicy
+from ._transport import ResilientTransport
+
+__all__ = [
+    "STATE_ATTRIBUTE",
+    "Resilience",
+    "Upstream",
+    "add_exception_handlers",
+    "error_body",
+    "lifespan",
+    "resilience_of",
+    "retry_after_header",
+    "upstream_breaker",
+    "upstream_client",
+]
+
+logger = logging.getLogger("breaker.fastapi")
+
+#: The attribute of ``app.state`` that holds the app's ``Resilience``.
+STATE_ATTRIBUTE = "fleetbreaker"
+Refusal = CircuitOpenError | BackendUnavailableError
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A service the app calls: its ``name`` (that of its breaker, in Redis), its base
+    ``url``, the ``breaker`` settings and the ``retry`` policy of its client.
+
+    >>> Upstream("inventory", "http://inventory.internal:8080").retry.attempts
+    3
+
+    The breaker counts network errors and 5xx answers as failures (unless its
+    ``failure_predicate`` says otherwise); the policy retries GET, HEAD, OPTIONS, PUT,
+    DELETE and TRACE requests (and those with an ``Idempotency-Key``), with full
+    jitter, honouring ``Retry-After``, within the fleet's retry budget.
+    """
+
+    name: str
+    url: str
+    _: KW_ONLY
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError("name", f"must be a non-empty string, got {self.name!r}")
+        key = f"upstreams.{self.name}"
+        try:
+            url = httpx.URL(self.url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigurationError(f"{key}.url", f"{self.url!r} is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(f"{key}.url", f"{self.url!r} must be http(s)://host...")
+        if not isinstance(self.breaker, BreakerConfig):
+            raise ConfigurationError(f"{key}.breaker", "must be a BreakerConfig")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigurationError(f"{key}.retry", "must be a RetryPolicy")
+
+
+class Resilience:
+    """What ``lifespan`` built for one app, on ``app.state.fleetbreaker``: the Redis
+    client (None: the embedded backend), and per upstream its breaker and its client."""
+
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis | None,
+        clients: Mapping[str, httpx.AsyncClient],
+        breakers: Mapping[str, CircuitBreaker],
+    ) -> None:
+        self.redis = redis_client
+        self.clients = clients
+        self.breakers = breakers
+
+    @classmethod
+    async def start(cls, *upstreams: Upstream, redis_url: str | None = None) -> Resilience:
+        """Build the clients and breakers of ``upstreams`` (call it in the loop that
+        will use them: each breaker follows the fleet's transitions from there)."""
+        _check(upstreams, redis_url)
+        redis_client = redis.asyncio.Redis.from_url(redis_url) if redis_url else None
+        clients: dict[str, httpx.AsyncClient] = {}
+        breakers: dict[str, CircuitBreaker] = {}
+        built = cls(redis_client, clients, breakers)
+        try:
+            for upstream in upstreams:
+                transport = ResilientTransport(
+                    redis=redis_client,
+                    retry=upstream.retry,
+                    breaker_config=upstream.breaker,
+                    breaker_name=_named(upstream.name),
+                )
+                clients[upstream.name] = httpx.AsyncClient(
+                    transport=transport, base_url=upstream.url
+                )
+                breakers[upstream.name] = transport.breaker(upstream.name)
+                # Hear the fleet's transitions from now on: a worker learns that another
+                # one opened the breaker before its own next call, not after it.
+                breakers[upstream.name].follow_events()
+        except BaseException:
+            await built.aclose()
+            raise
+        if redis_client is None:
+            logger.warning(
+                "breaker.fastapi: no redis_url, so the breakers live in this process only; "
+                "with several workers or replicas, each one trips on its own"
+            )
+        return built
+
+    def client(self, name: str) -> httpx.AsyncClient:
+        """The guarded client of upstream ``name``."""
+        return self.clients[self._known(name)]
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The breaker of upstream ``name``: the one its client counts on."""
+        return self.breakers[self._known(name)]
+
+    def _known(self, name: str) -> str:
+        if name not in self.clients:
+            known = ", ".join(sorted(self.clients)) or "none"
+            raise ConfigurationError("upstreams", f"no upstream named {name!r} (known: {known})")
+        return name
+
+    async def aclose(self) -> None:
+        """Close the clients (each closes its transport, and so its breakers, on
+        every lane: their pools, events task and dropped leases), then Redis."""
+        for client in self.clients.values():
+            await client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        logger.info(
+            "breaker.fastapi: closed %d upstream client(s) and their breakers%s",
+            len(self.clients),
+            ", and the Redis client" if self.redis is not None else "",
+        )
+
+
+def lifespan(
+    *upstreams: Upstream, redis_url: str | None = None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan for ``FastAPI(lifespan=...)``: at startup, ``Resilience.start`` on
+    ``app.state.fleetbreaker``; at shutdown, all of it closed.
+
+    ``redis_url``: the Redis every worker and replica shares; None is the embedded
+    backend (one process: a warning says so at startup). A configuration error is
+    raised here, at import, not at the first request.
+    """
+    _check(upstreams, redis_url)
+
+    @contextlib.asynccontextmanager
+    async def running(app: FastAPI) -> AsyncIterator[None]:
+        resilience = await Resilience.start(*upstreams, redis_url=redis_url)
+        setattr(app.state, STATE_ATTRIBUTE, resilience)
+        try:
+            yield
+        finally:
+            delattr(app.state, STATE_ATTRIBUTE)
+            await resilience.aclose()
+
+    return running
+
+
+def resilience_of(app: Any) -> Resilience:
+    """The ``Resilience`` the lifespan put on ``app`` (a FastAPI or Starlette app)."""
+    resilience = getattr(app.state, STATE_ATTRIBUTE, None)
+    if not isinstance(resilience, Resilience):
+        raise RuntimeError(
+            "no fleetbreaker on app.state: pass lifespan=breaker.fastapi.lifespan(...) to "
+            "FastAPI, or enter it in your own lifespan"
+        )
+    return resilience
+
+
+def upstream_client(name: str) -> Callable[[HTTPConnection], httpx.AsyncClient]:
+    """A dependency giving a route the guarded ``httpx.AsyncClient`` of upstream
+    ``name``: ``client: Annotated[httpx.AsyncClient, Depends(upstream_client("x"))]``."""
+
+    def guarded_client(connection: HTTPConnection) -> httpx.AsyncClient:
+        return resilience_of(connection.app).client(name)
+
+    return guarded_client
+
+
+def upstream_breaker(name: str) -> Callable[[HTTPConnection], CircuitBreaker]:
+    """A dependency giving a route the breaker of upstream ``name``: its state,
+    operator actions, or other work guarded by it (never the client's own calls)."""
+
+    def breaker(connection: HTTPConnection) -> CircuitBreaker:
+        return resilience_of(connection.app).breaker(name)
+
+    return breaker
+
+
+def error_body(error: Refusal) -> dict[str, Any]:
+    """The default body of the answer to a refused call."""
+    if isinstance(error, CircuitOpenError):
+        return {
+            "error": "circuit_open",
+            "breaker": error.name,
+            "state": error.state,
+            "retry_after": retry_after_header(error.retry_after),
+            "detail": f"the circuit of {error.name!r} is {error.state}; it was not called",
+        }
+    return {
+        "error": "backend_unavailable",
+        "breaker": error.name,
+        "detail": "the breaker's Redis is unreachable and the breaker is fail_closed",
+    }
+
+
+def add_exception_handlers(
+    app: FastAPI,
+    *,
+    status_code: int = 503,
+    body: Callable[[Refusal], Any] = error_body,
+) -> None:
+    """Answer ``CircuitOpenError`` and ``BackendUnavailableError`` raised by any route,
+    from any breaker, with ``status_code`` and ``body(error)``: JSON content, or a
+    whole ``Response`` to send as it is. An open breaker's answer carries
+    ``Retry-After`` (whole seconds, rounded up, at least 1)."""
+    if isinstance(status_code, bool) or not isinstance(status_code, int):
+        raise ConfigurationError("status_code", f"must be an HTTP status, got {status_code!r}")
+    if not 100 <= status_code <= 599:
+        raise ConfigurationError("status_code", f"must be 100..599, got {status_code}")
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CircuitOpenError | BackendUnavailableError)
+        content = body(exc)
+        if isinstance(content, Response):
+            return content
+        headers = {}
+        if isinstance(exc, CircuitOpenError):
+            headers["Retry-After"] = str(retry_after_header(exc.retry_after))
+        return JSONResponse(jsonable_encoder(content), status_code=status_code, headers=headers)
+
+    app.add_exception_handler(CircuitOpenError, refused)
+    app.add_exception_handler(BackendUnavailableError, refused)
+
+
+def retry_after_header(seconds: float) -> int:
+    """Whole seconds, rounded up, at least 1: a client told 0 would come straight back."""
+    return max(1, math.ceil(seconds))
+
+
+def _check(upstreams: tuple[Upstream, ...], redis_url: str | None) -> None:
+    names: set[str] = set()
+    for upstream in upstreams:
+        if not isinstance(upstream, Upstream):
+            raise ConfigurationError("upstreams", f"must be Upstream values, got {upstream!r}")
+        if upstream.name in names:
+            raise ConfigurationError("upstreams", f"{upstream.name!r} is given twice")
+        names.add(upstream.name)
+    if redis_url is not None:
+        try:
+            redis.asyncio.connection.parse_url(redis_url)
+        except ValueError as exc:
+            raise ConfigurationError("redis_url", str(exc)) from None
+
+
+def _named(name: str) -> Callable[[httpx.Request], str]:
+    def name_of(request: httpx.Request) -> str:
+        return name
+
+    return name_of
