@@ -214,6 +214,8 @@ def test_openapi_lists_every_route_with_its_error_bodies(tmp_path: Path) -> None
             "/healthz",
             "/readyz",
             "/metrics",
+            "/dashboard/fleet",
+            "/dashboard/events",
         }
         assert set(paths["/proxy/{upstream}/{path}"]) == {
             "get",
