@@ -94,9 +94,7 @@
     figure(".rejections", upstream.window_rejections);
     figure(
       ".rate",
-      upstream.window_calls
-        ? `${((100 * upstream.window_failures) / upstream.window_calls).toFixed(1)} %`
-        : "–",
+      upstream.window_calls ? percent(upstream.window_failures / upstream.window_calls) : "–",
     );
     const where = upstream.backend ? ` · ${upstream.backend}` : " · store unreachable";
     figure(".window", `fleet-wide, last ${upstream.window} s${where}`);
@@ -104,6 +102,10 @@
     if (card.history.length > HISTORY) card.history.shift();
     draw(element.querySelector(".sparkline"), card.history);
     tell(card);
+  }
+
+  function percent(rate) {
+    return `${(100 * rate).toFixed(rate < 0.1 ? 1 : 0)} %`;
   }
 
   function draw(svg, history) {
@@ -161,7 +163,11 @@
       addTransition(event);
       read(); // the figures of the breaker that moved, now rather than at the next read
     });
+    source.addEventListener("open", () => {
+      document.body.dataset.stream = "open";
+    });
     source.addEventListener("error", () => {
+      document.body.dataset.stream = "lost";
       if (source.readyState === EventSource.CLOSED) {
         setTimeout(follow, STREAM_RETRY); // refused (too many streams): try later
       }
