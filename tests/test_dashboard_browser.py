@@ -7,6 +7,9 @@ Every wait is bounded: Playwright's own timeouts, at most a few seconds each.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from app.fleet import NGINX_CONF, free_port, http_ok, nginx_conf_for
 from tests.support.browser import Console, chromium
 from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess, replicas_of
@@ -54,6 +58,45 @@ def fleet(
             yield a, b
     finally:
         redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def balancer(fleet: tuple[GatewayProcess, GatewayProcess]) -> Iterator[str]:
+    """The fleet's own deploy/nginx.conf in front of both replicas; its URL."""
+    nginx = shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    if nginx is None:
+        pytest.fail("nginx is needed (apt-get install -y nginx; .ci/run installs it)")
+    workdir = Path(tempfile.mkdtemp(prefix="fleetbreaker-lb-"))
+    workdir.chmod(0o711)  # nginx's workers, unprivileged under root, reach their folders
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf_for(NGINX_CONF.read_text(), port, [r.port for r in fleet]))
+    process = subprocess.Popen(
+        [
+            nginx,
+            "-p",
+            f"{workdir}/",
+            "-c",
+            str(conf),
+            "-e",
+            "stderr",
+            "-g",
+            f"daemon off; pid {workdir}/nginx.pid;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10.0
+        while not http_ok(f"{url}/healthz"):
+            assert time.monotonic() < deadline, "nginx did not answer in 10 s"
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10.0)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +238,30 @@ def test_a_wrong_token_shows_an_error_and_changes_nothing(
     assert page.evaluate("sessionStorage.length") == 0  # a refused token is not kept
     # The browser's own line for the refused request, and nothing else.
     assert [error for error in console.errors if REFUSED_TOKEN not in error] == []
+
+
+def test_behind_the_fleets_nginx_the_page_follows_a_trip_live(
+    browser: Browser,
+    balancer: str,
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    upstream: Upstream,
+    console: Console,
+) -> None:
+    """Relative URLs, and an event stream nginx does not buffer."""
+    context = browser.new_context()
+    page = context.new_page()
+    console.watch(page)
+    page.goto(f"{balancer}/dashboard")
+    expect(page.locator("body")).to_have_attribute("data-stream", "open", timeout=5000)
+    expect(page.locator(card("api"))).to_have_attribute("data-state", "closed")
+    upstream.plan("/down", Reply(500))
+    for _ in range(THRESHOLD):
+        httpx.get(f"{balancer}/proxy/api/down")
+    expect(page.locator("#transitions li").first).to_contain_text(
+        "api: closed → open", timeout=SHOWN_WITHIN * 1000
+    )
+    context.close()
+    assert console.errors == []
 
 
 def test_every_replica_shows_the_same_fleet_figures(
