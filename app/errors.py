@@ -11,7 +11,9 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── ClientGone           499      client_disconnected (nobody is left to read it)
     ├── HeadersTooLarge      431      headers_too_large
     ├── AdminDisabled        403      admin_disabled
-    └── Unauthorized         401      unauthorized
+    ├── Unauthorized         401      unauthorized
+    ├── UnknownAsset         404      not_found (a file the dashboard does not have)
+    └── TooManyStreams       503      too_many_streams (the dashboard's event streams)
     ProxyFailure                      the upstream call ended without a response
     ├── CircuitOpenError     503      circuit_open (Retry-After); for a GET or HEAD, the
     │                                 upstream's static fallback instead, if it has one
@@ -121,6 +123,16 @@ class Unauthorized(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class UnknownAsset(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class TooManyStreams(GatewayError):
+    status = 503
+    code = "too_many_streams"
 
 
 class ProxyFailure(Exception):

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breaker import Clock
 
-from . import admin, demo, errors, ops, proxy
+from . import admin, dashboard, demo, errors, ops, proxy
 from .forwarding import has_control_character
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
@@ -51,6 +51,7 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
+    app.include_router(dashboard.router)
     if config.demo:
         app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
     return app

@@ -9,6 +9,12 @@ state.
 Each transition is counted once in the whole fleet, by the process whose call made it
 (``add_listener(made_here_only=True)``), so ``sum(fleetbreaker_transitions_total)``
 over replicas is the number of transitions.
+
+The names follow Prometheus' conventions (base units, ``_total`` on counters, no
+``_created`` series) and borrow their meaning from the peers: the breaker's state and
+calls from resilience4j, retries from Envoy (retries, retry successes, overflow). Every
+label is low-cardinality: an upstream name, an outcome, a state, a script or a reason;
+never a path or a URL. ``tests/test_metrics_golden.py`` pins every family.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -29,6 +36,10 @@ from prometheus_client.registry import Collector
 
 from breaker import STATES, BreakerSnapshot
 
+# A ``_created`` gauge per counter and histogram child: not part of the text format's
+# conventions, absent in multiprocess mode anyway; one worker or many export the same.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 REQUESTS = Counter(
     "fleetbreaker_requests_total",
     "Proxied requests, by upstream and answer: a status class or an error code.",
@@ -36,7 +47,21 @@ REQUESTS = Counter(
 )
 CALLS = Counter(
     "fleetbreaker_calls_total",
-    "Calls through an upstream's breaker: success, failure (5xx or network), rejected.",
+    "Calls through an upstream's breaker, as the breaker counted them: success, failure, "
+    "ignored, or rejected (not made).",
+    ["upstream", "outcome"],
+)
+CALL_DURATION = Histogram(
+    "fleetbreaker_call_duration_seconds",
+    "How long each call the breaker let through took, by how it counted (success, "
+    "failure, ignored); a response counts when its body ends.",
+    ["upstream", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+FALLBACK_DECISIONS = Counter(
+    "fleetbreaker_fallback_decisions_total",
+    "Calls decided by the in-process fallback breaker while Redis could not be reached, "
+    "by outcome.",
     ["upstream", "outcome"],
 )
 TRANSITIONS = Counter(
@@ -51,6 +76,17 @@ BODIES_BROKEN = Counter(
     ["upstream", "error"],
 )
 RETRIES = Counter("fleetbreaker_retries_total", "Retries sent to an upstream.", ["upstream"])
+RETRY_SUCCESSES = Counter(
+    "fleetbreaker_retry_successes_total",
+    "Retries that the breaker counted as a success (Envoy's upstream_rq_retry_success).",
+    ["upstream"],
+)
+REQUEST_ATTEMPTS = Histogram(
+    "fleetbreaker_request_attempts",
+    "Attempts that reached the upstream per proxied request (0: the breaker refused the first).",
+    ["upstream"],
+    buckets=(0, 1, 2, 3, 4, 5, 10),
+)
 RETRIES_REFUSED = Counter(
     "fleetbreaker_retries_refused_total",
     "Retries that were wanted but not sent: attempts, deadline or budget.",
@@ -58,6 +94,17 @@ RETRIES_REFUSED = Counter(
 )
 BACKEND_ERRORS = Counter(
     "fleetbreaker_backend_errors_total", "Redis commands of the breakers that failed."
+)
+BACKEND_CALL_DURATION = Histogram(
+    "fleetbreaker_backend_call_duration_seconds",
+    "Round trip of each breaker script to Redis, by script.",
+    ["script"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+EVENTS_SUBSCRIPTIONS = Counter(
+    "fleetbreaker_events_subscriptions_total",
+    "Subscriptions of the worker's events follower to the Redis events channel: the "
+    "first, then one per reconnect (transitions published in between may be missed).",
 )
 LATENCY = Histogram(
     "fleetbreaker_upstream_latency_seconds",

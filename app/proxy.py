@@ -39,7 +39,7 @@ from .forwarding import (
     split_target,
     target_url,
 )
-from .metrics import BODIES_BROKEN, REQUESTS, result_of
+from .metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .runtime import UPSTREAM_EXTENSION, Route, gateway_of
 from .upload import Upload
 
@@ -241,6 +241,8 @@ def _account(
     code = None if error is None else failure_code(error)[1]
     status = last.status_code if isinstance(last, httpx.Response) else None
     REQUESTS.labels(name, result_of(status, code)).inc()
+    if route.breaker is not None:
+        REQUEST_ATTEMPTS.labels(name).observe(attempts)
     if attempts > 1 or isinstance(error, CircuitOpenError):
         logger.info(
             "%s %s via %s: %s after %d attempt(s)",

@@ -33,17 +33,23 @@ from breaker import (
     RetryDetails,
     RetryHook,
     TransitionEvent,
+    current_attempt,
 )
 
 from . import errors
 from .events import EventFeed
 from .metrics import (
+    BACKEND_CALL_DURATION,
     BACKEND_ERRORS,
+    CALL_DURATION,
     CALLS,
+    EVENTS_SUBSCRIPTIONS,
+    FALLBACK_DECISIONS,
     LATENCY,
     LOOP_LAG,
     RETRIES,
     RETRIES_REFUSED,
+    RETRY_SUCCESSES,
     TRANSITIONS,
 )
 from .settings import GatewayConfig, Upstream
@@ -130,13 +136,32 @@ def _retry_hook(name: str) -> RetryHook:
 
 class _Metrics(BreakerListener):
     """What the breakers tell, counted: every call as the breaker counted it (the one
-    judgement, made by the library, that the metrics only read), and Redis errors."""
+    judgement, made by the library, that the metrics only read), and the store's
+    health: errors, script round trips, resubscriptions.
+
+    One instance serves every breaker: the library tells a Redis error and a
+    resubscription once per client, whichever breakers share it."""
 
     def outcome(self, event: OutcomeEvent) -> None:
         CALLS.labels(event.name, event.outcome).inc()
+        if event.backend == "fallback":
+            FALLBACK_DECISIONS.labels(event.name, event.outcome).inc()
+        if event.duration is not None:
+            CALL_DURATION.labels(event.name, event.outcome).observe(event.duration)
+        # Outcomes are told in the context of the attempt they settle, a response's
+        # too when its body ends later: a success of attempt 2 or more is a retry's.
+        attempt = current_attempt()
+        if event.outcome == "success" and attempt is not None and attempt.number > 1:
+            RETRY_SUCCESSES.labels(event.name).inc()
 
     def backend_error(self, reason: str) -> None:
         BACKEND_ERRORS.inc()
+
+    def backend_call(self, script: str, seconds: float) -> None:
+        BACKEND_CALL_DURATION.labels(script).observe(seconds)
+
+    def subscribed(self, channel: str) -> None:
+        EVENTS_SUBSCRIPTIONS.inc()
 
 
 _METRICS = _Metrics()

@@ -17,9 +17,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._breaker import CircuitBreaker
 from ._clock import Clock, SystemClock
@@ -42,6 +43,25 @@ Hold = Callable[[Any, Permit], Any]
 AsyncHold = Callable[[Any, AsyncPermit], Any]
 
 _ATTEMPT: ContextVar[Attempt | None] = ContextVar("fleetbreaker_attempt", default=None)
+
+
+class OperationTracer(Protocol):
+    """Wraps every operation a retrier runs (``breaker.otel`` opens a span in it)."""
+
+    def operation(
+        self, name: str, breaker: CircuitBreaker | None
+    ) -> AbstractContextManager[object]: ...
+
+
+# Process-wide, like stamina's instrumentation: None (the default) costs one check per
+# operation. Set by ``breaker.otel.instrument()``.
+_tracer: OperationTracer | None = None
+
+
+def set_operation_tracer(tracer: OperationTracer | None) -> None:
+    """Wrap every operation of every retrier in ``tracer``'s ``operation``; None stops."""
+    global _tracer
+    _tracer = tracer
 
 
 def current_attempt() -> Attempt | None:
@@ -334,12 +354,16 @@ class Retrier:
         """Use the retrier as a decorator, on a sync or an async function."""
         return decorate(fn, self.call)
 
+    def _name(self, label: str) -> str:
+        """The operation's name: its breaker's, else ``label``."""
+        return self.breaker.name if self.breaker is not None else label
+
     def _operation(self, label: str, repeatable: bool | None) -> _Steps:
         """The steps of one operation, named after its breaker (else ``label``)."""
         budgeted = self.breaker is not None and self.policy.budget is not None
         return _operation(
             self.policy,
-            self.breaker.name if self.breaker is not None else label,
+            self._name(label),
             self.clock,
             guarded=self.breaker is not None,
             budgeted=budgeted,
@@ -361,6 +385,19 @@ class Retrier:
         result that counts as a success is handed to ``hold`` with its attempt's
         permit, to be settled later (a response judged when its body ends).
         """
+        tracer = _tracer
+        if tracer is None:
+            return self._run(attempt_fn, repeatable, label, hold)
+        with tracer.operation(self._name(label), self.breaker):
+            return self._run(attempt_fn, repeatable, label, hold)
+
+    def _run(
+        self,
+        attempt_fn: Callable[[Attempt], T],
+        repeatable: bool | None,
+        label: str,
+        hold: Hold | None,
+    ) -> T:
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:
@@ -400,6 +437,20 @@ class Retrier:
     ) -> T:
         """``run``, awaited. With ``enforce_timeout`` each attempt is cut off at its
         timeout (a transport that bounds its own I/O turns it off)."""
+        tracer = _tracer
+        if tracer is None:
+            return await self._arun(attempt_fn, repeatable, label, enforce_timeout, hold)
+        with tracer.operation(self._name(label), self.breaker):
+            return await self._arun(attempt_fn, repeatable, label, enforce_timeout, hold)
+
+    async def _arun(
+        self,
+        attempt_fn: Callable[[Attempt], Awaitable[T]],
+        repeatable: bool | None,
+        label: str,
+        enforce_timeout: bool,
+        hold: AsyncHold | None,
+    ) -> T:
         steps = self._operation(label, repeatable)
         step = next(steps)
         while True:

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import threading
 import time
@@ -174,6 +175,10 @@ class _SettledStream(httpx.AsyncByteStream):
     said; one that breaks off counts as its error does; one past ``body_timeout`` is a
     failure (``httpx.ReadTimeout``); a reader that stops early (closes, or is
     cancelled) leaves the headers' success standing.
+
+    It settles in the context of the attempt that got the headers (made while the
+    attempt ran), not the reader's: the breaker's listeners then see that attempt
+    (``current_attempt()``) and its trace, as they do for a call settled at once.
     """
 
     def __init__(
@@ -182,6 +187,7 @@ class _SettledStream(httpx.AsyncByteStream):
         self._inner = inner
         self._permit = permit
         self._deadline = deadline
+        self._context = contextvars.copy_context()
 
     async def _settle(self, error: BaseException | None) -> None:
         """Settle the permit, once. Shielded: a reader that is being cancelled (anyio
@@ -189,7 +195,7 @@ class _SettledStream(httpx.AsyncByteStream):
         if self._permit.settled:
             return
         settle = self._permit.success() if error is None else self._permit.settle(error)
-        recording = asyncio.ensure_future(settle)
+        recording = asyncio.get_running_loop().create_task(settle, context=self._context)
         _RECORDING.add(recording)  # a task nobody awaits must be held, or it may vanish
         recording.add_done_callback(_RECORDING.discard)
         await asyncio.shield(recording)
@@ -222,21 +228,23 @@ class _SettledStream(httpx.AsyncByteStream):
 
 
 class _SyncSettledStream(httpx.SyncByteStream):
-    """The sync twin of ``_SettledStream``, by the same rule. It cannot interrupt a
-    read: a stalled body is cut by httpx's read timeout, a trickling one here."""
+    """The sync twin of ``_SettledStream``, by the same rule (and in the same
+    context). It cannot interrupt a read: a stalled body is cut by httpx's read
+    timeout, a trickling one here."""
 
     def __init__(self, inner: httpx.SyncByteStream, permit: Permit, deadline: _Deadline) -> None:
         self._inner = inner
         self._permit = permit
         self._deadline = deadline
+        self._context = contextvars.copy_context()
 
     def _settle(self, error: BaseException | None) -> None:
         if self._permit.settled:
             return
         if error is None:
-            self._permit.success()
+            self._context.copy().run(self._permit.success)
         else:
-            self._permit.settle(error)
+            self._context.copy().run(self._permit.settle, error)
 
     def __iter__(self) -> Iterator[bytes]:
         try:

@@ -5,8 +5,9 @@ be a JSON body, and its log must hold no unhandled exception.
 
 The generated Authorization header is replaced by the valid one, so that the admin
 routes are fuzzed past the token check (which has its own tests).
-``/admin/events`` is left out: it is an event stream that stays open by design (its
-own tests are in ``test_gateway_events``). Bounded by ``MAX_EXAMPLES`` per operation.
+``/admin/events`` and ``/dashboard/events`` are left out: they are event streams that
+stay open by design (their own tests are in ``test_gateway_events`` and
+``test_dashboard``). Bounded by ``MAX_EXAMPLES`` per operation.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def _gateway_schema() -> schemathesis.BaseSchema:
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path" and parameter["name"] in ("upstream", "name"):
                 parameter["schema"] = {"type": "string", "enum": list(NAMES)}
-    return schemathesis.openapi.from_dict(document).exclude(path="/admin/events")
+    return schemathesis.openapi.from_dict(document).exclude(
+        path=["/admin/events", "/dashboard/events"]
+    )
 
 
 schema = _gateway_schema()

@@ -136,6 +136,11 @@ def test_metrics_count_calls_retries_transitions_and_read_the_state(
         assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="failure") == 4
         assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="rejected") == 1
         assert grown(text, "fleetbreaker_retries_total", upstream="api") == 1
+        assert grown(text, "fleetbreaker_retry_successes_total", upstream="api") == 1
+        assert grown(text, "fleetbreaker_request_attempts_count", upstream="api") == 5
+        assert grown(text, "fleetbreaker_request_attempts_sum", upstream="api") == 5
+        labels = {"upstream": "api", "outcome": "failure"}
+        assert grown(text, "fleetbreaker_call_duration_seconds_count", **labels) == 4
         assert (
             grown(
                 text,
@@ -209,6 +214,8 @@ def test_openapi_lists_every_route_with_its_error_bodies(tmp_path: Path) -> None
             "/healthz",
             "/readyz",
             "/metrics",
+            "/dashboard/fleet",
+            "/dashboard/events",
         }
         assert set(paths["/proxy/{upstream}/{path}"]) == {
             "get",

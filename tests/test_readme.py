@@ -55,7 +55,7 @@ def run_block(
 
 
 def test_the_readme_has_the_blocks_these_tests_expect() -> None:
-    assert len(BLOCKS) == 7
+    assert len(BLOCKS) == 8
     assert all('"redis://127.0.0.1:6379/0"' in block for block in BLOCKS)
     assert len(TOMLS) == 2
 

@@ -50,6 +50,8 @@ def test_wheel_contains_the_scripts_and_runs_them_when_installed(tmp_path: Path)
     )
     assert lua == sorted(path.name for path in (ROOT / "lua").glob("*.lua"))
     assert "breaker/py.typed" in names
+    static = sorted(Path(n).name for n in names if n.startswith("app/static/"))
+    assert static == sorted(path.name for path in (ROOT / "app" / "static").iterdir())
 
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"

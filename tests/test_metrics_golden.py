@@ -1,0 +1,69 @@
+"""The metrics the gateway exports are pinned: every family's name, type and labels
+(``tests/golden/metrics.txt``), as scraped from a gateway that went through every
+case that makes a series (retries, a trip, a rejection, a broken body, Redis lost)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.errors import BodyBrokenOff
+from breaker.testing import ManualClock
+from tests.support.exposition import Family, exported, pinned
+from tests.support.gateway import gateway_client, gateway_config
+from tests.support.servers import RedisServer
+from tests.support.upstream import Reply, Upstream
+
+
+def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> list[str]:
+    """``/metrics`` while Redis answers, then after it died."""
+    upstream.plan("/flaky", Reply(503), Reply(200))
+    upstream.plan("/trickle", Reply(200, delay_body=1.0))
+    upstream.plan("/down", Reply(503))
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [client]
+        body_timeout = 0.1
+        [defaults.retry]
+        backoff = 0
+        budget = false
+        [upstreams.api]
+        url = "{upstream.url}"
+        breaker = {{ failure_threshold = 5, reset_timeout = 30 }}
+        [upstreams.other]
+        url = "{upstream.url}"
+        """,
+        redis_url=redis_server.url,
+    )
+    texts = []
+
+    async def scenario() -> None:
+        async with gateway_client(config, ManualClock()) as client:
+            await client.get("/proxy/api/flaky")  # a retry, and its success
+            with pytest.raises(BodyBrokenOff):  # in-process, the cut reaches the client
+                await client.get("/proxy/api/trickle")  # a body cut by body_timeout
+            await client.get("/proxy/api/down")  # fails 3 times: no attempts left
+            await client.get("/proxy/api/down")  # the 5th failure in a row opens it
+            await client.get("/proxy/api/down")  # rejected
+            texts.append((await client.get("/metrics")).text)
+            redis_server.kill()
+            await client.get("/proxy/other/x")  # decided by the fallback breaker
+            texts.append((await client.get("/metrics")).text)
+
+    asyncio.run(scenario())
+    return texts
+
+
+def test_every_exported_metric_has_the_pinned_name_type_and_labels(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+) -> None:
+    seen: dict[str, Family] = {}
+    for text in _scrapes(tmp_path, redis_server, upstream):
+        for name, family in exported(text).items():
+            known = seen.get(name)
+            labels = family.labels | (known.labels if known else frozenset())
+            seen[name] = Family(name, family.type, labels)
+    assert seen == pinned()
