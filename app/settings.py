@@ -364,6 +364,11 @@ def _check_redis_url(value: str) -> None:
         raise ConfigError(f"BREAKER_REDIS_URL: {exc}") from None
 
 
+#: The gateway's batch_interval where the configuration sets none; ``false`` in the
+#: TOML records every success at once (the library's default).
+DEFAULT_BATCH_INTERVAL: float | None = None
+
+
 def _upstream(
     name: str, section: UpstreamSection, defaults: PolicySection, prefix: str
 ) -> Upstream:
@@ -379,6 +384,8 @@ def _upstream(
     statuses = breaker_values.pop("failure_statuses", ["5xx"])
     where = key if "failure_statuses" in section.breaker else "defaults"
     predicate = failure_statuses(f"{where}.breaker.failure_statuses", statuses)
+    batching = breaker_values.get("batch_interval", DEFAULT_BATCH_INTERVAL)
+    breaker_values["batch_interval"] = None if batching is False else batching
     retry_values = _merged("retry", _RETRY_KEYS, key, defaults.retry, section.retry)
     try:
         breaker = BreakerConfig(

@@ -305,10 +305,10 @@ def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int]]:
 
     cb = CircuitBreaker("bench-breakdown", redis=client, failure_threshold=10_000)
     cb.call(ok)
-    generation = int(client.hget(cb.keys.state, "generation") or 0)
+    created_at, generation = client.hmget(cb.keys.state, "created_at", "generation")
     args = record_args(
         Wired.of(cb.config, cb.name),
-        generation=generation,
+        version=(int(created_at or 0), int(generation or 0)),
         lease_id="",
         outcome="success",
         duration_ms=0,

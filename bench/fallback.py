@@ -48,7 +48,7 @@ _WIRED = Wired.of(BreakerConfig(prefix="fb", failure_threshold=10**9), "bench")
 def _record(offer: bool = False) -> list[str | int]:
     return record_args(
         _WIRED,
-        generation=0,
+        version=(0, 0),
         lease_id="",
         outcome="success",
         duration_ms=1,

@@ -1,9 +1,10 @@
 """Scenario 8: gateway throughput with the breaker on and off, in one gateway.
 
-``fleetbreaker serve --workers 2`` on the benchmark's Redis proxies two upstreams that
-are the same fast local server: ``on`` has the default breaker and retry policy,
-``off`` has ``breaker = false``. The load alternates between them round by round, so
-that both see the same machine."""
+``fleetbreaker serve --workers 2`` on the benchmark's Redis proxies three upstreams
+that are the same fast local server: ``exact`` records every success
+(``batch_interval = false``), ``batched`` counts successes locally and flushes them
+every 50 ms, and ``off`` has ``breaker = false``. The load goes to each in turn, round
+by round, in a rotating order, so that all three see the same machine."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.fleet import FleetError, Service, fleetbreaker_command, free_port, http_ok, wait_ready
+from app.settings import DEFAULT_BATCH_INTERVAL
 
 from .loadgen import Load, run_load
 
@@ -24,25 +26,45 @@ _WARM_SECONDS = 1.0
 _ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = """
-[upstreams.on]
+[upstreams.exact]
 url = "{upstream}"
+breaker.batch_interval = false
+
+[upstreams.batched]
+url = "{upstream}"
+breaker.batch_interval = 0.05
 
 [upstreams.off]
 url = "{upstream}"
 breaker = false
 """
+VARIANTS = ("exact", "batched", "off")
 
 
 @dataclass(frozen=True)
 class Throughput:
-    on: Load
+    exact: Load
+    batched: Load
     off: Load
     rounds: int
     seconds: float
 
     @property
-    def ratio(self) -> float:
-        return self.on.requests_per_second / self.off.requests_per_second
+    def exact_ratio(self) -> float:
+        return self.exact.requests_per_second / self.off.requests_per_second
+
+    @property
+    def batched_ratio(self) -> float:
+        return self.batched.requests_per_second / self.off.requests_per_second
+
+    @property
+    def default(self) -> str:
+        """The mode an upstream gets when its configuration names none."""
+        return "exact" if DEFAULT_BATCH_INTERVAL is None else "batched"
+
+    @property
+    def default_ratio(self) -> float:
+        return self.exact_ratio if self.default == "exact" else self.batched_ratio
 
 
 def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
@@ -78,9 +100,7 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
                     "BREAKER_REDIS_URL": redis_url,
                     "BREAKER_CONFIG": str(config),
                 },
-                ready=lambda: (
-                    http_ok(f"{gateway_url}/proxy/on/") and http_ok(f"{gateway_url}/proxy/off/")
-                ),
+                ready=lambda: all(http_ok(f"{gateway_url}/proxy/{v}/") for v in VARIANTS),
             ),
         ]
         try:
@@ -90,12 +110,12 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
                     wait_ready([service])
                 except FleetError as exc:
                     raise RuntimeError(f"bench: {exc}:\n{output.getvalue()}") from None
-            for variant in ("on", "off"):  # connections, pools, scripts loaded
+            for variant in VARIANTS:  # connections, pools, scripts loaded
                 run_load(f"{gateway_url}/proxy/{variant}/warm", _WARM_SECONDS, CONNECTIONS)
-            samples: dict[str, list[Load]] = {"on": [], "off": []}
+            samples: dict[str, list[Load]] = {variant: [] for variant in VARIANTS}
             for index in range(rounds):
-                order = ("on", "off") if index % 2 == 0 else ("off", "on")
-                for variant in order:
+                turn = index % len(VARIANTS)
+                for variant in VARIANTS[turn:] + VARIANTS[:turn]:
                     samples[variant].append(
                         run_load(f"{gateway_url}/proxy/{variant}/item", seconds, CONNECTIONS)
                     )
@@ -103,7 +123,11 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
             for service in reversed(services):
                 service.stop()
     return Throughput(
-        on=_median(samples["on"]), off=_median(samples["off"]), rounds=rounds, seconds=seconds
+        exact=_median(samples["exact"]),
+        batched=_median(samples["batched"]),
+        off=_median(samples["off"]),
+        rounds=rounds,
+        seconds=seconds,
     )
 
 

@@ -17,7 +17,7 @@ from ._config import BreakerConfig
 from ._exceptions import CircuitOpenError
 from ._models import TransitionEvent
 from ._types import State
-from ._wire import Batch, Reply
+from ._wire import Batch, Reply, Version
 
 #: How often a process that rejects calls (and so sends nothing) reports how many.
 REJECTIONS_EVERY = 1.0
@@ -40,7 +40,7 @@ class LocalView:
     trusted_until: float
 
     @property
-    def version(self) -> tuple[int, int]:
+    def version(self) -> Version:
         return (self.created_at, self.generation)
 
 
@@ -48,7 +48,7 @@ class LocalView:
 class Ticket:
     """One admitted call: what record needs to know about its admission."""
 
-    generation: int
+    version: Version
     lease_id: str
     started: float
     via_fallback: bool
@@ -65,7 +65,7 @@ class BreakerCore:
         self.view: LocalView | None = None
         self._lock = threading.Lock()
         self._pending = 0
-        self._pending_generation = -1
+        self._pending_version: Version = (-1, -1)
         self._next_flush = 0.0
         self._rejected = 0
         self._next_rejection_report = 0.0
@@ -80,7 +80,7 @@ class BreakerCore:
         if view is None:
             return None
         if view.state in ("closed", "disabled") and now < view.trusted_until:
-            return Ticket(view.generation, "", now, self.fallback)
+            return Ticket(view.version, "", now, self.fallback)
         if view.state == "open" and now < view.open_until:
             raise CircuitOpenError(self.name, view.open_until - now)
         if view.state == "forced_open" and now < view.trusted_until:
@@ -92,9 +92,9 @@ class BreakerCore:
         self.apply(reply)
         now = self.clock.monotonic()
         if reply.verdict == "admit":
-            return Ticket(reply.generation, "", now, self.fallback)
+            return Ticket(reply.version, "", now, self.fallback)
         if reply.verdict == "trial":
-            return Ticket(reply.generation, lease_id, now, self.fallback)
+            return Ticket(reply.version, lease_id, now, self.fallback)
         if reply.state == "forced_open":
             raise CircuitOpenError(self.name, self.config.reset_timeout, state="forced_open")
         retry_at = int(reply.extra) if reply.extra else reply.open_until
@@ -113,13 +113,13 @@ class BreakerCore:
         if self.config.batch_interval is None or ticket.lease_id:
             return False
         view = self.view
-        if view is None or view.state != "closed" or view.generation != ticket.generation:
+        if view is None or view.state != "closed" or view.version != ticket.version:
             return False
         with self._lock:
-            if self._pending_generation != ticket.generation:
+            if self._pending_version != ticket.version:
                 # Successes of an older closed period say nothing about this one.
                 self._pending = 0
-                self._pending_generation = ticket.generation
+                self._pending_version = ticket.version
             if self._pending == 0:
                 self._next_flush = self.clock.monotonic() + self.config.batch_interval
             self._pending += 1
@@ -128,12 +128,12 @@ class BreakerCore:
     def flush_due(self) -> bool:
         return self._pending > 0 and self.clock.monotonic() >= self._next_flush
 
-    def take_batch(self, generation: int) -> Batch:
+    def take_batch(self, version: Version) -> Batch:
         """Hand over what was counted locally for the next record: the successes of
-        ``generation``, and the calls rejected since the last report."""
+        ``version``, and the calls rejected since the last report."""
         view = self.view
         with self._lock:
-            count = self._pending if self._pending_generation == generation else 0
+            count = self._pending if self._pending_version == version else 0
             self._pending = 0
             rejected, self._rejected = self._rejected, 0
             self._next_rejection_report = self.clock.monotonic() + REJECTIONS_EVERY

@@ -37,6 +37,7 @@ from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
 from ._wire import (
     Batch,
     Reply,
+    Version,
     Wired,
     acquire_args,
     control_args,
@@ -146,7 +147,8 @@ class Engine:
             return ticket
         lease_id = uuid.uuid4().hex
         try:
-            raw = yield from self.ask("shared", "acquire", self._acquire_args(lease_id))
+            args = self._acquire_args(self.shared, lease_id)
+            raw = yield from self.ask("shared", "acquire", args)
         except BackendUnavailableError as exc:
             return (yield from self._admit_locally(exc))
         return (yield from self._admitted(self.shared, raw, lease_id))
@@ -161,12 +163,13 @@ class Engine:
         if ticket is not None:
             return ticket
         lease_id = uuid.uuid4().hex
-        raw = yield from self.ask("local", "acquire", self._acquire_args(lease_id))
+        raw = yield from self.ask("local", "acquire", self._acquire_args(self.local, lease_id))
         return (yield from self._admitted(self.local, raw, lease_id))
 
-    def _acquire_args(self, lease_id: str) -> Callable[[bool], list[Any]]:
+    def _acquire_args(self, core: BreakerCore, lease_id: str) -> Callable[[bool], list[Any]]:
         now = self.clock.epoch_ms()
-        return lambda offer: acquire_args(self.wired, lease_id, now, offer=offer)
+        seen = core.view.version if core.view is not None else None
+        return lambda offer: acquire_args(self.wired, lease_id, now, seen=seen, offer=offer)
 
     def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Steps[Ticket]:
         reply = decode_reply(raw)
@@ -184,8 +187,8 @@ class Engine:
         if core.fallback or not core.count_rejection():
             return
         view = core.view
-        batch = core.take_batch(view.generation if view else 0)
-        args = self._record_call(batch_generation(view), "", None, 0, batch)
+        version = view.version if view else _NO_VERSION
+        args = self._record_call(version, "", None, 0, core.take_batch(version))
         try:
             raw = yield from self.ask("shared", "record", args)
         except BackendUnavailableError:
@@ -256,7 +259,7 @@ class Engine:
             ticket = yield from self._admit_locally(None)
         except CircuitOpenError:
             return
-        args = self._record_call(ticket.generation, ticket.lease_id, outcome, duration, None)
+        args = self._record_call(ticket.version, ticket.lease_id, outcome, duration, None)
         self._heard(self.local, decode_reply((yield from self.ask("local", "record", args))))
 
     def _record_args(
@@ -266,15 +269,15 @@ class Engine:
         absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
         if absorbed and not core.flush_due():
             return None
-        batch = core.take_batch(ticket.generation)
+        batch = core.take_batch(ticket.version)
         sent: Outcome | None = None if absorbed else outcome
         if sent in (None, "ignored") and not ticket.lease_id and batch.empty:
             return None
-        return self._record_call(ticket.generation, ticket.lease_id, sent, duration, batch)
+        return self._record_call(ticket.version, ticket.lease_id, sent, duration, batch)
 
     def _record_call(
         self,
-        generation: int,
+        version: Version,
         lease_id: str,
         outcome: Outcome | None,
         duration: float,
@@ -284,7 +287,7 @@ class Engine:
         duration_ms = round(duration * 1000)
         return lambda offer: record_args(
             self.wired,
-            generation=generation,
+            version=version,
             lease_id=lease_id,
             outcome=outcome,
             duration_ms=duration_ms,
@@ -298,10 +301,10 @@ class Engine:
         view = self.shared.view
         if view is None:
             return
-        batch = self.shared.take_batch(view.generation)
+        batch = self.shared.take_batch(view.version)
         if batch.empty:
             return
-        args = self._record_call(view.generation, "", None, 0.0, batch)
+        args = self._record_call(view.version, "", None, 0.0, batch)
         try:
             raw = yield from self.ask("shared", "record", args)
         except BackendUnavailableError as exc:
@@ -334,7 +337,9 @@ class Engine:
 
     def control(self, action: ControlAction) -> Steps[None]:
         now = self.clock.epoch_ms()
-        args = lambda offer: control_args(self.wired, action, now, offer=offer)  # noqa: E731
+        view = self.shared.view
+        seen = view.version if view is not None else None
+        args = lambda offer: control_args(self.wired, action, now, seen=seen, offer=offer)  # noqa: E731
         raw = yield from self.ask("shared", "control", args)
         self._heard(self.shared, decode_reply(raw))
 
@@ -363,6 +368,8 @@ class Engine:
         other breakers of the same name."""
         core.apply(reply)
         for event in reply.events:
+            if event.is_resync:
+                continue
             for listener in self._hearing["made_here"]:
                 _tell(listener.transition, event)
         self._hubs[core.fallback].relay(reply.events)
@@ -377,6 +384,15 @@ class Engine:
     def _deliver(self, core: BreakerCore, event: TransitionEvent) -> None:
         core.apply_event(event)
         for fresh in core.unseen((event,)):
+            if fresh.is_resync:
+                logger.warning(
+                    "breaker %s: the store held an older version than this fleet had "
+                    "seen (a failover lost writes); it moved on to generation %d, %s",
+                    fresh.name,
+                    fresh.generation,
+                    fresh.to_state,
+                )
+                continue
             logger.info(
                 "breaker %s: %s -> %s (%s)%s",
                 fresh.name,
@@ -416,7 +432,5 @@ def describe(error: BaseException | None, result: object = None) -> str:
     return ""
 
 
-def batch_generation(view: object) -> int:
-    """The generation a batch of counts belongs to: the view's, or 0 before any."""
-    generation = getattr(view, "generation", 0)
-    return generation if isinstance(generation, int) else 0
+#: The version of a breaker no process has heard of yet: no store holds it.
+_NO_VERSION: Version = (0, 0)

@@ -178,6 +178,8 @@ class _Store:
     def _publish(self, channel: bytes, message: bytes) -> int:
         return 0
 
+    _spublish = _publish
+
 
 class LocalEngine:
     """The library, loaded once into one Lua runtime, over an in-memory store.

@@ -34,6 +34,12 @@ class TransitionEvent:
     def version(self) -> tuple[int, int]:
         return (self.created_at, self.generation)
 
+    @property
+    def is_resync(self) -> bool:
+        """No state change: the store moved its version past one the fleet had seen,
+        after it lost writes (a failover). Views follow it; listeners are not told."""
+        return self.reason == "resync"
+
     @classmethod
     def from_json(cls, raw: str | bytes) -> TransitionEvent | None:
         """Decode a published event; None for anything that is not one."""

@@ -133,10 +133,27 @@ def _common(wired: Wired, now_ms: int | None, offer: bool) -> list[str | int]:
     return ["" if now_ms is None else now_ms, wired.digest, wired.payload if offer else ""]
 
 
+#: A version of a breaker: (created_at, generation). Versions only grow: a hash made
+#: again (lost to a restart, or to its TTL) has a later created_at.
+Version = tuple[int, int]
+
+
+def version_arg(version: Version | None) -> str:
+    """A version as the library takes it: "<created_at>:<generation>" ("" for none)."""
+    return "" if version is None else f"{version[0]}:{version[1]}"
+
+
 def acquire_args(
-    wired: Wired, lease_id: str, now_ms: int | None, *, offer: bool = False
+    wired: Wired,
+    lease_id: str,
+    now_ms: int | None,
+    *,
+    seen: Version | None = None,
+    offer: bool = False,
 ) -> list[str | int]:
-    return [*_common(wired, now_ms, offer), lease_id]
+    """``seen``: the latest version the caller knows of, so that a store that lost
+    writes moves past it (``advance`` in the library)."""
+    return [*_common(wired, now_ms, offer), lease_id, version_arg(seen)]
 
 
 #: What the library is told of an outcome: "none" when a record call only carries a
@@ -171,7 +188,7 @@ class Batch:
 def record_args(
     wired: Wired,
     *,
-    generation: int,
+    version: Version,
     lease_id: str,
     outcome: Outcome | None,
     duration_ms: int,
@@ -181,7 +198,7 @@ def record_args(
 ) -> list[str | int]:
     return [
         *_common(wired, now_ms, offer),
-        generation,
+        version_arg(version),
         lease_id,
         _WIRE_OUTCOMES[outcome],
         duration_ms,
@@ -190,9 +207,14 @@ def record_args(
 
 
 def control_args(
-    wired: Wired, action: ControlAction, now_ms: int | None, *, offer: bool = False
+    wired: Wired,
+    action: ControlAction,
+    now_ms: int | None,
+    *,
+    seen: Version | None = None,
+    offer: bool = False,
 ) -> list[str | int]:
-    return [*_common(wired, now_ms, offer), action]
+    return [*_common(wired, now_ms, offer), action, version_arg(seen)]
 
 
 def snapshot_args(now_ms: int | None) -> list[str | int]:

@@ -190,10 +190,36 @@ local function transition(c, to, reason)
     name = c.cfg.name, from = from, to = to, at = c.now, reason = reason,
     created_at = s.created_at, generation = s.generation, open_until = s.open_until,
   })
-  if c.cfg.channel ~= '' then
-    redis.call('PUBLISH', c.cfg.channel, event)
+  local channel = c.cfg.channel
+  if channel ~= '' then
+    -- A channel that carries the breaker's hash tag is its own (Redis Cluster): it
+    -- is published in the breaker's shard only. Otherwise one channel carries every
+    -- breaker's events (a standalone Redis, or Sentinel).
+    if string.find(channel, '{', 1, true) then
+      redis.call('SPUBLISH', channel, event)
+    else
+      redis.call('PUBLISH', channel, event)
+    end
   end
   c.events[#c.events + 1] = event
+end
+
+-- A caller has seen a later version of the breaker (created_at:generation) than this
+-- store holds: the store lost writes it had acknowledged (a replica promoted before
+-- it had them all). It moves past every version the fleet saw, keeping the state it
+-- holds, so that no version ever means two different things, and tells the fleet.
+local function advance(c, seen)
+  if seen == nil or seen == '' then
+    return
+  end
+  local created_at, generation = string.match(seen, '^(%d+):(%d+)$')
+  created_at, generation = tonumber(created_at), tonumber(generation)
+  local s = c.s
+  if created_at > s.created_at or (created_at == s.created_at and generation > s.generation) then
+    s.created_at = created_at
+    s.generation = generation
+    transition(c, s.state, 'resync')
+  end
 end
 
 local function to_open(c, reason)
@@ -314,6 +340,7 @@ end
 -- Moves open -> half_open once open_until has passed, and hands out half-open trial
 -- leases, at most half_open_max_calls at once across the whole fleet.
 -- ARGV[4]: lease id the caller will present to record
+-- ARGV[5]: the latest version the caller has seen, "<created_at>:<generation>", or ""
 -- verdict "admit": a normal call (closed or disabled); extra ""
 -- verdict "trial": a half-open trial under lease ARGV[4]; extra: the lease's expiry (ms)
 -- verdict "reject": extra: the epoch ms at which asking again may succeed ("" for
@@ -323,6 +350,7 @@ local function acquire(keys, args)
   if not load(c) then
     return unconfigured(c)
   end
+  advance(c, args[5])
   local s, cfg = c.s, c.cfg
   if s.state == 'closed' or s.state == 'disabled' then
     save(c)
@@ -431,7 +459,8 @@ end
 -- record: the outcome of one call, and what a batching caller counted locally.
 -- Decides every trip: consecutive failures, failure rate and slow-call rate over the
 -- sliding window, and the half-open verdict.
--- ARGV[4]: generation the call was admitted under (stale outcomes are ignored)
+-- ARGV[4]: the version the call was admitted under, "<created_at>:<generation>"
+--          (outcomes of another version are stale, and ignored)
 -- ARGV[5]: lease id of a half-open trial, or "" for a normal call
 -- ARGV[6]: outcome: "success" | "failure" | "release" (a trial lease given back
 --          unused) | "none" (only the batch)
@@ -447,7 +476,7 @@ local function record(keys, args)
   if args[6] == 'success' and args[5] == '' and args[8] == '' and args[3] == '' then
     local h = redis.call('HMGET', keys[1], 'state', 'generation', 'created_at', 'failures',
       'last_failure_at', 'settings', 'window_bucket', 'slow_call_duration')
-    if h[1] == 'closed' and h[6] and h[2] == args[4]
+    if h[1] == 'closed' and h[6] and h[3] .. ':' .. h[2] == args[4]
         and (h[8] == '0' or tonumber(args[7]) < tonumber(h[8])) then
       local now = time_now(args[1])
       if h[4] ~= '0' then
@@ -466,12 +495,20 @@ local function record(keys, args)
   if not load(c) then
     return unconfigured(c)
   end
-  return record_full(c, tonumber(args[4]), args[5], args[6], tonumber(args[7]), args[8])
+  advance(c, args[4])
+  local created_at, generation = string.match(args[4], '^(%d+):(%d+)$')
+  if not c.existed then
+    generation = c.s.generation  -- the hash is new (a restart, a flush): count it there
+  elseif tonumber(created_at) ~= c.s.created_at then
+    generation = -1  -- admitted under another incarnation of the hash: stale
+  end
+  return record_full(c, tonumber(generation), args[5], args[6], tonumber(args[7]), args[8])
 end
 
 -- control: an operator action, seen by every process on its next call (and at once by
 -- those that follow the events channel).
 -- ARGV[4]: action: "reset" | "force_open" | "disable"
+-- ARGV[5]: the latest version the caller has seen, or "" (an operator tool)
 -- verdict "changed" or "unchanged"; extra ""
 --   reset: closed, with every counter, the window, the leases and the failure times
 --          cleared; it always counts as a transition, so in-flight outcomes of the old
@@ -483,6 +520,7 @@ local function control(keys, args)
   if not load(c) then
     return unconfigured(c)
   end
+  advance(c, args[5])
   local action = args[4]
   local targets = { force_open = 'forced_open', disable = 'disabled' }
   if action == 'reset' then
@@ -490,6 +528,7 @@ local function control(keys, args)
   elseif targets[action] == nil then
     return redis.error_reply('unknown control action: ' .. action)
   elseif c.s.state == targets[action] then
+    save(c)
     return reply(c, 'unchanged')
   else
     c.s.open_until = 0

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app import ConfigError
+from app.settings import DEFAULT_BATCH_INTERVAL
 from tests.support.gateway import gateway_config
 
 
@@ -106,6 +107,28 @@ def test_a_retry_budget_table_is_read(tmp_path: Path) -> None:
     assert (budget.ratio, budget.min_retries_per_second) == (0.5, 2)
 
 
+def test_batch_interval_false_records_every_success(tmp_path: Path) -> None:
+    config = gateway_config(
+        tmp_path,
+        """
+        [upstreams.exact]
+        url = "http://127.0.0.1:9000"
+        breaker.batch_interval = false
+
+        [upstreams.batched]
+        url = "http://127.0.0.1:9000"
+        breaker.batch_interval = 0.05
+
+        [upstreams.default]
+        url = "http://127.0.0.1:9000"
+        """,
+    )
+    intervals = {
+        name: up.breaker.batch_interval for name, up in config.upstreams.items() if up.breaker
+    }
+    assert intervals == {"exact": None, "batched": 0.05, "default": DEFAULT_BATCH_INTERVAL}
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -147,6 +170,11 @@ def test_a_retry_budget_table_is_read(tmp_path: Path) -> None:
             "[upstreams.api]\nurl='http://h'\nretry={budget={ratio=-1}}",
             "upstreams.api.retry.budget.ratio: must be a number >= 0, got -1",
             id="bad-budget",
+        ),
+        pytest.param(
+            "[upstreams.api]\nurl='http://h'\nbreaker={batch_interval=true}",
+            "upstreams.api.breaker.batch_interval: must be a positive number of seconds",
+            id="batch-true",
         ),
         pytest.param(
             "[upstreams.api]\nurl='http://h'\nretry={budget=true}",

@@ -33,7 +33,7 @@ def _declared(operation: str) -> int:
 def test_record_takes_at_most_eight_arguments_and_matches_its_contract() -> None:
     args = record_args(
         Wired.of(BreakerConfig(), "payments"),
-        generation=3,
+        version=(1700000000000, 3),
         lease_id="",
         outcome="failure",
         duration_ms=12,
@@ -41,12 +41,13 @@ def test_record_takes_at_most_eight_arguments_and_matches_its_contract() -> None
         now_ms=None,
     )
     assert len(args) == _declared("record") <= 8
-    assert args[3:] == [3, "", "failure", 12, ""]
+    assert args[3:] == ["1700000000000:3", "", "failure", 12, ""]
 
 
 def test_every_operation_matches_its_contract() -> None:
     wired = Wired.of(BreakerConfig(), "p")
     assert len(acquire_args(wired, "lease", 5)) == _declared("acquire")
+    assert acquire_args(wired, "lease", 5, seen=(7, 2))[3:] == ["lease", "7:2"]
     assert len(control_args(wired, "reset", None)) == _declared("control")
     assert len(snapshot_args(None)) == _declared("snapshot")
     args = budget_args(wired, ratio=0.2, min_retries_per_second=10, now_ms=None)
