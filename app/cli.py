@@ -35,6 +35,9 @@ from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, re
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_USAGE = 2
+#: This package's import name: ``fleetbreaker`` when installed, ``app`` in a checkout.
+#: uvicorn's import strings name it, so that a worker imports this very gateway.
+PACKAGE = __name__.rpartition(".")[0]
 
 
 class CommandError(Exception):
@@ -141,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(_demo_banner(config, os.environ["BREAKER_PUBLIC_URL"]), flush=True)
     with _metrics_folder(args.workers):
         uvicorn.run(
-            "app.main:create_app",
+            f"{PACKAGE}.main:create_app",
             factory=True,
             host=args.host,
             port=args.port,
@@ -163,7 +166,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
     from .logs import log_config
 
     uvicorn.run(
-        "app.demo:create_demo_upstream",
+        f"{PACKAGE}.demo:create_demo_upstream",
         factory=True,
         host=args.host,
         port=args.port,

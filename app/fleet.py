@@ -75,7 +75,7 @@ def fleetbreaker_command() -> list[str]:
     script = Path(sys.executable).parent / "fleetbreaker"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", __name__.rpartition(".")[0]]
 
 
 def redis_server_command(port: int, data: Path) -> list[str]:

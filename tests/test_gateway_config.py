@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app import ConfigError
+from app.fleet import fleetbreaker_command
 from tests.support.gateway import gateway_config
 
 
@@ -234,7 +234,7 @@ def test_serve_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
     bad = tmp_path / "bad.toml"
     bad.write_text("[upstreams.api]\nurl='http://h'\nbreaker={failure_threshold=0}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "app", "--port", "1"],
+        [*fleetbreaker_command(), "serve", "--port", "1"],
         env={"BREAKER_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
