@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ from breaker import (
     BreakerOperator,
     BreakerSnapshot,
     TransitionEvent,
+    __version__,
     events_channel,
 )
 
@@ -47,7 +49,7 @@ class CommandError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
@@ -62,45 +64,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none worth showing (a flag
+    that is off, or no default at all)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fleetbreaker`` command line: one subcommand per task, each with its help."""
     parser = argparse.ArgumentParser(
-        prog="fleetbreaker", description="A circuit breaker and retry gateway, shared via Redis."
+        prog="fleetbreaker",
+        description="A circuit breaker and retry gateway, shared via Redis.",
+        epilog="Exit codes: 0 done; 1 Redis unreachable; 2 bad usage, bad configuration "
+        "or an unknown breaker; 3 the server did not start (its log line says why).",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=text, description=text, formatter_class=_HelpFormatter
+        )
+
+    serve = command("serve", "run the gateway (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (they share breakers via Redis)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the least severe level logged",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
 
-    upstream = commands.add_parser(
-        "demo-upstream", help="run the flaky demo upstream on its own (one process)"
-    )
-    upstream.add_argument("--host", default="127.0.0.1")
-    upstream.add_argument("--port", type=int, default=9000)
+    upstream = command("demo-upstream", "run the flaky demo upstream on its own (one process)")
+    upstream.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    upstream.add_argument("--port", type=int, default=9000, help="the port to listen on")
     upstream.set_defaults(run=_demo_upstream)
 
-    fleet = commands.add_parser(
-        "fleet", help="run docker-compose.yml's topology as local processes (needs nginx)"
-    )
-    fleet.add_argument("--replicas", type=int, default=3)
-    fleet.add_argument("--workers", type=int, default=2, help="per replica")
-    fleet.add_argument("--port", type=int, default=8080, help="nginx's port")
-    fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's")
+    fleet = command("fleet", "run docker-compose.yml's topology as local processes (needs nginx)")
+    fleet.add_argument("--replicas", type=int, default=3, help="gateway replicas")
+    fleet.add_argument("--workers", type=int, default=2, help="worker processes per replica")
+    fleet.add_argument("--port", type=int, default=8080, help="the load balancer's (nginx) port")
+    fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's port")
     fleet.set_defaults(run=_fleet)
 
     def with_redis(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
         command.add_argument(
-            "--redis-url",
-            default=os.environ.get("BREAKER_REDIS_URL"),
-            help="default: $BREAKER_REDIS_URL",
+            "--redis-url", help="the Redis holding the breakers (default: $BREAKER_REDIS_URL)"
         )
         return command
 
-    status = with_redis(commands.add_parser("status", help="every breaker, read from Redis"))
+    status = with_redis(command("status", "every breaker, read from Redis"))
     status.add_argument("--json", action="store_true", help="one JSON object per breaker")
     status.set_defaults(run=_status)
     for name, action, text in (
@@ -108,10 +132,10 @@ def _parser() -> argparse.ArgumentParser:
         ("open", "force_open", "force a breaker open, fleet-wide, until a reset"),
         ("disable", "disable", "let every call through (still counted) until a reset"),
     ):
-        command = with_redis(commands.add_parser(name, help=text))
-        command.add_argument("name")
-        command.set_defaults(run=_control, action=action)
-    watch = with_redis(commands.add_parser("watch", help="print transitions as they happen"))
+        control = with_redis(command(name, text))
+        control.add_argument("name", help="the breaker's name: its upstream's")
+        control.set_defaults(run=_control, action=action)
+    watch = with_redis(command("watch", "print transitions as they happen, in local time"))
     watch.set_defaults(run=_watch)
     return parser
 
@@ -126,9 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
-    everywhere = args.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising it, not binding  # nosec B104
-    host_for_urls = "127.0.0.1" if everywhere else args.host
-    os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{host_for_urls}:{args.port}")
+    os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{_url_host(args.host)}:{args.port}")
     config = load_config()  # refuse a bad configuration here, once, not in each worker
     if config.demo and config.admin_token is None:
         token = secrets.token_urlsafe(18)
@@ -160,11 +182,23 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _url_host(host: str) -> str:
+    """How a client on this machine reaches a server listening on ``host``."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding  # nosec B104
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _demo_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .logs import log_config
 
+    print(
+        f"fleetbreaker demo-upstream: on http://{_url_host(args.host)}:{args.port} "
+        "(GET /mode, PUT /mode to change how it answers, GET /hits)",
+        flush=True,
+    )
     uvicorn.run(
         f"{PACKAGE}.demo:create_demo_upstream",
         factory=True,
@@ -256,17 +290,31 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
 # -- Redis commands ---------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> redis.Redis:
-    if not args.redis_url:
-        raise CommandError("no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL")
+#: Why a Redis command can't see the demo's breakers, and what to do instead.
+NO_REDIS = (
+    "no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL (a gateway without "
+    "Redis, like the demo, keeps its breakers inside its own process, where this command "
+    "can't see them: start it with BREAKER_REDIS_URL=redis://127.0.0.1:6379/0, or ask "
+    "its admin API, GET /admin/breakers)"
+)
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url: str | None = args.redis_url or os.environ.get("BREAKER_REDIS_URL")
+    if not url:
+        raise CommandError(NO_REDIS)
+    return url
+
+
+def _client(url: str) -> redis.Redis:
     try:
-        client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         client.ping()
     except ValueError as exc:
         raise CommandError(f"--redis-url: {exc}") from None
     except (redis.RedisError, OSError) as exc:
         raise CommandError(
-            f"cannot reach Redis at {redacted_url(args.redis_url)}: {exc}", EXIT_UNREACHABLE
+            f"cannot reach Redis at {redacted_url(url)}: {exc}", EXIT_UNREACHABLE
         ) from None
     return client
 
@@ -284,8 +332,9 @@ def _configured(redis_url: str) -> tuple[str, list[str]]:
 def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[str]]]:
     """The operator for ``--redis-url``, and every breaker name it knows of: those in
     Redis and the configured ones. It acts with each breaker's stored settings."""
-    client = _client(args)
-    prefix, configured = _configured(args.redis_url)
+    url = _redis_url(args)
+    client = _client(url)
+    prefix, configured = _configured(url)
     with BreakerOperator(client, prefix=prefix) as operator:
         names = _unreachable_guard(operator.names)
         yield operator, sorted(set(configured) | set(names))
@@ -365,8 +414,9 @@ def _stop_on_signals() -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     _stop_on_signals()
-    client = _client(args)
-    prefix, _ = _configured(args.redis_url)
+    url = _redis_url(args)
+    client = _client(url)
+    prefix, _ = _configured(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(events_channel(prefix))
     print(f"watching {events_channel(prefix)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -381,9 +431,19 @@ def _watch(args: argparse.Namespace) -> int:
             event = TransitionEvent.from_json(message["data"])
             if event is not None:
                 print(
-                    f"{event.at} {event.name}: {event.from_state} -> {event.to_state} "
-                    f"({event.reason})",
+                    f"{local_time(event.at)} {event.name}: {event.from_state} -> "
+                    f"{event.to_state} ({event.reason})",
                     flush=True,
                 )
     finally:
         pubsub.close()
+
+
+def local_time(epoch_ms: int, zone: datetime.tzinfo | None = None) -> str:
+    """An event's time (epoch ms, Redis's clock) as ISO 8601 in local time, or ``zone``.
+
+    >>> local_time(1795962693548, datetime.timezone.utc)
+    '2026-11-29T14:31:33.548+00:00'
+    """
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
+    return moment.astimezone(zone).isoformat(timespec="milliseconds")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from breaker import Clock
+from breaker import Clock, __version__
 
 from . import admin, dashboard, demo, errors, ops, proxy
 from .forwarding import has_control_character
@@ -41,7 +41,7 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     app = FastAPI(
         title="fleetbreaker gateway",
         summary="A resilient proxy: one circuit breaker per upstream, shared through Redis.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     errors.install(app)
