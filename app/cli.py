@@ -1,7 +1,9 @@
 """``fleetbreaker``: serve the gateway, and inspect or control breakers in Redis.
 
-Exit codes: 0 done; 1 Redis could not be reached; 2 bad usage, bad configuration
-or an unknown breaker. Errors are one line on stderr, never a traceback.
+Exit codes: 0 done; 1 Redis could not be reached (also ``serve`` with
+``require_redis``); 2 bad usage, bad configuration, a port in use or an unknown breaker;
+3 uvicorn could not start the server, which it logs. Errors are one line on stderr,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from breaker import (
     events_channel,
 )
 
+from .preflight import listen_problem, redis_problem, unreachable_redis
 from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
 
 EXIT_OK = 0
@@ -79,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetbreaker",
         description="A circuit breaker and retry gateway, shared via Redis.",
-        epilog="Exit codes: 0 done; 1 Redis unreachable; 2 bad usage, bad configuration "
-        "or an unknown breaker; 3 the server did not start (its log line says why).",
+        epilog="Exit codes: 0 done; 1 Redis unreachable; 2 bad usage, bad configuration, "
+        "a port in use or an unknown breaker; 3 the server did not start (its log line "
+        "says why).",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -152,6 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError("--workers must be at least 1")
     os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{_url_host(args.host)}:{args.port}")
     config = load_config()  # refuse a bad configuration here, once, not in each worker
+    _check_port(args.host, args.port)
+    _check_redis(config)
     if config.demo and config.admin_token is None:
         token = secrets.token_urlsafe(18)
         os.environ["BREAKER_ADMIN_TOKEN"] = token
@@ -182,6 +188,29 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_port(host: str, port: int) -> None:
+    problem = listen_problem(host, port)
+    if problem is not None:
+        raise CommandError(problem)
+
+
+def _check_redis(config: GatewayConfig) -> None:
+    """One line when Redis does not answer at start: what the gateway does without it,
+    or, with ``require_redis``, that it will not start."""
+    if config.redis_url is None:
+        return
+    reason = redis_problem(config.redis_url)
+    if reason is None:
+        return
+    if config.require_redis:
+        raise CommandError(
+            f"Redis at {redacted_url(config.redis_url)} unreachable ({reason}): "
+            "not starting, as gateway.require_redis is true",
+            EXIT_UNREACHABLE,
+        )
+    print(f"fleetbreaker: warning: {unreachable_redis(config, reason)}", file=sys.stderr)
+
+
 def _url_host(host: str) -> str:
     """How a client on this machine reaches a server listening on ``host``."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding  # nosec B104
@@ -194,6 +223,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 
     from .logs import log_config
 
+    _check_port(args.host, args.port)
     print(
         f"fleetbreaker demo-upstream: on http://{_url_host(args.host)}:{args.port} "
         "(GET /mode, PUT /mode to change how it answers, GET /hits)",

@@ -17,6 +17,7 @@ The file::
     max_header_bytes = 32768           # larger request heads (headers, path) get 431
     retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
     expose_instance = false            # X-Fleetbreaker-Instance: <host>/<pid> on answers
+    require_redis = false              # true: serve refuses to start while Redis is unreachable
 
     [client]                           # the pooled httpx client, one per worker
     connect_timeout = 2.0
@@ -128,6 +129,8 @@ class GatewaySection(_Strict):
     max_header_bytes: PositiveInt = 32 * 1024
     retry_buffer_bytes: NonNegativeInt = 64 * 1024
     expose_instance: bool = False
+    # Only at start: an outage later follows each breaker's on_backend_error.
+    require_redis: bool = False
 
 
 class ClientSection(_Strict):
@@ -221,6 +224,7 @@ class GatewayConfig:
     max_header_bytes: int
     retry_buffer_bytes: int
     expose_instance: bool
+    require_redis: bool
     client: ClientSection
     demo: bool
     demo_failure_rate: float
@@ -256,6 +260,8 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
     redis_url = env.redis_url or None
     if redis_url is not None:
         _check_redis_url(redis_url)
+    elif file.gateway.require_redis:
+        raise ConfigError("gateway.require_redis: true, but BREAKER_REDIS_URL is not set")
     token = env.admin_token.get_secret_value().strip() if env.admin_token else ""
     return GatewayConfig(
         upstreams={
@@ -269,6 +275,7 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         max_header_bytes=file.gateway.max_header_bytes,
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
         expose_instance=file.gateway.expose_instance,
+        require_redis=file.gateway.require_redis,
         client=file.client,
         demo=demo,
         demo_failure_rate=env.demo_failure_rate,
