@@ -3,6 +3,7 @@ and an unreachable Redis is said once, or refused where the configuration requir
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
 from app.fleet import free_port
 from app.preflight import listen_problem, redis_problem, unreachable_redis
 from tests.support.gateway import gateway_config
+from tests.support.gateway_process import GatewayProcess
+from tests.support.servers import Refuser
 
 
 @pytest.fixture
@@ -130,3 +133,23 @@ def test_require_redis_without_a_redis_url_is_a_configuration_error(
         "fleetbreaker: invalid configuration: "
         "gateway.require_redis: true, but BREAKER_REDIS_URL is not set\n"
     )
+
+
+@pytest.mark.slow  # a real serve, on a Redis that refuses every connection
+def test_serve_on_a_dead_redis_says_so_once_and_logs_the_outage_once(tmp_path: Path) -> None:
+    refuser = Refuser(free_port())
+    url = f"redis://127.0.0.1:{refuser.sock.getsockname()[1]}/0"
+    gateway = GatewayProcess(tmp_path, {"BREAKER_REDIS_URL": url}, workers=1)
+    try:
+        gateway.start()
+        # The start-up PING, then the events follower's first tries (backoff from 50 ms).
+        assert refuser.wait_accepted(6) >= 6
+    finally:
+        gateway.stop()
+        refuser.close()
+    first, *rest = gateway.log().splitlines()
+    assert first.startswith(f"fleetbreaker: warning: Redis at {url} unreachable (")
+    assert first.endswith("): serving with per-process breakers (fail_open) until it answers")
+    logged = [json.loads(line)["msg"] for line in rest if line.startswith("{")]
+    [lost] = [line for line in logged if line.startswith("events channel")]
+    assert lost.startswith("events channel breaker:events lost: ")
