@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,6 +35,8 @@ from breaker import (
 
 from .preflight import listen_problem, redis_problem, unreachable_redis
 from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
+from .supervisor import SUPERVISOR_ENV
+from .tempdirs import owned_tempdir, remove_orphans
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -154,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
+    remove_orphans()
     os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{_url_host(args.host)}:{args.port}")
     config = load_config()  # refuse a bad configuration here, once, not in each worker
     _check_port(args.host, args.port)
@@ -170,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if config.demo:
         print(_demo_banner(config, os.environ["BREAKER_PUBLIC_URL"]), flush=True)
-    with _metrics_folder(args.workers):
+    with _workers_environment(args.workers):
         uvicorn.run(
             f"{PACKAGE}.main:create_app",
             factory=True,
@@ -246,6 +248,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 def _fleet(args: argparse.Namespace) -> int:
     from .fleet import Fleet, FleetError
 
+    remove_orphans()
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -277,13 +280,19 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _metrics_folder(workers: int) -> Iterator[None]:
-    """Several workers: prometheus-client's multiprocess mode, in a folder of our own."""
-    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def _workers_environment(workers: int) -> Iterator[None]:
+    """What several workers inherit: prometheus-client's multiprocess mode, in a folder
+    of our own, and this process's pid, which each watches (``supervisor``)."""
+    if workers == 1:
+        os.environ.pop(SUPERVISOR_ENV, None)  # not inherited from a serve above this one
         yield
         return
-    folder = tempfile.mkdtemp(prefix="fleetbreaker-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    folder = owned_tempdir("metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     try:
         yield
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -16,6 +17,7 @@ from . import admin, dashboard, demo, errors, ops, proxy
 from .forwarding import has_control_character
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
+from .supervisor import stop_when_orphaned, supervisor_of
 
 #: With ``[gateway] expose_instance = true``: which process answered.
 INSTANCE_HEADER = "X-Fleetbreaker-Instance"
@@ -33,9 +35,19 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = await Gateway.start(config, clock)
         app.state.gateway = gateway
+        supervisor = supervisor_of(os.environ)
+        watch = (
+            asyncio.create_task(stop_when_orphaned(supervisor), name="supervisor")
+            if supervisor is not None
+            else None
+        )
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await gateway.aclose()
 
     app = FastAPI(
