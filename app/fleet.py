@@ -403,6 +403,8 @@ class Fleet:
                 BREAKER_UPSTREAMS=self.upstreams,
                 BREAKER_ADMIN_TOKEN=self.admin_token,
                 BREAKER_PUBLIC_URL=self.lb_url,
+                # Every replica runs on this one host: the host name can't tell them apart.
+                BREAKER_INSTANCE_NAME=f"gateway-{index}",
             ),
             ready=lambda: http_ok(f"{url}/healthz"),
         )

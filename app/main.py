@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -19,7 +18,8 @@ from .runtime import Gateway
 from .settings import GatewayConfig, load_config
 from .supervisor import stop_when_orphaned, supervisor_of
 
-#: With ``[gateway] expose_instance = true``: which process answered.
+#: With ``[gateway] expose_instance = true``: which process answered,
+#: ``<instance name>/<pid>``.
 INSTANCE_HEADER = "X-Fleetbreaker-Instance"
 
 
@@ -59,7 +59,7 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     errors.install(app)
     app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
     if config.expose_instance:
-        app.add_middleware(InstanceHeader)
+        app.add_middleware(InstanceHeader, name=config.instance_name)
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
@@ -100,13 +100,13 @@ class RequestGuard:
 
 
 class InstanceHeader:
-    """Names the process that answered (``<host>/<pid>``) on every response: lets an
-    operator, or a test behind a load balancer, see which worker of which replica
-    served a request."""
+    """Names the process that answered (``<name>/<pid>``, ``name`` the replica's:
+    ``BREAKER_INSTANCE_NAME`` or the host's) on every response: lets an operator, or a
+    test behind a load balancer, see which worker of which replica served a request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, name: str) -> None:
         self.app = app
-        self.value = f"{socket.gethostname()}/{os.getpid()}".encode()
+        self.value = f"{name}/{os.getpid()}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

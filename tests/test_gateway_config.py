@@ -209,6 +209,11 @@ def test_bad_file_is_one_line_naming_the_key(tmp_path: Path, toml: str, message:
             {"demo_failure_rate": "2"}, "BREAKER_DEMO_FAILURE_RATE: Input should be", id="rate"
         ),
         pytest.param(
+            {"instance_name": "a/b"},
+            "BREAKER_INSTANCE_NAME: String should match pattern",
+            id="instance-name",
+        ),
+        pytest.param(
             {"config": "/nonexistent/fleetbreaker.toml"},
             "BREAKER_CONFIG (/nonexistent/fleetbreaker.toml): cannot read it",
             id="missing-file",
