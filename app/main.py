@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breaker import Clock, __version__
 
-from . import admin, dashboard, demo, errors, ops, proxy
+from . import admin, dashboard, demo, docs, errors, ops, proxy
 from .forwarding import has_control_character
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
@@ -55,6 +55,8 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
         summary="A resilient proxy: one circuit breaker per upstream, shared through Redis.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by .docs, without a CDN
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
@@ -64,6 +66,7 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     if config.demo:
         app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
     return app
