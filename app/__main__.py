@@ -1,4 +1,4 @@
-"""``python -m app [serve options]``: the same as ``fleetbreaker serve``."""
+"""``python -m fleetbreaker [command]``: the same as the ``fleetbreaker`` command."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import sys
 
 from .cli import main
 
-sys.exit(main(["serve", *sys.argv[1:]]))
+sys.exit(main())

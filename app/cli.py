@@ -1,13 +1,16 @@
 """``fleetbreaker``: serve the gateway, and inspect or control breakers in Redis.
 
-Exit codes: 0 done; 1 Redis could not be reached; 2 bad usage, bad configuration
-or an unknown breaker. Errors are one line on stderr, never a traceback.
+Exit codes: 0 done; 1 Redis could not be reached (also ``serve`` with
+``require_redis``); 2 bad usage, bad configuration, a port in use or an unknown breaker;
+3 uvicorn could not start the server, which it logs. Errors are one line on stderr,
+never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -15,7 +18,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,14 +29,21 @@ from breaker import (
     BreakerOperator,
     BreakerSnapshot,
     TransitionEvent,
+    __version__,
     events_channel,
 )
 
+from .preflight import listen_problem, redis_problem, unreachable_redis
 from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
+from .supervisor import SUPERVISOR_ENV
+from .tempdirs import owned_tempdir, remove_orphans
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_USAGE = 2
+#: This package's import name: ``fleetbreaker`` when installed, ``app`` in a checkout.
+#: uvicorn's import strings name it, so that a worker imports this very gateway.
+PACKAGE = __name__.rpartition(".")[0]
 
 
 class CommandError(Exception):
@@ -44,7 +53,7 @@ class CommandError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
@@ -59,45 +68,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none worth showing (a flag
+    that is off, or no default at all)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fleetbreaker`` command line: one subcommand per task, each with its help."""
     parser = argparse.ArgumentParser(
-        prog="fleetbreaker", description="A circuit breaker and retry gateway, shared via Redis."
+        prog="fleetbreaker",
+        description="A circuit breaker and retry gateway, shared via Redis.",
+        epilog="Exit codes: 0 done; 1 Redis unreachable; 2 bad usage, bad configuration, "
+        "a port in use or an unknown breaker; 3 the server did not start (its log line "
+        "says why).",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=text, description=text, formatter_class=_HelpFormatter
+        )
+
+    serve = command("serve", "run the gateway (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (they share breakers via Redis)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the least severe level logged",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
 
-    upstream = commands.add_parser(
-        "demo-upstream", help="run the flaky demo upstream on its own (one process)"
-    )
-    upstream.add_argument("--host", default="127.0.0.1")
-    upstream.add_argument("--port", type=int, default=9000)
+    upstream = command("demo-upstream", "run the flaky demo upstream on its own (one process)")
+    upstream.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    upstream.add_argument("--port", type=int, default=9000, help="the port to listen on")
     upstream.set_defaults(run=_demo_upstream)
 
-    fleet = commands.add_parser(
-        "fleet", help="run docker-compose.yml's topology as local processes (needs nginx)"
-    )
-    fleet.add_argument("--replicas", type=int, default=3)
-    fleet.add_argument("--workers", type=int, default=2, help="per replica")
-    fleet.add_argument("--port", type=int, default=8080, help="nginx's port")
-    fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's")
+    fleet = command("fleet", "run docker-compose.yml's topology as local processes (needs nginx)")
+    fleet.add_argument("--replicas", type=int, default=3, help="gateway replicas")
+    fleet.add_argument("--workers", type=int, default=2, help="worker processes per replica")
+    fleet.add_argument("--port", type=int, default=8080, help="the load balancer's (nginx) port")
+    fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's port")
     fleet.set_defaults(run=_fleet)
 
     def with_redis(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
         command.add_argument(
-            "--redis-url",
-            default=os.environ.get("BREAKER_REDIS_URL"),
-            help="default: $BREAKER_REDIS_URL",
+            "--redis-url", help="the Redis holding the breakers (default: $BREAKER_REDIS_URL)"
         )
         return command
 
-    status = with_redis(commands.add_parser("status", help="every breaker, read from Redis"))
+    status = with_redis(command("status", "every breaker, read from Redis"))
     status.add_argument("--json", action="store_true", help="one JSON object per breaker")
     status.set_defaults(run=_status)
     for name, action, text in (
@@ -105,10 +137,10 @@ def _parser() -> argparse.ArgumentParser:
         ("open", "force_open", "force a breaker open, fleet-wide, until a reset"),
         ("disable", "disable", "let every call through (still counted) until a reset"),
     ):
-        command = with_redis(commands.add_parser(name, help=text))
-        command.add_argument("name")
-        command.set_defaults(run=_control, action=action)
-    watch = with_redis(commands.add_parser("watch", help="print transitions as they happen"))
+        control = with_redis(command(name, text))
+        control.add_argument("name", help="the breaker's name: its upstream's")
+        control.set_defaults(run=_control, action=action)
+    watch = with_redis(command("watch", "print transitions as they happen, in local time"))
     watch.set_defaults(run=_watch)
     return parser
 
@@ -123,10 +155,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
-    everywhere = args.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising it, not binding  # nosec B104
-    host_for_urls = "127.0.0.1" if everywhere else args.host
-    os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{host_for_urls}:{args.port}")
+    remove_orphans()
+    os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{_url_host(args.host)}:{args.port}")
     config = load_config()  # refuse a bad configuration here, once, not in each worker
+    _check_port(args.host, args.port)
+    _check_redis(config)
     if config.demo and config.admin_token is None:
         token = secrets.token_urlsafe(18)
         os.environ["BREAKER_ADMIN_TOKEN"] = token
@@ -139,9 +172,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if config.demo:
         print(_demo_banner(config, os.environ["BREAKER_PUBLIC_URL"]), flush=True)
-    with _metrics_folder(args.workers):
+    with _workers_environment(args.workers):
         uvicorn.run(
-            "app.main:create_app",
+            f"{PACKAGE}.main:create_app",
             factory=True,
             host=args.host,
             port=args.port,
@@ -157,13 +190,49 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_port(host: str, port: int) -> None:
+    problem = listen_problem(host, port)
+    if problem is not None:
+        raise CommandError(problem)
+
+
+def _check_redis(config: GatewayConfig) -> None:
+    """One line when Redis does not answer at start: what the gateway does without it,
+    or, with ``require_redis``, that it will not start."""
+    if config.redis_url is None:
+        return
+    reason = redis_problem(config.redis_url)
+    if reason is None:
+        return
+    if config.require_redis:
+        raise CommandError(
+            f"Redis at {redacted_url(config.redis_url)} unreachable ({reason}): "
+            "not starting, as gateway.require_redis is true",
+            EXIT_UNREACHABLE,
+        )
+    print(f"fleetbreaker: warning: {unreachable_redis(config, reason)}", file=sys.stderr)
+
+
+def _url_host(host: str) -> str:
+    """How a client on this machine reaches a server listening on ``host``."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising it, not binding  # nosec B104
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _demo_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .logs import log_config
 
+    _check_port(args.host, args.port)
+    print(
+        f"fleetbreaker demo-upstream: on http://{_url_host(args.host)}:{args.port} "
+        "(GET /mode, PUT /mode to change how it answers, GET /hits)",
+        flush=True,
+    )
     uvicorn.run(
-        "app.demo:create_demo_upstream",
+        f"{PACKAGE}.demo:create_demo_upstream",
         factory=True,
         host=args.host,
         port=args.port,
@@ -179,6 +248,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 def _fleet(args: argparse.Namespace) -> int:
     from .fleet import Fleet, FleetError
 
+    remove_orphans()
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -210,13 +280,19 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _metrics_folder(workers: int) -> Iterator[None]:
-    """Several workers: prometheus-client's multiprocess mode, in a folder of our own."""
-    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def _workers_environment(workers: int) -> Iterator[None]:
+    """What several workers inherit: prometheus-client's multiprocess mode, in a folder
+    of our own, and this process's pid, which each watches (``supervisor``)."""
+    if workers == 1:
+        os.environ.pop(SUPERVISOR_ENV, None)  # not inherited from a serve above this one
         yield
         return
-    folder = tempfile.mkdtemp(prefix="fleetbreaker-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    folder = owned_tempdir("metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     try:
         yield
     finally:
@@ -253,17 +329,31 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
 # -- Redis commands ---------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> redis.Redis:
-    if not args.redis_url:
-        raise CommandError("no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL")
+#: Why a Redis command can't see the demo's breakers, and what to do instead.
+NO_REDIS = (
+    "no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL (a gateway without "
+    "Redis, like the demo, keeps its breakers inside its own process, where this command "
+    "can't see them: start it with BREAKER_REDIS_URL=redis://127.0.0.1:6379/0, or ask "
+    "its admin API, GET /admin/breakers)"
+)
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url: str | None = args.redis_url or os.environ.get("BREAKER_REDIS_URL")
+    if not url:
+        raise CommandError(NO_REDIS)
+    return url
+
+
+def _client(url: str) -> redis.Redis:
     try:
-        client = redis.Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         client.ping()
     except ValueError as exc:
         raise CommandError(f"--redis-url: {exc}") from None
     except (redis.RedisError, OSError) as exc:
         raise CommandError(
-            f"cannot reach Redis at {redacted_url(args.redis_url)}: {exc}", EXIT_UNREACHABLE
+            f"cannot reach Redis at {redacted_url(url)}: {exc}", EXIT_UNREACHABLE
         ) from None
     return client
 
@@ -281,8 +371,9 @@ def _configured(redis_url: str) -> tuple[str, list[str]]:
 def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[str]]]:
     """The operator for ``--redis-url``, and every breaker name it knows of: those in
     Redis and the configured ones. It acts with each breaker's stored settings."""
-    client = _client(args)
-    prefix, configured = _configured(args.redis_url)
+    url = _redis_url(args)
+    client = _client(url)
+    prefix, configured = _configured(url)
     with BreakerOperator(client, prefix=prefix) as operator:
         names = _unreachable_guard(operator.names)
         yield operator, sorted(set(configured) | set(names))
@@ -362,8 +453,9 @@ def _stop_on_signals() -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     _stop_on_signals()
-    client = _client(args)
-    prefix, _ = _configured(args.redis_url)
+    url = _redis_url(args)
+    client = _client(url)
+    prefix, _ = _configured(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     pubsub.subscribe(events_channel(prefix))
     print(f"watching {events_channel(prefix)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -378,9 +470,19 @@ def _watch(args: argparse.Namespace) -> int:
             event = TransitionEvent.from_json(message["data"])
             if event is not None:
                 print(
-                    f"{event.at} {event.name}: {event.from_state} -> {event.to_state} "
-                    f"({event.reason})",
+                    f"{local_time(event.at)} {event.name}: {event.from_state} -> "
+                    f"{event.to_state} ({event.reason})",
                     flush=True,
                 )
     finally:
         pubsub.close()
+
+
+def local_time(epoch_ms: int, zone: datetime.tzinfo | None = None) -> str:
+    """An event's time (epoch ms, Redis's clock) as ISO 8601 in local time, or ``zone``.
+
+    >>> local_time(1795962693548, datetime.timezone.utc)
+    '2026-11-29T14:31:33.548+00:00'
+    """
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
+    return moment.astimezone(zone).isoformat(timespec="milliseconds")

@@ -59,7 +59,8 @@ _HEADERS = {
 @cache
 def asset(name: str) -> bytes:
     """One file of the page, read once from the package (the wheel or the checkout)."""
-    return files("app").joinpath("static", name).read_bytes()
+    # This package: app in a checkout, fleetbreaker when installed.
+    return files(__name__.rpartition(".")[0]).joinpath("static", name).read_bytes()
 
 
 class BreakerFigures(BaseModel):

@@ -14,7 +14,8 @@ this one, which stops them in order (nginx, replicas, upstream, Redis), kills an
 straggler's whole process group, and removes its temporary folder. Their output is
 shown prefixed with their name, as compose does. Where util-linux's ``setpriv`` is
 installed, each is started under ``--pdeathsig TERM``: if this process is killed
-outright, the kernel stops them anyway (only the temporary folder is left).
+outright, the kernel stops them anyway, and the next ``fleetbreaker`` start removes
+the temporary folder it left (``tempdirs``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +39,7 @@ import httpx
 import redis
 
 from .settings import redacted_url
+from .tempdirs import owned_tempdir
 
 #: The deploy files compose uses; a checkout has them next to ``app/``.
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -75,7 +76,7 @@ def fleetbreaker_command() -> list[str]:
     script = Path(sys.executable).parent / "fleetbreaker"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", __name__.rpartition(".")[0]]
 
 
 def redis_server_command(port: int, data: Path) -> list[str]:
@@ -309,7 +310,7 @@ class Fleet:
         ``cancelled`` is set meanwhile) stop what started and raise ``FleetError``."""
         cancelled = cancelled or threading.Event()
         self._check_prerequisites()
-        self.workdir = Path(tempfile.mkdtemp(prefix="fleetbreaker-fleet-"))
+        self.workdir = owned_tempdir("fleet")
         # nginx's workers run as an unprivileged user when nginx is started as root:
         # they must be able to reach their temporary folders in here.
         self.workdir.chmod(0o711)
@@ -402,6 +403,8 @@ class Fleet:
                 BREAKER_UPSTREAMS=self.upstreams,
                 BREAKER_ADMIN_TOKEN=self.admin_token,
                 BREAKER_PUBLIC_URL=self.lb_url,
+                # Every replica runs on this one host: the host name can't tell them apart.
+                BREAKER_INSTANCE_NAME=f"gateway-{index}",
             ),
             ready=lambda: http_ok(f"{url}/healthz"),
         )

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from breaker import Clock
+from breaker import Clock, __version__
 
-from . import admin, dashboard, demo, errors, ops, proxy
+from . import admin, dashboard, demo, docs, errors, ops, proxy
 from .forwarding import has_control_character
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
+from .supervisor import stop_when_orphaned, supervisor_of
 
-#: With ``[gateway] expose_instance = true``: which process answered.
+#: With ``[gateway] expose_instance = true``: which process answered,
+#: ``<instance name>/<pid>``.
 INSTANCE_HEADER = "X-Fleetbreaker-Instance"
 
 
@@ -33,25 +35,38 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = await Gateway.start(config, clock)
         app.state.gateway = gateway
+        supervisor = supervisor_of(os.environ)
+        watch = (
+            asyncio.create_task(stop_when_orphaned(supervisor), name="supervisor")
+            if supervisor is not None
+            else None
+        )
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await gateway.aclose()
 
     app = FastAPI(
         title="fleetbreaker gateway",
         summary="A resilient proxy: one circuit breaker per upstream, shared through Redis.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by .docs, without a CDN
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
     if config.expose_instance:
-        app.add_middleware(InstanceHeader)
+        app.add_middleware(InstanceHeader, name=config.instance_name)
     app.include_router(proxy.router)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     if config.demo:
         app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
     return app
@@ -88,13 +103,13 @@ class RequestGuard:
 
 
 class InstanceHeader:
-    """Names the process that answered (``<host>/<pid>``) on every response: lets an
-    operator, or a test behind a load balancer, see which worker of which replica
-    served a request."""
+    """Names the process that answered (``<name>/<pid>``, ``name`` the replica's:
+    ``BREAKER_INSTANCE_NAME`` or the host's) on every response: lets an operator, or a
+    test behind a load balancer, see which worker of which replica served a request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, name: str) -> None:
         self.app = app
-        self.value = f"{socket.gethostname()}/{os.getpid()}".encode()
+        self.value = f"{name}/{os.getpid()}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -8,6 +8,8 @@ Environment:
 - ``BREAKER_UPSTREAMS``: ``name=url,name2=url2``, for the quick case.
 - ``BREAKER_PUBLIC_URL``: where this gateway is reached; the demo upstream lives under it.
 - ``BREAKER_DEMO_FAILURE_RATE``: the fraction of requests the demo upstream fails.
+- ``BREAKER_INSTANCE_NAME``: this replica's name in ``X-Fleetbreaker-Instance``
+  (default: the host name, which tells containers apart but not local processes).
 
 The file::
 
@@ -16,7 +18,8 @@ The file::
     max_body_bytes = 10485760          # larger request bodies get 413
     max_header_bytes = 32768           # larger request heads (headers, path) get 431
     retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
-    expose_instance = false            # X-Fleetbreaker-Instance: <host>/<pid> on answers
+    expose_instance = false            # X-Fleetbreaker-Instance: <name>/<pid> on answers
+    require_redis = false              # true: serve refuses to start while Redis is unreachable
 
     [client]                           # the pooled httpx client, one per worker
     connect_timeout = 2.0
@@ -52,6 +55,7 @@ problem becomes one ``ConfigError`` whose message names the key.
 from __future__ import annotations
 
 import re
+import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -116,6 +120,8 @@ class Environment(BaseSettings):
     upstreams: str = ""
     public_url: str = "http://127.0.0.1:8000"
     demo_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Printable ASCII, but no space and no "/": the header reads <name>/<pid>.
+    instance_name: str = Field(default="", pattern=r"^[!-.0-~]{0,64}$")
 
 
 class _Strict(BaseModel):
@@ -128,6 +134,8 @@ class GatewaySection(_Strict):
     max_header_bytes: PositiveInt = 32 * 1024
     retry_buffer_bytes: NonNegativeInt = 64 * 1024
     expose_instance: bool = False
+    # Only at start: an outage later follows each breaker's on_backend_error.
+    require_redis: bool = False
 
 
 class ClientSection(_Strict):
@@ -221,6 +229,8 @@ class GatewayConfig:
     max_header_bytes: int
     retry_buffer_bytes: int
     expose_instance: bool
+    instance_name: str
+    require_redis: bool
     client: ClientSection
     demo: bool
     demo_failure_rate: float
@@ -256,6 +266,8 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
     redis_url = env.redis_url or None
     if redis_url is not None:
         _check_redis_url(redis_url)
+    elif file.gateway.require_redis:
+        raise ConfigError("gateway.require_redis: true, but BREAKER_REDIS_URL is not set")
     token = env.admin_token.get_secret_value().strip() if env.admin_token else ""
     return GatewayConfig(
         upstreams={
@@ -269,6 +281,8 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         max_header_bytes=file.gateway.max_header_bytes,
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
         expose_instance=file.gateway.expose_instance,
+        instance_name=env.instance_name or socket.gethostname(),
+        require_redis=file.gateway.require_redis,
         client=file.client,
         demo=demo,
         demo_failure_rate=env.demo_failure_rate,

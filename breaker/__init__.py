@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._clock import Clock
@@ -45,6 +47,11 @@ from ._transport import (
     origin_of,
 )
 from ._types import STATES, CallOutcome, Outcome, State
+
+try:  # one source of truth: pyproject.toml's, as installed
+    __version__ = _metadata.version("fleetbreaker")
+except _metadata.PackageNotFoundError:  # a checkout put on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ATTEMPTS_EXTENSION",

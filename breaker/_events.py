@@ -7,8 +7,9 @@ breaker objects of this process at once; events of other processes arrive throug
 the Redis channel, followed by a daemon thread (sync client) or a task in the running
 loop (asyncio client), started by the first breaker that needs it. It reconnects with
 backoff; events missed while disconnected only leave a local view stale for as long
-as its trust lasts (see ``_core.LocalView``). In-process backends have no channel to
-follow: their hub only relays.
+as its trust lasts (see ``_core.LocalView``). An outage is logged when it begins, at
+most once a minute while it lasts, and when it ends (``_outage``). In-process backends
+have no channel to follow: their hub only relays.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import redis
 
 from ._models import TransitionEvent
+from ._outage import OutageLog
 
 logger = logging.getLogger("breaker")
 
@@ -47,6 +50,8 @@ class EventHub:
         self._stopped = threading.Event()
         self.subscribed = threading.Event()
         self._subscribed_listeners: list[Callable[[str], None]] = []
+        # A dead Redis fails every reconnection: log its outage, not each attempt.
+        self._outage = OutageLog(f"events channel {channel}")
 
     def add_subscribed_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(channel)`` each time the follower (re)subscribes; kept once."""
@@ -56,6 +61,9 @@ class EventHub:
 
     def _on_subscribed(self) -> None:
         self.subscribed.set()
+        recovered = self._outage.recovered(time.monotonic())
+        if recovered is not None:
+            logger.warning(recovered)
         for listener in list(self._subscribed_listeners):
             try:
                 listener(self.channel)
@@ -86,6 +94,12 @@ class EventHub:
             return
         self.relay((event,))
 
+    def _lost(self, exc: Exception) -> None:
+        self.subscribed.clear()
+        line = self._outage.failed(str(exc), time.monotonic())
+        if line is not None:
+            logger.warning(line)
+
     # -- sync: a daemon thread -----------------------------------------------------
 
     def start_thread(self) -> None:
@@ -115,8 +129,7 @@ class EventHub:
                     if message is not None and message["type"] == "message":
                         self.deliver(message["data"])
             except (redis.RedisError, OSError) as exc:
-                self.subscribed.clear()
-                logger.warning("events channel %s lost: %s", self.channel, exc)
+                self._lost(exc)
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:
@@ -146,8 +159,7 @@ class EventHub:
                     if message is not None and message["type"] == "message":
                         self.deliver(message["data"])
             except (redis.RedisError, OSError) as exc:
-                self.subscribed.clear()
-                logger.warning("events channel %s lost: %s", self.channel, exc)
+                self._lost(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:

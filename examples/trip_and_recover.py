@@ -1,8 +1,13 @@
 """A breaker's whole life in a few seconds: it trips, rejects, probes and closes.
 
-Run it with ``./scripts/run``. With ``BREAKER_REDIS_URL`` set, the breaker lives in
-that Redis: run the demo in two terminals and watch the second one reject calls the
-first one tripped, or inspect it with ``redis-cli HGETALL 'breaker:{demo-upstream}'``.
+Run it from the checkout's root, with the user install that ``./scripts/run`` uses::
+
+    ./scripts/setup --run && .venv-run/bin/python examples/trip_and_recover.py
+
+or with any Python that has fleetbreaker installed. It needs no Redis: the breaker
+lives in this process. With ``BREAKER_REDIS_URL`` set, it lives in that Redis: run the
+example in two terminals and watch the second one reject calls the first one tripped,
+or inspect it with ``redis-cli HGETALL 'breaker:{demo-upstream}'``.
 """
 
 from __future__ import annotations

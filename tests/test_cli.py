@@ -3,6 +3,7 @@ they print, what they change, and their exit codes."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import NO_REDIS
 from app.fleet import fleetbreaker_command, free_port
 from breaker import CircuitBreaker
 from breaker.testing import ManualClock
@@ -112,9 +114,7 @@ def test_an_unknown_name_is_exit_2_with_the_known_ones(
 def test_no_redis_url_is_exit_2(tmp_path: Path) -> None:
     result = cli("status")
     assert result.returncode == 2
-    assert result.stderr == (
-        "fleetbreaker: no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL\n"
-    )
+    assert result.stderr == f"fleetbreaker: {NO_REDIS}\n"
 
 
 def test_unreachable_redis_is_exit_1_in_one_line() -> None:
@@ -148,6 +148,8 @@ def test_watch_prints_transitions_and_stops_cleanly_on_ctrl_c(
         tripped(breakers, redis_server, "payments")
         line = watcher.stdout.readline()
         assert line.split()[1:] == ["payments:", "closed", "->", "open", "(failure_threshold)"]
+        at = datetime.datetime.fromisoformat(line.split()[0])  # ISO 8601, not epoch ms
+        assert at.utcoffset() is not None  # local time, with its offset
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(_TIMEOUT) == 0
     finally:

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
+from importlib import metadata
 
 import pytest
 import redis
 
-from app.cli import EXIT_OK, EXIT_USAGE, main
+import breaker
+from app.cli import EXIT_OK, EXIT_USAGE, build_parser, local_time, main
 from tests.conftest import Breakers
+
+UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))
 
 
 def test_status_lists_the_breakers_in_redis_as_json(
@@ -36,3 +42,47 @@ def test_an_unknown_name_is_a_usage_error(
 ) -> None:
     assert main(["open", "nobody", "--redis-url", redis_url]) == EXIT_USAGE
     assert "no breaker named 'nobody'" in capsys.readouterr().err
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fleetbreaker {metadata.version('fleetbreaker')}\n"
+    assert breaker.__version__ == metadata.version("fleetbreaker")
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    [commands] = [
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    return dict(commands.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_option_of_every_command_has_help_and_shows_its_default(command: str) -> None:
+    parser = _commands()[command]
+    text = " ".join(parser.format_help().split())
+    assert parser.description
+    for action in parser._actions:
+        assert action.help, f"{command} {action.dest}: no help text"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, f"{command} {action.dest}"
+
+
+def test_a_redis_command_without_redis_says_where_the_demos_breakers_are(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BREAKER_REDIS_URL", raising=False)
+    assert main(["status"]) == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("fleetbreaker: no Redis to talk to: pass --redis-url")
+    assert "inside its own process" in line
+    assert "BREAKER_REDIS_URL=redis://127.0.0.1:6379/0" in line
+
+
+def test_watch_times_are_iso_8601_in_the_local_zone() -> None:
+    assert local_time(1795962693548, UTC_PLUS_2) == "2026-11-29T16:31:33.548+02:00"
+    assert datetime.datetime.fromisoformat(local_time(0)).tzinfo is not None

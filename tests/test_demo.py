@@ -5,14 +5,19 @@ admin view of it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from app.fleet import fleetbreaker_command, free_port
 from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -52,3 +57,31 @@ def test_the_three_printed_commands_work_as_pasted(demo: GatewayProcess) -> None
     )
     assert json.loads(reset)["state"] == "closed"
     assert "HTTP/1.1 200 OK" in paste(works)
+
+
+def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*fleetbreaker_command(), "demo-upstream", "--port", str(port)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith(f"fleetbreaker demo-upstream: on http://127.0.0.1:{port} ")
+        url = first.split()[3]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"{url}/mode", timeout=1.0).json()["mode"] == "healthy"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=30)

@@ -158,10 +158,19 @@ def test_the_dockerfile_copies_every_package_the_wheel_is_built_from() -> None:
     }
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     setuptools = project["tool"]["setuptools"]
-    sources = {
-        setuptools["package-dir"].get(package, package) for package in setuptools["packages"]
-    }
-    top_level = {source.split(".")[0].split("/")[0] for source in sources}
+    package_dir: dict[str, str] = setuptools["package-dir"]
+
+    def source_of(package: str) -> str:
+        """Its folder as setuptools finds it: by its own package-dir entry, or its
+        nearest parent's (fleetbreaker.static is in app/, as fleetbreaker is)."""
+        parts = package.split(".")
+        for end in range(len(parts), 0, -1):
+            mapped = package_dir.get(".".join(parts[:end]))
+            if mapped is not None:
+                return "/".join([mapped, *parts[end:]])
+        return "/".join(parts)
+
+    top_level = {source_of(package).split("/")[0] for package in setuptools["packages"]}
     assert top_level | {"pyproject.toml", project["project"]["readme"]} <= copied
 
 

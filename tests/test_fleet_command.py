@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from app.fleet import FleetError, find_program, fleetbreaker_command, free_port
+from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -151,9 +152,12 @@ def test_the_fleet_serves_then_stops_every_process_it_started(
         assert not accepts(url), url
 
 
-def test_killing_the_fleet_outright_still_stops_what_it_started(running: Running) -> None:
+def test_killing_the_fleet_outright_still_stops_what_it_started(
+    running: Running, tmp_path: Path
+) -> None:
     """SIGKILL leaves no handler to run: the kernel's parent-death signal (setpriv)
-    stops the children instead. Only the temporary folder is left behind."""
+    stops the children instead. Only the temporary folder is left behind, and the
+    next start of fleetbreaker removes it."""
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is needed for the fleet's orphan guard")
     running.wait_for_summary()
@@ -170,7 +174,14 @@ def test_killing_the_fleet_outright_still_stops_what_it_started(running: Running
     assert processes_marked(running.mark) == []
     assert not accepts(lb)
     assert not accepts(redis_url)
-    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        assert Path(temporary).is_dir()
+        following = GatewayProcess(tmp_path, {}, workers=1)
+        following.start()
+        following.stop()
+        assert not Path(temporary).exists()
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def test_a_missing_program_is_named_with_how_to_install_it(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 (``deploy/nginx.conf``), a real Redis and the demo upstream, started by ``app.fleet``
 exactly as ``fleetbreaker fleet`` starts them. Every client request goes through nginx.
 
-Which process answered is read from ``X-Fleetbreaker-Instance`` (``<host>/<pid>``), and
+Which process answered is read from ``X-Fleetbreaker-Instance`` (``gateway-<n>/<pid>``), and
 each replica's workers from ``/proc``. The upstream counts what reaches it
 (``GET /hits``). Every loop is bounded in count and time.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -126,7 +125,7 @@ def workers_by_replica(fleet: Fleet) -> dict[str, int]:
         process = fleet.replica(index).process
         assert process is not None
         for pid in pids.get(process.pid, []):
-            instances[f"{socket.gethostname()}/{pid}"] = index
+            instances[f"gateway-{index}/{pid}"] = index
     return instances
 
 
@@ -201,6 +200,15 @@ def test_the_fleet_trips_after_exactly_threshold_failures_and_every_worker_rejec
     rejected = [r for responses in answers.values() for r in responses]
     assert all(is_circuit_open(r) for r in rejected)
     assert hits(fleet) - before == THRESHOLD  # not one of them reached the upstream
+
+
+def test_every_worker_of_every_replica_names_itself_apart(fleet: Fleet) -> None:
+    answers = survey(fleet, "/healthz")
+    instances = set(answers) - {"nginx"}
+    assert len(instances) == REPLICAS * WORKERS
+    names = [instance.split("/")[0] for instance in instances]
+    assert sorted(set(names)) == [f"gateway-{index}" for index in range(1, REPLICAS + 1)]
+    assert all(names.count(name) == WORKERS for name in set(names))
 
 
 # -- 2. inspect -------------------------------------------------------------------------

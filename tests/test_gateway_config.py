@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app import ConfigError
+from app.fleet import fleetbreaker_command
 from app.settings import DEFAULT_BATCH_INTERVAL
 from tests.support.gateway import gateway_config
 
@@ -237,6 +237,11 @@ def test_bad_file_is_one_line_naming_the_key(tmp_path: Path, toml: str, message:
             {"demo_failure_rate": "2"}, "BREAKER_DEMO_FAILURE_RATE: Input should be", id="rate"
         ),
         pytest.param(
+            {"instance_name": "a/b"},
+            "BREAKER_INSTANCE_NAME: String should match pattern",
+            id="instance-name",
+        ),
+        pytest.param(
             {"config": "/nonexistent/fleetbreaker.toml"},
             "BREAKER_CONFIG (/nonexistent/fleetbreaker.toml): cannot read it",
             id="missing-file",
@@ -262,7 +267,7 @@ def test_serve_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
     bad = tmp_path / "bad.toml"
     bad.write_text("[upstreams.api]\nurl='http://h'\nbreaker={failure_threshold=0}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "app", "--port", "1"],
+        [*fleetbreaker_command(), "serve", "--port", "1"],
         env={"BREAKER_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -329,3 +331,25 @@ def test_metrics_count_what_the_breaker_counted_even_a_404_made_a_failure(
         assert (snapshot["window_failures"], snapshot["window_calls"]) == (3, 4)
 
     run(config, scenario)
+
+
+def test_the_instance_header_names_the_replica_and_the_process(tmp_path: Path) -> None:
+    toml = "[gateway]\nexpose_instance = true\n"
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.headers["x-fleetbreaker-instance"] == f"gateway-2/{os.getpid()}"
+
+    run(gateway_config(tmp_path, toml, instance_name="gateway-2"), scenario)
+
+
+def test_the_instance_name_defaults_to_the_host_name(tmp_path: Path) -> None:
+    toml = "[gateway]\nexpose_instance = true\n"
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.headers["x-fleetbreaker-instance"] == (
+            f"{socket.gethostname()}/{os.getpid()}"
+        )
+
+    run(gateway_config(tmp_path, toml), scenario)

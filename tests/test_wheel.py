@@ -1,14 +1,23 @@
-"""The built wheel carries the Lua scripts and runs them from an installed copy."""
+"""The built wheel carries the Lua scripts and runs them from an installed copy, and
+its gateway is the package ``fleetbreaker``: a user's own ``app`` package, next to it,
+is never imported in its place."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import venv
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from app.fleet import free_port, http_ok
 
 pytestmark = pytest.mark.slow
 
@@ -35,44 +44,151 @@ except ConnectionError:
     pass
 print(cb.snapshot().state, breaker.__file__)
 """
+# A user's project with a package of its own named app, as many have.
+USERS_APP = 'raise SystemExit("the user\'s own app was imported")\n'
+_TIMEOUT = 60
 
 
-def test_wheel_contains_the_scripts_and_runs_them_when_installed(tmp_path: Path) -> None:
+@dataclass
+class Installed:
+    wheel: Path
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def fleetbreaker(self) -> Path:
+        return self.venv / "bin" / "fleetbreaker"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel, built from this checkout and installed in a venv of its own."""
+    where = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(where / "dist"), str(ROOT)],
         check=True,
         capture_output=True,
     )
-    (wheel,) = (tmp_path / "dist").glob("fleetbreaker-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    (wheel,) = (where / "dist").glob("fleetbreaker-*.whl")
+    venv.create(where / "venv", with_pip=True)
+    installed = Installed(wheel, where / "venv")
+    subprocess.run(
+        [str(installed.python), "-m", "pip", "install", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    return installed
+
+
+@pytest.fixture
+def users_project(tmp_path: Path) -> Path:
+    """A folder holding a package ``app`` of the user's own that fails on import."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text(USERS_APP)
+    (tmp_path / "app" / "main.py").write_text(USERS_APP)
+    (tmp_path / "app" / "cli.py").write_text(USERS_APP)
+    return tmp_path
+
+
+def test_wheel_contains_the_scripts_and_runs_them_when_installed(
+    installed: Installed, tmp_path: Path
+) -> None:
+    names = zipfile.ZipFile(installed.wheel).namelist()
     lua = sorted(
         Path(n).name for n in names if n.startswith("breaker/_lua/") and n.endswith(".lua")
     )
     assert lua == sorted(path.name for path in (ROOT / "lua").glob("*.lua"))
     assert "breaker/py.typed" in names
-    static = sorted(Path(n).name for n in names if n.startswith("app/static/"))
+    static = sorted(Path(n).name for n in names if n.startswith("fleetbreaker/static/"))
     assert static == sorted(path.name for path in (ROOT / "app" / "static").iterdir())
 
-    venv.create(tmp_path / "venv", with_pip=True)
-    python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True
-    )
     # Run from an empty folder, so that only the installed copy can be imported.
     result = subprocess.run(
-        [str(python), "-c", PROBE], check=True, capture_output=True, text=True, cwd=tmp_path
+        [str(installed.python), "-c", PROBE],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     state, module, scripts = result.stdout.split()
     assert state == "open"
-    assert module.startswith(str(tmp_path / "venv"))
-    assert scripts.startswith(str(tmp_path / "venv"))
+    assert module.startswith(str(installed.venv))
+    assert scripts.startswith(str(installed.venv))
 
     # From the repository's root the source tree comes first on sys.path and shadows
     # the installed copy: it must import and run all the same (its Lua is in lua/).
     result = subprocess.run(
-        [str(python), "-c", CHECKOUT_PROBE], check=True, capture_output=True, text=True, cwd=ROOT
+        [str(installed.python), "-c", CHECKOUT_PROBE],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.stdout.split() == ["open", str(ROOT / "breaker" / "__init__.py")]
+
+
+def test_the_wheel_installs_the_gateway_as_fleetbreaker_and_no_top_level_app(
+    installed: Installed,
+) -> None:
+    names = zipfile.ZipFile(installed.wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"breaker", "fleetbreaker"}
+    gateway = {Path(n).name for n in names if n.startswith("fleetbreaker/") and n.endswith(".py")}
+    assert gateway == {path.name for path in (ROOT / "app").glob("*.py")}
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_the_installed_cli_ignores_a_users_own_app_package(
+    installed: Installed, users_project: Path, how: str
+) -> None:
+    command = (
+        [str(installed.fleetbreaker)]
+        if how == "script"
+        else [str(installed.python), "-m", "fleetbreaker"]
+    )
+    result = subprocess.run(
+        [*command, "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=users_project,
+        timeout=_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--workers" in result.stdout
+
+
+@pytest.fixture
+def served(installed: Installed, users_project: Path) -> Iterator[str]:
+    """``fleetbreaker serve --workers 2`` from the wheel, started in the user's project:
+    each spawned worker imports the gateway by uvicorn's import string."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(installed.fleetbreaker), "serve", "--port", str(port), "--workers", "2"],
+        cwd=users_project,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(users_project)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + _TIMEOUT
+    try:
+        while not http_ok(f"{url}/healthz"):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=_TIMEOUT)
+
+
+def test_the_installed_gateway_serves_from_a_folder_with_a_users_app(served: str) -> None:
+    assert http_ok(f"{served}/proxy/demo/hello")
+    assert http_ok(f"{served}/dashboard")  # its page, read from the installed package
 
 
 def test_the_source_tree_imports_with_the_editable_install() -> None:

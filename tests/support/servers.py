@@ -120,6 +120,41 @@ class BlackHole:
             conn.close()
 
 
+class Refuser:
+    """A TCP server on a given port that closes every connection it accepts: a Redis
+    that is down, and a count (``accepted``) of how often a client tried to reach it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._refuse, daemon=True)
+        self._thread.start()
+
+    def _refuse(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def wait_accepted(self, count: int, timeout: float = 10.0) -> int:
+        """The accept count once it reaches ``count``, or as it stands at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.accepted < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.accepted
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept; close alone won't
+        self.sock.close()
+        self._thread.join(_START_TIMEOUT)
+
+
 def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
     """HGETALL as text, as an operator reads it in redis-cli."""
     return {_text(k): _text(v) for k, v in client.hgetall(key).items()}
