@@ -33,7 +33,9 @@ from ._types import BackendKind, ScriptMode, ScriptName
 logger = logging.getLogger("breaker")
 
 _BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 5.0
+#: A dead Redis is probed at least once a second: after a failover, every process
+#: finds the new primary within a second of it answering.
+_BACKOFF_MAX = 1.0
 
 #: What a pool's settings say of where and how to connect: copied to the breaker's own
 #: pool, so that it reaches the same server as the caller's client, the same way.
@@ -148,9 +150,14 @@ class BackendHealth:
     """Consecutive-failure backoff, shared by every breaker on one backend.
 
     After the n-th consecutive failure the backend is left alone for a random time in
-    [b/2, b], b = min(5 s, 0.1 s * 2^(n-1)): a dead Redis is probed a few times a
-    second at first, then every few seconds, and never by every caller at once. Time
-    is the callers' (``now``, the breaker's clock), so a test moves it.
+    [b/2, b], b = min(1 s, 0.1 s * 2^(n-1)): a dead Redis is probed a few times a
+    second, and never by every caller at once. Time is the callers' (``now``, the
+    breaker's clock), so a test moves it.
+
+    ``epoch`` counts the times the local views of the breakers on this backend may
+    have missed something: Redis answered again after failing, or an events follower
+    (re)subscribed. A view taken in an older epoch is not trusted: the next call of
+    its breaker asks Redis.
     """
 
     def __init__(self) -> None:
@@ -158,7 +165,13 @@ class BackendHealth:
         self._failures = 0
         self._down_until = 0.0
         self.last_error = ""
+        self.epoch = 0
         self._listeners: list[Callable[[str], None]] = []
+
+    def invalidate(self, channel: str = "") -> None:
+        """Distrust every local view taken so far (events may have been missed)."""
+        with self._lock:
+            self.epoch += 1
 
     def add_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(reason)`` on every failure; the same listener is kept once."""
@@ -193,6 +206,7 @@ class BackendHealth:
                 self._failures = 0
                 self._down_until = 0.0
                 self.last_error = ""
+                self.epoch += 1  # back: what the views hold may have changed meanwhile
 
 
 class Connections:
@@ -337,7 +351,11 @@ class Backend:
         """The one event hub of ``channel`` on this backend."""
         with self._lock:
             if channel not in self._hubs:
-                self._hubs[channel] = EventHub(self._subscribe_client, channel)
+                hub = EventHub(self._subscribe_client, channel)
+                # Events published while no follower listened are lost: each
+                # (re)subscription distrusts the views taken before it.
+                hub.add_subscribed_listener(self.health.invalidate)
+                self._hubs[channel] = hub
             return self._hubs[channel]
 
     # -- the breakers that use it ----------------------------------------------------

@@ -38,6 +38,9 @@ class LocalView:
     # was taken cannot be half-open before then, so no admitted call can bypass the
     # fleet-wide trial limit.
     trusted_until: float
+    # The backend's epoch when the view was taken: a later epoch (Redis came back, the
+    # events follower resubscribed) means events may have been missed.
+    epoch: int = 0
 
     @property
     def version(self) -> Version:
@@ -73,11 +76,12 @@ class BreakerCore:
 
     # -- admission ---------------------------------------------------------------
 
-    def admit_locally(self) -> Ticket | None:
-        """A ticket when the view decides alone; raises when it rejects; None: ask Redis."""
+    def admit_locally(self, epoch: int = 0) -> Ticket | None:
+        """A ticket when the view decides alone; raises when it rejects; None: ask Redis
+        (also when the view is of an older ``epoch`` than the backend's)."""
         view = self.view
         now = self.clock.monotonic()
-        if view is None:
+        if view is None or view.epoch != epoch:
             return None
         if view.state in ("closed", "disabled") and now < view.trusted_until:
             return Ticket(view.version, "", now, self.fallback)
@@ -87,9 +91,9 @@ class BreakerCore:
             raise CircuitOpenError(self.name, self.config.reset_timeout, state="forced_open")
         return None
 
-    def admit_from(self, reply: Reply, lease_id: str) -> Ticket:
+    def admit_from(self, reply: Reply, lease_id: str, epoch: int = 0) -> Ticket:
         """Turn an ``acquire`` reply into a ticket, or raise ``CircuitOpenError``."""
-        self.apply(reply)
+        self.apply(reply, epoch)
         now = self.clock.monotonic()
         if reply.verdict == "admit":
             return Ticket(reply.version, "", now, self.fallback)
@@ -151,7 +155,7 @@ class BreakerCore:
 
     # -- keeping the view fresh --------------------------------------------------
 
-    def apply(self, reply: Reply) -> None:
+    def apply(self, reply: Reply, epoch: int = 0) -> None:
         view = self.view
         # Replies of concurrent calls may come back out of order: never step back.
         if view is not None and reply.version < view.version:
@@ -164,9 +168,10 @@ class BreakerCore:
             last_failure_at=reply.last_failure_at,
             open_until=now + reply.retry_after if reply.state == "open" else 0.0,
             trusted_until=now + self.config.reset_timeout,
+            epoch=epoch,
         )
 
-    def apply_event(self, event: TransitionEvent) -> None:
+    def apply_event(self, event: TransitionEvent, epoch: int = 0) -> None:
         view = self.view
         if view is not None and event.version <= view.version:
             return
@@ -179,6 +184,7 @@ class BreakerCore:
             last_failure_at=view.last_failure_at if view else 0,
             open_until=now + remaining if event.to_state == "open" else 0.0,
             trusted_until=now + self.config.reset_timeout,
+            epoch=epoch if view is None else view.epoch,
         )
 
     def unseen(self, events: tuple[TransitionEvent, ...]) -> list[TransitionEvent]:

@@ -70,6 +70,7 @@ class Health(Protocol):
     """What the engine needs to know of the shared lane's health (``BackendHealth``)."""
 
     last_error: str
+    epoch: int
 
     def is_down(self, now: float) -> bool: ...
 
@@ -139,7 +140,7 @@ class Engine:
         # After a failure the local view is not trusted: the call's own acquire asks
         # Redis first, so that fail_closed never lets a call through unasked.
         try:
-            ticket = None if self.health.is_suspect() else self.shared.admit_locally()
+            ticket = None if self.health.is_suspect() else self.shared.admit_locally(self._epoch)
         except CircuitOpenError:
             yield from self._count_rejection(self.shared)
             raise
@@ -174,7 +175,7 @@ class Engine:
     def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Steps[Ticket]:
         reply = decode_reply(raw)
         try:
-            return core.admit_from(reply, lease_id)
+            return core.admit_from(reply, lease_id, self._epoch_of(core))
         except CircuitOpenError:
             yield from self._count_rejection(core)
             raise
@@ -223,7 +224,7 @@ class Engine:
         (no round trip)."""
         core = self.local if self.health.is_down(self.clock.monotonic()) else self.shared
         try:
-            core.admit_locally()
+            core.admit_locally(self._epoch_of(core))
         except CircuitOpenError as rejection:
             return rejection
         return None
@@ -362,11 +363,19 @@ class Engine:
 
     # -- what replies and events tell ------------------------------------------------
 
+    @property
+    def _epoch(self) -> int:
+        return self.health.epoch
+
+    def _epoch_of(self, core: BreakerCore) -> int:
+        """The epoch a view of ``core`` is taken in: the fallback's never changes."""
+        return 0 if core.fallback else self.health.epoch
+
     def _heard(self, core: BreakerCore, reply: Reply) -> None:
         """A reply to this breaker's own call: refresh the view, tell the transitions
         it made to the made-here listeners (once in the fleet) and to this process's
         other breakers of the same name."""
-        core.apply(reply)
+        core.apply(reply, self._epoch_of(core))
         for event in reply.events:
             if event.is_resync:
                 continue
@@ -382,7 +391,7 @@ class Engine:
         self._deliver(self.local, event)
 
     def _deliver(self, core: BreakerCore, event: TransitionEvent) -> None:
-        core.apply_event(event)
+        core.apply_event(event, self._epoch_of(core))
         for fresh in core.unseen((event,)):
             if fresh.is_resync:
                 logger.warning(

@@ -34,7 +34,7 @@ Receiver = Callable[[TransitionEvent], None]
 # How often a follower looks up from the channel to see whether it must stop.
 _POLL = 0.1
 _BACKOFF_FIRST = 0.05
-_BACKOFF_MAX = 5.0
+_BACKOFF_MAX = 1.0
 
 
 class EventHub:

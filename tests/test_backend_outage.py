@@ -134,15 +134,17 @@ def test_a_dead_redis_is_left_alone_during_the_backoff(
 
 def test_backoff_grows_with_consecutive_failures_and_is_capped() -> None:
     health = BackendHealth()
-    ceilings = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0]
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]  # probed at least once a second
     now = 0.0
     for low, high in ((ceiling / 2, ceiling) for ceiling in ceilings):
         health.failed("down", now)
         assert health.is_down(now + low - 1e-9)  # down for at least half the ceiling
         assert not health.is_down(now + high)  # and at most the ceiling
         now += 100.0
+    epoch = health.epoch
     health.succeeded()
     assert not health.is_down(now)
+    assert health.epoch == epoch + 1  # back: every view taken before is distrusted
 
 
 def test_state_resyncs_from_redis_when_it_returns(
@@ -252,3 +254,28 @@ def test_backend_error_listener_hears_each_failure_once(
     succeed(first)
     assert len(reasons) == 1
     assert "ConnectionError" in reasons[0]
+
+
+def test_a_view_is_read_again_after_its_follower_resubscribes(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    """Events published while the follower was away are lost: once it is back, the
+    next call asks Redis instead of trusting what the view held."""
+    cb = breakers("p", redis=redis_server.client(), failure_threshold=5)
+    heard: list[str] = []
+
+    class Resubscribed(BreakerListener):
+        def subscribed(self, channel: str) -> None:
+            heard.append(channel)
+
+    cb.add_listener(Resubscribed())
+    assert cb.follow_events(timeout=5.0)
+    succeed(cb)  # the view: closed, trusted
+    assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 1}
+    redis_server.client().client_kill_filter(_type="pubsub")
+    deadline = time.monotonic() + 5.0
+    while len(heard) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(heard) == 2
+    assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 2}  # acquire too
+    assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 1}

@@ -21,6 +21,7 @@ def test_a_store_behind_an_open_view_moves_past_it_and_the_view_follows(
     harness: Harness,
 ) -> None:
     cb = harness.breaker(failure_threshold=1, reset_timeout=5.0)
+    cb.follow_events(timeout=5.0)  # subscribed first: no later epoch distrusts the view
     heard: list[TransitionEvent] = []
     cb.add_listener(heard.append)
     fail(cb)  # open, generation 1
