@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import calls, fleet, gateway, report, scale
+from . import calls, fleet, gateway, model, report, scale
 from .peers import PEERS
 from .server import BenchRedis
 
@@ -34,10 +34,14 @@ class Profile:
     scale_batches: int
     gateway_seconds: float
     gateway_rounds: int
+    model_processes: tuple[int, ...]
+    model_seconds: float
 
 
-FULL = Profile(200, 3, 9, 500, 3, 2.5, 5, 1000, 10_000, 5, 5.0, 3)
-QUICK = Profile(100, 1, 5, 200, 1, 1.0, 1, 1000, 1_000, 2, 2.0, 1)
+FULL = Profile(200, 3, 9, 500, 3, 2.5, 5, 1000, 10_000, 5, 5.0, 3, model.PROCESSES, model.SECONDS)
+QUICK = Profile(
+    100, 1, 5, 200, 1, 1.0, 1, 1000, 1_000, 2, 2.0, 1, model.QUICK_PROCESSES, model.QUICK_SECONDS
+)
 #: The peers that take part in the multi-process and scale scenarios.
 FLEET_PEERS = [name for name in PEERS if name != "fleetbreaker async"]
 
@@ -96,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         results.gateway = gateway.throughput(
             server.url, profile.gateway_seconds, profile.gateway_rounds
         )
+        server.flush()
+        _say("9. fleet-scale model")
+        results.fleet = fleet_model = model.measure(
+            server, profile.model_processes, model.RATE, profile.model_seconds
+        )
+    # The plot goes beside the report, under docs/, so that the report's link holds.
+    if model.plot(fleet_model, args.output.parent / model.PLOT):
+        results.fleet_plot = model.PLOT.as_posix()
     results.seconds = time.monotonic() - started
     text = report.render(results)
     print(text)

@@ -8,6 +8,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import model
 from .calls import BREAKDOWN, CASES, SHORT_OPEN, CommandCounts, Overhead
 from .fleet import CALLERS, PROBE_SETTINGS, PROCESSES, THRESHOLD, Learn, Waste
 from .gateway import CONNECTIONS, Throughput
@@ -32,6 +33,8 @@ class Results:
     scale_breakers: int = 0
     scale_live: int = 0
     gateway: Throughput | None = None
+    fleet: model.Measured | None = None
+    fleet_plot: str | None = None  # the plot's path, relative to the report
     seconds: float = 0.0
 
 
@@ -157,6 +160,8 @@ def render(results: Results) -> str:
     lines += _targets(results)
     lines += _breakdown(results)
     lines += _gateway(results)
+    if results.fleet is not None:
+        lines += model.section(results.fleet, results.fleet_plot)
     lines += _setup(results)
     return "\n".join(lines) + "\n"
 
@@ -374,6 +379,7 @@ def _setup(results: Results) -> list[str]:
         "trip, then `MEMORY USAGE` of every key; then closed + success calls cycling over "
         f"{results.scale_live} live breakers against calls on one, in alternate batches.",
         "8. **Gateway**: above.",
+        "9. **Fleet-scale model**: above.",
         "",
     ]
     notes = [
