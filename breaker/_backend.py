@@ -352,11 +352,16 @@ class Backend:
         with self._lock:
             if channel not in self._hubs:
                 hub = EventHub(self._subscribe_client, channel)
-                # Events published while no follower listened are lost: each
-                # (re)subscription distrusts the views taken before it.
-                hub.add_subscribed_listener(self.health.invalidate)
+                hub.add_subscribed_listener(self._resubscribed)
                 self._hubs[channel] = hub
             return self._hubs[channel]
+
+    def _resubscribed(self, channel: str) -> None:
+        """Events published while a follower was away are lost: once it is back, the
+        views taken before are distrusted (not on its first subscription: the views
+        before it came from replies, as every view does)."""
+        if self._hubs[channel].subscriptions > 1:
+            self.health.invalidate()
 
     # -- the breakers that use it ----------------------------------------------------
 

@@ -269,8 +269,9 @@ class CircuitBreaker:
     # -- lifetime --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Give back the leases of dropped permits, and the shared pools, threads and
-        tasks once no breaker on the same client needs them. Idempotent."""
+        """Give back the leases of dropped permits, record batched counts, and let go
+        of the shared pools, threads and tasks once no breaker on the same client
+        needs them. Idempotent."""
         if self._closed:
             return
         if not self._backend.serves_sync:

@@ -331,8 +331,11 @@ class Engine:
             yield from self.recording(ticket, "ignored", "abandoned")
 
     def releasing(self) -> Steps[None]:
-        """Give back the leases of dropped permits now (when closing)."""
+        """When closing: give back the leases of dropped permits, and record what was
+        counted locally (batched successes, rejections), which would be lost."""
         yield from self._release_abandoned()
+        if not self.health.is_down(self.clock.monotonic()):
+            yield from self.flushing()
 
     # -- operators -------------------------------------------------------------------
 

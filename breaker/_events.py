@@ -49,6 +49,8 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         self.subscribed = threading.Event()
+        #: How many times the follower subscribed: more than once, it was away.
+        self.subscriptions = 0
         self._subscribed_listeners: list[Callable[[str], None]] = []
         # A dead Redis fails every reconnection: log its outage, not each attempt.
         self._outage = OutageLog(f"events channel {channel}")
@@ -60,6 +62,7 @@ class EventHub:
                 self._subscribed_listeners.append(listener)
 
     def _on_subscribed(self) -> None:
+        self.subscriptions += 1
         self.subscribed.set()
         recovered = self._outage.recovered(time.monotonic())
         if recovered is not None:

@@ -456,6 +456,50 @@ local function record_full(c, generation, lease_id, outcome, duration, batch)
   return reply(c, verdict)
 end
 
+-- The common case, on one HMGET and one HINCRBY: a fast success, or a batch of
+-- them alone (a flush), in a closed breaker at the caller's version, its settings
+-- stored. Nil when the call needs the full path.
+local function record_fast(keys, args)
+  local outcome, batch = args[6], args[8]
+  if args[5] ~= '' or args[3] ~= '' or (outcome ~= 'success' and outcome ~= 'none') then
+    return nil
+  end
+  local successes, seen = outcome == 'success' and 1 or 0, nil
+  if batch ~= '' then
+    local a, b, d = string.match(batch, '^(%d+):(%d+):(%d+)$')
+    if b ~= '0' then
+      return nil  -- rejections to count: the full path
+    end
+    successes, seen = successes + tonumber(a), d
+  end
+  local h = redis.call('HMGET', keys[1], 'state', 'generation', 'created_at', 'failures',
+    'last_failure_at', 'settings', 'window_bucket', 'slow_call_duration',
+    'failure_rate_threshold', 'slow_call_rate_threshold')
+  -- With a rate threshold, a success may trip too (the window slid, or reached
+  -- minimum_calls): the full path weighs the window.
+  if h[1] ~= 'closed' or not h[6] or h[3] .. ':' .. h[2] ~= args[4]
+      or h[9] ~= '-1' or h[10] ~= '-1'
+      or (outcome == 'success' and h[8] ~= '0' and tonumber(args[7]) >= tonumber(h[8])) then
+    return nil
+  end
+  local now = time_now(args[1])
+  -- A success ends the failure streak; a batch's successes only if no failure came
+  -- after the last one its process had seen.
+  local failures = h[4]
+  if failures ~= '0' and (outcome == 'success' or h[5] == seen) then
+    redis.call('HSET', keys[1], 'failures', '0')
+    failures = '0'
+  end
+  local current = math.floor(now / tonumber(h[7]))
+  if successes > 0 and redis.call('HINCRBY', keys[2], current .. ':c', successes) == successes then
+    local more = redis.call('HMGET', keys[1], 'buckets', 'key_ttl')
+    window_sums(keys[2], current, tonumber(more[1]), true)
+    refresh_ttls({ keys = keys, cfg = { key_ttl = tonumber(more[2]) } })
+  end
+  local verdict = outcome == 'success' and 'counted' or 'stale'
+  return { verdict, 'closed', h[3], h[2], '0', now, failures, h[5], '', h[6] }
+end
+
 -- record: the outcome of one call, and what a batching caller counted locally.
 -- Decides every trip: consecutive failures, failure rate and slow-call rate over the
 -- sliding window, and the half-open verdict.
@@ -468,28 +512,14 @@ end
 -- ARGV[8]: the batch, "<successes>:<rejections>:<last_failure_at seen>", or ""
 -- verdict "counted", "released" or "stale"; extra ""
 --
--- A fast success in a closed breaker, the common case, reads the fields it needs in
--- one HMGET and increments one counter, and answers with what it read: it writes
--- the state only when a failure streak ends, and refreshes the TTLs and prunes the
--- window only on the first call of a bucket.
+-- A fast success in a closed breaker, the common case, and a flush of batched ones
+-- read the fields they need in one HMGET and increment one counter, and answer with
+-- what they read (record_fast): they write the state only when a failure streak
+-- ends, and refresh the TTLs and prune the window only on the first call of a bucket.
 local function record(keys, args)
-  if args[6] == 'success' and args[5] == '' and args[8] == '' and args[3] == '' then
-    local h = redis.call('HMGET', keys[1], 'state', 'generation', 'created_at', 'failures',
-      'last_failure_at', 'settings', 'window_bucket', 'slow_call_duration')
-    if h[1] == 'closed' and h[6] and h[3] .. ':' .. h[2] == args[4]
-        and (h[8] == '0' or tonumber(args[7]) < tonumber(h[8])) then
-      local now = time_now(args[1])
-      if h[4] ~= '0' then
-        redis.call('HSET', keys[1], 'failures', '0')
-      end
-      local current = math.floor(now / tonumber(h[7]))
-      if redis.call('HINCRBY', keys[2], current .. ':c', 1) == 1 then
-        local more = redis.call('HMGET', keys[1], 'buckets', 'key_ttl')
-        window_sums(keys[2], current, tonumber(more[1]), true)
-        refresh_ttls({ keys = keys, cfg = { key_ttl = tonumber(more[2]) } })
-      end
-      return { 'counted', 'closed', h[3], h[2], '0', now, '0', h[5], '', h[6] }
-    end
+  local fast = record_fast(keys, args)
+  if fast then
+    return fast
   end
   local c = begin(keys, args)
   if not load(c) then

@@ -135,6 +135,7 @@ class Reference:
 
     def control(self, action: str) -> None:
         if action == "reset":
+            self.last_failure_at = self.opened_at = 0  # a reset forgets when it failed
             self._close()
             return
         target = {"force_open": "forced_open", "disable": "disabled"}[action]

@@ -371,3 +371,20 @@ def test_batched_successes_do_not_reset_failures_they_cannot_be_ordered_after(
     assert (snapshot.window_calls, snapshot.failures) == (8, 2)
     fail(other)
     assert batching.snapshot().state == "open"
+
+
+def test_closing_records_the_successes_counted_locally(harness: Harness) -> None:
+    batching = harness.breaker(failure_threshold=3, batch_interval=60.0)
+    reader = harness.breaker(failure_threshold=3)
+    succeed(batching, 6)  # the first asks Redis; 5 are counted locally
+    batching.close()
+    assert reader.snapshot().window_calls == 6
+
+
+def test_a_success_that_brings_the_window_to_minimum_calls_can_trip_it(harness: Harness) -> None:
+    cb = harness.breaker(failure_threshold=10, failure_rate_threshold=0.5, minimum_calls=4)
+    fail(cb, 2)
+    succeed(cb)
+    assert cb.snapshot().state == "closed"  # 3 calls: fewer than minimum_calls
+    succeed(cb)  # 2 of 4 failed: the rate is reached
+    assert cb.snapshot().state == "open"
