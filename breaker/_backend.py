@@ -23,11 +23,13 @@ import fakeredis
 import hiredis
 import redis
 import redis.asyncio
-from redis.maint_notifications import MaintNotificationsConfig
 
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError
+from ._keys import breaker_channel, events_channel
 from ._scripts import function_name, library_source, script_source
+from ._sharded import ShardedHub
+from ._topology import CLIENT_TYPES, derive_client, is_async_client, topology_of
 from ._types import BackendKind, ScriptMode, ScriptName
 
 logger = logging.getLogger("breaker")
@@ -36,114 +38,6 @@ _BACKOFF_FIRST = 0.1
 #: A dead Redis is probed at least once a second: after a failover, every process
 #: finds the new primary within a second of it answering.
 _BACKOFF_MAX = 1.0
-
-#: What a pool's settings say of where and how to connect: copied to the breaker's own
-#: pool, so that it reaches the same server as the caller's client, the same way.
-CONNECTION_SETTINGS = frozenset(
-    {
-        "host",
-        "port",
-        "path",
-        "db",
-        "username",
-        "password",
-        "credential_provider",
-        "client_name",
-        "driver_info",
-        "protocol",
-        "legacy_responses",
-        "encoding",
-        "encoding_errors",
-        "decode_responses",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_read_size",
-        "health_check_interval",
-        "redis_connect_func",
-    }
-    | {
-        f"ssl_{name}"
-        for name in (
-            "keyfile",
-            "certfile",
-            "cert_reqs",
-            "include_verify_flags",
-            "exclude_verify_flags",
-            "ca_certs",
-            "ca_data",
-            "ca_path",
-            "check_hostname",
-            "min_version",
-            "ciphers",
-            "password",
-            "validate_ocsp",
-            "validate_ocsp_stapled",
-            "ocsp_context",
-            "ocsp_expected_cert",
-        )
-    }
-)
-#: What the breaker sets for itself: bounded timeouts, no retries (a retried script
-#: whose reply was lost would run twice), no maintenance notifications (see below).
-SET_BY_BREAKER = frozenset(
-    {
-        "socket_timeout",
-        "socket_connect_timeout",
-        "retry",
-        "retry_on_error",
-        "maint_notifications_config",
-    }
-)
-#: What redis-py's pools add to the settings for themselves; never copied.
-POOL_OWNED = frozenset(
-    {
-        "connection_pool",
-        "himport_registry",
-        "maint_notifications_pool_handler",
-        "orig_host_address",
-        "orig_socket_timeout",
-        "orig_socket_connect_timeout",
-    }
-)
-
-
-def derive_client(client: Any, timeout: float | None) -> Any:
-    """A client on the same server as ``client``, with bounded timeouts and no retries.
-
-    A pool this cannot copy (a custom pool class) is used as it is, with a warning:
-    its own timeouts and retries then apply, and asyncio calls are still cut off at
-    ``timeout``. The caller's client is left untouched: the breaker gets its own small pool, so a
-    hung Redis costs each call at most ``timeout``, instead of redis-py's default of
-    retries of a 5 s socket timeout. Only the settings in ``CONNECTION_SETTINGS`` are
-    copied (tests hold every setting the installed redis-py puts in a pool to one of
-    the three lists, so that an upgrade that adds one fails there, loudly).
-
-    Maintenance notifications stay off: with them on (redis-py 8's default under
-    RESP3), the pool skips its check for connections the server closed, and after a
-    Redis restart each stale pooled connection would fail one command
-    (redis/redis-py#4128). Off, the pool replaces such a connection before sending.
-    """
-    pool = client.connection_pool
-    settings = {k: v for k, v in pool.connection_kwargs.items() if k in CONNECTION_SETTINGS}
-    settings["decode_responses"] = False  # the breaker decodes its own replies
-    settings["socket_timeout"] = timeout
-    if "path" not in settings:
-        settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
-    settings["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-    # A Sentinel pool finds its master through the sentinels: keep them.
-    sentinel = (
-        (pool.service_name, pool.sentinel_manager) if hasattr(pool, "sentinel_manager") else ()
-    )
-    try:
-        copy = type(pool)(*sentinel, connection_class=pool.connection_class, **settings)
-    except TypeError as exc:
-        logger.warning(
-            "cannot copy %s to bound Redis calls (%s); using the client's own timeouts",
-            type(pool).__name__,
-            exc,
-        )
-        return client
-    return type(client)(connection_pool=copy)
 
 
 class BackendHealth:
@@ -327,7 +221,9 @@ class Backend:
         self.kind = kind
         self.timeout = timeout
         self.mode: ScriptMode = mode
-        self.is_async = isinstance(client, redis.asyncio.Redis)
+        self.is_async = is_async_client(client)
+        self.topology = topology_of(client) if kind == "redis" else "standalone"
+        self.cluster = self.topology == "cluster"
         self.serves_sync = kind != "redis" or not self.is_async
         self.serves_async = kind != "redis" or self.is_async
         self._scripts: dict[ScriptName, Any] = {}
@@ -336,6 +232,8 @@ class Backend:
         # process can publish (the embedded backend).
         self._subscribe_client = subscribe
         self._hubs: dict[str, EventHub] = {}
+        # On a Cluster, one follower for every breaker's own channel.
+        self._sharded = ShardedHub(subscribe) if self.cluster else None
         self._lock = threading.Lock()
         self._users = 0
         # The breaker's own connections, for its FCALLs: where the pool is one of
@@ -347,9 +245,21 @@ class Backend:
             AsyncConnections(pool) if type(pool) is redis.asyncio.ConnectionPool else None
         )
 
+    def channel_of(self, prefix: str, name: str) -> str:
+        """Where breaker ``name`` publishes its transitions: one channel for every
+        breaker, or on a Cluster, the breaker's own, in its shard."""
+        return breaker_channel(prefix, name) if self.cluster else events_channel(prefix)
+
     def hub(self, channel: str) -> EventHub:
-        """The one event hub of ``channel`` on this backend."""
+        """The one event hub of ``channel`` on this backend (on a Cluster, the one that
+        follows every breaker's channel, which now includes ``channel``)."""
         with self._lock:
+            if self._sharded is not None:
+                if not self._hubs:
+                    self._sharded.add_subscribed_listener(self._resubscribed)
+                self._hubs[channel] = self._sharded
+                self._sharded.want(channel)
+                return self._sharded
             if channel not in self._hubs:
                 hub = EventHub(self._subscribe_client, channel)
                 hub.add_subscribed_listener(self._resubscribed)
@@ -360,7 +270,8 @@ class Backend:
         """Events published while a follower was away are lost: once it is back, the
         views taken before are distrusted (not on its first subscription: the views
         before it came from replies, as every view does)."""
-        if self._hubs[channel].subscriptions > 1:
+        hub = self._sharded if self._sharded is not None else self._hubs[channel]
+        if hub.subscriptions > 1:
             self.health.invalidate()
 
     # -- the breakers that use it ----------------------------------------------------
@@ -383,7 +294,10 @@ class Backend:
             if self._connections is not None:
                 self._connections.close()
             for client in (self.client, self._subscribe_client):
-                client.connection_pool.disconnect()
+                if self.cluster:
+                    client.close()  # every node's pool
+                else:
+                    client.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """``close`` for asyncio clients: their tasks and pools are awaited."""
@@ -393,14 +307,17 @@ class Backend:
             if self._aconnections is not None:
                 await self._aconnections.aclose()
             for client in (self.client, self._subscribe_client):
-                await client.connection_pool.disconnect()
+                if self.cluster:
+                    await client.aclose()
+                else:
+                    await client.connection_pool.disconnect()
         elif self.kind == "redis":
             self.close()
 
     def _take_hubs(self) -> list[EventHub]:
         with self._lock:
             hubs, self._hubs = list(self._hubs.values()), {}
-        return hubs
+        return list({id(hub): hub for hub in hubs}.values())
 
     # -- running scripts -------------------------------------------------------------
 
@@ -421,7 +338,7 @@ class Backend:
                         if not self._refused(exc):
                             raise
                         return self.run(name, script, keys, args, now)
-                    self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+                    self._load_library()
                     reply = self._fcall(_command(script), function_name(script), keys, args)
             else:
                 reply = self._script(script)(keys=keys, args=args)
@@ -431,9 +348,21 @@ class Backend:
         return _list(reply)
 
     def _fcall(self, command: str, function: str, keys: list[str], args: list[Any]) -> Any:
-        if self._connections is None:
-            return self.client.execute_command(command, function, len(keys), *keys, *args)
-        return self._connections.call((command, function, len(keys), *keys, *args))
+        if self._connections is not None:
+            return self._connections.call((command, function, len(keys), *keys, *args))
+        if self.cluster:
+            # To the node of the keys' slot, named: redis-py would otherwise ask the
+            # server for the keys of every FCALL (COMMAND GETKEYS, a round trip).
+            node = self.client.get_node_from_key(keys[0])
+            return self.client.execute_command(
+                command, function, len(keys), *keys, *args, target_nodes=node
+            )
+        return self.client.execute_command(command, function, len(keys), *keys, *args)
+
+    def _load_library(self) -> None:
+        """FUNCTION LOAD, on every primary of a Cluster (replicas get it from them)."""
+        targets = {"target_nodes": self.client.PRIMARIES} if self.cluster else {}
+        self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(), **targets)
 
     async def arun(
         self, name: str, script: ScriptName, keys: list[str], args: list[Any], now: float
@@ -458,8 +387,7 @@ class Backend:
                             if not self._refused(exc):
                                 raise
                             return await self.arun(name, script, keys, args, now)
-                        source = library_source()
-                        await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+                        await self._aload_library()
                         reply = await self._afcall(
                             _command(script), function_name(script), keys, args
                         )
@@ -471,9 +399,21 @@ class Backend:
         return _list(reply)
 
     async def _afcall(self, command: str, function: str, keys: list[str], args: list[Any]) -> Any:
-        if self._aconnections is None:
-            return await self.client.execute_command(command, function, len(keys), *keys, *args)
-        return await self._aconnections.call((command, function, len(keys), *keys, *args))
+        if self._aconnections is not None:
+            return await self._aconnections.call((command, function, len(keys), *keys, *args))
+        if self.cluster:
+            await self.client.initialize()  # the slot map (at once when it has one)
+            node = self.client.get_node_from_key(keys[0])
+            return await self.client.execute_command(
+                command, function, len(keys), *keys, *args, target_nodes=node
+            )
+        return await self.client.execute_command(command, function, len(keys), *keys, *args)
+
+    async def _aload_library(self) -> None:
+        targets = {"target_nodes": self.client.PRIMARIES} if self.cluster else {}
+        await self.client.execute_command(
+            "FUNCTION", "LOAD", "REPLACE", library_source(), **targets
+        )
 
     def _failed(self, name: str, exc: BaseException, now: float) -> BackendUnavailableError:
         reason = f"{type(exc).__name__}: {exc}"
@@ -535,10 +475,10 @@ def open_backend(client: Any, timeout: float, mode: ScriptMode = "auto") -> Back
         backend = embedded_backend()
         backend.join()
         return backend
-    if not isinstance(client, redis.Redis | redis.asyncio.Redis):
+    if not isinstance(client, CLIENT_TYPES):
         raise TypeError(
-            "redis must be a redis.Redis or redis.asyncio.Redis client, "
-            f"not {type(client).__name__}"
+            "redis must be a redis-py client (Redis, RedisCluster, or a Sentinel's "
+            f"master_for(...); sync or asyncio), not {type(client).__name__}"
         )
     with _LOCK:
         key = (id(client), timeout, mode)

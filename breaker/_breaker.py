@@ -28,7 +28,7 @@ from ._drive import Driver
 from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._fallback import FallbackGuard
-from ._keys import BreakerKeys, events_channel
+from ._keys import BreakerKeys
 from ._listeners import BreakerListener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
 from ._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
@@ -78,7 +78,7 @@ class CircuitBreaker:
         self.keys = BreakerKeys.of(self.config.prefix, name)
         self.clock: Clock = clock if clock is not None else SystemClock()
         backend = open_backend(redis, self.config.backend_timeout, self.config.script_mode)
-        channel = events_channel(self.config.prefix)
+        channel = backend.channel_of(self.config.prefix, name)
         self._backend = backend
         self._hub = backend.hub(channel)
         self._engine = Engine(
@@ -89,6 +89,7 @@ class CircuitBreaker:
             health=backend.health,
             hub=self._hub,
             local_hub=fallback_hub(channel),
+            channel=channel,
         )
         for listener in listeners:
             self.add_listener(listener)

@@ -91,13 +91,14 @@ class Engine:
         health: Health,
         hub: EventHub,
         local_hub: EventHub,
+        channel: str | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.clock = clock
         self.kind = kind
         self.keys = BreakerKeys.of(config.prefix, name)
-        self.wired = Wired.of(config, name)
+        self.wired = Wired.of(config, name, channel)
         # Whether this breaker's settings are known stored on each lane: its first call
         # there sends them (and the newest process's settings win).
         self._offered: dict[Lane, bool] = {"shared": False, "local": False}

@@ -122,21 +122,28 @@ class EventHub:
     def _follow_sync(self) -> None:
         backoff = _BACKOFF_FIRST
         while not self._stopped.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            subscriptions = self.subscriptions
             try:
-                pubsub.subscribe(self.channel)
-                self._on_subscribed()
-                backoff = _BACKOFF_FIRST
-                while not self._stopped.is_set():
-                    message = pubsub.get_message(timeout=_POLL)
-                    if message is not None and message["type"] == "message":
-                        self.deliver(message["data"])
+                self._session_sync()
             except (redis.RedisError, OSError) as exc:
+                if self.subscriptions > subscriptions:
+                    backoff = _BACKOFF_FIRST  # it was up: the outage starts now
                 self._lost(exc)
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-            finally:
-                pubsub.close()
+
+    def _session_sync(self) -> None:
+        """Subscribe, then deliver until stopped; raises when the connection fails."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            self._on_subscribed()
+            while not self._stopped.is_set():
+                message = pubsub.get_message(timeout=_POLL)
+                if message is not None and message["type"] == "message":
+                    self.deliver(message["data"])
+        finally:
+            pubsub.close()
 
     # -- async: a task in the running loop ----------------------------------------
 
@@ -152,21 +159,27 @@ class EventHub:
     async def _follow_async(self) -> None:
         backoff = _BACKOFF_FIRST
         while not self._stopped.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            subscriptions = self.subscriptions
             try:
-                await pubsub.subscribe(self.channel)
-                self._on_subscribed()
-                backoff = _BACKOFF_FIRST
-                while not self._stopped.is_set():
-                    message = await pubsub.get_message(timeout=_POLL)
-                    if message is not None and message["type"] == "message":
-                        self.deliver(message["data"])
+                await self._session_async()
             except (redis.RedisError, OSError) as exc:
+                if self.subscriptions > subscriptions:
+                    backoff = _BACKOFF_FIRST
                 self._lost(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-            finally:
-                await pubsub.aclose()
+
+    async def _session_async(self) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self._on_subscribed()
+            while not self._stopped.is_set():
+                message = await pubsub.get_message(timeout=_POLL)
+                if message is not None and message["type"] == "message":
+                    self.deliver(message["data"])
+        finally:
+            await pubsub.aclose()
 
     def stop(self) -> None:
         """Stop following: the thread ends within a poll (and is waited for); a task

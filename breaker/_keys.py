@@ -23,6 +23,9 @@ key                                 type    content
                                             budget's floor bucket
 ``<prefix>:{<name>}:leases``        zset    half-open trial lease ids, scored by expiry (ms)
 ``<prefix>:events``                 pubsub  JSON transition events of every breaker
+                                            (PUBLISH; standalone Redis and Sentinel)
+``<prefix>:{<name>}:events``        pubsub  on a Redis Cluster, the events of one
+                                            breaker (SPUBLISH, in its own shard)
 ==================================  ======  =============================================
 
 Every key carries a TTL (``key_ttl``), refreshed on each write. The braces are a
@@ -127,5 +130,16 @@ class BreakerKeys:
 
 
 def events_channel(prefix: str) -> str:
-    """The pub/sub channel that carries every transition of every breaker under ``prefix``."""
+    """The pub/sub channel that carries every transition of every breaker under ``prefix``
+    (a standalone Redis, or Sentinel)."""
     return f"{prefix}:events"
+
+
+def breaker_channel(prefix: str, name: str) -> str:
+    """The sharded channel of one breaker on a Redis Cluster: in its hash tag, so its
+    events stay in the shard that holds its keys.
+
+    >>> breaker_channel("breaker", "payments")
+    'breaker:{payments}:events'
+    """
+    return f"{BreakerKeys.of(prefix, name).state}:events"

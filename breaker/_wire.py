@@ -40,10 +40,12 @@ class Wired:
     payload: str  # the JSON the library stores
 
     @classmethod
-    def of(cls, config: BreakerConfig, name: str) -> Wired:
+    def of(cls, config: BreakerConfig, name: str, channel: str | None = None) -> Wired:
+        """``channel``: where the library publishes the breaker's transitions
+        (``events_channel`` unless given: a Cluster's is the breaker's own)."""
         settings = {
             "name": name,
-            "channel": events_channel(config.prefix),
+            "channel": events_channel(config.prefix) if channel is None else channel,
             "key_ttl": _ms(config.key_ttl),
             "window_bucket": _ms(config.window_bucket),
             "buckets": config.buckets,
