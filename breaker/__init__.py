@@ -23,7 +23,7 @@ from ._exceptions import (
     PermitSettledError,
 )
 from ._fallback import Fallback, FallbackGuard, FallbackKind, FallbackReason
-from ._keys import BreakerKeys, escape_name, events_channel, unescape_name
+from ._keys import BreakerKeys, breaker_channel, escape_name, events_channel, unescape_name
 from ._listeners import BreakerListener
 from ._models import BreakerSnapshot, BudgetVerdict, OutcomeEvent, TransitionEvent
 from ._operator import BreakerOperator
@@ -47,6 +47,7 @@ from ._transport import (
     origin_of,
 )
 from ._types import STATES, CallOutcome, Outcome, State
+from ._urls import redis_from_url
 
 try:  # one source of truth: pyproject.toml's, as installed
     __version__ = _metadata.version("fleetbreaker")
@@ -97,11 +98,13 @@ __all__ = [
     "SyncResilientTransport",
     "TransitionEvent",
     "attempts_of",
+    "breaker_channel",
     "current_attempt",
     "escape_name",
     "events_channel",
     "is_server_error",
     "origin_of",
     "parse_retry_after",
+    "redis_from_url",
     "unescape_name",
 ]

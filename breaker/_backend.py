@@ -29,7 +29,13 @@ from ._exceptions import BackendUnavailableError
 from ._keys import breaker_channel, events_channel
 from ._scripts import function_name, library_source, script_source
 from ._sharded import ShardedHub
-from ._topology import CLIENT_TYPES, derive_client, is_async_client, topology_of
+from ._topology import (
+    CLIENT_TYPES,
+    REDIS_ERRORS,
+    derive_client,
+    is_async_client,
+    topology_of,
+)
 from ._types import BackendKind, ScriptMode, ScriptName
 
 logger = logging.getLogger("breaker")
@@ -342,7 +348,7 @@ class Backend:
                     reply = self._fcall(_command(script), function_name(script), keys, args)
             else:
                 reply = self._script(script)(keys=keys, args=args)
-        except (TimeoutError, redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(name, exc, now) from exc
         health.succeeded()
         return _list(reply)
@@ -393,7 +399,7 @@ class Backend:
                         )
                 else:
                     reply = await self._script(script)(keys=keys, args=args)
-        except (TimeoutError, redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(name, exc, now) from exc
         health.succeeded()
         return _list(reply)

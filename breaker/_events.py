@@ -23,10 +23,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from ._models import TransitionEvent
 from ._outage import OutageLog
+from ._topology import REDIS_ERRORS
 
 logger = logging.getLogger("breaker")
 
@@ -125,7 +124,7 @@ class EventHub:
             subscriptions = self.subscriptions
             try:
                 self._session_sync()
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 if self.subscriptions > subscriptions:
                     backoff = _BACKOFF_FIRST  # it was up: the outage starts now
                 self._lost(exc)
@@ -162,7 +161,7 @@ class EventHub:
             subscriptions = self.subscriptions
             try:
                 await self._session_async()
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 if self.subscriptions > subscriptions:
                     backoff = _BACKOFF_FIRST
                 self._lost(exc)

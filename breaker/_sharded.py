@@ -31,7 +31,7 @@ class ShardedHub(EventHub):
     the channels it was asked for (``want``) to the receivers of its breaker."""
 
     def __init__(self, client: Any) -> None:
-        super().__init__(client, "sharded channels")
+        super().__init__(client, "{<name>}:events")
         self._wanted: set[str] = set()
 
     def want(self, channel: str) -> None:

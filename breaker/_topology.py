@@ -35,6 +35,11 @@ CLIENT_TYPES = (
 )
 
 
+#: Everything redis-py raises when Redis cannot answer, on every topology (a Cluster
+#: with no node for a slot raises an exception that is no RedisError).
+REDIS_ERRORS = (TimeoutError, OSError, redis.RedisError, redis.exceptions.RedisClusterException)
+
+
 def is_cluster(client: Any) -> bool:
     return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
 
