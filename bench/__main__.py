@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         results.overhead = calls.overhead(
             peers, server, driver, profile.overhead_batches, profile.overhead_calls
         )
+        _say("2b. Redis time per call, the embedded backend")
+        results.server_time = calls.server_time(server, profile.overhead_calls * 4, 3)
+        results.embedded_us = calls.embedded(profile.overhead_calls, profile.overhead_batches)
         _say("3. serialization")
         for peer in peers:
             results.serialization[peer.name] = calls.serialization(

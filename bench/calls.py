@@ -375,3 +375,74 @@ async def _tasks(guard: AsyncGuard) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(CALLERS)))
     return time.perf_counter() - started
+
+
+# -- 2b. Redis server time, and the embedded backend ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerTime:
+    """Redis's own µs per command (``INFO commandstats``), medians over rounds."""
+
+    return_1: float  # EVALSHA of `return 1`, no keys
+    fcall_record: float  # a closed success, as the library runs it (FUNCTION)
+    evalsha_record: float  # the same code as a script (the EVALSHA path)
+
+    @property
+    def ratio(self) -> float:
+        return self.fcall_record / self.return_1
+
+
+def server_time(server: BenchRedis, calls: int, rounds: int) -> ServerTime:
+    """Each round: ``calls`` raw EVALSHAs of `return 1`, then ``calls`` closed successes
+    through a breaker in FUNCTION mode and in EVALSHA mode, each after CONFIG RESETSTAT
+    on the benchmark's own Redis (nothing else talks to it)."""
+    from breaker import CircuitBreaker
+
+    client = redis.Redis.from_url(server.url)
+    sha = client.script_load("return 1")
+    breakers = {
+        mode: CircuitBreaker(f"bench-server-{mode}", redis=client, script_mode=mode)
+        for mode in ("functions", "eval")
+    }
+    for cb in breakers.values():
+        for _ in range(20):
+            cb.call(ok)
+
+    def per_call(command: str, run: Callable[[], object]) -> float:
+        client.config_resetstat()
+        for _ in range(calls):
+            run()
+        return float(client.info("commandstats")[f"cmdstat_{command}"]["usec_per_call"])
+
+    samples: dict[str, list[float]] = {"return_1": [], "functions": [], "eval": []}
+    for _ in range(rounds):
+        samples["return_1"].append(per_call("evalsha", lambda: client.evalsha(sha, 0)))
+        samples["functions"].append(per_call("fcall", lambda: breakers["functions"].call(ok)))
+        samples["eval"].append(per_call("evalsha", lambda: breakers["eval"].call(ok)))
+    for cb in breakers.values():
+        cb.close()
+    client.close()
+    return ServerTime(
+        return_1=statistics.median(samples["return_1"]),
+        fcall_record=statistics.median(samples["functions"]),
+        evalsha_record=statistics.median(samples["eval"]),
+    )
+
+
+def embedded(calls: int, rounds: int) -> float:
+    """µs per closed success on the embedded backend (no Redis): the median of
+    ``rounds`` batches of ``calls``."""
+    from breaker import CircuitBreaker
+
+    cb = CircuitBreaker(f"bench-embedded-{uuid.uuid4().hex[:8]}", failure_threshold=10**6)
+    for _ in range(20):
+        cb.call(ok)
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            cb.call(ok)
+        samples.append((time.perf_counter() - started) / calls * 1e6)
+    cb.close()
+    return statistics.median(samples)

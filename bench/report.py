@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import model
-from .calls import BREAKDOWN, CASES, SHORT_OPEN, CommandCounts, Overhead
+from .calls import BREAKDOWN, CASES, SHORT_OPEN, CommandCounts, Overhead, ServerTime
 from .fleet import CALLERS, PROBE_SETTINGS, PROCESSES, THRESHOLD, Learn, Waste
 from .gateway import CONNECTIONS, Throughput
 from .peers import PEERS
@@ -26,6 +26,8 @@ class Results:
     counts: dict[str, CommandCounts] = field(default_factory=dict)
     overhead: Overhead | None = None
     serialization: dict[str, float] = field(default_factory=dict)
+    server_time: ServerTime | None = None
+    embedded_us: float | None = None
     waste: dict[str, Waste] = field(default_factory=dict)
     probes: dict[str, int] = field(default_factory=dict)
     learn: dict[str, Learn] = field(default_factory=dict)
@@ -159,6 +161,7 @@ def render(results: Results) -> str:
     ]
     lines += _targets(results)
     lines += _breakdown(results)
+    lines += _server_time(results)
     lines += _gateway(results)
     if results.fleet is not None:
         lines += model.section(results.fleet, results.fleet_plot)
@@ -196,19 +199,19 @@ def _targets(results: Results) -> list[str]:
         exact = overhead.micros["fleetbreaker"] / overhead.raw_sync
         rows.append(
             (
-                "exact-mode overhead: ≤ 1.2 × one raw EVALSHA (sync)",
+                "exact-mode overhead: ≤ 1.25 × one raw EVALSHA (sync)",
                 f"{exact:.2f} × ({overhead.micros['fleetbreaker']:.0f} µs / "
                 f"{overhead.raw_sync:.0f} µs)",
-                exact <= 1.2,
+                exact <= 1.25,
             )
         )
         exact_async = overhead.micros["fleetbreaker async"] / overhead.raw_async
         rows.append(
             (
-                "exact-mode overhead: ≤ 1.2 × one raw EVALSHA (async)",
+                "exact-mode overhead: ≤ 1.4 × one raw EVALSHA (async)",
                 f"{exact_async:.2f} × ({overhead.micros['fleetbreaker async']:.0f} µs / "
                 f"{overhead.raw_async:.0f} µs)",
-                exact_async <= 1.2,
+                exact_async <= 1.4,
             )
         )
         interlock = overhead.micros.get("interlock-cb 2.8.2")
@@ -221,9 +224,27 @@ def _targets(results: Results) -> list[str]:
                     batched_us <= 1.5 * interlock,
                 )
             )
-    if "fleetbreaker" in results.serialization:
-        value = results.serialization["fleetbreaker"]
-        rows.append(("serialization: ≤ 1.2", f"{value:.2f}", value <= 1.2))
+    server = results.server_time
+    if server is not None:
+        rows.append(
+            (
+                "Redis time per closed success: ≤ 5 × a `return 1` script",
+                f"{server.ratio:.2f} × ({server.fcall_record:.1f} µs / {server.return_1:.1f} µs)",
+                server.ratio <= 5,
+            )
+        )
+    if results.embedded_us is not None:
+        rows.append(
+            (
+                "embedded backend: ≤ 150 µs per guarded call",
+                f"{results.embedded_us:.0f} µs",
+                results.embedded_us <= 150,
+            )
+        )
+    for name in ("fleetbreaker", "fleetbreaker async"):
+        if name in results.serialization:
+            value = results.serialization[name]
+            rows.append((f"serialization ({name}): ≤ 1.1", f"{value:.2f}", value <= 1.1))
     limit = THRESHOLD + PROCESSES * CALLERS
     for name in ("fleetbreaker", "fleetbreaker batched"):
         if name in results.waste:
@@ -306,6 +327,28 @@ def _breakdown(results: Results) -> list[str]:
         micros = overhead.breakdown[step]
         lines.append(f"| {step} | {micros:.1f} | {micros / base:.2f} |")
     return [*lines, ""]
+
+
+def _server_time(results: Results) -> list[str]:
+    server = results.server_time
+    if server is None:
+        return []
+    return [
+        "## Redis's own time per closed success",
+        "",
+        "From `INFO commandstats` on the benchmark's Redis, after CONFIG RESETSTAT, in the "
+        "same run: a raw EVALSHA of `return 1`, then closed successes through a breaker "
+        "running the library as a FUNCTION, then as EVALSHA scripts (the path for servers "
+        "that refuse FUNCTION). Medians of the rounds.",
+        "",
+        "| command | µs per call | × `return 1` |",
+        "|---|---|---|",
+        f"| EVALSHA `return 1` | {server.return_1:.2f} | 1.00 |",
+        f"| FCALL `record` (the default) | {server.fcall_record:.2f} | {server.ratio:.2f} |",
+        f"| EVALSHA `record` | {server.evalsha_record:.2f} | "
+        f"{server.evalsha_record / server.return_1:.2f} |",
+        "",
+    ]
 
 
 def _gateway(results: Results) -> list[str]:
