@@ -276,8 +276,8 @@ class Backend:
         """Events published while a follower was away are lost: once it is back, the
         views taken before are distrusted (not on its first subscription: the views
         before it came from replies, as every view does)."""
-        hub = self._sharded if self._sharded is not None else self._hubs[channel]
-        if hub.subscriptions > 1:
+        hub = self._sharded if self._sharded is not None else self._hubs.get(channel)
+        if hub is not None and hub.subscriptions > 1:  # None: closing meanwhile
             self.health.invalidate()
 
     # -- the breakers that use it ----------------------------------------------------
