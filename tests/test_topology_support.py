@@ -19,13 +19,23 @@ from redis.retry import Retry
 
 from tests.support.proxy import FaultProxy
 from tests.support.servers import RedisServer
-from tests.support.topology import LocalCluster, TopologyError
+from tests.support.topology import (
+    LocalCluster,
+    SentinelSet,
+    TopologyError,
+    aclose_sentinel_client,
+    close_sentinel_client,
+)
 from tests.topology_fixtures import skip_without
 
 # A dead primary is marked failed after about one node timeout (1000 ms in
 # fresh_cluster), then its replica waits 0.5-1 s and wins an election: 2-3 s measured.
 # A lost election is retried 4 s later; the bound allows one.
 CLUSTER_FAILOVER_BOUND = 10.0
+# Down after 1000 ms, an election, a promotion seen by the next INFO (once a second):
+# 2-3 s measured. After a split vote the sentinels wait twice the failover timeout
+# (2 x 5 s) before the next election; the bound allows one.
+SENTINEL_FAILOVER_BOUND = 20.0
 
 SHARD_KEYS = [f"shard-key-{number}" for number in range(30)]
 
@@ -153,6 +163,47 @@ def test_failed_start_shows_the_log_and_leaves_no_process(tmp_path: Path) -> Non
     finally:
         taken.close()
     assert [pid for pid in cluster.pids if _running(pid)] == []
+
+
+# --- Sentinel
+
+
+@pytest.mark.slow
+def test_sentinel_client_writes_to_the_master(sentinel_set: SentinelSet) -> None:
+    client = sentinel_set.client()
+    try:
+        client.set("k", "v")
+    finally:
+        close_sentinel_client(client)
+    direct = sentinel_set.master().client()
+    assert direct.get("k") == b"v"
+    direct.close()
+
+
+@pytest.mark.slow
+def test_async_sentinel_client_writes_to_the_master(sentinel_set: SentinelSet) -> None:
+    async def scenario() -> None:
+        client = sentinel_set.async_client()
+        try:
+            await client.set("k", "v")
+        finally:
+            await aclose_sentinel_client(client)
+
+    asyncio.run(scenario())
+    direct = sentinel_set.master().client()
+    assert direct.get("k") == b"v"
+    direct.close()
+
+
+@pytest.mark.slow
+def test_killed_master_is_replaced_by_a_replica(fresh_sentinel_set: SentinelSet) -> None:
+    old = fresh_sentinel_set.kill_master()
+
+    seconds = fresh_sentinel_set.wait_new_master(old)
+
+    print(f"a killed master replaced in {seconds:.2f} s")
+    assert seconds < SENTINEL_FAILOVER_BOUND
+    assert fresh_sentinel_set.master() in fresh_sentinel_set.servers[1:]
 
 
 # --- the fault proxy

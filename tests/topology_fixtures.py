@@ -5,6 +5,8 @@
   graceful ``failover()`` is fine on it; a test that kills a node takes
   ``fresh_cluster``, its own (node timeout 1000 ms: a dead primary is replaced in
   2-3 s instead of 3-4).
+- ``sentinel_set`` / ``fresh_sentinel_set``: the same for a master, two replicas and
+  three sentinels, named "fleet".
 - ``fault_proxy``: a ``FaultProxy`` in front of the test's own ``redis_server``.
 
 Outside CI they skip when redis-server or redis-cli is missing; with ``CI=true`` they
@@ -21,7 +23,7 @@ import pytest
 
 from tests.support.proxy import FaultProxy
 from tests.support.servers import RedisServer
-from tests.support.topology import LocalCluster, TopologyError, require_programs
+from tests.support.topology import LocalCluster, SentinelSet, TopologyError, require_programs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -65,6 +67,30 @@ def fresh_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     skip_without("redis-server", "redis-cli")
     with LocalCluster(tmp_path / "cluster", node_timeout_ms=FAILOVER_NODE_TIMEOUT_MS) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def _module_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    skip_without("redis-server")
+    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as sentinels:
+        yield sentinels
+
+
+@pytest.fixture
+def sentinel_set(_module_sentinel_set: SentinelSet) -> SentinelSet:
+    """The module's sentinel set, its master emptied (fails if a test killed a node)."""
+    if dead := [node for node in _module_sentinel_set.nodes if not node.alive]:
+        pytest.fail(f"a test killed {dead} of the shared set: kill in fresh_sentinel_set")
+    _module_sentinel_set.flush()
+    return _module_sentinel_set
+
+
+@pytest.fixture
+def fresh_sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A sentinel set of the test's own, free to kill."""
+    skip_without("redis-server")
+    with SentinelSet(tmp_path / "sentinel") as sentinels:
+        yield sentinels
 
 
 @pytest.fixture
