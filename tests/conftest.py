@@ -37,6 +37,9 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# Real Redis Clusters, Sentinel sets and the fault proxy, for the tests that need them.
+pytest_plugins = ["tests.topology_fixtures"]
+
 
 _RELIABILITY = Reliability()
 
