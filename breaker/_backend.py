@@ -336,6 +336,10 @@ class Backend:
         if health.is_down(now):
             raise BackendUnavailableError(name, f"backing off: {health.last_error}")
         try:
+            if self.cluster and health.is_suspect():
+                # The probe after a failure: the slot map as the cluster has it now,
+                # not as it was when the last call failed (before the failover).
+                self.client.nodes_manager.initialize()
             if self.mode != "eval":
                 try:
                     reply = self._fcall(_command(script), function_name(script), keys, args)
@@ -383,6 +387,8 @@ class Backend:
             raise BackendUnavailableError(name, f"backing off: {health.last_error}")
         try:
             async with asyncio.timeout(self.timeout):
+                if self.cluster and health.is_suspect():
+                    await self.client.nodes_manager.initialize()
                 if self.mode != "eval":
                     try:
                         reply = await self._afcall(

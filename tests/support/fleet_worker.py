@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import redis
-
-from breaker import CircuitBreaker, CircuitOpenError, Permit
+from breaker import CircuitBreaker, CircuitOpenError, Permit, redis_from_url
 from breaker.testing import ManualClock
 
 _WAIT = 10.0  # bound on waiting for an event to arrive, never a delay
@@ -34,9 +33,15 @@ def serve(
     conn: Connection, url: str, settings: dict[str, Any], start: float, fleet_barrier: Any
 ) -> None:
     clock = ManualClock(start)
-    cb = CircuitBreaker("fleet", redis=redis.Redis.from_url(url), clock=clock, **settings)
+    cb = CircuitBreaker("fleet", redis=redis_from_url(url), clock=clock, **settings)
     states: dict[str, threading.Event] = {}
-    cb.add_listener(lambda event: states.setdefault(event.to_state, threading.Event()).set())
+    heard_at: dict[str, float] = {}
+
+    def heard(event: Any) -> None:
+        heard_at.setdefault(event.to_state, time.monotonic())  # one clock for every process
+        states.setdefault(event.to_state, threading.Event()).set()
+
+    cb.add_listener(heard)
     held: list[Permit] = []
     while True:
         command, *args = conn.recv()
@@ -56,6 +61,16 @@ def serve(
             conn.send(_take_trials(cb, args[0], fleet_barrier, held))
         elif command == "wait_for":
             conn.send(states.setdefault(args[0], threading.Event()).wait(_WAIT))
+        elif command == "heard_at":
+            states.setdefault(args[0], threading.Event()).wait(_WAIT)
+            conn.send(heard_at.get(args[0]))
+        elif command == "forget":
+            heard_at.pop(args[0], None)
+            states.pop(args[0], None)
+            conn.send("ok")
+        elif command == "reset":
+            cb.reset()
+            conn.send("ok")
         elif command == "subscribed":
             conn.send(cb.follow_events(timeout=_WAIT))
 

@@ -1,0 +1,213 @@
+"""Failover under load, on real local topologies: 3 worker processes make about 200
+guarded calls a second on one breaker while its Redis fails over.
+
+- (a) a graceful ``CLUSTER FAILOVER`` of the breaker's slot: no call is decided
+  without Redis;
+- (b) ``kill -9`` of the primary that holds the breaker's slot, and (c) of a Sentinel
+  set's master: calls are decided by each process alone (``fail_open``, the
+  fallback) only until the new primary answers, plus at most the backend's backoff;
+  then counts are exact again, every process's view agrees with Redis, and no view's
+  version ever went backwards.
+
+Nothing escapes the breaker as an error in any of them. The figures go to
+RELIABILITY.md (``./scripts/reliability``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from breaker import BreakerOperator
+from tests.support.failover_worker import NAME, Log, Workers
+from tests.support.reliability import Reliability
+from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+RATE = 70.0  # calls per second per worker: about 200 for the three
+LOAD_SECONDS = 9.0
+FAULT_AFTER = 2.0  # seconds of load before the fault
+# The backend's backoff is capped at 1 s: after the new primary answers, each
+# process asks again within a second (and a call interval).
+BACKOFF_BOUND = 1.0 + 1.0 / RATE
+SETTINGS: dict[str, Any] = {"failure_threshold": 1_000_000, "backend_timeout": 0.25}
+KEY = f"breaker:{{{NAME}}}"
+
+
+@dataclass
+class Run:
+    logs: list[Log]
+    fault_at: float
+    answered_after: float  # seconds from the fault until the new primary answered
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for log in self.logs for label, n in log.by.items() for _ in range(n)]
+
+    @property
+    def alone_until(self) -> float:
+        """Seconds after the fault of the last call decided without Redis (0: none)."""
+        ends = [log.last_alone for log in self.logs if log.last_alone is not None]
+        return max(ends) - self.fault_at if ends else 0.0
+
+    def alone(self) -> int:
+        return sum(n for log in self.logs for label, n in log.by.items() if label != "redis")
+
+
+@pytest.fixture
+def workers_on() -> Iterator[Callable[[str], Workers]]:
+    made: list[Workers] = []
+
+    def make(url: str) -> Workers:
+        workers = Workers(WORKERS, url, **SETTINGS)
+        made.append(workers)
+        return workers
+
+    yield make
+    for workers in made:
+        workers.close()
+
+
+def under_load(workers: Workers, fault: Callable[[], float]) -> Run:
+    """Load on every worker; ``fault`` after FAULT_AFTER s returns the seconds until
+    the new primary answered."""
+    workers.ask_all("calls", 5)  # connected, subscribed, the library loaded
+    workers.send_all("load", LOAD_SECONDS, RATE)
+    deadline = time.monotonic() + FAULT_AFTER
+    while time.monotonic() < deadline:  # the load runs meanwhile; nothing to wait for
+        time.sleep(0.05)
+    fault_at = time.monotonic()
+    answered_after = fault()
+    logs = workers.receive_all()
+    return Run(logs, fault_at, answered_after)
+
+
+def exact_afterwards(workers: Workers, store: Any) -> None:
+    """Counts exact again, and every process's view the store's."""
+    operator = BreakerOperator(store)
+    try:
+        before = operator.snapshot(NAME)
+        assert workers.ask_all("calls", 20) == [20] * WORKERS
+        after = operator.snapshot(NAME)
+        assert after.window_calls - before.window_calls == 20 * WORKERS
+        views = workers.ask_all("view")
+        assert views == [("closed", (after.created_at, after.generation))] * WORKERS
+    finally:
+        operator.close()
+
+
+def check(run: Run) -> None:
+    errors = [error for log in run.logs for error in log.errors]
+    assert not errors, errors
+    assert all(log.versions_monotone for log in run.logs)
+    assert sum(log.calls for log in run.logs) >= 0.9 * WORKERS * RATE * LOAD_SECONDS
+
+
+def test_a_graceful_cluster_failover_decides_every_call_with_redis(
+    local_cluster: LocalCluster, workers_on: Callable[[str], Workers], reliability: Reliability
+) -> None:
+    workers = workers_on(local_cluster.url)
+    primary = local_cluster.primary_for(KEY)
+    replica = local_cluster.replica_of(primary)
+    run = under_load(workers, lambda: local_cluster.failover(replica))
+    check(run)
+    assert run.alone() == 0, run.logs
+    assert local_cluster.primary_for(KEY).port == replica.port
+    client = local_cluster.client()
+    try:
+        exact_afterwards(workers, client)
+    finally:
+        client.close()
+    print(f"(a) graceful failover: {run.answered_after:.2f} s; calls {len(run.labels)}")
+    reliability.record(
+        "test_topology_failover::cluster_graceful",
+        "Redis Cluster: `CLUSTER FAILOVER` of the breaker's slot under load "
+        f"({WORKERS} processes, {WORKERS * RATE:.0f} calls/s)",
+        answers=run.labels,
+        lost="nothing",
+        recovery=f"roles swapped in {run.answered_after:.2f} s; no call decided without Redis",
+    )
+
+
+def test_a_killed_cluster_primary_costs_decisions_alone_only_until_its_replica_answers(
+    fresh_cluster: LocalCluster, workers_on: Callable[[str], Workers], reliability: Reliability
+) -> None:
+    workers = workers_on(fresh_cluster.url)
+    primary = fresh_cluster.primary_for(KEY)
+
+    def kill() -> float:
+        fresh_cluster.kill(primary)
+        return fresh_cluster.wait_new_primary(KEY, primary)
+
+    run = under_load(workers, kill)
+    check(run)
+    assert run.alone() > 0, "the load ran through the outage"
+    assert run.alone_until <= run.answered_after + BACKOFF_BOUND, (
+        run.alone_until,
+        run.answered_after,
+    )
+    client = fresh_cluster.client()
+    try:
+        exact_afterwards(workers, client)
+    finally:
+        client.close()
+    print(
+        f"(b) cluster kill: new primary after {run.answered_after:.2f} s; calls decided "
+        f"alone until {run.alone_until:.2f} s; {run.alone()} of {len(run.labels)}"
+    )
+    reliability.record(
+        "test_topology_failover::cluster_kill",
+        "Redis Cluster: the primary of the breaker's slot SIGKILLed under load "
+        f"({WORKERS} processes, {WORKERS * RATE:.0f} calls/s; node timeout 1 s)",
+        answers=run.labels,
+        lost="the window's counts of calls decided alone (each process counted them "
+        "in its fallback); events published during the outage",
+        recovery=f"new primary answered {run.answered_after:.2f} s after the kill; the "
+        f"last call decided alone {run.alone_until:.2f} s after it; then counts exact "
+        "and every view the store's",
+    )
+
+
+def test_a_killed_sentinel_master_costs_decisions_alone_only_until_the_new_one_answers(
+    fresh_sentinel_set: SentinelSet,
+    workers_on: Callable[[str], Workers],
+    reliability: Reliability,
+) -> None:
+    workers = workers_on(fresh_sentinel_set.url)
+
+    def kill() -> float:
+        old = fresh_sentinel_set.kill_master()
+        return fresh_sentinel_set.wait_new_master(old)
+
+    run = under_load(workers, kill)
+    check(run)
+    assert run.alone() > 0, "the load ran through the outage"
+    assert run.alone_until <= run.answered_after + BACKOFF_BOUND, (
+        run.alone_until,
+        run.answered_after,
+    )
+    client = fresh_sentinel_set.client()
+    try:
+        exact_afterwards(workers, client)
+    finally:
+        close_sentinel_client(client)
+    print(
+        f"(c) sentinel kill: new master after {run.answered_after:.2f} s; calls decided "
+        f"alone until {run.alone_until:.2f} s; {run.alone()} of {len(run.labels)}"
+    )
+    reliability.record(
+        "test_topology_failover::sentinel_kill",
+        "Sentinel: the master SIGKILLed under load "
+        f"({WORKERS} processes, {WORKERS * RATE:.0f} calls/s; down-after 1 s)",
+        answers=run.labels,
+        lost="the window's counts of calls decided alone; events published during the outage",
+        recovery=f"new master answered {run.answered_after:.2f} s after the kill; the "
+        f"last call decided alone {run.alone_until:.2f} s after it; then counts exact "
+        "and every view the store's",
+    )
