@@ -371,7 +371,9 @@ class Backend:
 
     def _load_library(self) -> None:
         """FUNCTION LOAD, on every primary of a Cluster (replicas get it from them)."""
-        targets = {"target_nodes": self.client.PRIMARIES} if self.cluster else {}
+        # Named nodes, not the "primaries" flag: with a flag, redis-py looks for a key
+        # in FUNCTION LOAD's arguments first, and finds none.
+        targets = {"target_nodes": self.client.get_primaries()} if self.cluster else {}
         self.client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(), **targets)
 
     async def arun(
@@ -422,7 +424,7 @@ class Backend:
         return await self.client.execute_command(command, function, len(keys), *keys, *args)
 
     async def _aload_library(self) -> None:
-        targets = {"target_nodes": self.client.PRIMARIES} if self.cluster else {}
+        targets = {"target_nodes": self.client.get_primaries()} if self.cluster else {}
         await self.client.execute_command(
             "FUNCTION", "LOAD", "REPLACE", library_source(), **targets
         )

@@ -12,6 +12,7 @@ Time is a ``ManualClock``: tests advance it instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import threading
@@ -23,14 +24,16 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
 
-from breaker import CircuitBreaker
+from breaker import CircuitBreaker, redis_from_url
 from breaker._backend import embedded_backend
 from breaker._local import fallback_engine
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
 from tests.support.reliability import Reliability, audit_dependencies, render
 from tests.support.servers import RedisServer, text_hash
+from tests.support.topology import aclose_sentinel_client, close_sentinel_client
 from tests.support.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
@@ -129,6 +132,11 @@ class Harness:
     def hash(self, key: str) -> dict[str, str]:
         return text_hash(self.raw, key)
 
+    def keys(self, pattern: str = "*") -> set[str]:
+        """The keys matching ``pattern``, as text (on a Cluster, on every primary)."""
+        found = self.raw.scan_iter(match=pattern)
+        return {key.decode() if isinstance(key, bytes) else key for key in found}
+
 
 class Breakers:
     """Makes breakers (``CircuitBreaker``'s arguments) and closes them after the test:
@@ -175,22 +183,37 @@ def _fresh_in_process_backends() -> None:
 
 
 # Every behaviour on Redis as a FUNCTION library, as EVALSHA scripts (for servers that
-# refuse FUNCTION; the full lane), and on the embedded backend.
+# refuse FUNCTION), on a Redis Cluster and through Sentinel (the full lane for these
+# three), and on the embedded backend.
 _EVAL = pytest.param("redis-eval", marks=pytest.mark.slow)
+_CLUSTER = pytest.param("cluster", marks=pytest.mark.slow)
+_SENTINEL = pytest.param("sentinel", marks=pytest.mark.slow)
 
 
-@pytest.fixture(params=["redis", _EVAL, "embedded"])
+@pytest.fixture(params=["redis", _EVAL, _CLUSTER, _SENTINEL, "embedded"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    closing: Callable[[], None] = lambda: None  # noqa: E731
     if request.param.startswith("redis"):
         client = request.getfixturevalue("sync_redis")
         url = request.getfixturevalue("redis_url")
         mode = "eval" if request.param == "redis-eval" else "functions"
         made = Harness("redis", ManualClock(), client, client, url, mode)
+    elif request.param == "cluster":
+        cluster = request.getfixturevalue("local_cluster")
+        client = cluster.client()
+        closing = client.close
+        made = Harness("redis", ManualClock(), client, client, cluster.url, "functions")
+    elif request.param == "sentinel":
+        sentinels = request.getfixturevalue("sentinel_set")
+        client = sentinels.client()
+        closing = functools.partial(close_sentinel_client, client)
+        made = Harness("redis", ManualClock(), client, client, sentinels.url, "functions")
     else:
         made = Harness("embedded", ManualClock(), embedded_backend().client, None)
     yield made
     for breaker in made.breakers:
         breaker.close()
+    closing()
 
 
 @dataclass
@@ -207,7 +230,7 @@ class AsyncHarness:
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
         client = None
         if self.url is not None:
-            client = aioredis.Redis.from_url(self.url)
+            client = redis_from_url(self.url, asyncio=True)
             self.clients.append(client)
         settings.setdefault("script_mode", self.script_mode)
         cb = CircuitBreaker(name, redis=client, clock=self.clock, **settings)
@@ -218,7 +241,10 @@ class AsyncHarness:
         for breaker in self.breakers:
             await breaker.aclose()
         for client in self.clients:
-            await client.aclose()
+            if isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool):
+                await aclose_sentinel_client(client)
+            else:
+                await client.aclose()
 
     def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
         """Run ``scenario`` in a fresh event loop, closing the clients it made."""
@@ -233,7 +259,13 @@ class AsyncHarness:
 
 
 @pytest.fixture(
-    params=["redis-async", pytest.param("redis-async-eval", marks=pytest.mark.slow), "embedded"]
+    params=[
+        "redis-async",
+        pytest.param("redis-async-eval", marks=pytest.mark.slow),
+        pytest.param("cluster-async", marks=pytest.mark.slow),
+        pytest.param("sentinel-async", marks=pytest.mark.slow),
+        "embedded",
+    ]
 )
 def async_harness(request: pytest.FixtureRequest) -> Iterator[AsyncHarness]:
     if request.param.startswith("redis-async"):
@@ -241,6 +273,12 @@ def async_harness(request: pytest.FixtureRequest) -> Iterator[AsyncHarness]:
         mode = "eval" if request.param.endswith("eval") else "functions"
         url = request.getfixturevalue("redis_url")
         yield AsyncHarness("redis-async", ManualClock(), url, mode)
+    elif request.param == "cluster-async":
+        url = request.getfixturevalue("local_cluster").url
+        yield AsyncHarness("redis-async", ManualClock(), url, "functions")
+    elif request.param == "sentinel-async":
+        url = request.getfixturevalue("sentinel_set").url
+        yield AsyncHarness("redis-async", ManualClock(), url, "functions")
     else:
         yield AsyncHarness("embedded", ManualClock(), None)
 

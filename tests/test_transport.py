@@ -29,6 +29,7 @@ from breaker import (
     SyncResilientTransport,
     attempts_of,
     origin_of,
+    redis_from_url,
 )
 from breaker.testing import ManualClock, set_testing
 from tests.conftest import Harness
@@ -454,7 +455,7 @@ def test_a_reader_that_stops_early_leaves_the_headers_success_standing(
     assert (snapshot.window_calls, snapshot.failures) == (1, 0)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(harness.url) if harness.url else None
+        client = redis_from_url(harness.url, asyncio=True) if harness.url else None
         transport = ResilientTransport(redis=client, breaker_config=config)
         async with (
             httpx.AsyncClient(transport=transport, timeout=POOL_WAIT) as http,
