@@ -378,9 +378,13 @@ def _check_redis_url(value: str) -> None:
         raise ConfigError(f"BREAKER_REDIS_URL: {exc}") from None
 
 
-#: The gateway's batch_interval where the configuration sets none; ``false`` in the
-#: TOML records every success at once (the library's default).
-DEFAULT_BATCH_INTERVAL: float | None = None
+#: The gateway's batch_interval where the configuration sets none: closed-state
+#: successes are counted in the process and flushed every 50 ms, so a healthy
+#: upstream costs no Redis round trip per request (failures, trips and half-open
+#: trials stay exact). ``false`` in the TOML records every success at once, the
+#: library's default. Chosen by figures: bench/gateway.py measured the gateway at
+#: 1.00x the breaker-off throughput batched against 0.79x exact (BENCHMARKS.md).
+DEFAULT_BATCH_INTERVAL: float | None = 0.05
 
 
 def _upstream(

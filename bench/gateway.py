@@ -9,6 +9,7 @@ by round, in a rotating order, so that all three see the same machine."""
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,9 @@ class Throughput:
     off: Load
     rounds: int
     seconds: float
+    # The gateway's own CPU (every process of ``serve``: utime + stime) per request,
+    # in µs, by variant: less swayed by what else the machine runs than throughput.
+    cpu_us: dict[str, float]
 
     @property
     def exact_ratio(self) -> float:
@@ -113,12 +117,19 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
             for variant in VARIANTS:  # connections, pools, scripts loaded
                 run_load(f"{gateway_url}/proxy/{variant}/warm", _WARM_SECONDS, CONNECTIONS)
             samples: dict[str, list[Load]] = {variant: [] for variant in VARIANTS}
+            cpu: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            gateway = services[1].process
+            assert gateway is not None
+            session = os.getsid(gateway.pid)
             for index in range(rounds):
                 turn = index % len(VARIANTS)
                 for variant in VARIANTS[turn:] + VARIANTS[:turn]:
-                    samples[variant].append(
-                        run_load(f"{gateway_url}/proxy/{variant}/item", seconds, CONNECTIONS)
-                    )
+                    before = _session_cpu(session)
+                    load = run_load(f"{gateway_url}/proxy/{variant}/item", seconds, CONNECTIONS)
+                    used = _session_cpu(session) - before
+                    samples[variant].append(load)
+                    requests = max(1.0, load.requests_per_second * seconds)
+                    cpu[variant].append(used / requests * 1e6)
         finally:
             for service in reversed(services):
                 service.stop()
@@ -128,7 +139,24 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
         off=_median(samples["off"]),
         rounds=rounds,
         seconds=seconds,
+        cpu_us={variant: statistics.median(values) for variant, values in cpu.items()},
     )
+
+
+def _session_cpu(session: int) -> float:
+    """CPU seconds (user + system) used so far by every process of ``session``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) == session:  # fields after the name: state, ppid, pgrp, session
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def _median(loads: list[Load]) -> Load:

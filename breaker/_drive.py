@@ -8,6 +8,7 @@ scripts take tens of microseconds: both call it directly.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, TypeVar
 
@@ -32,6 +33,21 @@ class Driver:
         self.shared = shared
         self.hub = hub
         self.local = local
+        self._flushes: set[asyncio.Task[None]] = set()
+        if engine.config.batch_interval is not None:
+            hub.add_tick(self.flush_if_due)
+
+    def flush_if_due(self) -> None:
+        """Batched successes reach Redis within their interval (and a poll of the
+        events follower, which calls this), also when no call comes to carry them."""
+        if not self.engine.shared.flush_due():
+            return
+        if not self.shared.is_async:
+            self.run(self.engine.flushing())
+            return
+        task = asyncio.get_running_loop().create_task(self.arun(self.engine.flushing()))
+        self._flushes.add(task)  # held until done: the loop keeps weak references only
+        task.add_done_callback(self._flushes.discard)
 
     def ready(self, *, sync: bool) -> None:
         """Check that the backend serves this calling style, and follow events."""

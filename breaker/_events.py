@@ -51,6 +51,7 @@ class EventHub:
         #: How many times the follower subscribed: more than once, it was away.
         self.subscriptions = 0
         self._subscribed_listeners: list[Callable[[str], None]] = []
+        self._ticks: list[weakref.WeakMethod[Callable[[], None]]] = []
         # A dead Redis fails every reconnection: log its outage, not each attempt.
         self._outage = OutageLog(f"events channel {channel}")
 
@@ -71,6 +72,21 @@ class EventHub:
                 listener(self.channel)
             except Exception:
                 logger.exception("subscription listener %r failed", listener)
+
+    def add_tick(self, tick: Callable[[], None]) -> None:
+        """Call ``tick`` (a bound method, held weakly) after each poll of the follower
+        (at most ``_POLL`` apart): for work due on time, such as batched counts."""
+        with self._lock:
+            self._ticks.append(weakref.WeakMethod(tick))
+
+    def _tick(self) -> None:
+        with self._lock:
+            ticks = [tick for ref in self._ticks if (tick := ref()) is not None]
+        for tick in ticks:
+            try:
+                tick()
+            except Exception:
+                logger.exception("events follower tick %r failed", tick)
 
     def register(self, name: str, receiver: Receiver) -> None:
         """Call ``receiver`` (a bound method, held weakly) for every event of ``name``."""
@@ -141,6 +157,7 @@ class EventHub:
                 message = pubsub.get_message(timeout=_POLL)
                 if message is not None and message["type"] == "message":
                     self.deliver(message["data"])
+                self._tick()
         finally:
             pubsub.close()
 
@@ -177,6 +194,7 @@ class EventHub:
                 message = await pubsub.get_message(timeout=_POLL)
                 if message is not None and message["type"] == "message":
                     self.deliver(message["data"])
+                self._tick()
         finally:
             await pubsub.aclose()
 

@@ -70,6 +70,7 @@ class ShardedHub(EventHub):
                     self._subscribe_sync(pubsubs, subscribed)
                     self.subscribed.set()
                 self._read_sync(list(pubsubs.values()))
+                self._tick()
         finally:
             for pubsub in pubsubs.values():
                 pubsub.close()
@@ -119,8 +120,9 @@ class ShardedHub(EventHub):
                     self.subscribed.set()
                 if not pubsubs:
                     await asyncio.sleep(_POLL)
-                    continue
-                await asyncio.gather(*(self._pump(pubsub) for pubsub in pubsubs.values()))
+                else:
+                    await asyncio.gather(*(self._pump(pubsub) for pubsub in pubsubs.values()))
+                self._tick()
         finally:
             for pubsub in pubsubs.values():
                 await pubsub.aclose()

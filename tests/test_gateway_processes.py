@@ -142,7 +142,13 @@ def test_every_answered_request_is_recorded_by_the_breaker(
     # the response, and the breaker must still record the success.
     for _ in range(30):
         assert fresh(gateway, "GET", "/proxy/api/r").status_code == 200
+    # Successes are batched (the gateway's default): each worker flushes its own
+    # within 50 ms and a poll of its events follower.
+    deadline = time.monotonic() + 5.0
     view = fresh(gateway, "GET", "/admin/breakers/api", headers=AUTH).json()
+    while view["window_calls"] < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        view = fresh(gateway, "GET", "/admin/breakers/api", headers=AUTH).json()
     assert (view["window_calls"], view["failures"]) == (30, 0)
 
 

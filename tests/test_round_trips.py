@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,3 +296,45 @@ def test_a_retry_costs_one_budget_round_trip(
     retrier.call(fails_once())  # loads the budget script
     # record the failure, ask the budget, record the success.
     assert commands_during(redis_server, lambda: retrier.call(fails_once())) == {mode.command: 3}
+
+
+def test_batched_successes_reach_redis_on_time_without_another_call(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    """The events follower flushes a batch once it is due: a quiet process does not
+    keep its counts (within the interval, and a poll of the follower)."""
+    clock = ManualClock()
+    cb = breakers("p", redis=redis_server.client(), clock=clock, batch_interval=0.05)
+    assert cb.follow_events(timeout=5.0)
+    for _ in range(4):
+        succeed(cb)  # counted in the process (the first asked Redis only to admit)
+    assert cb.snapshot().window_calls == 0
+    clock.advance(0.05)
+    deadline = time.monotonic() + 5.0
+    while cb.snapshot().window_calls != 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cb.snapshot().window_calls == 4
+
+
+def test_async_batched_successes_reach_redis_on_time_without_another_call(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_server.url)
+        cb = CircuitBreaker("p", redis=client, clock=clock, batch_interval=0.05)
+        cb.follow_events()
+        for _ in range(4):
+            async with cb:
+                pass
+        clock.advance(0.05)
+        calls = 0
+        for _ in range(500):  # bounded: 5 s
+            calls = (await cb.asnapshot()).window_calls
+            if calls == 4:
+                break
+            await asyncio.sleep(0.01)
+        await cb.aclose()
+        await client.aclose()
+        return calls
+
+    assert asyncio.run(scenario()) == 4
