@@ -14,7 +14,9 @@ Derived, in pure functions: exact mode costs Redis ``c`` CPU-seconds per guarded
 call, so one core at 70 % carries ``0.7 / c`` calls a second. Batched mode costs per
 flush (one ``record``), and a flush carries every success one process made on one
 breaker since its batch began (``calls_per_flush``): its load follows processes times
-breakers, and calls only up to 1 / ``batch_interval`` a second per breaker.
+breakers, and calls only up to 1 / ``batch_interval`` a second per breaker (a
+breaker called less often than once per interval and half a follower poll costs a
+flush per call, as in exact mode: the follower flushes each batch on time).
 
 ``python -m bench.model [--quick]`` runs it alone: it prints its section of
 BENCHMARKS.md and writes the plot (``--plot``, default ``docs/fleet-model.png``).
@@ -398,10 +400,19 @@ def costs_from(runs: Sequence[Run]) -> Costs:
     )
 
 
+#: How often the events follower flushes due batches (``_events._POLL``): on average
+#: half a poll after a batch's interval ends.
+FOLLOWER_POLL = 0.1
+
+
 def calls_per_flush(per_breaker_rate: float, interval: float) -> int:
     """Successes one batched flush carries, a breaker's calls in a process evenly
-    spaced: the first call of a batch is counted locally, and the first call at least
-    ``interval`` after it sends the batch, itself included. So always 2 or more."""
+    spaced: the first call of a batch is counted locally, and the batch goes with the
+    first call at least ``interval`` after it, itself included, unless the events
+    follower flushed it first (half a poll after the interval, on average): then it
+    carries that one call."""
+    if per_breaker_rate * (interval + FOLLOWER_POLL / 2) < 1:
+        return 1  # the next call comes after the follower flushed
     gaps = math.ceil(round(interval * per_breaker_rate, 9))
     return max(1, gaps) + 1
 

@@ -389,8 +389,13 @@ class Backend:
             raise BackendUnavailableError(name, f"backing off: {health.last_error}")
         try:
             async with asyncio.timeout(self.timeout):
-                if self.cluster and health.is_suspect():
-                    await self.client.nodes_manager.initialize()
+                if self.cluster:
+                    # The slot map, once (redis-py's aclose closes the nodes only of
+                    # a client initialized this way); again for the probe after a
+                    # failure.
+                    await self.client.initialize()
+                    if health.is_suspect():
+                        await self.client.nodes_manager.initialize()
                 if self.mode != "eval":
                     try:
                         reply = await self._afcall(
@@ -416,7 +421,6 @@ class Backend:
         if self._aconnections is not None:
             return await self._aconnections.call((command, function, len(keys), *keys, *args))
         if self.cluster:
-            await self.client.initialize()  # the slot map (at once when it has one)
             node = self.client.get_node_from_key(keys[0])
             return await self.client.execute_command(
                 command, function, len(keys), *keys, *args, target_nodes=node

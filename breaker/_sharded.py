@@ -111,7 +111,9 @@ class ShardedHub(EventHub):
         clients: list[Any] = []
         subscribed: set[str] = set()
         try:
-            await self.client.nodes_manager.initialize()
+            await self.client.initialize()  # once: its aclose needs it
+            if self.subscriptions:
+                await self.client.nodes_manager.initialize()  # the slot map as it is now
             await self._subscribe_async(pubsubs, clients, subscribed)
             self._on_subscribed()
             while not self._stopped.is_set():

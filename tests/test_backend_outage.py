@@ -217,14 +217,17 @@ def test_an_async_breaker_replaces_connections_a_restarted_redis_closed(
     async def scenario() -> tuple[list[str], str]:
         client = aioredis.Redis.from_url(redis_server.url)
         clock = ManualClock()
-        cb = CircuitBreaker("p", redis=client, clock=clock, failure_threshold=2)
+        # Not a test of timeouts: a loaded machine must not fail the calls before.
+        cb = CircuitBreaker(
+            "p", redis=client, clock=clock, failure_threshold=2, backend_timeout=5.0
+        )
         errors = Errors()
-        cb.add_listener(errors)
 
         async def upstream() -> str:
             return "served"
 
         await asyncio.gather(*(cb.call(upstream) for _ in range(4)))  # several idle
+        cb.add_listener(errors)  # from here on: the restart
         # Off the loop, as a restart happens: the loop sees each connection closed.
         await asyncio.to_thread(redis_server.kill)
         await asyncio.to_thread(redis_server.start)
