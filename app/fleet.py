@@ -38,6 +38,9 @@ from typing import TextIO
 import httpx
 import redis
 
+from .localredis import free_port as free_port  # tests and bench import it from here
+from .localredis import orphan_guard
+from .localredis import redis_server_command as redis_server_command
 from .settings import redacted_url
 from .tempdirs import owned_tempdir
 
@@ -63,37 +66,12 @@ class FleetError(Exception):
     """The fleet cannot start; the message says what is missing or what failed."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def fleetbreaker_command() -> list[str]:
     """The ``fleetbreaker`` console script next to this Python, else the module."""
     script = Path(sys.executable).parent / "fleetbreaker"
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", __name__.rpartition(".")[0]]
-
-
-def redis_server_command(port: int, data: Path) -> list[str]:
-    """A ``redis-server`` on 127.0.0.1:``port`` that persists nothing."""
-    return [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-    ]
 
 
 def find_program(name: str, hint: str, search_path: str | None = None) -> str:
@@ -142,7 +120,7 @@ class Service:
 
     def start(self, output: TextIO, lock: threading.Lock) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports  # nosec B603
-            [*_orphan_guard(), *self.argv],
+            [*orphan_guard(), *self.argv],
             env=self.environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -216,12 +194,6 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _orphan_guard() -> list[str]:
-    """A prefix that has the kernel send SIGTERM to the child when its parent dies."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _pump(
