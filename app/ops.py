@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Literal
+from typing import Any, Literal
 
-import redis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .metrics import CONTENT_TYPE, exposition
+from .redisclient import see
 from .runtime import gateway_of
 
 router = APIRouter(tags=["operations"])
@@ -21,11 +20,17 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """``degraded``: Redis is unreachable and the in-process fallback breakers serve
-    (fail_open upstreams); ``unavailable``: every upstream is fail_closed."""
+    """``degraded``: some or all breakers' Redis does not answer, and their in-process
+    fallback breakers serve (fail_open upstreams); ``unavailable``: none of it
+    answers and every upstream is fail_closed. ``topology`` and ``redis`` say what the
+    gateway sees: the server; the master the sentinels name; or the Cluster's
+    primaries, the slots of each and whether each answers."""
 
     status: Literal["ready", "degraded", "unavailable"]
     backend: Literal["redis", "embedded", "fallback"]
+    topology: Literal["standalone", "sentinel", "cluster"] | None = None
+    redis: dict[str, Any] | None = None
+    without_redis: list[str] | None = None
     detail: str | None = None
 
 
@@ -36,25 +41,34 @@ async def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    summary="Readiness: whether Redis answers",
+    summary="Readiness: whether Redis answers, and what the gateway sees of it",
     responses={503: {"model": Readiness, "description": "Every upstream is fail_closed."}},
 )
 async def readyz(request: Request) -> JSONResponse:
     gateway = gateway_of(request)
-    configs = [breaker.config for breaker in gateway.breakers.values()]
-    if gateway.redis is None or not configs:
+    breakers = gateway.breakers
+    if gateway.redis is None or not breakers:
         return _ready(Readiness(status="ready", backend="embedded"))
-    timeout = max(config.backend_timeout for config in configs)
-    try:
-        async with asyncio.timeout(timeout):
-            await gateway.redis.ping()
-    except (TimeoutError, redis.RedisError, OSError) as exc:
-        reason = f"Redis unreachable: {type(exc).__name__}"
-        policies = {config.on_backend_error for config in configs}
-        if policies == {"fail_closed"}:
-            return _ready(Readiness(status="unavailable", backend="redis", detail=reason), 503)
-        return _ready(Readiness(status="degraded", backend="fallback", detail=reason))
-    return _ready(Readiness(status="ready", backend="redis"))
+    timeout = max(breaker.config.backend_timeout for breaker in breakers.values())
+    view = await see(gateway.redis, timeout)
+    without = sorted(
+        name for name, breaker in breakers.items() if not view.serves(breaker.config.prefix, name)
+    )
+    readiness = Readiness(
+        status="ready",
+        backend="redis",
+        topology=view.topology,
+        redis=view.seen,
+        # Only a part of a Cluster can fail some breakers and not the others.
+        without_redis=without if 0 < len(without) < len(breakers) else None,
+        detail=view.problem,
+    )
+    if not without:  # all of it answers, or the part that does not holds none of them
+        return _ready(readiness)
+    policies = {breakers[name].config.on_backend_error for name in without}
+    if len(without) == len(breakers) and policies == {"fail_closed"}:
+        return _ready(readiness.model_copy(update={"status": "unavailable"}), 503)
+    return _ready(readiness.model_copy(update={"status": "degraded", "backend": "fallback"}))
 
 
 def _ready(readiness: Readiness, status: int = 200) -> JSONResponse:

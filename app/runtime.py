@@ -1,10 +1,11 @@
 """The gateway's runtime: what one worker builds at startup, and routes read.
 
-The lifespan builds, once per worker: the Redis client (or none: the embedded
-backend), one ``httpx.AsyncClient`` whose pool every upstream shares, and per
-upstream a ``ResilientTransport`` (the library's) with that upstream's breaker and
-retry policy. A request picks its upstream's transport by a request extension.
-Routes only read ``app.state.gateway``.
+The lifespan builds, once per worker: the Redis client of ``BREAKER_REDIS_URL`` (a
+server, a Cluster or a Sentinel set; or none: the embedded backend), one
+``httpx.AsyncClient`` whose pool every upstream shares, and per upstream a
+``ResilientTransport`` (the library's) with that upstream's breaker and retry policy.
+A request picks its upstream's transport by a request extension. Routes only read
+``app.state.gateway``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
-import redis.asyncio
 from fastapi import Request
 
 from breaker import (
@@ -52,6 +53,7 @@ from .metrics import (
     RETRY_SUCCESSES,
     TRANSITIONS,
 )
+from .redisclient import aclose, async_client
 from .settings import GatewayConfig, Upstream
 
 logger = logging.getLogger("fleetbreaker.gateway")
@@ -192,7 +194,7 @@ class Gateway:
     def __init__(
         self,
         config: GatewayConfig,
-        redis_client: redis.asyncio.Redis | None,
+        redis_client: Any,  # redisclient.async_client's (a server, Cluster or Sentinel set)
         client: httpx.AsyncClient,
         routes: dict[str, Route],
         feed: EventFeed,
@@ -206,7 +208,7 @@ class Gateway:
 
     @classmethod
     async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
-        redis_client = redis.asyncio.Redis.from_url(config.redis_url) if config.redis_url else None
+        redis_client = async_client(config.redis_url) if config.redis_url else None
         pool = httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0)
         transports: dict[str, httpx.AsyncBaseTransport] = {}
         routes: dict[str, Route] = {}
@@ -287,7 +289,7 @@ class Gateway:
             await self._lag
         await self.client.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
+            await aclose(self.redis)
 
 
 def _log_transition(event: TransitionEvent) -> None:

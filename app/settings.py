@@ -3,6 +3,9 @@
 Environment:
 
 - ``BREAKER_REDIS_URL``: the shared Redis; unset, the embedded backend (one process).
+  A server (``redis://``, ``rediss://``, ``unix://``), a Cluster
+  (``redis+cluster://host:port[,host:port...]``) or a Sentinel set
+  (``redis+sentinel://host:port[,host:port...]/<master>[/<db>]``); ``rediss+`` for TLS.
 - ``BREAKER_CONFIG``: a TOML file (below).
 - ``BREAKER_ADMIN_TOKEN``: enables the admin API (``Authorization: Bearer <token>``).
 - ``BREAKER_UPSTREAMS``: ``name=url,name2=url2``, for the quick case.
@@ -63,7 +66,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import redis.asyncio
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -78,6 +80,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from breaker import BreakerConfig, ConfigurationError, RetryBudget, RetryPolicy, is_server_error
+
+from .redisclient import check_url
 
 #: Upstream names are URL path segments and Redis hash tags: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -372,10 +376,12 @@ def redacted_url(url: str) -> str:
 
 
 def _check_redis_url(value: str) -> None:
+    """A server, a Cluster or a Sentinel set (``redisclient``), or one line naming the
+    problem; it connects to nothing."""
     try:
-        redis.asyncio.Redis.from_url(value)
-    except ValueError as exc:
-        raise ConfigError(f"BREAKER_REDIS_URL: {exc}") from None
+        check_url(value)
+    except ConfigurationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 #: The gateway's batch_interval where the configuration sets none: closed-state

@@ -231,7 +231,9 @@ def test_bad_file_is_one_line_naming_the_key(tmp_path: Path, toml: str, message:
             {"upstreams": "../x=http://a"}, "BREAKER_UPSTREAMS: upstream name", id="bad-name"
         ),
         pytest.param(
-            {"redis_url": "mysql://127.0.0.1"}, "BREAKER_REDIS_URL: Redis URL must", id="redis"
+            {"redis_url": "mysql://127.0.0.1"},
+            "BREAKER_REDIS_URL: unknown scheme 'mysql'",
+            id="redis",
         ),
         pytest.param(
             {"demo_failure_rate": "2"}, "BREAKER_DEMO_FAILURE_RATE: Input should be", id="rate"

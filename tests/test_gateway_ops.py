@@ -55,7 +55,12 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
 
     async def scenario(client: httpx.AsyncClient) -> None:
         ready = await client.get("/readyz")
-        assert ready.json() == {"status": "ready", "backend": "redis"}
+        assert ready.json() == {
+            "status": "ready",
+            "backend": "redis",
+            "topology": "standalone",
+            "redis": {"server": f"127.0.0.1:{redis_server.port}"},
+        }
         redis_server.kill()
         degraded = await client.get("/readyz")
         assert degraded.status_code == 200
