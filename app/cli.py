@@ -19,8 +19,9 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -28,12 +29,15 @@ from breaker import (
     BackendUnavailableError,
     BreakerOperator,
     BreakerSnapshot,
+    ConfigurationError,
     TransitionEvent,
     __version__,
+    breaker_channel,
     events_channel,
 )
 
 from .preflight import listen_problem, redis_problem, unreachable_redis
+from .redisclient import REDIS_ERRORS, close, ping, reason, sync_client, topology_of
 from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
 from .supervisor import SUPERVISOR_ENV
 from .tempdirs import owned_tempdir, remove_orphans
@@ -44,6 +48,15 @@ EXIT_USAGE = 2
 #: This package's import name: ``fleetbreaker`` when installed, ``app`` in a checkout.
 #: uvicorn's import strings name it, so that a worker imports this very gateway.
 PACKAGE = __name__.rpartition(".")[0]
+_T = TypeVar("_T")
+#: How long a command waits for any one reply of Redis.
+REDIS_TIMEOUT = 5.0
+#: On a Cluster, how often ``watch`` looks for breakers it does not follow yet.
+RESCAN_EVERY = 5.0
+#: On a Sentinel set or a Cluster, how long ``watch`` tries to subscribe again after
+#: losing a connection: a failover takes a few seconds.
+FAILOVER_WAIT = 30.0
+_POLL = 0.2
 
 
 class CommandError(Exception):
@@ -91,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
+    def command(name: str, text: str, details: str = "") -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=text, description=text, formatter_class=_HelpFormatter
+            name,
+            help=text,
+            description=f"{text}. {details}" if details else text,
+            formatter_class=_HelpFormatter,
         )
 
     serve = command("serve", "run the gateway (uvicorn)")
@@ -121,11 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--workers", type=int, default=2, help="worker processes per replica")
     fleet.add_argument("--port", type=int, default=8080, help="the load balancer's (nginx) port")
     fleet.add_argument("--upstream-port", type=int, default=9000, help="the demo upstream's port")
+    fleet.add_argument(
+        "--redis",
+        choices=["standalone", "cluster", "sentinel"],
+        default="standalone",
+        help="the Redis the fleet shares: standalone is the one at $BREAKER_REDIS_URL, or "
+        "a redis-server of its own; cluster starts a Redis Cluster of 3 primaries and 3 "
+        "replicas, sentinel a Sentinel set (a master, 2 replicas, 3 sentinels)",
+    )
     fleet.set_defaults(run=_fleet)
 
     def with_redis(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
         command.add_argument(
-            "--redis-url", help="the Redis holding the breakers (default: $BREAKER_REDIS_URL)"
+            "--redis-url",
+            help="the Redis holding the breakers: redis://, rediss://, unix://, "
+            "redis+cluster://host:port[,host:port...] or "
+            "redis+sentinel://host:port[,host:port...]/<master>[/<db>] "
+            "(default: $BREAKER_REDIS_URL)",
         )
         return command
 
@@ -140,7 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
         control = with_redis(command(name, text))
         control.add_argument("name", help="the breaker's name: its upstream's")
         control.set_defaults(run=_control, action=action)
-    watch = with_redis(command("watch", "print transitions as they happen, in local time"))
+    watch = with_redis(
+        command(
+            "watch",
+            "print transitions as they happen, in local time",
+            "On a Redis Cluster, where "
+            "each breaker publishes on a channel of its own in its shard, it finds the "
+            "breakers by SCAN on every primary, subscribes to each one's channel "
+            f"(SSUBSCRIBE), and looks for new breakers every {RESCAN_EVERY:g} s. On a "
+            "Cluster or a Sentinel set, it subscribes again after a failover (for up to "
+            f"{FAILOVER_WAIT:g} s); transitions in between are not shown.",
+        )
+    )
     watch.set_defaults(run=_watch)
     return parser
 
@@ -263,6 +302,7 @@ def _fleet(args: argparse.Namespace) -> int:
             lb_port=args.port,
             upstream_port=args.upstream_port,
             redis_url=os.environ.get("BREAKER_REDIS_URL") or None,
+            redis=args.redis,
             admin_token=os.environ.get("BREAKER_ADMIN_TOKEN") or None,
         )
         fleet.start(cancelled=stop)
@@ -338,24 +378,37 @@ NO_REDIS = (
 )
 
 
-def _redis_url(args: argparse.Namespace) -> str:
-    url: str | None = args.redis_url or os.environ.get("BREAKER_REDIS_URL")
+def _redis_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The URL of the Redis to talk to, and the setting it came from."""
+    if args.redis_url:
+        return args.redis_url, "--redis-url"
+    url = os.environ.get("BREAKER_REDIS_URL")
     if not url:
         raise CommandError(NO_REDIS)
-    return url
+    return url, "BREAKER_REDIS_URL"
 
 
-def _client(url: str) -> redis.Redis:
+def _client(url: str, setting: str) -> Any:
+    """A client of ``url`` (a server, a Cluster or a Sentinel set) that answered a PING:
+    a bad URL is exit 2, a Redis that does not answer exit 1, each in one line."""
     try:
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        client.ping()
-    except ValueError as exc:
-        raise CommandError(f"--redis-url: {exc}") from None
-    except (redis.RedisError, OSError) as exc:
-        raise CommandError(
-            f"cannot reach Redis at {redacted_url(url)}: {exc}", EXIT_UNREACHABLE
-        ) from None
+        client = sync_client(url, timeout=REDIS_TIMEOUT, setting=setting)
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    except REDIS_ERRORS as exc:
+        raise _unreachable(url, exc) from None
+    try:
+        ping(client)
+    except REDIS_ERRORS as exc:
+        close(client)
+        raise _unreachable(url, exc) from None
     return client
+
+
+def _unreachable(url: str, exc: BaseException) -> CommandError:
+    return CommandError(
+        f"cannot reach Redis at {redacted_url(url)}: {reason(exc)}", EXIT_UNREACHABLE
+    )
 
 
 def _configured(redis_url: str) -> tuple[str, list[str]]:
@@ -370,14 +423,16 @@ def _configured(redis_url: str) -> tuple[str, list[str]]:
 @contextlib.contextmanager
 def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[str]]]:
     """The operator for ``--redis-url``, and every breaker name it knows of: those in
-    Redis and the configured ones. It acts with each breaker's stored settings."""
-    url = _redis_url(args)
-    client = _client(url)
-    prefix, configured = _configured(url)
-    with BreakerOperator(client, prefix=prefix) as operator:
-        names = _unreachable_guard(operator.names)
-        yield operator, sorted(set(configured) | set(names))
-    client.close()
+    Redis (found by SCAN, on every primary of a Cluster) and the configured ones. It
+    acts with each breaker's stored settings."""
+    client = _client(*_redis_url(args))
+    try:
+        prefix, configured = _configured(_redis_url(args)[0])
+        with _unreachable_guard(lambda: BreakerOperator(client, prefix=prefix)) as operator:
+            names = _unreachable_guard(operator.names)
+            yield operator, sorted(set(configured) | set(names))
+    finally:
+        close(client)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -432,11 +487,13 @@ def _control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _unreachable_guard(operation: Callable[[], Any]) -> Any:
+def _unreachable_guard(operation: Callable[[], _T]) -> _T:
     try:
         return operation()
     except BackendUnavailableError as exc:
         raise CommandError(f"Redis did not answer: {exc.reason}", EXIT_UNREACHABLE) from None
+    except REDIS_ERRORS as exc:  # a SCAN, or a Cluster's slot map, asked by the client
+        raise CommandError(f"Redis did not answer: {reason(exc)}", EXIT_UNREACHABLE) from None
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -453,29 +510,152 @@ def _stop_on_signals() -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     _stop_on_signals()
-    url = _redis_url(args)
-    client = _client(url)
-    prefix, _ = _configured(url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    pubsub.subscribe(events_channel(prefix))
-    print(f"watching {events_channel(prefix)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    url, setting = _redis_url(args)
+    client = _client(url, setting)
+    feed: _ChannelFeed | _ShardedFeed | None = None
     try:
+        prefix, configured = _configured(url)
+        topology = topology_of(client)
+        if topology == "cluster":
+            feed = _ShardedFeed(client, prefix, configured)
+        else:
+            feed = _ChannelFeed(client, prefix)
+        lost_at: float | None = None
         while True:
             try:
-                message = pubsub.get_message(timeout=1.0)
-            except (redis.RedisError, OSError) as exc:
-                raise CommandError(f"lost Redis: {exc}", EXIT_UNREACHABLE) from None
-            if message is None or message["type"] != "message":
-                continue
-            event = TransitionEvent.from_json(message["data"])
-            if event is not None:
-                print(
-                    f"{local_time(event.at)} {event.name}: {event.from_state} -> "
-                    f"{event.to_state} ({event.reason})",
-                    flush=True,
-                )
+                for data in feed.messages():
+                    _print_event(data)
+                lost_at = None
+            except REDIS_ERRORS as exc:
+                feed.drop()
+                if topology == "standalone":  # nothing will take over from it
+                    raise CommandError(f"lost Redis: {reason(exc)}", EXIT_UNREACHABLE) from None
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    print(f"lost Redis ({reason(exc)}): subscribing again", file=sys.stderr)
+                elif now - lost_at > FAILOVER_WAIT:
+                    raise CommandError(
+                        f"lost Redis for {FAILOVER_WAIT:.0f} s: {reason(exc)}", EXIT_UNREACHABLE
+                    ) from None
+                time.sleep(_POLL)
     finally:
-        pubsub.close()
+        if feed is not None:
+            feed.close()
+        close(client)
+
+
+def _print_event(data: bytes) -> None:
+    event = TransitionEvent.from_json(data)
+    if event is not None:
+        print(
+            f"{local_time(event.at)} {event.name}: {event.from_state} -> "
+            f"{event.to_state} ({event.reason})",
+            flush=True,
+        )
+
+
+class _ChannelFeed:
+    """A server's, or a Sentinel set's master's, one channel of every transition."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.channel = events_channel(prefix)
+        self._pubsub: Any = None
+        self._subscribe()
+        print(f"watching {self.channel} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    def _subscribe(self) -> None:
+        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(self.channel)
+
+    def messages(self) -> Iterator[bytes]:
+        if self._pubsub is None:  # again, after a failover (Sentinel)
+            self._subscribe()
+        message = self._pubsub.get_message(timeout=1.0)
+        if message is not None and message["type"] == "message":
+            yield message["data"]
+
+    def drop(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._pubsub.close()
+            self._pubsub = None
+
+    close = drop
+
+
+class _ShardedFeed:
+    """A Cluster's transitions: each breaker publishes on a channel of its own, in its
+    shard (SPUBLISH), so this finds the breakers (SCAN on every primary, and the
+    configured ones), subscribes to each channel (SSUBSCRIBE) on the primary of its
+    slot, and looks for new breakers every ``RESCAN_EVERY`` seconds. A lost node, or a
+    slot that moved, starts it over on the slot map as it is then."""
+
+    def __init__(self, client: Any, prefix: str, configured: list[str]) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.configured = configured
+        self._operator = BreakerOperator(client, prefix=prefix)
+        self._pubsubs: dict[str, Any] = {}  # by node
+        self._following: set[str] = set()
+        self._next_scan = 0.0
+        self._stale = False
+        print(
+            f"watching every breaker's channel {breaker_channel(prefix, '<name>')} on the "
+            f"Redis Cluster, looking for new breakers every {RESCAN_EVERY:g} s "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def messages(self) -> Iterator[bytes]:
+        if time.monotonic() >= self._next_scan:
+            self._follow(set(self.configured) | set(self._operator.names()))
+            self._next_scan = time.monotonic() + RESCAN_EVERY
+        if not self._pubsubs:
+            time.sleep(_POLL)
+            return
+        for pubsub in list(self._pubsubs.values()):
+            message = pubsub.get_message(timeout=_POLL / len(self._pubsubs))
+            if message is None:
+                continue
+            kind = message["type"]
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "smessage":
+                yield message["data"]
+            elif kind == "sunsubscribe":  # the node no longer serves that slot
+                raise redis.ConnectionError("a breaker's slot moved")
+
+    def _follow(self, names: set[str]) -> None:
+        if self._stale:
+            self.client.nodes_manager.initialize()  # the slot map as it is now
+            self._stale = False
+        new = sorted(name for name in names if name not in self._following)
+        for name in new:
+            channel = breaker_channel(self.prefix, name)
+            node = self.client.get_node_from_key(channel)
+            pubsub = self._pubsubs.get(node.name)
+            if pubsub is None:
+                connection = self.client.get_redis_connection(node)
+                pubsub = self._pubsubs[node.name] = connection.pubsub()
+            pubsub.ssubscribe(channel)
+            self._following.add(name)
+        if new:
+            print(f"following {', '.join(new)}", file=sys.stderr, flush=True)
+
+    def drop(self) -> None:
+        for pubsub in self._pubsubs.values():
+            with contextlib.suppress(*REDIS_ERRORS):
+                pubsub.close()
+        self._pubsubs.clear()
+        self._following.clear()
+        self._next_scan = 0.0
+        self._stale = True
+
+    def close(self) -> None:
+        self.drop()
+        self._operator.close()
 
 
 def local_time(epoch_ms: int, zone: datetime.tzinfo | None = None) -> str:

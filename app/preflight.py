@@ -11,8 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 
-import redis
-
+from .redisclient import REDIS_ERRORS, close, ping, reason, sync_client
 from .settings import GatewayConfig, redacted_url
 
 #: How long ``serve`` waits for its Redis to answer one PING at start.
@@ -38,14 +37,18 @@ def listen_problem(host: str, port: int) -> str | None:
 
 
 def redis_problem(url: str, timeout: float = REDIS_CHECK_TIMEOUT) -> str | None:
-    """Why the Redis at ``url`` does not answer a PING, or None when it does."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    """Why the Redis at ``url`` (a server, a Cluster, a Sentinel set) does not answer a
+    PING (every primary's, on a Cluster), or None when it does."""
     try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return str(exc) or type(exc).__name__
+        client = sync_client(url, timeout=timeout)
+    except REDIS_ERRORS as exc:  # a Cluster client asks its nodes as it is made
+        return reason(exc)
+    try:
+        ping(client)
+    except REDIS_ERRORS as exc:
+        return reason(exc)
     finally:
-        client.close()
+        close(client)
     return None
 
 
