@@ -1,7 +1,9 @@
 """``fleetbreaker fleet``: the docker compose topology, as local processes.
 
-- **Redis:** the one at ``BREAKER_REDIS_URL``, or a ``redis-server`` of its own on a
-  free port, persisting nothing.
+- **Redis:** the one at ``BREAKER_REDIS_URL``, or one of its own, persisting nothing:
+  a ``redis-server`` on a free port; with ``redis="cluster"`` a Redis Cluster of 3
+  primaries and 3 replicas, with ``redis="sentinel"`` a Sentinel set (a master, 2
+  replicas, 3 sentinels), started and stopped by ``app.localredis``.
 - **The demo upstream** (``fleetbreaker demo-upstream``), on a free port.
 - **N gateway replicas x W workers** (``fleetbreaker serve``), on free ports, each
   with ``deploy/fleet.toml``, the shared Redis and one admin token.
@@ -12,7 +14,8 @@
 Every process runs in a session of its own, so a Ctrl-C in the terminal reaches only
 this one, which stops them in order (nginx, replicas, upstream, Redis), kills any
 straggler's whole process group, and removes its temporary folder. Their output is
-shown prefixed with their name, as compose does. Where util-linux's ``setpriv`` is
+shown prefixed with their name, as compose does (a Cluster's or a Sentinel set's
+nodes log to ``redis.log`` in their folder of the temporary one). Where util-linux's ``setpriv`` is
 installed, each is started under ``--pdeathsig TERM``: if this process is killed
 outright, the kernel stops them anyway, and the next ``fleetbreaker`` start removes
 the temporary folder it left (``tempdirs``).
@@ -36,11 +39,14 @@ from pathlib import Path
 from typing import TextIO
 
 import httpx
-import redis
 
+from breaker import ConfigurationError
+
+from .localredis import LocalCluster, SentinelSet, TopologyError, orphan_guard
 from .localredis import free_port as free_port  # tests and bench import it from here
-from .localredis import orphan_guard
 from .localredis import redis_server_command as redis_server_command
+from .preflight import redis_problem
+from .redisclient import check_url
 from .settings import redacted_url
 from .tempdirs import owned_tempdir
 
@@ -60,6 +66,8 @@ _NGINX_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lo
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 15.0
 _POLL = 0.05
+#: What ``--redis`` can start: the topologies of ``/readyz``.
+REDIS_KINDS = ("standalone", "cluster", "sentinel")
 
 
 class FleetError(Exception):
@@ -224,6 +232,7 @@ class Fleet:
         lb_port: int | None = None,
         upstream_port: int | None = None,
         redis_url: str | None = None,
+        redis: str = "standalone",
         config: Path = FLEET_CONFIG,
         upstreams: str | None = None,
         admin_token: str | None = None,
@@ -232,14 +241,24 @@ class Fleet:
     ) -> None:
         if replicas < 1 or workers < 1:
             raise FleetError("--replicas and --workers must be at least 1")
+        if redis not in REDIS_KINDS:
+            raise FleetError(f"--redis must be one of {', '.join(REDIS_KINDS)}, not {redis!r}")
+        if redis != "standalone" and redis_url is not None:
+            raise FleetError(
+                f"--redis {redis} starts a Redis of its own: unset BREAKER_REDIS_URL, "
+                "or leave --redis out to use that one"
+            )
         self.replicas = replicas
         self.workers = workers
         self.lb_port = lb_port if lb_port is not None else free_port()
         self.upstream_port = upstream_port if upstream_port is not None else free_port()
         self.replica_ports = [free_port() for _ in range(replicas)]
         self.own_redis = redis_url is None
-        self.redis_port = free_port() if redis_url is None else None
-        self.redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = redis
+        self.redis_port = free_port() if redis_url is None and redis == "standalone" else None
+        self._redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        # A Cluster's or a Sentinel set's: made by start(), in the temporary folder.
+        self.topology: LocalCluster | SentinelSet | None = None
         self.config = config
         self.upstreams = (
             upstreams if upstreams is not None else f"{UPSTREAM_NAME}={self.upstream_url}"
@@ -250,7 +269,17 @@ class Fleet:
         self.workdir: Path | None = None
         self.nginx: str | None = None  # found by start()
         self.services: dict[str, Service] = {}
+        self._dead: set[str] = set()  # the nodes exits() told of
         self._lock = threading.Lock()
+
+    @property
+    def redis_url(self) -> str:
+        """The URL every replica is given (a Cluster's or a Sentinel set's once started)."""
+        if self.topology is not None:
+            return self.topology.url
+        if self.redis != "standalone":
+            raise FleetError(f"the fleet's {self.redis} has no URL until the fleet starts")
+        return self._redis_url
 
     @property
     def lb_url(self) -> str:
@@ -287,7 +316,9 @@ class Fleet:
         # they must be able to reach their temporary folders in here.
         self.workdir.chmod(0o711)
         try:
-            if self.own_redis:
+            if self.redis != "standalone":
+                self._start_topology()
+            elif self.own_redis:
                 self._launch(self._redis_service())
             self._launch(self._upstream_service())
             self._wait_ready(cancelled)
@@ -303,23 +334,49 @@ class Fleet:
     def _check_prerequisites(self) -> None:
         self.nginx = find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH)
         if self.own_redis:
-            find_program(
-                "redis-server",
-                "install it (apt-get install -y redis-server) or set BREAKER_REDIS_URL",
+            programs = (
+                ("redis-server", "redis-cli") if self.redis == "cluster" else ("redis-server",)
             )
+            for program in programs:
+                find_program(
+                    program,
+                    "install it (apt-get install -y redis-server) or set BREAKER_REDIS_URL",
+                )
         else:
             try:
-                with redis.Redis.from_url(self.redis_url, socket_timeout=2) as client:
-                    client.ping()
-            except (redis.RedisError, OSError, ValueError) as exc:
-                where = redacted_url(self.redis_url)
-                raise FleetError(f"cannot reach Redis at {where}: {exc}") from None
+                check_url(self._redis_url)
+            except ConfigurationError as exc:
+                raise FleetError(str(exc)) from None
+            problem = redis_problem(self._redis_url)
+            if problem is not None:
+                where = redacted_url(self._redis_url)
+                raise FleetError(f"cannot reach Redis at {where}: {problem}")
         for path in (self.nginx_conf, self.config):
             if not path.is_file():
                 raise FleetError(f"{path} not found: run from a checkout of fleetbreaker")
         for port, option in ((self.lb_port, "--port"), (self.upstream_port, "--upstream-port")):
             if not _port_is_free(port):
                 raise FleetError(f"port {port} is in use: pick another with {option}")
+
+    def _start_topology(self) -> None:
+        """A Cluster or a Sentinel set of the fleet's own, each process guarded as the
+        other services are; its wait for a settled topology is bounded."""
+        assert self.workdir is not None
+        folder = self.workdir / self.redis
+        self.topology = (
+            LocalCluster(folder, guarded=True)
+            if self.redis == "cluster"
+            else SentinelSet(folder, guarded=True)
+        )
+        try:
+            self.topology.start()
+        except TopologyError as exc:
+            what, _, logs = str(exc).partition("\n")
+            with self._lock:
+                for line in logs.splitlines():
+                    self.output.write(f"{self.redis:<10} | {line}\n")
+                self.output.flush()
+            raise FleetError(f"the {self.redis} did not start: {what}") from None
 
     def _launch(self, service: Service) -> None:
         self.services[service.name] = service
@@ -409,14 +466,13 @@ class Fleet:
     # -- run and stop ----------------------------------------------------------------
 
     def summary(self) -> str:
-        redis_note = "its own, gone at exit" if self.own_redis else "BREAKER_REDIS_URL"
         lines = [
             f"fleetbreaker fleet: {self.replicas} replicas x {self.workers} workers "
-            "behind nginx, sharing one Redis",
+            f"behind nginx, sharing one {self._redis_kind()}",
             f"  load balancer  {self.lb_url}",
             f"  replicas       {' '.join(self.replica_urls)}",
             f"  upstream       {self.upstream_url}   (demo; PUT /mode to break it)",
-            f"  redis          {redacted_url(self.redis_url)}   ({redis_note})",
+            f"  redis          {redacted_url(self.redis_url)}   ({self._redis_note()})",
             f"  admin token    {self.admin_token}",
             f"  temporary      {self.workdir}",
             "",
@@ -426,24 +482,59 @@ class Fleet:
             '-d \'{"mode": "failing"}\'',
             f"  curl -H 'Authorization: Bearer {self.admin_token}' "
             f"{self.lb_url}/admin/breakers/{UPSTREAM_NAME}",
-            f"  redis-cli -u {redacted_url(self.redis_url)} HGETALL 'breaker:{{{UPSTREAM_NAME}}}'",
+            *self._redis_cli_lines(),
             "",
             "Ctrl-C stops everything.",
         ]
         return "\n".join(lines)
 
+    def _redis_kind(self) -> str:
+        return {"cluster": "Redis Cluster", "sentinel": "Sentinel set"}.get(self.redis, "Redis")
+
+    def _redis_note(self) -> str:
+        if not self.own_redis:
+            return "BREAKER_REDIS_URL"
+        if self.redis == "cluster":
+            return "its own: 3 primaries, 3 replicas; gone at exit"
+        if self.redis == "sentinel":
+            return "its own: a master, 2 replicas, 3 sentinels; gone at exit"
+        return "its own, gone at exit"
+
+    def _redis_cli_lines(self) -> list[str]:
+        """How to read the demo's breaker with redis-cli, where it is now."""
+        key = f"'breaker:{{{UPSTREAM_NAME}}}'"
+        if isinstance(self.topology, LocalCluster):
+            port = self.topology.primary_for(key.strip("'")).port
+            return [f"  redis-cli -c -p {port} HGETALL {key}   (-c: follow the slot's MOVED)"]
+        if isinstance(self.topology, SentinelSet):
+            sentinel = self.topology.sentinel_nodes[0].port
+            master = self.topology.master().port
+            return [
+                f"  redis-cli -p {sentinel} SENTINEL get-master-addr-by-name {self.topology.name}",
+                f"  redis-cli -p {master} HGETALL {key}   (the master it names now)",
+            ]
+        return [f"  redis-cli -u {redacted_url(self.redis_url)} HGETALL {key}"]
+
     def exits(self) -> Iterator[tuple[str, int]]:
-        """Services that died since the last call: (name, exit code), each once."""
+        """Services, and nodes of the fleet's Cluster or Sentinel set, that died since the
+        last call: (name, exit code), each once."""
         for service in self.services.values():
             if service.process is not None and not service.alive and not service.reported_exit:
                 service.reported_exit = True
                 yield service.name, service.process.returncode
+        nodes = self.topology.nodes if self.topology is not None else []
+        for node in nodes:
+            if node.process is not None and not node.alive and node.name not in self._dead:
+                self._dead.add(node.name)
+                yield node.name, node.process.returncode
 
     def stop(self) -> None:
         """Stop in the reverse order of start; remove the temporary folder."""
         for service in reversed(list(self.services.values())):
             service.stop()
         self.services.clear()
+        if self.topology is not None:
+            self.topology.stop()  # every node by its pid; its folder goes with ours
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -451,11 +542,7 @@ class Fleet:
 
 def redis_answers(url: str) -> bool:
     """Whether the Redis at ``url`` answers PING within a second."""
-    try:
-        with redis.Redis.from_url(url, socket_timeout=1.0) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+    return redis_problem(url, timeout=1.0) is None
 
 
 def _port_is_free(port: int) -> bool:
