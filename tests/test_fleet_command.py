@@ -24,6 +24,7 @@ import pytest
 
 from app.fleet import FleetError, find_program, fleetbreaker_command, free_port
 from tests.support.gateway_process import GatewayProcess
+from tests.topology_fixtures import skip_without
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,9 @@ def accepts(url: str) -> bool:
 class Running:
     """A ``fleetbreaker fleet`` process and what it printed."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *options: str) -> None:
         self.mark = uuid.uuid4().hex
+        self.options = options
         self.output = tmp_path / "fleet.out"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("BREAKER_")}
         with self.output.open("wb") as out:
@@ -76,6 +78,7 @@ class Running:
                     str(free_port()),
                     "--upstream-port",
                     str(free_port()),
+                    *options,
                 ],
                 env={**environ, _MARK: self.mark},
                 stdout=out,
@@ -100,10 +103,7 @@ class Running:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    fleet = Running(tmp_path)
-    yield fleet
+def _stopped(fleet: Running) -> None:
     if fleet.process.poll() is None:  # a failed test: let it clean up after itself
         fleet.process.terminate()
         try:
@@ -113,6 +113,28 @@ def running(tmp_path: Path) -> Iterator[Running]:
             fleet.process.wait(_STOP_TIMEOUT)
     for pid in processes_marked(fleet.mark):
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    fleet = Running(tmp_path)
+    yield fleet
+    _stopped(fleet)
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def running_on(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """``fleet --redis cluster`` or ``--redis sentinel``."""
+    skip_without("redis-server", "redis-cli")
+    fleet = Running(tmp_path, "--redis", request.param)
+    yield fleet
+    _stopped(fleet)
+
+
+def redis_ports(url: str) -> list[int]:
+    """The ports of a printed ``redis+cluster://`` or ``redis+sentinel://`` URL."""
+    hosts = url.split("://", 1)[1].split("/")[0]
+    return [int(host.rsplit(":", 1)[1]) for host in hosts.split(",")]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
@@ -248,3 +270,85 @@ def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running
         line.strip() for line in running.text().splitlines() if "redis-cli -u" in line
     ]
     assert "state\nclosed\n" in paste(printed_redis_cli)
+
+
+def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_it(
+    running_on: Running,
+) -> None:
+    running_on.wait_for_summary()
+    kind = running_on.options[-1]
+    [lb] = running_on.printed("load balancer")
+    replicas = running_on.printed("replicas")
+    [redis_url] = running_on.printed("redis")
+    [temporary] = running_on.printed("temporary")
+    [token] = running_on.printed("admin token")
+    assert redis_url.startswith(f"redis+{kind}://127.0.0.1:")
+    ports = redis_ports(redis_url)
+    assert len(ports) == (6 if kind == "cluster" else 3)  # every node; the sentinels
+
+    answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
+    view = httpx.get(
+        f"{lb}/admin/breakers/demo", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+    )
+    ready = httpx.get(f"{replicas[0]}/readyz", timeout=10.0).json()
+    [cli_line] = [
+        line.split("(")[0] for line in running_on.text().splitlines() if "HGETALL" in line
+    ]
+    stored = subprocess.run(
+        ["bash", "-c", cli_line], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+    assert answer.status_code == 200
+    assert (view.json()["state"], view.json()["backend"]) == ("closed", "redis")
+    assert (ready["status"], ready["topology"]) == ("ready", kind)
+    assert "state\nclosed\n" in stored  # the printed redis-cli line reads the breaker
+    assert all(accepts(f"http://127.0.0.1:{port}") for port in ports)
+
+    os.kill(running_on.process.pid, signal.SIGINT)
+    assert running_on.process.wait(_STOP_TIMEOUT) == 0
+
+    assert processes_marked(running_on.mark) == []
+    assert not Path(temporary).exists()
+    for port in ports:
+        assert not accepts(f"http://127.0.0.1:{port}"), port
+    exits = [line for line in running_on.text().splitlines() if " exited (code" in line]
+    assert exits == []  # no node died before the fleet stopped it
+
+
+def test_the_fleet_refuses_its_own_cluster_and_breaker_redis_url_together(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*fleetbreaker_command(), "fleet", "--redis", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BREAKER_REDIS_URL": "redis://127.0.0.1:6379/0"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "fleetbreaker: --redis cluster starts a Redis of its own: unset BREAKER_REDIS_URL, "
+        "or leave --redis out to use that one\n"
+    )
+
+
+def test_killing_the_fleet_outright_stops_its_cluster_or_sentinel_set_too(
+    running_on: Running,
+) -> None:
+    """Every node runs under the orphan guard, as the other services do."""
+    running_on.wait_for_summary()
+    [redis_url] = running_on.printed("redis")
+    [temporary] = running_on.printed("temporary")
+    ports = redis_ports(redis_url)
+
+    running_on.process.kill()
+    running_on.process.wait(_STOP_TIMEOUT)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while time.monotonic() < deadline and (
+        processes_marked(running_on.mark) or any(accepts(f"http://127.0.0.1:{p}") for p in ports)
+    ):
+        time.sleep(0.1)
+
+    try:
+        assert [p for p in ports if accepts(f"http://127.0.0.1:{p}")] == []
+        assert processes_marked(running_on.mark) == []
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)  # the next fleet would remove it
