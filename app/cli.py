@@ -425,9 +425,10 @@ def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[
     """The operator for ``--redis-url``, and every breaker name it knows of: those in
     Redis (found by SCAN, on every primary of a Cluster) and the configured ones. It
     acts with each breaker's stored settings."""
-    client = _client(*_redis_url(args))
+    url, setting = _redis_url(args)
+    client = _client(url, setting)
     try:
-        prefix, configured = _configured(_redis_url(args)[0])
+        prefix, configured = _configured(url)
         with _unreachable_guard(lambda: BreakerOperator(client, prefix=prefix)) as operator:
             names = _unreachable_guard(operator.names)
             yield operator, sorted(set(configured) | set(names))
@@ -525,7 +526,10 @@ def _watch(args: argparse.Namespace) -> int:
             try:
                 for data in feed.messages():
                     _print_event(data)
-                lost_at = None
+                if lost_at is not None:
+                    away = time.monotonic() - lost_at
+                    print(f"subscribed again after {away:.1f} s", file=sys.stderr, flush=True)
+                    lost_at = None
             except REDIS_ERRORS as exc:
                 feed.drop()
                 if topology == "standalone":  # nothing will take over from it
@@ -533,7 +537,11 @@ def _watch(args: argparse.Namespace) -> int:
                 now = time.monotonic()
                 if lost_at is None:
                     lost_at = now
-                    print(f"lost Redis ({reason(exc)}): subscribing again", file=sys.stderr)
+                    print(
+                        f"lost Redis ({reason(exc)}): subscribing again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 elif now - lost_at > FAILOVER_WAIT:
                     raise CommandError(
                         f"lost Redis for {FAILOVER_WAIT:.0f} s: {reason(exc)}", EXIT_UNREACHABLE

@@ -15,6 +15,7 @@ kills a node takes a fresh one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -30,7 +31,7 @@ import pytest
 from app import ConfigError
 from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
 from app.fleet import Fleet, FleetError, fleetbreaker_command, free_port
-from breaker import BreakerOperator, CircuitBreaker
+from breaker import BackendUnavailableError, BreakerOperator, CircuitBreaker
 from tests.support.gateway import AUTH, gateway_client, gateway_config
 from tests.support.servers import RedisServer
 from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client
@@ -510,5 +511,52 @@ def test_watch_hears_trips_on_a_cluster_and_a_sentinel_set(
         assert watcher.stop() == 0
     finally:
         early.close()
+        watcher.process.kill()
+        watcher.process.wait(_TIMEOUT)
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def fresh_topology(request: pytest.FixtureRequest) -> LocalCluster | SentinelSet:
+    """A cluster or a sentinel set of the test's own, free to kill."""
+    fixture = "fresh_cluster" if request.param == "cluster" else "fresh_sentinel_set"
+    found: LocalCluster | SentinelSet = request.getfixturevalue(fixture)
+    return found
+
+
+@pytest.mark.slow
+def test_watch_subscribes_again_after_a_failover_and_hears_the_next_trip(
+    fresh_topology: LocalCluster | SentinelSet,
+) -> None:
+    client = fresh_topology.client()
+    tripper = CircuitBreaker("after", redis=client, failure_threshold=1)
+    tripper.reset()  # in Redis before watch starts
+    watcher = Watcher(fresh_topology.url)
+    try:
+        watcher.wait_for("watching", in_err=True)
+        if isinstance(fresh_topology, LocalCluster):
+            watcher.wait_for("following after", in_err=True)
+            old = fresh_topology.primary_for("breaker:{after}")
+            fresh_topology.kill(old)
+            fresh_topology.wait_new_primary("breaker:{after}", old)
+        else:
+            fresh_topology.wait_new_master(fresh_topology.kill_master())
+        watcher.wait_for("subscribed again after", in_err=True)
+
+        def trip() -> None:
+            # The test's own breaker finds the new primary on its own time: until then
+            # its reset raises, and the next round tries again.
+            with contextlib.suppress(BackendUnavailableError):
+                tripper.reset()
+                fail(tripper)
+
+        watcher.wait_for("after: closed -> open (failure_threshold)", act=trip)
+        assert "lost Redis (" in watcher.err
+        assert watcher.stop() == 0
+    finally:
+        tripper.close()
+        if isinstance(fresh_topology, SentinelSet):
+            close_sentinel_client(client)  # type: ignore[arg-type]
+        else:
+            client.close()
         watcher.process.kill()
         watcher.process.wait(_TIMEOUT)
