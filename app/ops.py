@@ -24,13 +24,14 @@ class Readiness(BaseModel):
     fallback breakers serve (fail_open upstreams); ``unavailable``: none of it
     answers and every upstream is fail_closed. ``topology`` and ``redis`` say what the
     gateway sees: the server; the master the sentinels name; or the Cluster's
-    primaries, the slots of each and whether each answers."""
+    primaries, the slots of each and whether each answers. ``breakers_unserved``: on
+    a Cluster, the breakers whose slot's primary does not answer, when not all are."""
 
     status: Literal["ready", "degraded", "unavailable"]
     backend: Literal["redis", "embedded", "fallback"]
     topology: Literal["standalone", "sentinel", "cluster"] | None = None
     redis: dict[str, Any] | None = None
-    without_redis: list[str] | None = None
+    breakers_unserved: list[str] | None = None
     detail: str | None = None
 
 
@@ -60,7 +61,7 @@ async def readyz(request: Request) -> JSONResponse:
         topology=view.topology,
         redis=view.seen,
         # Only a part of a Cluster can fail some breakers and not the others.
-        without_redis=without if 0 < len(without) < len(breakers) else None,
+        breakers_unserved=without if 0 < len(without) < len(breakers) else None,
         detail=view.problem,
     )
     if not without:  # all of it answers, or the part that does not holds none of them

@@ -271,7 +271,7 @@ async def _poll_readyz(client: httpx.AsyncClient, until: str) -> httpx.Response:
 
 
 @pytest.mark.slow
-def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_without_redis(
+def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_unserved(
     tmp_path: Path, fresh_cluster: LocalCluster
 ) -> None:
     names = _names_on_every_primary(fresh_cluster)
@@ -294,7 +294,7 @@ def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_without_re
     assert seen["before"]["status"] == "ready"
     dead = seen["dead"]
     assert (dead["status"], dead["backend"]) == ("degraded", "fallback")
-    assert dead["without_redis"] == [names[victim.port]]  # the other two still have it
+    assert dead["breakers_unserved"] == [names[victim.port]]  # the other two are served
     silent = [p for p in dead["redis"]["primaries"] if not p["answers"]]
     assert [p["address"] for p in silent] == [f"127.0.0.1:{victim.port}"]
     assert dead["redis"]["slots_served"] == 16384 - silent[0]["slots"]
