@@ -23,6 +23,7 @@ import fakeredis
 import hiredis
 import redis
 import redis.asyncio
+from redis.crc import key_slot
 
 from ._events import EventHub
 from ._exceptions import BackendUnavailableError
@@ -234,6 +235,9 @@ class Backend:
         self.serves_async = kind != "redis" or self.is_async
         self._scripts: dict[ScriptName, Any] = {}
         self.health = BackendHealth()
+        # On a Cluster, one health per slot in use: a dead primary holds back the
+        # breakers of its own shard only.
+        self._slot_health: dict[int, BackendHealth] = {}
         # The client the event hubs follow the channel with; None when no other
         # process can publish (the embedded backend).
         self._subscribe_client = subscribe
@@ -250,6 +254,15 @@ class Backend:
         self._aconnections = (
             AsyncConnections(pool) if type(pool) is redis.asyncio.ConnectionPool else None
         )
+
+    def health_of(self, key: str) -> BackendHealth:
+        """The health that decides for ``key``: the backend's, or on a Cluster, that
+        of the key's slot (so of the primary that serves it)."""
+        if not self.cluster:
+            return self.health
+        slot = key_slot(key.encode())
+        with self._lock:
+            return self._slot_health.setdefault(slot, BackendHealth())
 
     def channel_of(self, prefix: str, name: str) -> str:
         """Where breaker ``name`` publishes its transitions: one channel for every
@@ -278,7 +291,10 @@ class Backend:
         before it came from replies, as every view does)."""
         hub = self._sharded if self._sharded is not None else self._hubs.get(channel)
         if hub is not None and hub.subscriptions > 1:  # None: closing meanwhile
-            self.health.invalidate()
+            with self._lock:
+                healths = [self.health, *self._slot_health.values()]
+            for health in healths:
+                health.invalidate()
 
     # -- the breakers that use it ----------------------------------------------------
 
@@ -332,7 +348,7 @@ class Backend:
     ) -> list[Any]:
         """Run ``script``; ``now`` is the caller's clock (for the backoff). Every error
         of redis-py becomes ``BackendUnavailableError``, here, once."""
-        health = self.health
+        health = self.health_of(keys[0])
         if health.is_down(now):
             raise BackendUnavailableError(name, f"backing off: {health.last_error}")
         try:
@@ -353,7 +369,7 @@ class Backend:
             else:
                 reply = self._script(script)(keys=keys, args=args)
         except REDIS_ERRORS as exc:
-            raise self._failed(name, exc, now) from exc
+            raise self._failed(name, exc, now, health) from exc
         health.succeeded()
         return _list(reply)
 
@@ -384,7 +400,7 @@ class Backend:
             # a tenth of a millisecond each time; on the loop's executor, off the loop.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self.run, name, script, keys, args, now)
-        health = self.health
+        health = self.health_of(keys[0])
         if health.is_down(now):
             raise BackendUnavailableError(name, f"backing off: {health.last_error}")
         try:
@@ -413,7 +429,7 @@ class Backend:
                 else:
                     reply = await self._script(script)(keys=keys, args=args)
         except REDIS_ERRORS as exc:
-            raise self._failed(name, exc, now) from exc
+            raise self._failed(name, exc, now, health) from exc
         health.succeeded()
         return _list(reply)
 
@@ -433,9 +449,11 @@ class Backend:
             "FUNCTION", "LOAD", "REPLACE", library_source(), **targets
         )
 
-    def _failed(self, name: str, exc: BaseException, now: float) -> BackendUnavailableError:
+    def _failed(
+        self, name: str, exc: BaseException, now: float, health: BackendHealth
+    ) -> BackendUnavailableError:
         reason = f"{type(exc).__name__}: {exc}"
-        self.health.failed(reason, now)
+        health.failed(reason, now)
         return BackendUnavailableError(name, reason)
 
     def _refused(self, exc: redis.ResponseError) -> bool:

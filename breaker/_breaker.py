@@ -86,7 +86,7 @@ class CircuitBreaker:
             self.config,
             self.clock,
             kind=backend.kind,
-            health=backend.health,
+            health=backend.health_of(self.keys.state),
             hub=self._hub,
             local_hub=fallback_hub(channel),
             channel=channel,
@@ -116,7 +116,7 @@ class CircuitBreaker:
         heard = as_listener(listener)
         self._engine.add_listener(heard, made_here_only=made_here_only)
         if overrides(heard, "backend_error"):
-            self._backend.health.add_listener(heard.backend_error)
+            self._backend.health_of(self.keys.state).add_listener(heard.backend_error)
         if overrides(heard, "subscribed"):
             self._hub.add_subscribed_listener(heard.subscribed)
 

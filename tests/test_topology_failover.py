@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from breaker import BreakerOperator
+from breaker import BreakerListener, BreakerOperator, CircuitBreaker, OutcomeEvent
 from tests.support.failover_worker import NAME, Log, Workers
 from tests.support.reliability import Reliability
 from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client
@@ -211,3 +211,39 @@ def test_a_killed_sentinel_master_costs_decisions_alone_only_until_the_new_one_a
         f"last call decided alone {run.alone_until:.2f} s after it; then counts exact "
         "and every view the store's",
     )
+
+
+def test_a_dead_primary_holds_back_only_the_breakers_of_its_own_shard(
+    fresh_cluster: LocalCluster,
+) -> None:
+    """Two breakers on one client, on two shards: while one's primary is dead (and
+    until its replica takes over), the other is still decided with Redis."""
+    names = [f"shard-{index}" for index in range(64)]
+    doomed = names[0]
+    victim = fresh_cluster.primary_for(f"breaker:{{{doomed}}}")
+    healthy = next(n for n in names if fresh_cluster.primary_for(f"breaker:{{{n}}}") != victim)
+    client = fresh_cluster.client()
+    decided: dict[str, list[str]] = {doomed: [], healthy: []}
+
+    class Decided(BreakerListener):
+        def __init__(self, into: list[str]) -> None:
+            self.into = into
+
+        def outcome(self, event: OutcomeEvent) -> None:
+            self.into.append(event.backend)
+
+    breakers = {name: CircuitBreaker(name, redis=client, backend_timeout=0.25) for name in decided}
+    try:
+        for name, cb in breakers.items():
+            cb.add_listener(Decided(decided[name]))
+            cb.call(lambda: None)
+        fresh_cluster.kill(victim)
+        for _ in range(20):  # bounded: a few calls each while the primary is dead
+            for cb in breakers.values():
+                cb.call(lambda: None)
+        assert "fallback" in decided[doomed]
+        assert set(decided[healthy]) == {"redis"}
+    finally:
+        for cb in breakers.values():
+            cb.close()
+        client.close()
