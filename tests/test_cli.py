@@ -173,13 +173,16 @@ def test_reset_acts_with_the_breakers_own_key_ttl_not_a_default(
 def test_status_sums_the_window_with_the_breakers_own_buckets(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    clock = ManualClock(start=time.time() - 18.0)  # the CLI reads Redis's own clock
+    # The CLI reads Redis's own clock, later than this one by however long the CLI
+    # takes to start; 15 s ago stays inside a 20 s window of 2 s buckets (at least
+    # the last 18 s) for 3 s of that, and no bucket boundary can drop it sooner.
+    clock = ManualClock(start=time.time() - 15.0)
     cb = breakers(
         "coarse", redis=redis_server.client(), clock=clock, window_bucket=2.0, window=20.0
     )
-    for _ in range(3):  # 18 s ago, 9 s ago, now: all inside its 20 s window
+    for _ in range(3):  # 15 s ago, 8 s ago, 1 s ago: all inside its 20 s window
         cb.acquire().failure()
-        clock.advance(9.0)
+        clock.advance(7.0)
     result = cli("status", "--json", "--redis-url", redis_server.url)
     [line] = [json.loads(line) for line in result.stdout.splitlines()]
     # A default window (10 x 1 s) would have counted 2 of them.
