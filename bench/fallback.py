@@ -5,17 +5,19 @@ Two figures, from one run:
 - **per call:** one closed-success ``record`` on each lane, in µs: the fallback lane
   (``LocalEngine``, the same Lua in-process), the embedded backend (fakeredis), and
   a real Redis round trip for scale;
-- **loop lag:** ``fleetbreaker serve`` (one worker) proxies 200 concurrent requests at a
-  time, for a few seconds, to a fast local upstream, first with its Redis up, then
-  with its Redis dead (every decision on the fallback lane). The worker samples how
-  late its event loop runs a timer (``fleetbreaker_event_loop_lag_seconds``); the
-  p99 is read from that histogram, as the upper bound of its bucket.
+- **loop lag:** ``fleetbreaker serve`` (one worker) proxies ``CONCURRENT`` (200)
+  keep-alive connections' worth of GETs, for a few seconds, to a fast local upstream
+  (the throughput scenario's load generator: ``wrk`` when installed): with the breaker
+  off (the gateway's own floor), with its Redis up, then with its Redis dead (every
+  decision on the fallback lane). The worker samples how late its event loop runs a
+  timer (``fleetbreaker_event_loop_lag_seconds``, every 0.1 s); the p99 is read from
+  that histogram, as the upper bound of its bucket. The load generator shares the 2
+  cores, so the lag includes time the worker waited for a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from breaker._local import LocalEngine
 from breaker._scripts import function_name, library_source
 from breaker._wire import Wired, record_args
 
+from .loadgen import Load, run_load
 from .server import BenchRedis
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +93,7 @@ def per_call(calls: int, redis_url: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class Lag:
     scenario: str
-    requests: int
+    load: Load
     p99_at_most: float  # seconds: the upper bound of the bucket holding the p99
     samples: int
 
@@ -111,16 +114,31 @@ def loop_lag(redis_url: str, seconds: float) -> list[Lag]:
         try:
             wait_ready([upstream])
             dead = f"redis://127.0.0.1:{free_port()}/0"
-            for scenario, url in (("Redis up", redis_url), ("Redis dead: fallback", dead)):
-                results.append(_lag_of(scenario, url, upstream_port, Path(folder), seconds))
+            for scenario, url, breaker in (
+                ("breaker off", redis_url, False),
+                ("Redis up", redis_url, True),
+                ("Redis dead: fallback", dead, True),
+            ):
+                lag = _lag_of(scenario, url, breaker, upstream_port, Path(folder), seconds)
+                results.append(lag)
         finally:
             upstream.stop()
     return results
 
 
-def _lag_of(scenario: str, redis_url: str, upstream_port: int, folder: Path, seconds: float) -> Lag:
+def _lag_of(
+    scenario: str,
+    redis_url: str,
+    breaker: bool,
+    upstream_port: int,
+    folder: Path,
+    seconds: float,
+) -> Lag:
     config = folder / f"{free_port()}.toml"
-    config.write_text(f'[upstreams.api]\nurl = "http://127.0.0.1:{upstream_port}"\n')
+    config.write_text(
+        f'[upstreams.api]\nurl = "http://127.0.0.1:{upstream_port}"\n'
+        + ("" if breaker else "breaker = false\n")
+    )
     port = free_port()
     gateway = Service(
         name="gateway",
@@ -136,15 +154,16 @@ def _lag_of(scenario: str, redis_url: str, upstream_port: int, folder: Path, sec
     try:
         wait_ready([gateway])
         base = f"http://127.0.0.1:{port}"
+        run_load(f"{base}/proxy/api/item", 1.0, CONCURRENT)  # connections opened, warm
         before = _buckets(base)
-        sent = asyncio.run(_load(f"{base}/proxy/api/item", seconds))
+        load = run_load(f"{base}/proxy/api/item", seconds, CONCURRENT)
         after = _buckets(base)
     finally:
         gateway.stop()
     counts = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
     total = counts[float("inf")]
     p99 = next(bound for bound, count in sorted(counts.items()) if count >= 0.99 * total)
-    return Lag(scenario, sent, p99, int(total))
+    return Lag(scenario, load, p99, int(total))
 
 
 def _buckets(base: str) -> dict[float, float]:
@@ -157,22 +176,10 @@ def _buckets(base: str) -> dict[float, float]:
     return found
 
 
-async def _load(url: str, seconds: float) -> int:
-    """Waves of CONCURRENT requests, each wave sent at once, for ``seconds``."""
-    sent = 0
-    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        ends = time.monotonic() + seconds
-        while time.monotonic() < ends:
-            await asyncio.gather(*(client.get(url) for _ in range(CONCURRENT)))
-            sent += CONCURRENT
-    return sent
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fallback", description=__doc__)
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     with BenchRedis() as server:
         for name, micros in per_call(args.calls, server.url).items():
@@ -180,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         for lag in loop_lag(server.url, args.seconds):
             print(
                 f"loop lag  {lag.scenario:<30} p99 <= {lag.p99_at_most * 1000:g} ms "
-                f"({lag.samples} samples, {lag.requests} requests)"
+                f"({lag.samples} samples; {lag.load.requests_per_second:.0f} requests/s, "
+                f"{lag.load.errors} errors, {lag.load.tool})"
             )
     return 0
 

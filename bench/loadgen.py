@@ -41,7 +41,16 @@ def run_load(url: str, seconds: float, connections: int) -> Load:
 
 def _wrk(wrk: str, url: str, seconds: float, connections: int) -> Load:
     result = subprocess.run(  # noqa: S603 - wrk found on PATH, our own arguments  # nosec B603
-        [wrk, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+        [
+            wrk,
+            "-t2",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
