@@ -535,8 +535,9 @@ def section(measured: Measured, plot_link: str | None) -> list[str]:
         "primary, so a single breaker never carries more than the one-core figure; and "
         "a few breakers spread unevenly. "
         + _spread(measured.slots)
-        + " A transition's event is a plain PUBLISH, which a Cluster sends to every "
-        "node: that is per transition, not per call.",
+        + " On a Cluster, a transition's event is an SPUBLISH on the breaker's own "
+        "channel, `<prefix>:{name}:events`, which stays in the breaker's shard: per "
+        "transition, not per call, and on one shard.",
         "",
         f"Largest fleet at {TARGET * 100:.0f} % of each primary's core, in processes (fleet "
         f"calls/s), {BREAKERS} breakers per process:",
