@@ -276,12 +276,14 @@ class Backend:
             if self._sharded is not None:
                 if not self._hubs:
                     self._sharded.add_subscribed_listener(self._resubscribed)
+                    self._sharded.add_lost_listener(self._unsubscribed)
                 self._hubs[channel] = self._sharded
                 self._sharded.want(channel)
                 return self._sharded
             if channel not in self._hubs:
                 hub = EventHub(self._subscribe_client, channel)
                 hub.add_subscribed_listener(self._resubscribed)
+                hub.add_lost_listener(self._unsubscribed)
                 self._hubs[channel] = hub
             return self._hubs[channel]
 
@@ -291,10 +293,21 @@ class Backend:
         before it came from replies, as every view does)."""
         hub = self._sharded if self._sharded is not None else self._hubs.get(channel)
         if hub is not None and hub.subscriptions > 1:  # None: closing meanwhile
-            with self._lock:
-                healths = [self.health, *self._slot_health.values()]
-            for health in healths:
-                health.invalidate()
+            self._invalidate_all()
+
+    def _unsubscribed(self, channel: str) -> None:
+        """A follower lost its channel: transitions made elsewhere go unheard from now
+        on, so the views are distrusted at once, not only once it is back. The next
+        call of each breaker asks Redis: a dead Redis is found by that call, so a
+        ``fail_closed`` breaker lets nothing through unasked, however long its
+        process had been idle."""
+        self._invalidate_all()
+
+    def _invalidate_all(self) -> None:
+        with self._lock:
+            healths = [self.health, *self._slot_health.values()]
+        for health in healths:
+            health.invalidate()
 
     # -- the breakers that use it ----------------------------------------------------
 

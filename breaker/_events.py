@@ -51,6 +51,8 @@ class EventHub:
         #: How many times the follower subscribed: more than once, it was away.
         self.subscriptions = 0
         self._subscribed_listeners: list[Callable[[str], None]] = []
+        self._lost_listeners: list[Callable[[str], None]] = []
+        self._following = False  # subscribed, and not lost since
         self._ticks: list[weakref.WeakMethod[Callable[[], None]]] = []
         # A dead Redis fails every reconnection: log its outage, not each attempt.
         self._outage = OutageLog(f"events channel {channel}")
@@ -61,7 +63,15 @@ class EventHub:
             if listener not in self._subscribed_listeners:
                 self._subscribed_listeners.append(listener)
 
+    def add_lost_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(channel)`` when a subscription that was up is lost (once per
+        loss, not on each failed attempt to subscribe again)."""
+        with self._lock:
+            if listener not in self._lost_listeners:
+                self._lost_listeners.append(listener)
+
     def _on_subscribed(self) -> None:
+        self._following = True
         self.subscriptions += 1
         self.subscribed.set()
         recovered = self._outage.recovered(time.monotonic())
@@ -113,6 +123,14 @@ class EventHub:
         self.relay((event,))
 
     def _lost(self, exc: Exception) -> None:
+        # The listeners first: whoever sees ``subscribed`` clear sees them done.
+        was_following, self._following = self._following, False
+        if was_following:
+            for listener in list(self._lost_listeners):
+                try:
+                    listener(self.channel)
+                except Exception:
+                    logger.exception("lost-subscription listener %r failed", listener)
         self.subscribed.clear()
         line = self._outage.failed(str(exc), time.monotonic())
         if line is not None:

@@ -82,15 +82,33 @@ def test_fail_closed_raises_backend_unavailable_without_calling(
 def test_fail_closed_asks_redis_before_the_next_call_once_redis_has_failed(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = dead_redis_breaker(
-        breakers, redis_server, on_backend_error="fail_closed", reset_timeout=300
+    """A record that failed makes the view suspect: past the backoff, the next call
+    asks Redis (and is refused) instead of trusting the closed view. Redis is paused
+    for writes, not killed, so the events channel stays up: the failure is the
+    record's alone."""
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        clock=ManualClock(),
+        on_backend_error="fail_closed",
+        reset_timeout=300,
+        backend_timeout=0.2,
     )
-    called: list[int] = []
-    cb.call(called.append, 1)  # the closed view admits it; its record finds Redis dead
-    cb.clock.advance(10.0)  # type: ignore[attr-defined]  # past any backoff, not the view's trust
-    with pytest.raises(BackendUnavailableError):
-        cb.call(called.append, 2)
-    assert called == [1]
+    assert cb.follow_events(timeout=5.0)
+    succeed(cb)  # the view: closed, trusted for 300 s
+    admin = redis_server.client()
+    admin.client_pause(10_000, all=False)  # writes only
+    try:
+        called: list[int] = []
+        cb.call(called.append, 1)  # the closed view admits it; its record times out
+        cb.clock.advance(10.0)  # type: ignore[attr-defined]  # past any backoff, not the view's trust
+        assert cb.following  # nothing else told it
+        with pytest.raises(BackendUnavailableError):
+            cb.call(called.append, 2)
+        assert called == [1]
+    finally:
+        admin.client_unpause()
+        admin.close()
 
 
 def test_operator_actions_raise_breaker_errors_not_redis_errors(
@@ -188,12 +206,26 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
 ) -> None:
     clock = ManualClock()
     cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    heard: list[str] = []
+
+    class Subscribed(BreakerListener):
+        def subscribed(self, channel: str) -> None:
+            heard.append(channel)
+
+    cb.add_listener(Subscribed())
+    assert cb.follow_events(timeout=5.0)
     for _ in range(3):  # the process's view reaches generation 6
         fail(cb)
         fail(cb)
         cb.reset()
     redis_server.kill()
     redis_server.start()  # back, empty: its next breaker hash starts at generation 0
+    # The follower is back too (its loss and its return each distrust the view: once
+    # both are behind, what follows is what this test is about).
+    deadline = time.monotonic() + 5.0
+    while len(heard) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(heard) == 2
     clock.advance(60.0)  # the closed view is no longer trusted
     fail(cb)
     fail(cb)
@@ -282,3 +314,30 @@ def test_a_view_is_read_again_after_its_follower_resubscribes(
     assert len(heard) == 2
     assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 2}  # acquire too
     assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 1}
+
+
+@pytest.mark.parametrize("batch_interval", [None, 0.05])
+def test_fail_closed_lets_nothing_through_unasked_once_its_follower_lost_redis(
+    breakers: Breakers, redis_server: RedisServer, batch_interval: float | None
+) -> None:
+    """A process that made no call since Redis died still holds a closed view it
+    trusts (for ``reset_timeout``). Its follower lost the channel, though: from then
+    on, the next call asks Redis, finds it dead, and is refused without calling."""
+    cb = breakers(
+        "p",
+        redis=redis_server.client(),
+        on_backend_error="fail_closed",
+        reset_timeout=300,
+        batch_interval=batch_interval,
+    )
+    assert cb.follow_events(timeout=5.0)
+    succeed(cb)  # the view: closed, trusted for 300 s
+    redis_server.kill()
+    deadline = time.monotonic() + 5.0
+    while cb.following and time.monotonic() < deadline:  # bounded: the kernel closes its socket
+        time.sleep(0.01)
+    assert not cb.following
+    called: list[int] = []
+    with pytest.raises(BackendUnavailableError):
+        cb.call(called.append, 1)
+    assert called == []
