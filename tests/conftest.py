@@ -37,6 +37,11 @@ from tests.support.topology import aclose_sentinel_client, close_sentinel_client
 from tests.support.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+# The harnesses' breakers are no test of timeouts, and their clock is a ManualClock:
+# one command slowed past the default 0.25 s by a loaded machine (a Cluster's first
+# call loads the library on every primary) would leave the backend backing off for
+# the rest of the test, since that clock never moves on its own.
+HARNESS_BACKEND_TIMEOUT = 5.0
 TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -125,6 +130,7 @@ class Harness:
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
         settings.setdefault("script_mode", self.script_mode)
+        settings.setdefault("backend_timeout", HARNESS_BACKEND_TIMEOUT)
         cb = CircuitBreaker(name, redis=self.client, clock=self.clock, **settings)
         self.breakers.append(cb)
         return cb
@@ -233,6 +239,7 @@ class AsyncHarness:
             client = redis_from_url(self.url, asyncio=True)
             self.clients.append(client)
         settings.setdefault("script_mode", self.script_mode)
+        settings.setdefault("backend_timeout", HARNESS_BACKEND_TIMEOUT)
         cb = CircuitBreaker(name, redis=client, clock=self.clock, **settings)
         self.breakers.append(cb)
         return cb
