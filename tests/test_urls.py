@@ -4,6 +4,10 @@ server; the topology tests use the same URLs on real clusters and Sentinel sets.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
+
 import pytest
 import redis
 import redis.asyncio
@@ -72,3 +76,48 @@ def test_a_bad_url_is_one_line_naming_the_problem(url: str, problem: str) -> Non
     assert problem in message
     assert "\n" not in message
     assert "secret" not in message
+
+
+@pytest.mark.parametrize("asyncio_client", [False, True], ids=["sync", "async"])
+def test_a_sentinel_that_fails_is_asked_once_not_retried(asyncio_client: bool) -> None:
+    """redis-py retries a sentinel 3 times with backoff by default (about 4 s for each
+    dead one); the breaker's backoff asks again instead. A sentinel that hangs up on
+    every connection is connected to exactly once per discovery."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.05)  # a blocked accept() would not see the listener closed
+    accepted: list[int] = []
+    done = threading.Event()
+
+    def hang_up() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            connection.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        client = redis_from_url(f"redis+sentinel://127.0.0.1:{port}/fleet", asyncio=asyncio_client)
+        if asyncio_client:
+
+            async def ping() -> None:
+                try:
+                    await client.ping()
+                finally:
+                    await client.aclose()
+
+            with pytest.raises(redis.ConnectionError):  # MasterNotFoundError
+                asyncio.run(ping())
+        else:
+            with pytest.raises(redis.ConnectionError):  # MasterNotFoundError
+                client.ping()
+            client.close()
+        assert len(accepted) == 1
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
