@@ -71,7 +71,7 @@ class Driver:
             self.hub.start_task()
             return
         self.hub.start_thread()
-        if timeout is not None:
+        if timeout is not None and self.hub.client is not None:  # None: nothing to follow
             self.hub.subscribed.wait(timeout)
 
     def run(self, steps: Steps[T]) -> T:
