@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 import weakref
@@ -45,6 +46,9 @@ class EventHub:
         self._receivers: dict[str, list[weakref.WeakMethod[Receiver]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # The sync follower's connection while it reads: ``stop`` shuts its socket down
+        # so that the follower wakes at once, not at its next poll.
+        self._reading: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         self.subscribed = threading.Event()
@@ -159,6 +163,8 @@ class EventHub:
             try:
                 self._session_sync()
             except REDIS_ERRORS as exc:
+                if self._stopped.is_set():
+                    return  # woken by stop: nothing was lost
                 if self.subscriptions > subscriptions:
                     backoff = _BACKOFF_FIRST  # it was up: the outage starts now
                 self._lost(exc)
@@ -170,6 +176,7 @@ class EventHub:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)
+            self._reading = pubsub.connection
             self._on_subscribed()
             while not self._stopped.is_set():
                 message = pubsub.get_message(timeout=_POLL)
@@ -177,7 +184,16 @@ class EventHub:
                     self.deliver(message["data"])
                 self._tick()
         finally:
+            self._reading = None
             pubsub.close()
+
+    def _wake(self) -> None:
+        """Wake the sync follower from its read: shut its socket down (the follower,
+        which owns the connection, closes it). Without a socket, it wakes at its poll."""
+        sock = getattr(self._reading, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     # -- async: a task in the running loop ----------------------------------------
 
@@ -225,6 +241,7 @@ class EventHub:
             task.get_loop().call_soon_threadsafe(task.cancel)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
+            self._wake()
             thread.join()
 
     async def astop(self) -> None:

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from breaker import BreakerListener, CircuitOpenError, TransitionEvent
+from breaker import BreakerListener, CircuitBreaker, CircuitOpenError, TransitionEvent
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
 from tests.support.servers import RedisServer
@@ -214,3 +214,16 @@ def test_a_listener_hears_each_round_trip_and_each_subscription(
     assert [script for script, _ in heard.calls] == ["acquire", "record"]
     assert all(0 < seconds < 5 for _, seconds in heard.calls)
     assert heard.subscriptions == ["breaker:events"]
+
+
+def test_close_wakes_the_follower_and_logs_no_lost_channel(
+    sync_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``close`` shuts the follower's socket down to wake it from its read: the
+    follower ends (the autouse guard checks that no thread is left) and takes that
+    for the stop it is, not for a lost channel."""
+    cb = CircuitBreaker("woken", redis=sync_redis)
+    assert cb.follow_events(timeout=5.0)
+    with caplog.at_level("WARNING", logger="breaker"):
+        cb.close()
+    assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
