@@ -36,7 +36,13 @@ FAULT_AFTER = 2.0  # seconds of load before the fault
 # The backend's backoff is capped at 1 s: after the new primary answers, each
 # process asks again within a second (and a call interval).
 BACKOFF_BOUND = 1.0 + 1.0 / RATE
-SETTINGS: dict[str, Any] = {"failure_threshold": 1_000_000, "backend_timeout": 0.25}
+# A window longer than the whole test: counts compared before and after the load must
+# not lose the load's first buckets as they slide out (the default window is 10 s).
+SETTINGS: dict[str, Any] = {
+    "failure_threshold": 1_000_000,
+    "backend_timeout": 0.25,
+    "window": 120.0,
+}
 KEY = f"breaker:{{{NAME}}}"
 
 
