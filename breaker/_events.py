@@ -81,11 +81,15 @@ class EventHub:
         recovered = self._outage.recovered(time.monotonic())
         if recovered is not None:
             logger.warning(recovered)
-        for listener in list(self._subscribed_listeners):
+        self._tell(self._subscribed_listeners)
+
+    def _tell(self, listeners: list[Callable[[str], None]]) -> None:
+        """Call each of ``listeners`` with the channel; one that fails is logged."""
+        for listener in list(listeners):
             try:
                 listener(self.channel)
             except Exception:
-                logger.exception("subscription listener %r failed", listener)
+                logger.exception("events listener %r failed", listener)
 
     def add_tick(self, tick: Callable[[], None]) -> None:
         """Call ``tick`` (a bound method, held weakly) after each poll of the follower
@@ -130,11 +134,7 @@ class EventHub:
         # The listeners first: whoever sees ``subscribed`` clear sees them done.
         was_following, self._following = self._following, False
         if was_following:
-            for listener in list(self._lost_listeners):
-                try:
-                    listener(self.channel)
-                except Exception:
-                    logger.exception("lost-subscription listener %r failed", listener)
+            self._tell(self._lost_listeners)
         self.subscribed.clear()
         line = self._outage.failed(str(exc), time.monotonic())
         if line is not None:

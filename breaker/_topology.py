@@ -173,6 +173,12 @@ def _derive_pooled(client: Any, timeout: float | None) -> Any:
     return type(client)(connection_pool=copy)
 
 
+def no_retry(*, asyncio: bool) -> Any:
+    """redis-py's way of saying "never retry": a command, or a question to a sentinel,
+    is asked once; the breaker's backoff decides when to ask again."""
+    return (redis.asyncio.retry.Retry if asyncio else redis.retry.Retry)(NoBackoff(), 0)
+
+
 #: What a Cluster client's node settings may carry besides CONNECTION_SETTINGS: how
 #: its connections are made (TLS).
 _CLUSTER_SETTINGS = (CONNECTION_SETTINGS | {"connection_class", "ssl"}) - {
@@ -200,7 +206,7 @@ def _derive_cluster(client: Any, timeout: float | None) -> Any:
     settings["socket_timeout"] = timeout
     settings["socket_connect_timeout"] = timeout if timeout is not None else 1.0
     module: Any = redis.asyncio.cluster if is_async else redis.cluster
-    retry: Any = (redis.asyncio.retry.Retry if is_async else redis.retry.Retry)(NoBackoff(), 0)
+    retry = no_retry(asyncio=is_async)
     nodes = [
         module.ClusterNode(node.host, node.port)
         for node in client.nodes_manager.startup_nodes.values()

@@ -26,14 +26,12 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
-import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
-import redis.retry
 import redis.sentinel
-from redis.backoff import NoBackoff
 
 from ._exceptions import ConfigurationError
+from ._topology import no_retry
 
 _SCHEMES = "redis://, rediss://, unix://, redis+cluster://, redis+sentinel:// (or rediss+...)"
 #: How long a sentinel may take to name its master.
@@ -81,13 +79,11 @@ def _sentinel(url: str, *, asyncio: bool, field: str, tls: bool) -> Any:
     sentinels, credentials = _hosts(parts.netloc, 26379, field)
     module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
     # No retries when asking a sentinel: redis-py's default (3, with backoff) spends
-    # about 4 s on each dead sentinel before asking the next; the breaker's own backoff
-    # asks again soon enough.
-    retry: Any = (redis.asyncio.retry.Retry if asyncio else redis.retry.Retry)(NoBackoff(), 0)
+    # about 4 s on each dead sentinel before asking the next.
     timeouts = {
         "socket_timeout": SENTINEL_TIMEOUT,
         "socket_connect_timeout": SENTINEL_TIMEOUT,
-        "retry": retry,
+        "retry": no_retry(asyncio=asyncio),
     }
     manager = module.Sentinel(sentinels, sentinel_kwargs=timeouts, db=db, ssl=tls, **credentials)
     return manager.master_for(path[0])
