@@ -28,6 +28,21 @@ class Errors(BreakerListener, list[str]):
         self.append(reason)
 
 
+class Subscriptions(BreakerListener, list[str]):
+    """The channels its breaker's follower subscribed to, once per subscription."""
+
+    def subscribed(self, channel: str) -> None:
+        self.append(channel)
+
+    def reach(self, count: int, within: float = 5.0) -> int:
+        """Wait (bounded) until the follower has subscribed ``count`` times in all;
+        returns how many times it has."""
+        deadline = time.monotonic() + within
+        while len(self) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self)
+
+
 @pytest.fixture
 def black_hole() -> Iterator[BlackHole]:
     hole = BlackHole()
@@ -206,13 +221,8 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
 ) -> None:
     clock = ManualClock()
     cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
-    heard: list[str] = []
-
-    class Subscribed(BreakerListener):
-        def subscribed(self, channel: str) -> None:
-            heard.append(channel)
-
-    cb.add_listener(Subscribed())
+    subscriptions = Subscriptions()
+    cb.add_listener(subscriptions)
     assert cb.follow_events(timeout=5.0)
     for _ in range(3):  # the process's view reaches generation 6
         fail(cb)
@@ -222,10 +232,7 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
     redis_server.start()  # back, empty: its next breaker hash starts at generation 0
     # The follower is back too (its loss and its return each distrust the view: once
     # both are behind, what follows is what this test is about).
-    deadline = time.monotonic() + 5.0
-    while len(heard) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(heard) == 2
+    assert subscriptions.reach(2) == 2
     clock.advance(60.0)  # the closed view is no longer trusted
     fail(cb)
     fail(cb)
@@ -297,21 +304,13 @@ def test_a_view_is_read_again_after_its_follower_resubscribes(
     """Events published while the follower was away are lost: once it is back, the
     next call asks Redis instead of trusting what the view held."""
     cb = breakers("p", redis=redis_server.client(), failure_threshold=5)
-    heard: list[str] = []
-
-    class Resubscribed(BreakerListener):
-        def subscribed(self, channel: str) -> None:
-            heard.append(channel)
-
-    cb.add_listener(Resubscribed())
+    subscriptions = Subscriptions()
+    cb.add_listener(subscriptions)
     assert cb.follow_events(timeout=5.0)
     succeed(cb)  # the view: closed, trusted
     assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 1}
     redis_server.client().client_kill_filter(_type="pubsub")
-    deadline = time.monotonic() + 5.0
-    while len(heard) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(heard) == 2
+    assert subscriptions.reach(2) == 2
     assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 2}  # acquire too
     assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 1}
 

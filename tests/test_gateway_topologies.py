@@ -34,7 +34,7 @@ from app.fleet import Fleet, FleetError, fleetbreaker_command, free_port
 from breaker import BackendUnavailableError, BreakerOperator, CircuitBreaker
 from tests.support.gateway import AUTH, gateway_client, gateway_config
 from tests.support.servers import RedisServer
-from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client
+from tests.support.topology import LocalCluster, SentinelSet, close_topology_client
 from tests.support.upstream import Reply, Upstream
 from tests.test_round_trips import fail
 
@@ -345,10 +345,7 @@ def operator(topology: LocalCluster | SentinelSet) -> Iterator[BreakerOperator]:
     client = topology.client()
     with BreakerOperator(client) as reader:
         yield reader
-    if isinstance(topology, SentinelSet):
-        close_sentinel_client(client)  # type: ignore[arg-type]
-    else:
-        client.close()
+    close_topology_client(topology, client)
 
 
 @pytest.mark.slow
@@ -412,10 +409,7 @@ def library_client(topology: LocalCluster | SentinelSet) -> Iterator[Any]:
     """A sync client of the topology, for breakers made by the test."""
     client = topology.client()
     yield client
-    if isinstance(topology, SentinelSet):
-        close_sentinel_client(client)  # type: ignore[arg-type]
-    else:
-        client.close()
+    close_topology_client(topology, client)
 
 
 @pytest.mark.slow
@@ -554,9 +548,6 @@ def test_watch_subscribes_again_after_a_failover_and_hears_the_next_trip(
         assert watcher.stop() == 0
     finally:
         tripper.close()
-        if isinstance(fresh_topology, SentinelSet):
-            close_sentinel_client(client)  # type: ignore[arg-type]
-        else:
-            client.close()
+        close_topology_client(fresh_topology, client)
         watcher.process.kill()
         watcher.process.wait(_TIMEOUT)

@@ -208,6 +208,14 @@ def close_sentinel_client(client: redis.Redis) -> None:
     client.connection_pool.sentinel_manager.close()  # type: ignore[attr-defined]
 
 
+def close_topology_client(topology: LocalCluster | SentinelSet, client: Any) -> None:
+    """Close a ``topology.client()``: a Sentinel set's with the ``Sentinel`` behind it."""
+    if isinstance(topology, SentinelSet):
+        close_sentinel_client(client)
+    else:
+        client.close()
+
+
 async def aclose_sentinel_client(client: aioredis.Redis) -> None:
     """Close a ``SentinelSet.async_client()`` and its ``Sentinel``, in the client's loop:
     the connections to the sentinels were made there too."""
