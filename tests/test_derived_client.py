@@ -30,8 +30,8 @@ def test_copy_of_an_asyncio_client_is_an_asyncio_client() -> None:
 
 
 def test_copy_of_a_sentinel_client_still_asks_the_sentinels() -> None:
-    sentinel = Sentinel([("127.0.0.1", 26379)])  # type: ignore[no-untyped-call]
-    client = sentinel.master_for("mymaster")  # type: ignore[no-untyped-call]
+    sentinel = Sentinel([("127.0.0.1", 26379)])
+    client = sentinel.master_for("mymaster")
     copy = derive_client(client, 0.2)
     assert copy.connection_pool.service_name == "mymaster"
     assert copy.connection_pool.sentinel_manager is sentinel
@@ -55,7 +55,7 @@ CLIENTS = {
     "ssl": lambda: redis.Redis(ssl=True, ssl_ca_certs="/etc/ssl/ca.pem"),
     "asyncio": lambda: aioredis.Redis(),
     "asyncio-ssl": lambda: aioredis.Redis.from_url("rediss://10.0.0.1:6390"),
-    "sentinel": lambda: Sentinel([("127.0.0.1", 26379)]).master_for("m"),  # type: ignore[no-untyped-call]
+    "sentinel": lambda: Sentinel([("127.0.0.1", 26379)]).master_for("m"),
 }
 
 

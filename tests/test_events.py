@@ -23,7 +23,7 @@ _DELIVERY_TIMEOUT = 10.0  # a bound on waiting for a message, never a delay
 
 
 def test_transition_is_published_as_json(breakers: Breakers, sync_redis: redis.Redis) -> None:
-    pubsub = sync_redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = sync_redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("breaker:events")
     clock = ManualClock()
     cb = breakers("payments", redis=sync_redis, clock=clock, failure_threshold=1)

@@ -155,20 +155,14 @@ class SentinelSet(localredis.SentinelSet):
     def client(self, **options: Any) -> redis.Redis:
         """``Sentinel(...).master_for(name)``: it follows failovers. Close it with
         ``close_sentinel_client``, which closes the connections to the sentinels too."""
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            self.sentinels, **CLIENT_TIMEOUTS
-        )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            self.name, **{**CLIENT_TIMEOUTS, **options}
-        )
+        sentinel = redis.sentinel.Sentinel(self.sentinels, **CLIENT_TIMEOUTS)
+        client: redis.Redis = sentinel.master_for(self.name, **{**CLIENT_TIMEOUTS, **options})
         return client
 
     def async_client(self, **options: Any) -> aioredis.Redis:
         """The asyncio ``master_for``; make it in the loop that uses it, and close it
         there with ``aclose_sentinel_client``."""
-        sentinel = async_sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            self.sentinels, **CLIENT_TIMEOUTS
-        )
+        sentinel = async_sentinel.Sentinel(self.sentinels, **CLIENT_TIMEOUTS)
         client: aioredis.Redis = sentinel.master_for(self.name, **{**CLIENT_TIMEOUTS, **options})
         return client
 
