@@ -37,7 +37,7 @@ from breaker import (
 )
 
 from .preflight import listen_problem, redis_problem, unreachable_redis
-from .redisclient import REDIS_ERRORS, close, ping, reason, sync_client, topology_of
+from .redisclient import REDIS_ERRORS, close, db_of, ping, reason, sync_client, topology_of
 from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
 from .supervisor import SUPERVISOR_ENV
 from .tempdirs import owned_tempdir, remove_orphans
@@ -568,7 +568,8 @@ class _ChannelFeed:
 
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
-        self.channel = events_channel(prefix)
+        # The channel of the client's own database: pub/sub spans every database.
+        self.channel = events_channel(prefix, db_of(client))
         self._pubsub: Any = None
         self._subscribe()
         print(f"watching {self.channel} (Ctrl-C to stop)", file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ from breaker import BreakerKeys, redis_from_url
 # without a node to ask raises an exception that is no RedisError), and its name for
 # what a client reaches: not in its public API yet.
 from breaker._topology import REDIS_ERRORS as REDIS_ERRORS
+from breaker._topology import db_of as db_of
 from breaker._topology import topology_of as topology_of
 
 #: The setting the gateway reads its Redis from, named in every error about it.

@@ -33,8 +33,11 @@ from ._sharded import ShardedHub
 from ._topology import (
     CLIENT_TYPES,
     REDIS_ERRORS,
+    db_of,
     derive_client,
     is_async_client,
+    made,
+    resolve,
     topology_of,
 )
 from ._types import BackendKind, ScriptMode, ScriptName
@@ -223,14 +226,20 @@ class Backend:
         timeout: float | None,
         subscribe: Any = None,
         mode: ScriptMode = "auto",
+        source: Any = None,
     ) -> None:
-        self.client = client
+        # ``client`` may be a ``Deferred`` (a sync Cluster's): made on first use.
+        self._client = client
         self.kind = kind
         self.timeout = timeout
         self.mode: ScriptMode = mode
-        self.is_async = is_async_client(client)
-        self.topology = topology_of(client) if kind == "redis" else "standalone"
+        # What the caller's client is (``source``, else ``client``) says how to talk.
+        source = client if source is None else source
+        self.is_async = is_async_client(source)
+        self.topology = topology_of(source) if kind == "redis" else "standalone"
         self.cluster = self.topology == "cluster"
+        #: The database the breakers' keys live in: its events have a channel of their own.
+        self.db = db_of(source) if kind == "redis" else 0
         self.serves_sync = kind != "redis" or not self.is_async
         self.serves_async = kind != "redis" or self.is_async
         self._scripts: dict[ScriptName, Any] = {}
@@ -255,6 +264,12 @@ class Backend:
             AsyncConnections(pool) if type(pool) is redis.asyncio.ConnectionPool else None
         )
 
+    @property
+    def client(self) -> Any:
+        """The breaker's own client (made now if it is a ``Deferred`` not made yet:
+        raises what redis-py raises when no node answers)."""
+        return resolve(self._client)
+
     def health_of(self, key: str) -> BackendHealth:
         """The health that decides for ``key``: the backend's, or on a Cluster, that
         of the key's slot (so of the primary that serves it)."""
@@ -267,7 +282,7 @@ class Backend:
     def channel_of(self, prefix: str, name: str) -> str:
         """Where breaker ``name`` publishes its transitions: one channel for every
         breaker, or on a Cluster, the breaker's own, in its shard."""
-        return breaker_channel(prefix, name) if self.cluster else events_channel(prefix)
+        return breaker_channel(prefix, name) if self.cluster else events_channel(prefix, self.db)
 
     def hub(self, channel: str) -> EventHub:
         """The one event hub of ``channel`` on this backend (on a Cluster, the one that
@@ -328,7 +343,9 @@ class Backend:
         if self.kind == "redis" and not self.is_async:
             if self._connections is not None:
                 self._connections.close()
-            for client in (self.client, self._subscribe_client):
+            for client in (made(self._client), made(self._subscribe_client)):
+                if client is None:
+                    continue  # a Deferred never made: nothing to close
                 if self.cluster:
                     client.close()  # every node's pool
                 else:
@@ -341,7 +358,9 @@ class Backend:
         if self.kind == "redis" and self.is_async:
             if self._aconnections is not None:
                 await self._aconnections.aclose()
-            for client in (self.client, self._subscribe_client):
+            for client in (made(self._client), made(self._subscribe_client)):
+                if client is None:
+                    continue
                 if self.cluster:
                     await client.aclose()
                 else:
@@ -539,6 +558,7 @@ def open_backend(client: Any, timeout: float, mode: ScriptMode = "auto") -> Back
                 timeout=timeout,
                 subscribe=derive_client(client, None),
                 mode=mode,
+                source=client,
             )
             found = _REDIS[key] = (client, backend)
         found[1].join()

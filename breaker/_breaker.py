@@ -131,7 +131,7 @@ class CircuitBreaker:
     def following(self) -> bool:
         """Whether this process hears the fleet's transitions now: its subscription to
         the events channel is up (always True on the embedded backend)."""
-        return self._hub.client is None or self._hub.subscribed.is_set()
+        return self._hub.following
 
     # -- the permit, and the guards built on it --------------------------------------
 

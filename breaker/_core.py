@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._clock import Clock
 from ._config import BreakerConfig
@@ -73,6 +73,10 @@ class BreakerCore:
         self._rejected = 0
         self._next_rejection_report = 0.0
         self._seen: deque[tuple[int, int]] = deque(maxlen=_REMEMBERED_EVENTS)
+        # No view keeps a call out longer than these settings can open a breaker:
+        # whatever a store or a message says, a rejection without asking ends then.
+        longest = config.reset_timeout_max or config.reset_timeout
+        self._longest_open = longest * (1 + config.reset_timeout_jitter)
 
     # -- admission ---------------------------------------------------------------
 
@@ -166,23 +170,36 @@ class BreakerCore:
             created_at=reply.created_at,
             generation=reply.generation,
             last_failure_at=reply.last_failure_at,
-            open_until=now + reply.retry_after if reply.state == "open" else 0.0,
+            open_until=self._open_until(now, reply.retry_after, reply.state),
             trusted_until=now + self.config.reset_timeout,
             epoch=epoch,
         )
 
+    def _open_until(self, now: float, remaining: float, state: State) -> float:
+        return now + min(remaining, self._longest_open) if state == "open" else 0.0
+
+    def distrust(self) -> None:
+        """Something changed that this view has not seen (a hint on the channel):
+        decide nothing alone until Redis answers a call of this breaker again."""
+        view = self.view
+        if view is not None:
+            self.view = replace(view, trusted_until=0.0, open_until=0.0)
+
     def apply_event(self, event: TransitionEvent, epoch: int = 0) -> None:
+        """An event that came in a reply (this process's own, or relayed from another
+        breaker object of this process): Redis holds what it says."""
         view = self.view
         if view is not None and event.version <= view.version:
             return
         now = self.clock.monotonic()
         remaining = max(0.0, (event.open_until - event.at) / 1000)
+        state: State = event.to_state  # type: ignore[assignment]  # a reply of our scripts
         self.view = LocalView(
-            state=event.to_state,  # type: ignore[arg-type]  # written by our scripts
+            state=state,
             created_at=event.created_at,
             generation=event.generation,
             last_failure_at=view.last_failure_at if view else 0,
-            open_until=now + remaining if event.to_state == "open" else 0.0,
+            open_until=self._open_until(now, remaining, state),
             trusted_until=now + self.config.reset_timeout,
             epoch=epoch if view is None else view.epoch,
         )

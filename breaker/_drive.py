@@ -9,6 +9,7 @@ scripts take tens of microseconds: both call it directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, TypeVar
 
@@ -33,21 +34,37 @@ class Driver:
         self.shared = shared
         self.hub = hub
         self.local = local
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         if engine.config.batch_interval is not None:
             hub.add_tick(self.flush_if_due)
+        hub.add_tick(self.confirm_if_due)
 
     def flush_if_due(self) -> None:
         """Batched successes reach Redis within their interval (and a poll of the
         events follower, which calls this), also when no call comes to carry them."""
-        if not self.engine.shared.flush_due():
-            return
+        if self.engine.shared.flush_due():
+            self._in_background(self.engine.flushing())
+
+    def confirm_if_due(self) -> None:
+        """The channel told of a transition: read the breaker now, on the follower,
+        so that no call waits for it (a call meanwhile asks Redis itself)."""
+        if self.engine.confirm_pending:
+            self._in_background(self.engine.confirming())
+
+    def _in_background(self, steps: Steps[None]) -> None:
+        """Run ``steps`` from the follower: on its thread (sync), or as a task in its
+        loop (asyncio). Redis failing meanwhile is the next call's to find."""
         if not self.shared.is_async:
-            self.run(self.engine.flushing())
+            with contextlib.suppress(BackendUnavailableError):
+                self.run(steps)
             return
-        task = asyncio.get_running_loop().create_task(self.arun(self.engine.flushing()))
-        self._flushes.add(task)  # held until done: the loop keeps weak references only
-        task.add_done_callback(self._flushes.discard)
+        task = asyncio.get_running_loop().create_task(self._quietly(steps))
+        self._tasks.add(task)  # held until done: the loop keeps weak references only
+        task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, steps: Steps[None]) -> None:
+        with contextlib.suppress(BackendUnavailableError):
+            await self.arun(steps)
 
     def ready(self, *, sync: bool) -> None:
         """Check that the backend serves this calling style, and follow events."""
@@ -71,7 +88,7 @@ class Driver:
             self.hub.start_task()
             return
         self.hub.start_thread()
-        if timeout is not None and self.hub.client is not None:  # None: nothing to follow
+        if timeout is not None and self.hub.follows:
             self.hub.subscribed.wait(timeout)
 
     def run(self, steps: Steps[T]) -> T:
@@ -79,12 +96,19 @@ class Driver:
         try:
             call = next(steps)
             while True:
+                if call.lane == "local":
+                    call = steps.send(self._local(call))
+                    continue
+                self.engine.calling(True)
                 try:
-                    raw = self._local(call) if call.lane == "local" else self._shared(call)
-                except BackendUnavailableError as exc:
-                    call = steps.throw(exc)
-                else:
-                    call = steps.send(raw)
+                    try:
+                        raw = self._shared(call)
+                    except BackendUnavailableError as exc:
+                        call = steps.throw(exc)
+                    else:
+                        call = steps.send(raw)  # the reply is taken in before it ends
+                finally:
+                    self.engine.calling(False)
         except StopIteration as done:
             result: T = done.value
             return result
@@ -94,19 +118,23 @@ class Driver:
         try:
             call = next(steps)
             while True:
+                if call.lane == "local":
+                    call = steps.send(self._local(call))
+                    continue
+                self.engine.calling(True)
                 try:
-                    if call.lane == "local":
-                        raw = self._local(call)
-                    else:
+                    try:
                         started = time.perf_counter()
                         raw = await self.shared.arun(
                             self.name, call.script, self.keys, call.args, self.clock.monotonic()
                         )
                         self.engine.tell_backend_call(call.script, time.perf_counter() - started)
-                except BackendUnavailableError as exc:
-                    call = steps.throw(exc)
-                else:
-                    call = steps.send(raw)
+                    except BackendUnavailableError as exc:
+                        call = steps.throw(exc)
+                    else:
+                        call = steps.send(raw)
+                finally:
+                    self.engine.calling(False)
         except StopIteration as done:
             result: T = done.value
             return result

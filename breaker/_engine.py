@@ -114,6 +114,15 @@ class Engine:
         }
         self._abandoned: list[Ticket] = []
         self._lock = threading.Lock()
+        # Transitions the channel told of that no reply has confirmed yet, numbered
+        # as they came; ``confirm_due`` asks the follower for one read of the breaker.
+        self._hints: list[tuple[int, TransitionEvent]] = []
+        self._hint_seq = 0
+        self.confirm_due = False
+        # Round trips of this breaker under way: a hint heard meanwhile is most often
+        # this call's own transition, published before its reply came back. The reply
+        # confirms it; the follower reads only if a hint is left once none is.
+        self._in_flight = 0
         hub.register(name, self.receive)
         local_hub.register(name, self.receive_local)
 
@@ -139,9 +148,12 @@ class Engine:
         if self.health.is_down(self.clock.monotonic()):
             return (yield from self._admit_locally(None))
         # After a failure the local view is not trusted: the call's own acquire asks
-        # Redis first, so that fail_closed never lets a call through unasked.
+        # Redis first, so that fail_closed never lets a call through unasked. Nor is it
+        # while the events channel is not followed: a transition made elsewhere would
+        # go unheard, so the view could be wrong without knowing it.
+        trusted = not self.health.is_suspect() and self._hubs[False].following
         try:
-            ticket = None if self.health.is_suspect() else self.shared.admit_locally(self._epoch)
+            ticket = self.shared.admit_locally(self._epoch) if trusted else None
         except CircuitOpenError:
             yield from self._count_rejection(self.shared)
             raise
@@ -224,6 +236,8 @@ class Engine:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone
         (no round trip)."""
         core = self.local if self.health.is_down(self.clock.monotonic()) else self.shared
+        if core is self.shared and not self._hubs[False].following:
+            return None  # the view may be stale: only Redis can tell
         try:
             core.admit_locally(self._epoch_of(core))
         except CircuitOpenError as rejection:
@@ -378,8 +392,11 @@ class Engine:
     def _heard(self, core: BreakerCore, reply: Reply) -> None:
         """A reply to this breaker's own call: refresh the view, tell the transitions
         it made to the made-here listeners (once in the fleet) and to this process's
-        other breakers of the same name."""
+        other breakers of the same name, and confirm the hints it covers."""
         core.apply(reply, self._epoch_of(core))
+        if not core.fallback and self._hints:
+            # Before this call's own transitions: the hints told of earlier ones.
+            self._confirm_hints(reply.version, self._hint_seq)
         for event in reply.events:
             if event.is_resync:
                 continue
@@ -387,15 +404,95 @@ class Engine:
                 _tell(listener.transition, event)
         self._hubs[core.fallback].relay(reply.events)
 
-    def receive(self, event: TransitionEvent) -> None:
-        """A transition of this breaker, made by this process or any other."""
-        self._deliver(self.shared, event)
+    def receive(self, event: TransitionEvent, confirmed: bool = True) -> None:
+        """A transition of this breaker, made by this process (``confirmed``: from a
+        reply) or any other (a hint, from the channel)."""
+        if confirmed:
+            self._deliver(self.shared, event)
+        else:
+            self._hint(event)
 
-    def receive_local(self, event: TransitionEvent) -> None:
+    def receive_local(self, event: TransitionEvent, confirmed: bool = True) -> None:
         self._deliver(self.local, event)
 
     def _deliver(self, core: BreakerCore, event: TransitionEvent) -> None:
         core.apply_event(event, self._epoch_of(core))
+        if not core.fallback and self._hints:
+            self._confirm_hints(event.version, self._hint_seq)
+        self._tell_transition(core, event)
+
+    # -- hints: what the channel says, confirmed with Redis before it counts -----------
+
+    def _hint(self, event: TransitionEvent) -> None:
+        """A message on the channel says the breaker moved on. Anyone who may PUBLISH
+        can write one, and it never moves the view, its version or its open time:
+        the view stops deciding alone, and the follower reads the breaker (one round
+        trip per transition per process) or the next call's reply confirms it."""
+        view = self.shared.view
+        if view is not None and event.version <= view.version:
+            self._tell_transition(self.shared, event)  # Redis had told of it already
+            return
+        with self._lock:
+            self._hint_seq += 1
+            self._hints.append((self._hint_seq, event))
+            del self._hints[:-_HINTS_KEPT]
+            self.confirm_due = True
+        self.shared.distrust()
+
+    def calling(self, started: bool) -> None:
+        """The driver starts (``started``) or has finished a round trip of this breaker."""
+        with self._lock:
+            self._in_flight += 1 if started else -1
+
+    @property
+    def confirm_pending(self) -> bool:
+        """A hint waits for a read: none of this breaker's own round trips is under way
+        (its reply would tell)."""
+        return self.confirm_due and self._in_flight == 0
+
+    def confirming(self) -> Steps[None]:
+        """Read the breaker once for the hints heard so far: the view becomes what
+        Redis holds, and the listeners hear the hinted transitions it confirms."""
+        with self._lock:
+            if not self._hints:
+                self.confirm_due = False
+                return
+            self.confirm_due = False
+            asked = self._hint_seq
+        epoch = self._epoch
+        raw = yield Call("shared", "snapshot", snapshot_args(self.clock.epoch_ms()))
+        reply = decode_reply(raw)
+        self.shared.apply(reply, epoch)
+        self._confirm_hints(reply.version, asked)
+
+    def _confirm_hints(self, stored: Version, asked: int) -> None:
+        """Tell the hints Redis holds (their version is not past ``stored``); drop
+        those it does not, if they came before the read was asked (``asked``)."""
+        with self._lock:
+            held = [event for _, event in self._hints if event.version <= stored]
+            refused = [
+                event for seq, event in self._hints if event.version > stored and seq <= asked
+            ]
+            self._hints = [
+                (seq, event) for seq, event in self._hints if event.version > stored and seq > asked
+            ]
+            if not self._hints:
+                self.confirm_due = False
+        for event in held:
+            self._tell_transition(self.shared, event)
+        for event in refused:
+            logger.warning(
+                "breaker %s: ignored a message on its events channel that Redis does not "
+                "hold (%s -> %s, version %d:%d; Redis is at %d:%d)",
+                self.name,
+                event.from_state,
+                event.to_state,
+                *event.version,
+                *stored,
+            )
+
+    def _tell_transition(self, core: BreakerCore, event: TransitionEvent) -> None:
+        """Log a transition and tell the listeners, once per version."""
         for fresh in core.unseen((event,)):
             if fresh.is_resync:
                 logger.warning(
@@ -447,3 +544,5 @@ def describe(error: BaseException | None, result: object = None) -> str:
 
 #: The version of a breaker no process has heard of yet: no store holds it.
 _NO_VERSION: Version = (0, 0)
+#: Hints kept while unconfirmed: a flood of messages on the channel costs no memory.
+_HINTS_KEPT = 64

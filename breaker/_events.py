@@ -3,11 +3,13 @@ transition decided anywhere reaches this process's local views (and listeners)
 without waiting for a call.
 
 One hub per backend and channel. Events in a script's reply are handed to the other
-breaker objects of this process at once; events of other processes arrive through
-the Redis channel, followed by a daemon thread (sync client) or a task in the running
-loop (asyncio client), started by the first breaker that needs it. It reconnects with
-backoff; events missed while disconnected only leave a local view stale for as long
-as its trust lasts (see ``_core.LocalView``). An outage is logged when it begins, at
+breaker objects of this process at once, as confirmed. Events of other processes
+arrive through the Redis channel as hints, which a breaker confirms with Redis before
+it acts on them (``_engine``). The channel is followed by a daemon thread (sync
+client) or a task in the running loop (asyncio client), started by the first breaker
+that needs it. It reconnects with backoff; while it is not subscribed, no view is
+trusted to decide alone (``following``), so missed events cost round trips, never
+wrong decisions. An outage is logged when it begins, at
 most once a minute while it lasts, and when it ends (``_outage``). In-process backends
 have no channel to follow: their hub only relays.
 """
@@ -26,11 +28,13 @@ from typing import Any
 
 from ._models import TransitionEvent
 from ._outage import OutageLog
-from ._topology import REDIS_ERRORS
+from ._topology import REDIS_ERRORS, resolve
 
 logger = logging.getLogger("breaker")
 
-Receiver = Callable[[TransitionEvent], None]
+#: Called with an event, and whether it is confirmed (from a reply) or a hint (from
+#: the channel).
+Receiver = Callable[[TransitionEvent, bool], None]
 # How often a follower looks up from the channel to see whether it must stop.
 _POLL = 0.1
 _BACKOFF_FIRST = 0.05
@@ -41,7 +45,8 @@ class EventHub:
     """Delivers each event of ``channel`` to the receivers registered under its name."""
 
     def __init__(self, client: Any, channel: str) -> None:
-        self.client = client
+        # None: nothing to follow (the embedded backend); may be a ``Deferred``.
+        self._client = client
         self.channel = channel
         self._receivers: dict[str, list[weakref.WeakMethod[Receiver]]] = {}
         self._lock = threading.Lock()
@@ -60,6 +65,22 @@ class EventHub:
         self._ticks: list[weakref.WeakMethod[Callable[[], None]]] = []
         # A dead Redis fails every reconnection: log its outage, not each attempt.
         self._outage = OutageLog(f"events channel {channel}")
+
+    @property
+    def follows(self) -> bool:
+        """Whether there is a channel to follow (not on an in-process backend)."""
+        return self._client is not None
+
+    @property
+    def client(self) -> Any:
+        """The client the follower subscribes with (made now if it was deferred)."""
+        return resolve(self._client)
+
+    @property
+    def following(self) -> bool:
+        """Whether every transition of the fleet reaches this hub now: subscribed, and
+        not lost since (or nothing to follow). Until then, a view may miss one."""
+        return self._client is None or self.subscribed.is_set()
 
     def add_subscribed_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(channel)`` each time the follower (re)subscribes; kept once."""
@@ -113,22 +134,25 @@ class EventHub:
             alive.append(weakref.WeakMethod(receiver))
             self._receivers[name] = alive
 
-    def relay(self, events: tuple[TransitionEvent, ...]) -> None:
-        """Hand events to every receiver of their breaker in this process."""
+    def relay(self, events: tuple[TransitionEvent, ...], *, confirmed: bool = True) -> None:
+        """Hand events to every receiver of their breaker in this process.
+        ``confirmed``: they came in a script's reply, so Redis holds what they say (a
+        message on the channel is a hint: anyone who may PUBLISH can write one)."""
         for event in events:
             with self._lock:
                 refs = list(self._receivers.get(event.name, ()))
             for ref in refs:
                 receiver = ref()
                 if receiver is not None:
-                    receiver(event)
+                    receiver(event, confirmed)
 
     def deliver(self, raw: bytes | str) -> None:
+        """A message from the channel: a hint of a transition, to be confirmed."""
         event = TransitionEvent.from_json(raw)
         if event is None:
             logger.warning("ignoring a malformed message on %s", self.channel)
             return
-        self.relay((event,))
+        self.relay((event,), confirmed=False)
 
     def _lost(self, exc: Exception) -> None:
         # The listeners first: whoever sees ``subscribed`` clear sees them done.
@@ -143,7 +167,7 @@ class EventHub:
     # -- sync: a daemon thread -----------------------------------------------------
 
     def start_thread(self) -> None:
-        if self.client is None:
+        if self._client is None:
             return
         running = self._thread
         if running is not None and running.is_alive():
@@ -198,7 +222,7 @@ class EventHub:
     # -- async: a task in the running loop ----------------------------------------
 
     def start_task(self) -> None:
-        if self.client is None:
+        if self._client is None:
             return
         loop = asyncio.get_running_loop()
         task = self._task

@@ -23,7 +23,9 @@ key                                 type    content
                                             budget's floor bucket
 ``<prefix>:{<name>}:leases``        zset    half-open trial lease ids, scored by expiry (ms)
 ``<prefix>:events``                 pubsub  JSON transition events of every breaker
-                                            (PUBLISH; standalone Redis and Sentinel)
+                                            on db 0 (PUBLISH; standalone Redis and
+                                            Sentinel); ``<prefix>:events:db<N>`` on db N:
+                                            pub/sub spans databases, channels must not
 ``<prefix>:{<name>}:events``        pubsub  on a Redis Cluster, the events of one
                                             breaker (SPUBLISH, in its own shard)
 ==================================  ======  =============================================
@@ -129,10 +131,19 @@ class BreakerKeys:
         return [self.state, self.window, self.leases]
 
 
-def events_channel(prefix: str) -> str:
+def events_channel(prefix: str, db: int = 0) -> str:
     """The pub/sub channel that carries every transition of every breaker under ``prefix``
-    (a standalone Redis, or Sentinel)."""
-    return f"{prefix}:events"
+    in database ``db`` (a standalone Redis, or Sentinel).
+
+    Pub/sub is per server, not per database: the database is in the name, so that a
+    fleet on db 10 never hears (nor acts on) a breaker of the same name on db 9.
+
+    >>> events_channel("breaker")
+    'breaker:events'
+    >>> events_channel("breaker", 9)
+    'breaker:events:db9'
+    """
+    return f"{prefix}:events" if db == 0 else f"{prefix}:events:db{db}"
 
 
 def breaker_channel(prefix: str, name: str) -> str:

@@ -23,7 +23,11 @@ import redis
 import redis.asyncio
 
 from ._events import _POLL, EventHub
-from ._topology import CONNECTION_SETTINGS
+from ._topology import CONNECTION_SETTINGS, no_retry
+
+#: How long the follower waits to connect to a node: a dead one must not hold back
+#: the subscriptions on the live ones for long.
+_CONNECT_TIMEOUT = 1.0
 
 
 class ShardedHub(EventHub):
@@ -141,8 +145,19 @@ class ShardedHub(EventHub):
             node = self.client.get_node_from_key(channel)
             pubsub = pubsubs.get(node.name)
             if pubsub is None:
+                # No retries: redis-py's default (3, with backoff of seconds) would
+                # reconnect a dead node's subscription behind the follower's back, so
+                # that it heard nothing for seconds without knowing it was away, and
+                # trusted views nothing refreshed (a Cluster kill -9).
                 client = redis.asyncio.Redis(
-                    **{**settings, "host": node.host, "port": node.port, "socket_timeout": None}
+                    **{
+                        **settings,
+                        "host": node.host,
+                        "port": node.port,
+                        "socket_timeout": None,
+                        "socket_connect_timeout": _CONNECT_TIMEOUT,
+                        "retry": no_retry(asyncio=True),
+                    }
                 )
                 clients.append(client)
                 pubsub = pubsubs[node.name] = client.pubsub()

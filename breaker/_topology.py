@@ -12,6 +12,8 @@ ASK redirections are still followed: the command did not run.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 import redis
@@ -46,6 +48,15 @@ def is_cluster(client: Any) -> bool:
 
 def is_async_client(client: Any) -> bool:
     return isinstance(client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster)
+
+
+def db_of(client: Any) -> int:
+    """The database ``client`` works in: its pool's ``db`` (a Cluster has only db 0)."""
+    if is_cluster(client):
+        return 0
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return int(kwargs.get("db", 0) or 0) if isinstance(kwargs, dict) else 0
 
 
 def topology_of(client: Any) -> Topology:
@@ -126,11 +137,56 @@ POOL_OWNED = frozenset(
 )
 
 
+class Deferred:
+    """A client made on its first use, once, instead of when the breaker is built.
+
+    A sync ``RedisCluster`` runs COMMAND on a random node as it is made, with no
+    retry: made with the breaker, a breaker built while a node is dead (or a worker
+    started during a failover) would raise. Made on first use, inside the backend's
+    error mapping, the same failure is that call's ``BackendUnavailableError``: the
+    breaker starts on its fallback and moves to Redis once a node answers.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def made(self) -> Any:
+        """The client if it was made, else None (nothing to close)."""
+        return self._made
+
+    def get(self) -> Any:
+        """The client, made now if it was not (raises what making it raises)."""
+        made = self._made
+        if made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
+                made = self._made
+        return made
+
+
+def resolve(client: Any) -> Any:
+    """``client`` itself, or the client a ``Deferred`` makes."""
+    return client.get() if isinstance(client, Deferred) else client
+
+
+def made(client: Any) -> Any:
+    """``client`` itself, or what a ``Deferred`` made so far (None: nothing)."""
+    return client.made if isinstance(client, Deferred) else client
+
+
 def derive_client(client: Any, timeout: float | None) -> Any:
     """A client on the same Redis as ``client`` (a server, a Sentinel set, a Cluster),
-    with bounded timeouts and no retries: the breaker's own."""
+    with bounded timeouts and no retries: the breaker's own. A sync Cluster's is a
+    ``Deferred``: making it asks a node, and building a breaker never waits on Redis
+    nor fails because of it."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return Deferred(lambda: _derive_cluster(client, timeout))
     if is_cluster(client):
-        return _derive_cluster(client, timeout)
+        return _derive_cluster(client, timeout)  # asyncio: nothing is asked until used
     return _derive_pooled(client, timeout)
 
 

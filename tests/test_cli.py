@@ -157,6 +157,34 @@ def test_watch_prints_transitions_and_stops_cleanly_on_ctrl_c(
         watcher.wait(_TIMEOUT)
 
 
+def test_watch_prints_only_the_transitions_of_its_own_database(
+    breakers: Breakers,
+    redis_server: RedisServer,
+) -> None:
+    """``watch`` on db 10 while a breaker of db 9 trips, then one of db 10: it prints
+    the second only (it printed both before the channel named the database)."""
+    watcher = subprocess.Popen(
+        [*fleetbreaker_command(), "watch", "--redis-url", redis_server.url_of(10)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None
+        assert watcher.stdout is not None
+        assert watcher.stderr.readline().startswith("watching breaker:events:db10")
+        staging = breakers("pricing", redis=redis_server.client(9), failure_threshold=1)
+        fail(staging)
+        production = breakers("payments", redis=redis_server.client(10), failure_threshold=1)
+        fail(production)
+        # The first line printed: db 9's transition would have come first.
+        assert watcher.stdout.readline().split()[1:3] == ["payments:", "closed"]
+    finally:
+        watcher.kill()
+        watcher.wait(_TIMEOUT)
+
+
 def test_reset_acts_with_the_breakers_own_key_ttl_not_a_default(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:

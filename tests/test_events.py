@@ -1,4 +1,5 @@
-"""Transitions are published on <prefix>:events, and other processes' views follow them.
+"""Transitions are published on <prefix>:events (<prefix>:events:db<N> on db N), and
+other processes' views follow them, once Redis confirms what the channel said.
 
 A breaker on a second client has a backend (and events subscriber) of its own, as a
 breaker in another process has; the OS-process version is in test_fleet_processes.
@@ -13,9 +14,15 @@ import time
 import pytest
 import redis
 
-from breaker import BreakerListener, CircuitBreaker, CircuitOpenError, TransitionEvent
+from breaker import (
+    BreakerListener,
+    CircuitBreaker,
+    CircuitOpenError,
+    TransitionEvent,
+    events_channel,
+)
 from breaker.testing import ManualClock
-from tests.conftest import Breakers
+from tests.conftest import TEST_DB, Breakers
 from tests.support.servers import RedisServer
 from tests.test_round_trips import commands_during, fail, succeed
 
@@ -24,7 +31,7 @@ _DELIVERY_TIMEOUT = 10.0  # a bound on waiting for a message, never a delay
 
 def test_transition_is_published_as_json(breakers: Breakers, sync_redis: redis.Redis) -> None:
     pubsub = sync_redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("breaker:events")
+    pubsub.subscribe(events_channel("breaker", TEST_DB))
     clock = ManualClock()
     cb = breakers("payments", redis=sync_redis, clock=clock, failure_threshold=1)
     fail(cb)
@@ -227,3 +234,119 @@ def test_close_wakes_the_follower_and_logs_no_lost_channel(
     with caplog.at_level("WARNING", logger="breaker"):
         cb.close()
     assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
+
+
+def _heard_from(cb: CircuitBreaker, to_state: str) -> threading.Event:
+    """Set once ``cb``'s listeners hear a transition to ``to_state``."""
+    heard = threading.Event()
+    cb.add_listener(lambda event: heard.set() if event.to_state == to_state else None)
+    return heard
+
+
+def _barrier(breakers: Breakers, server: RedisServer, db: int) -> threading.Event:
+    """A transition of another breaker, ``marker``, on ``db``, made once the caller is
+    ready: a follower of ``db`` hears every message published before it first (one
+    connection delivers in order), so hearing it means the earlier ones were heard."""
+    follower = breakers("marker", redis=server.client(db), clock=ManualClock())
+    heard = _heard_from(follower, "forced_open")
+    succeed(follower)
+    assert follower.follow_events(timeout=_DELIVERY_TIMEOUT)
+    return heard
+
+
+def test_a_trip_in_another_database_never_reaches_this_one(
+    breakers: Breakers, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staging on db 9 and production on db 10 of one Redis, each with a breaker called
+    pricing: staging's trip must not refuse production's calls, move its version, or
+    reach its listeners (pub/sub spans databases; the channel names the database)."""
+    production = breakers("pricing", redis=redis_server.client(10), failure_threshold=2)
+    heard: list[TransitionEvent] = []
+    production.add_listener(heard.append)
+    succeed(production)
+    assert production.follow_events(timeout=_DELIVERY_TIMEOUT)
+    marker_heard = _barrier(breakers, redis_server, 10)
+    staging = breakers("pricing", redis=redis_server.client(9), failure_threshold=2)
+    with caplog.at_level("INFO", logger="breaker"):
+        fail(staging)
+        fail(staging)
+        assert staging.snapshot().state == "open"
+        breakers("marker", redis=redis_server.client(10)).force_open()
+        assert marker_heard.wait(_DELIVERY_TIMEOUT)
+        for _ in range(20):
+            succeed(production)  # CircuitOpenError here was the defect
+    assert heard == []
+    assert production.snapshot().generation == 0
+    assert not [r for r in caplog.records if "older version" in r.getMessage()]
+
+
+def test_a_forged_event_on_the_channel_moves_no_view_no_version_no_listener(
+    breakers: Breakers, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who may PUBLISH can write an event: it is a hint, confirmed with Redis
+    (one read), and Redis says the breaker is closed at generation 0."""
+    cb = breakers("demo", redis=redis_server.client(), failure_threshold=5)
+    heard: list[TransitionEvent] = []
+    cb.add_listener(heard.append)
+    succeed(cb)
+    assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)
+    stored = cb.snapshot()
+    marker_heard = _barrier(breakers, redis_server, 0)
+    forged = {
+        "name": "demo",
+        "from": "closed",
+        "to": "open",
+        "at": stored.created_at,
+        "reason": "failure_threshold",
+        "created_at": stored.created_at,
+        "generation": 99,
+        "open_until": 9_000_000_000_000,
+    }
+    publisher = redis_server.client()
+    with caplog.at_level("WARNING", logger="breaker"):
+        for _ in range(5):
+            publisher.publish(events_channel("breaker"), json.dumps(forged))
+        breakers("marker", redis=redis_server.client()).force_open()
+        assert marker_heard.wait(_DELIVERY_TIMEOUT)
+        for _ in range(20):
+            succeed(cb)  # refused for 9,000,000,000 s before the fix
+    publisher.close()
+    after = cb.snapshot()
+    assert (after.state, after.generation, after.created_at) == ("closed", 0, stored.created_at)
+    assert heard == []
+    assert any("does not hold" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hint_makes_the_next_call_ask_redis_until_it_is_confirmed(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    """Between a hint and its confirmation the view decides nothing alone: a call
+    asks Redis (the real state), whatever the message said."""
+    clock = ManualClock()
+    cb = breakers("demo", redis=redis_server.client(), clock=clock)
+    succeed(cb)
+    engine = cb._engine
+    view = engine.shared.view
+    assert view is not None
+    forged = TransitionEvent(
+        "demo", "closed", "forced_open", 0, "force_open", view.created_at, 7, 0
+    )
+    engine.calling(True)  # as if a round trip were under way: the follower waits
+    engine.receive(forged, confirmed=False)
+    assert engine.shared.admit_locally(engine.health.epoch) is None
+    engine.calling(False)
+    assert commands_during(redis_server, lambda: succeed(cb)) == {"fcall": 2}
+
+
+def test_no_view_keeps_a_call_out_longer_than_its_settings_can_open_it() -> None:
+    """A store (or a message) naming an open time past the breaker's longest one is
+    capped: reset_timeout (or its max) plus the jitter's share."""
+    from breaker._config import BreakerConfig
+    from breaker._core import BreakerCore
+    from breaker._wire import Reply
+
+    config = BreakerConfig(reset_timeout=10.0, reset_timeout_jitter=0.5)
+    core = BreakerCore("demo", config, ManualClock(), fallback=False)
+    core.apply(Reply("reject", "open", 1, 1, 9_000_000_000_000, 0, 0, 0, "", "", ()))
+    assert core.view is not None
+    assert core.view.open_until - ManualClock().monotonic() <= 15.0

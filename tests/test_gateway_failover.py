@@ -291,3 +291,93 @@ def test_a_killed_sentinel_master_costs_no_gateway_500_and_decisions_alone_until
         "decided alone; events published during the outage",
         recovery=_recovery(outage, alone, "a new master"),
     )
+
+
+def _every_worker(fleet: Fleet, path: str) -> list[httpx.Response]:
+    """GET ``path`` on fresh connections, round the replicas, until each of the
+    fleet's workers has answered at least once (bounded)."""
+    answers: list[httpx.Response] = []
+    seen: set[str] = set()
+    for index in range(60 * REPLICAS * WORKERS):
+        url = fleet.replica_urls[index % REPLICAS]
+        with httpx.Client(timeout=10.0) as client:
+            response = client.get(f"{url}{path}")
+        answers.append(response)
+        seen.add(response.headers[INSTANCE_HEADER])
+        if len(seen) == REPLICAS * WORKERS:
+            return answers
+    raise AssertionError(f"only {len(seen)} workers answered: {sorted(seen)}")
+
+
+def _who(response: httpx.Response) -> str:
+    return f"{response.headers[INSTANCE_HEADER]}: {response.status_code} {response.text[:80]}"
+
+
+def _hits(fleet: Fleet) -> int:
+    return int(httpx.get(f"{fleet.upstream_url}/hits", timeout=5.0).json()["hits"])
+
+
+def test_after_a_cluster_kill_every_worker_obeys_the_admin_and_trips_exactly(
+    fleet_on: Callable[[str], Fleet], reliability: Reliability
+) -> None:
+    """``kill -9`` of the primary of the breaker's slot under load; once its replica
+    has taken over and every replica is ready: an admin open through one replica and a
+    reset through another are obeyed by every worker 0.3 s later, and the breaker trips
+    on exactly ``failure_threshold`` upstream failures. (Before: the asyncio followers'
+    subscriptions retried the dead node for seconds without knowing they were away,
+    and views taken meanwhile were trusted for ``reset_timeout``.)"""
+    fleet = fleet_on("cluster")
+    cluster = fleet.topology
+    assert isinstance(cluster, LocalCluster)
+    victim = cluster.primary_for(KEY)
+    auth = {"Authorization": f"Bearer {fleet.admin_token}"}
+    path = f"/proxy/{UPSTREAM_NAME}/item"
+    load = PacedLoad(f"{fleet.lb_url}{path}")
+    try:
+        time.sleep(FAULT_AFTER)  # the load runs meanwhile
+        cluster.kill(victim)
+        took_over = cluster.wait_new_primary(KEY, victim)
+        assert victim.killed_at is not None
+        answered_at = victim.killed_at + took_over
+        # The bound under test: every worker is back on Redis, hearing its events,
+        # within 1 s of the new primary answering (the backend's and the follower's
+        # backoffs are capped at 1 s); meanwhile the load goes on.
+        time.sleep(max(0.0, answered_at + 1.0 - time.monotonic()))
+    finally:
+        answers = load.stop()
+    assert [a for a in answers if a.status == 500] == []
+
+    opened = httpx.post(
+        f"{fleet.replica_urls[0]}/admin/breakers/{UPSTREAM_NAME}/open", headers=auth
+    )
+    assert opened.json()["state"] == "forced_open"
+    time.sleep(0.3)  # the bound under test: every worker obeys within it
+    hits = _hits(fleet)
+    refused = _every_worker(fleet, path)
+    assert [_who(r) for r in refused if r.status_code != 503] == []
+    assert {r.json()["error"] for r in refused} == {"circuit_open"}
+    assert _hits(fleet) == hits
+
+    reset = httpx.post(
+        f"{fleet.replica_urls[1]}/admin/breakers/{UPSTREAM_NAME}/reset", headers=auth
+    )
+    assert reset.json()["state"] == "closed"
+    time.sleep(0.3)
+    admitted = _every_worker(fleet, path)
+    assert [_who(r) for r in admitted if r.status_code != 200] == []
+
+    httpx.put(f"{fleet.upstream_url}/mode", json={"mode": "failing"}, timeout=5.0)
+    hits = _hits(fleet)
+    tripped = _every_worker(fleet, path)
+    assert _hits(fleet) - hits == 5  # failure_threshold in deploy/fleet.toml
+    assert tripped[-1].json()["error"] == "circuit_open"
+    reliability.record(
+        "test_gateway_failover::cluster_kill_then_admin",
+        f"`fleet --redis cluster` ({REPLICAS} replicas x {WORKERS} workers): the primary "
+        "of the breaker's slot SIGKILLed under load; once replaced and ready, an admin "
+        "open through replica 1 and a reset through replica 2, then a failing upstream",
+        answers=[answer_label(r.status_code, r.content) for r in refused + admitted + tripped],
+        lost="nothing: every worker obeyed the open and the reset 0.3 s later, and the "
+        "breaker tripped on exactly 5 upstream failures",
+        recovery=f"its replica took writes {took_over:.2f} s after the kill",
+    )

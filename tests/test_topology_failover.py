@@ -15,6 +15,8 @@ RELIABILITY.md (``./scripts/reliability``).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +24,14 @@ from typing import Any
 
 import pytest
 
-from breaker import BreakerListener, BreakerOperator, CircuitBreaker, OutcomeEvent
+from breaker import (
+    BackendUnavailableError,
+    BreakerListener,
+    BreakerOperator,
+    CircuitBreaker,
+    OutcomeEvent,
+)
+from breaker._topology import REDIS_ERRORS
 from tests.support.failover_worker import NAME, Log, Workers
 from tests.support.reliability import Reliability
 from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client
@@ -252,4 +261,68 @@ def test_a_dead_primary_holds_back_only_the_breakers_of_its_own_shard(
     finally:
         for cb in breakers.values():
             cb.close()
+        client.close()
+
+
+def _user_client(cluster: LocalCluster) -> Any:
+    """The application's own ``RedisCluster`` on every node (the dead one included,
+    as a deployed configuration lists it). redis-py's own retries make it; should they
+    not, that is the application's failure, not the breaker's: asked again."""
+    for _ in range(20):
+        try:
+            return cluster.client()
+        except REDIS_ERRORS:
+            time.sleep(0.05)
+    raise AssertionError("the application's RedisCluster could not be made")
+
+
+def test_a_breaker_built_while_a_cluster_primary_is_dead_never_raises(
+    fresh_cluster: LocalCluster,
+) -> None:
+    """Breakers built after ``kill -9`` of a primary, before, during and after its
+    replica takes over: none raises (a sync ``RedisCluster`` asks a random node for
+    COMMAND as it is made, and the breaker's own used to, with no retry); each decides
+    on its fallback until Redis answers, then with Redis."""
+    primary = fresh_cluster.primary_for(KEY)
+    fresh_cluster.kill(primary)
+    took_over = threading.Event()
+
+    def wait() -> None:
+        fresh_cluster.wait_new_primary(KEY, primary)
+        took_over.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    built: list[tuple[float, str]] = []
+    try:
+        settled_at = None
+        for index in range(400):  # one every 50 ms: at most 20 s, 2 s past the takeover
+            if took_over.is_set() and settled_at is None:
+                settled_at = time.monotonic()
+            if settled_at is not None and time.monotonic() - settled_at > 2.0:
+                break
+            client = _user_client(fresh_cluster)
+            cb = CircuitBreaker(NAME, redis=client, backend_timeout=0.25)  # never raises
+            with cb:  # fail_open: its fallback decides while Redis can't
+                pass
+            built.append((time.monotonic(), "after" if settled_at else f"before {index}"))
+            cb.close()
+            client.close()
+            time.sleep(0.05)
+    finally:
+        waiter.join()
+    assert [when for _, when in built if when == "after"], "no breaker built after the takeover"
+    client = _user_client(fresh_cluster)
+    cb = CircuitBreaker(NAME, redis=client, backend_timeout=0.25)
+    try:
+        for _ in range(100):  # bounded: the backoff after a first failure is at most 1 s
+            with cb:
+                pass
+            with contextlib.suppress(BackendUnavailableError):
+                if cb.snapshot().window_calls:
+                    break
+            time.sleep(0.05)
+        assert cb.snapshot().window_calls >= 1  # decided with Redis again
+    finally:
+        cb.close()
         client.close()

@@ -34,6 +34,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def url_of(self, db: int) -> str:
+        """The URL of database ``db`` of this server."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [*redis_server_command(self.port, self.workdir), *self.extra_args],
@@ -67,8 +71,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db)
 
     def command_calls(self) -> dict[str, int]:
         """Calls per command since start, from ``INFO commandstats``."""
