@@ -40,7 +40,7 @@ from .forwarding import (
     target_url,
 )
 from .metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
-from .runtime import UPSTREAM_EXTENSION, Route, gateway_of
+from .runtime import Route, gateway_of
 from .upload import Upload
 
 logger = logging.getLogger("fleetbreaker.gateway")
@@ -143,10 +143,9 @@ async def _forward(
             raw_headers, client_host=client.host if client else None, scheme=request.url.scheme
         ),
         content=content,
-        extensions={UPSTREAM_EXTENSION: name},
     )
     try:
-        upstream_response = await gateway.client.send(outgoing, stream=True)
+        upstream_response = await route.client.send(outgoing, stream=True)
     except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
         attempts = attempts_of(exc) or _sent_once(route)
         _account(route, request, exc, attempts)

@@ -38,6 +38,7 @@ from breaker import BreakerKeys, redis_from_url
 from breaker._topology import REDIS_ERRORS as REDIS_ERRORS
 from breaker._topology import db_of as db_of
 from breaker._topology import topology_of as topology_of
+from breaker._urls import aclose_redis, close_redis
 
 #: The setting the gateway reads its Redis from, named in every error about it.
 URL_SETTING = "BREAKER_REDIS_URL"
@@ -58,10 +59,7 @@ def async_client(url: str) -> Any:
 
 async def aclose(client: Any) -> None:
     """Close ``async_client``'s client and, for a Sentinel set, its sentinels'."""
-    await client.aclose()
-    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
-    if manager is not None:
-        await manager.aclose()
+    await aclose_redis(client)
 
 
 def sync_client(url: str, *, timeout: float, setting: str = URL_SETTING) -> Any:
@@ -92,11 +90,7 @@ def sync_client(url: str, *, timeout: float, setting: str = URL_SETTING) -> Any:
 
 def close(client: Any) -> None:
     """Close ``sync_client``'s client and, for a Sentinel set, its sentinels'."""
-    client.close()
-    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
-    if manager is not None:
-        for sentinel in manager.sentinels:
-            sentinel.close()
+    close_redis(client)
 
 
 def ping(client: Any) -> None:

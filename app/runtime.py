@@ -1,22 +1,18 @@
 """The gateway's runtime: what one worker builds at startup, and routes read.
 
 The lifespan builds, once per worker: the Redis client of ``BREAKER_REDIS_URL`` (a
-server, a Cluster or a Sentinel set; or none: the embedded backend), one
-``httpx.AsyncClient`` whose pool every upstream shares, and per upstream a
-``ResilientTransport`` (the library's) with that upstream's breaker and retry policy.
-A request picks its upstream's transport by a request extension. Routes only read
-``app.state.gateway``.
+server, a Cluster or a Sentinel set; or none: the embedded backend) and, per upstream,
+a ``Route``: its guarded client, built by the library's ``guarded_client`` (the one
+``breaker.fastapi`` builds too), on a pool of its own, with its breaker. The proxy
+sends a request through its route's client. Routes only read ``app.state.gateway``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import logging
 import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +26,13 @@ from breaker import (
     CircuitBreaker,
     Clock,
     OutcomeEvent,
-    ResilientTransport,
     RetryDetails,
     RetryHook,
     TransitionEvent,
     current_attempt,
 )
+from breaker._upstreams import Upstream as GuardedUpstream
+from breaker._upstreams import guarded_client, shared_client
 
 from . import errors
 from .events import EventFeed
@@ -58,12 +55,9 @@ from .settings import GatewayConfig, Upstream
 
 logger = logging.getLogger("fleetbreaker.gateway")
 
-#: The request extension that names the upstream a request is for.
-UPSTREAM_EXTENSION = "fleetbreaker.upstream"
-
 
 class _Timed(httpx.AsyncBaseTransport):
-    """One upstream's attempts on the worker's shared pool, with their latency."""
+    """One upstream's attempts on its pool, with their latency; closes the pool."""
 
     def __init__(self, pool: httpx.AsyncBaseTransport, upstream: str) -> None:
         self._pool = pool
@@ -75,53 +69,8 @@ class _Timed(httpx.AsyncBaseTransport):
         self._latency.observe(time.perf_counter() - started)
         return response
 
-
-class _ByUpstream(httpx.AsyncBaseTransport):
-    """Sends each request through the transport of the upstream it names."""
-
-    def __init__(
-        self, pool: httpx.AsyncBaseTransport, routes: dict[str, httpx.AsyncBaseTransport]
-    ) -> None:
-        self._pool = pool
-        self._routes = routes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._routes[request.extensions[UPSTREAM_EXTENSION]].handle_async_request(
-            request
-        )
-
     async def aclose(self) -> None:
-        for route in self._routes.values():
-            await route.aclose()  # a route's breakers; _Timed leaves the pool open
-        await self._pool.aclose()  # shared by every route: closed once, here
-
-
-class _NoCookies(http.cookiejar.CookiePolicy):
-    """One client serves every caller of the gateway: a cookie an upstream sets for
-    one of them must never be kept, let alone sent on another's request."""
-
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = False
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: urllib.request.Request) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: urllib.request.Request) -> bool:
-        return False
-
-
-def _named(upstream: str) -> Callable[[httpx.Request], str]:
-    def name_of(request: httpx.Request) -> str:
-        return upstream
-
-    return name_of
+        await self._pool.aclose()
 
 
 def _retry_hook(name: str) -> RetryHook:
@@ -171,7 +120,11 @@ _METRICS = _Metrics()
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """One upstream of this worker: its client (guarded by its breaker, on a pool of
+    its own) and the breaker itself."""
+
     upstream: Upstream
+    client: httpx.AsyncClient
     breaker: CircuitBreaker | None  # None: ``breaker = false``
 
 
@@ -195,13 +148,11 @@ class Gateway:
         self,
         config: GatewayConfig,
         redis_client: Any,  # redisclient.async_client's (a server, Cluster or Sentinel set)
-        client: httpx.AsyncClient,
         routes: dict[str, Route],
         feed: EventFeed,
     ) -> None:
         self.config = config
         self.redis = redis_client
-        self.client = client
         self.routes = routes
         self.feed = feed
         self._lag = asyncio.get_running_loop().create_task(_watch_loop_lag(), name="loop-lag")
@@ -209,45 +160,37 @@ class Gateway:
     @classmethod
     async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
         redis_client = async_client(config.redis_url) if config.redis_url else None
-        pool = httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0)
-        transports: dict[str, httpx.AsyncBaseTransport] = {}
-        routes: dict[str, Route] = {}
         feed = EventFeed(asyncio.get_running_loop())
+        routes: dict[str, Route] = {}
         for name, upstream in config.upstreams.items():
+            # A pool per upstream: one upstream's slow callers never wait for another's
+            # connections.
+            pool = _Timed(httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0), name)
             if upstream.breaker is None:
-                transports[name] = _Timed(pool, name)
-                routes[name] = Route(upstream, None)
+                client = shared_client(pool, timeout=config.client.timeout())
+                routes[name] = Route(upstream, client, None)
                 continue
-            transport = ResilientTransport(
-                _Timed(pool, name),
+            client, breaker = guarded_client(
+                GuardedUpstream(
+                    name, str(upstream.url), breaker=upstream.breaker, retry=upstream.retry
+                ),
                 redis=redis_client,
-                retry=upstream.retry.replace(hooks=(_retry_hook(name),)),
-                breaker_config=upstream.breaker,
-                breaker_name=_named(name),
-                clock=clock,
+                transport=pool,
+                timeout=config.client.timeout(),
                 body_timeout=config.client.body_timeout,
+                clock=clock,
+                retry_hooks=(_retry_hook(name),),
+                listeners=(feed.publish, _METRICS),
+                made_here_listeners=(_log_transition,),
             )
-            breaker = transport.breaker(name)
-            breaker.add_listener(feed.publish)
-            breaker.add_listener(_log_transition, made_here_only=True)
-            breaker.add_listener(_METRICS)
-            breaker.follow_events()
-            transports[name] = transport
-            routes[name] = Route(upstream, breaker)
-        client = httpx.AsyncClient(
-            transport=_ByUpstream(pool, transports),
-            timeout=config.client.timeout(),
-            follow_redirects=False,
-            trust_env=False,  # a proxy from the environment must not reroute upstream calls
-            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
-        )
+            routes[name] = Route(upstream, client, breaker)
         if redis_client is None:
             logger.warning(
                 "no BREAKER_REDIS_URL: breakers live in this process only, "
                 "not shared with other workers or replicas",
                 extra={"fields": {"event": "startup", "backend": "embedded"}},
             )
-        return cls(config, redis_client, client, routes, feed)
+        return cls(config, redis_client, routes, feed)
 
     def route(self, name: str) -> Route:
         route = self.routes.get(name)
@@ -287,7 +230,8 @@ class Gateway:
         self._lag.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._lag
-        await self.client.aclose()
+        for route in self.routes.values():
+            await route.client.aclose()  # its transport: the breaker, then the pool
         if self.redis is not None:
             await aclose(self.redis)
 

@@ -33,6 +33,7 @@ from ._exceptions import BackendUnavailableError, CircuitOpenError
 from ._keys import BreakerKeys
 from ._listeners import BreakerListener, overrides
 from ._models import BreakerSnapshot, OutcomeEvent, TransitionEvent
+from ._outage import OutageLog
 from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
 from ._wire import (
     Batch,
@@ -114,6 +115,12 @@ class Engine:
         }
         self._abandoned: list[Ticket] = []
         self._lock = threading.Lock()
+        self._outage = OutageLog(
+            f"breaker {name}: Redis",
+            lost="is unreachable",
+            still="still unreachable",
+            back="answers again",
+        )
         # Transitions the channel told of that no reply has confirmed yet, numbered
         # as they came; ``confirm_due`` asks the follower for one read of the breaker.
         self._hints: list[tuple[int, TransitionEvent]] = []
@@ -169,10 +176,11 @@ class Engine:
 
     def _admit_locally(self, error: BackendUnavailableError | None) -> Steps[Ticket]:
         """Admit through the fallback: the same scripts and settings, local state."""
+        reason = error.reason if error is not None else f"backing off: {self.health.last_error}"
+        self._tell_unreachable(reason)
         if self.config.on_backend_error == "fail_closed":
-            if error is not None:
-                raise error
-            raise BackendUnavailableError(self.name, f"backing off: {self.health.last_error}")
+            cause = error.__cause__ if error is not None else None  # redis-py's, if any
+            raise BackendUnavailableError(self.name, reason, refused_call=True) from cause
         ticket = self.local.admit_locally()
         if ticket is not None:
             return ticket
@@ -389,10 +397,27 @@ class Engine:
         """The epoch a view of ``core`` is taken in: the fallback's never changes."""
         return 0 if core.fallback else self.health.epoch
 
+    def _tell_unreachable(self, reason: str) -> None:
+        """One WARNING when this breaker's calls start being decided without Redis
+        (then at most one a minute while it lasts), naming what happens instead."""
+        line = self._outage.failed(reason, self.clock.monotonic())
+        if line is not None:
+            instead = (
+                "refusing its calls (on_backend_error=fail_closed)"
+                if self.config.on_backend_error == "fail_closed"
+                else "deciding its calls in this process alone, not with the fleet "
+                "(on_backend_error=fail_open)"
+            )
+            logger.warning("%s; %s until Redis answers", line, instead)
+
     def _heard(self, core: BreakerCore, reply: Reply) -> None:
         """A reply to this breaker's own call: refresh the view, tell the transitions
         it made to the made-here listeners (once in the fleet) and to this process's
         other breakers of the same name, and confirm the hints it covers."""
+        if not core.fallback and self._outage.ongoing:
+            back = self._outage.recovered(self.clock.monotonic())
+            if back is not None:
+                logger.info("%s; deciding with the fleet again", back)
         core.apply(reply, self._epoch_of(core))
         if not core.fallback and self._hints:
             # Before this call's own transitions: the hints told of earlier ones.

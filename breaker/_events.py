@@ -147,12 +147,15 @@ class EventHub:
                     receiver(event, confirmed)
 
     def deliver(self, raw: bytes | str) -> None:
-        """A message from the channel: a hint of a transition, to be confirmed."""
+        """A message from the channel: a hint of a transition, to be confirmed. The
+        ticks run at once (the read that confirms it among them), not after the
+        follower's next poll of every connection it holds."""
         event = TransitionEvent.from_json(raw)
         if event is None:
             logger.warning("ignoring a malformed message on %s", self.channel)
             return
         self.relay((event,), confirmed=False)
+        self._tick()
 
     def _lost(self, exc: Exception) -> None:
         # The listeners first: whoever sees ``subscribed`` clear sees them done.

@@ -5,7 +5,8 @@ Every exception the library raises on purpose derives from ``BreakerError``; a r
 
     BreakerError
     ├── CircuitOpenError          the breaker rejected the call; nothing was called
-    ├── BackendUnavailableError   Redis could not be reached and the policy is fail_closed
+    ├── BackendUnavailableError   Redis could not be reached: a call refused under fail_closed,
+    │                             or an operation that needs it (snapshot, reset, budget)
     ├── ConfigurationError        an invalid setting (also a ValueError), raised at construction
     ├── FallbackError             a fallback raised: ``__cause__`` is its exception, chained
     │                             in turn to the error the fallback stood in for
@@ -35,12 +36,15 @@ class CircuitOpenError(BreakerError):
 
 
 class BackendUnavailableError(BreakerError):
-    """Redis could not be reached in time, and the breaker's policy is ``fail_closed``."""
+    """Redis could not be reached in time. ``refused_call``: a guarded call was refused
+    for it (the policy is ``fail_closed``); else an operation that has no fallback (a
+    snapshot, an operator's action, a retry budget) could not be done."""
 
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, *, refused_call: bool = False) -> None:
         super().__init__(f"breaker backend unavailable for {name!r}: {reason}")
         self.name = name
         self.reason = reason
+        self.refused_call = refused_call
 
 
 class ConfigurationError(BreakerError, ValueError):

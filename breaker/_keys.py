@@ -56,8 +56,9 @@ def escape_name(name: str) -> str:
     >>> escape_name("a}b{c%")
     'a%7Db%7Bc%25'
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError("name", "must be a non-empty string")
+    if not isinstance(name, str) or not name.strip():
+        # A blank name is a mistake (an empty setting), and shows as an empty row.
+        raise ConfigurationError("name", f"must be a non-blank string, got {name!r}")
     if len(name) > MAX_NAME_LENGTH:
         raise ConfigurationError("name", f"is longer than {MAX_NAME_LENGTH} characters")
     parts = []

@@ -25,9 +25,18 @@ class OutageLog:
     'events channel breaker:events back after 7 s (2 failed attempts)'
     """
 
-    def __init__(self, what: str, every: float = OUTAGE_LOG_EVERY) -> None:
+    def __init__(
+        self,
+        what: str,
+        every: float = OUTAGE_LOG_EVERY,
+        *,
+        lost: str = "lost",
+        still: str = "still lost",
+        back: str = "back",
+    ) -> None:
         self.what = what
         self.every = every
+        self._words = (lost, still, back)
         self._since: float | None = None  # when the outage began; None: no outage
         self._logged_at = 0.0
         self._failures = 0
@@ -37,21 +46,27 @@ class OutageLog:
         self._failures += 1
         if self._since is None:
             self._since = self._logged_at = now
-            return f"{self.what} lost: {reason}"
+            return f"{self.what} {self._words[0]}: {reason}"
         if now - self._logged_at < self.every:
             return None
         self._logged_at = now
         return (
-            f"{self.what} still lost after {now - self._since:.0f} s "
+            f"{self.what} {self._words[1]} after {now - self._since:.0f} s "
             f"({self._failures} failed attempts): {reason}"
         )
+
+    @property
+    def ongoing(self) -> bool:
+        """An outage began and has not ended."""
+        return self._since is not None
 
     def recovered(self, now: float) -> str | None:
         """A successful attempt: the line that ends an outage, or None if there was none."""
         if self._since is None:
             return None
         line = (
-            f"{self.what} back after {now - self._since:.0f} s ({self._failures} failed attempts)"
+            f"{self.what} {self._words[2]} after {now - self._since:.0f} s "
+            f"({self._failures} failed attempts)"
         )
         self._since = None
         self._failures = 0

@@ -121,3 +121,21 @@ def _host(entry: str, default_port: int, field: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigurationError(field, f"port must be a number from 1 to 65535, got {port_text!r}")
     return host, int(port_text)
+
+
+async def aclose_redis(client: Any) -> None:
+    """Close an asyncio client that ``redis_from_url`` made, with everything it opened:
+    a Sentinel set's client holds connections to the sentinels too."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    if manager is not None:
+        await manager.aclose()
+
+
+def close_redis(client: Any) -> None:
+    """Close a sync client that ``redis_from_url`` made, and a Sentinel set's sentinels."""
+    client.close()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    if manager is not None:
+        for sentinel in manager.sentinels:
+            sentinel.close()

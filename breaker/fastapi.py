@@ -43,11 +43,9 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import httpx
-import redis.asyncio
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
@@ -55,10 +53,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from ._breaker import CircuitBreaker
-from ._config import BreakerConfig
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
-from ._retrying import RetryPolicy
-from ._transport import ResilientTransport
+from ._upstreams import Upstream, guarded_client
+from ._urls import aclose_redis, redis_from_url
 
 __all__ = [
     "STATE_ATTRIBUTE",
@@ -80,49 +77,13 @@ STATE_ATTRIBUTE = "fleetbreaker"
 Refusal = CircuitOpenError | BackendUnavailableError
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """A service the app calls: its ``name`` (that of its breaker, in Redis), its base
-    ``url``, the ``breaker`` settings and the ``retry`` policy of its client.
-
-    >>> Upstream("inventory", "http://inventory.internal:8080").retry.attempts
-    3
-
-    The breaker counts network errors and 5xx answers as failures (unless its
-    ``failure_predicate`` says otherwise); the policy retries GET, HEAD, OPTIONS, PUT,
-    DELETE and TRACE requests (and those with an ``Idempotency-Key``), with full
-    jitter, honouring ``Retry-After``, within the fleet's retry budget.
-    """
-
-    name: str
-    url: str
-    _: KW_ONLY
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigurationError("name", f"must be a non-empty string, got {self.name!r}")
-        key = f"upstreams.{self.name}"
-        try:
-            url = httpx.URL(self.url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ConfigurationError(f"{key}.url", f"{self.url!r} is not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigurationError(f"{key}.url", f"{self.url!r} must be http(s)://host...")
-        if not isinstance(self.breaker, BreakerConfig):
-            raise ConfigurationError(f"{key}.breaker", "must be a BreakerConfig")
-        if not isinstance(self.retry, RetryPolicy):
-            raise ConfigurationError(f"{key}.retry", "must be a RetryPolicy")
-
-
 class Resilience:
     """What ``lifespan`` built for one app, on ``app.state.fleetbreaker``: the Redis
     client (None: the embedded backend), and per upstream its breaker and its client."""
 
     def __init__(
         self,
-        redis_client: redis.asyncio.Redis | None,
+        redis_client: Any,
         clients: Mapping[str, httpx.AsyncClient],
         breakers: Mapping[str, CircuitBreaker],
     ) -> None:
@@ -135,25 +96,15 @@ class Resilience:
         """Build the clients and breakers of ``upstreams`` (call it in the loop that
         will use them: each breaker follows the fleet's transitions from there)."""
         _check(upstreams, redis_url)
-        redis_client = redis.asyncio.Redis.from_url(redis_url) if redis_url else None
+        redis_client = redis_from_url(redis_url, asyncio=True) if redis_url else None
         clients: dict[str, httpx.AsyncClient] = {}
         breakers: dict[str, CircuitBreaker] = {}
         built = cls(redis_client, clients, breakers)
         try:
             for upstream in upstreams:
-                transport = ResilientTransport(
-                    redis=redis_client,
-                    retry=upstream.retry,
-                    breaker_config=upstream.breaker,
-                    breaker_name=_named(upstream.name),
+                clients[upstream.name], breakers[upstream.name] = guarded_client(
+                    upstream, redis=redis_client
                 )
-                clients[upstream.name] = httpx.AsyncClient(
-                    transport=transport, base_url=upstream.url
-                )
-                breakers[upstream.name] = transport.breaker(upstream.name)
-                # Hear the fleet's transitions from now on: a worker learns that another
-                # one opened the breaker before its own next call, not after it.
-                breakers[upstream.name].follow_events()
         except BaseException:
             await built.aclose()
             raise
@@ -184,7 +135,7 @@ class Resilience:
         for client in self.clients.values():
             await client.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
+            await aclose_redis(self.redis)
         logger.info(
             "breaker.fastapi: closed %d upstream client(s) and their breakers%s",
             len(self.clients),
@@ -198,9 +149,10 @@ def lifespan(
     """A lifespan for ``FastAPI(lifespan=...)``: at startup, ``Resilience.start`` on
     ``app.state.fleetbreaker``; at shutdown, all of it closed.
 
-    ``redis_url``: the Redis every worker and replica shares; None is the embedded
-    backend (one process: a warning says so at startup). A configuration error is
-    raised here, at import, not at the first request.
+    ``redis_url``: the Redis every worker and replica shares, in any form
+    ``redis_from_url`` takes (a server, ``redis+cluster://``, ``redis+sentinel://``);
+    None is the embedded backend (one process: a warning says so at startup). A
+    configuration error is raised here, at import, not at the first request.
     """
     _check(upstreams, redis_url)
 
@@ -258,10 +210,15 @@ def error_body(error: Refusal) -> dict[str, Any]:
             "retry_after": retry_after_header(error.retry_after),
             "detail": f"the circuit of {error.name!r} is {error.state}; it was not called",
         }
+    why = (
+        "and the breaker is fail_closed: the call was not made"
+        if error.refused_call
+        else "and this operation needs it"
+    )
     return {
         "error": "backend_unavailable",
         "breaker": error.name,
-        "detail": "the breaker's Redis is unreachable and the breaker is fail_closed",
+        "detail": f"the breaker's Redis is unreachable {why}",
     }
 
 
@@ -308,14 +265,4 @@ def _check(upstreams: tuple[Upstream, ...], redis_url: str | None) -> None:
             raise ConfigurationError("upstreams", f"{upstream.name!r} is given twice")
         names.add(upstream.name)
     if redis_url is not None:
-        try:
-            redis.asyncio.connection.parse_url(redis_url)
-        except ValueError as exc:
-            raise ConfigurationError("redis_url", str(exc)) from None
-
-
-def _named(name: str) -> Callable[[httpx.Request], str]:
-    def name_of(request: httpx.Request) -> str:
-        return name
-
-    return name_of
+        redis_from_url(redis_url, asyncio=True)  # nothing connects: a check of the URL

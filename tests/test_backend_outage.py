@@ -6,6 +6,7 @@ test's own is SIGKILLed, or a server that never answers stands in for a hung Red
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -340,3 +341,43 @@ def test_fail_closed_lets_nothing_through_unasked_once_its_follower_lost_redis(
     with pytest.raises(BackendUnavailableError):
         cb.call(called.append, 1)
     assert called == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "instead"),
+    [
+        ("fail_open", "deciding its calls in this process alone"),
+        ("fail_closed", "refusing its calls (on_backend_error=fail_closed)"),
+    ],
+)
+def test_an_unreachable_redis_is_one_warning_naming_the_breaker_then_one_line_when_back(
+    breakers: Breakers,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    instead: str,
+) -> None:
+    cb = dead_redis_breaker(breakers, redis_server, on_backend_error=policy)
+    clock = cb.clock
+    assert isinstance(clock, ManualClock)
+    with caplog.at_level("INFO", logger="breaker"):
+        for _ in range(3):
+            clock.advance(2.0)  # past each backoff: every call probes Redis again
+            with contextlib.suppress(BackendUnavailableError):
+                succeed(cb)
+        redis_server.start()  # back, on the same port
+        clock.advance(2.0)
+        succeed(cb)
+    lines = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith("breaker p:")
+    ]
+    assert len(lines) == 2, lines
+    (warned, warning), (told, back) = lines
+    assert warned == "WARNING"
+    assert warning.startswith("breaker p: Redis is unreachable: ")
+    assert instead in warning
+    assert warning.endswith("until Redis answers")
+    assert told == "INFO"
+    assert back.startswith("breaker p: Redis answers again after ")

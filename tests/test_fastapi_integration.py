@@ -250,7 +250,7 @@ def test_an_unknown_upstream_is_named_with_those_that_exist(upstream: UpstreamSe
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Upstream("", "http://x.test"), "name: must be a non-empty string"),
+        (lambda: Upstream("", "http://x.test"), "name: must be a non-blank string"),
         (lambda: Upstream("a", "ftp://x.test"), "upstreams.a.url: 'ftp://x.test' must be"),
         (
             lambda: Upstream("a", "http://x.test", retry=3),  # type: ignore[arg-type]
@@ -279,3 +279,21 @@ def test_importing_breaker_never_imports_fastapi() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_snapshot_without_redis_says_so_not_that_the_breaker_is_fail_closed(
+    upstream: UpstreamServer,
+) -> None:
+    """A route reading its breaker while Redis is down, on the default fail_open: a
+    snapshot has no fallback, so it is a 503; the body said "fail_closed"."""
+    nobody = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=1"
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        refused = await client.get("/state")
+        assert refused.status_code == 503
+        body = refused.json()
+        assert body["error"] == "backend_unavailable"
+        assert "fail_closed" not in body["detail"]
+        assert body["detail"] == "the breaker's Redis is unreachable and this operation needs it"
+
+    run(shop(upstream.url, nobody), scenario)

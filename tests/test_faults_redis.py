@@ -8,6 +8,8 @@ answer within the bound the policy promises, and the fleet agreeing again afterw
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.gateway import AUTH, metric
+from breaker import CircuitBreaker
+from tests.support.gateway import AUTH, TOKEN, metric
 from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.load import Answer, Load, burst
 from tests.support.reliability import Reliability, answer_label
@@ -357,3 +360,126 @@ def test_a_redis_restarted_between_bursts_costs_no_stale_connection(
 
 def _backend_errors(url: str) -> float:
     return metric(httpx.get(f"{url}/metrics", timeout=5).text, "fleetbreaker_backend_errors_total")
+
+
+# -- a Redis shared with another environment, or with a careless neighbour -------------
+
+
+def _one_gateway_on(
+    tmp_path: Path, redis_url: str, upstream: Upstream, name: str
+) -> GatewayProcess:
+    config = tmp_path / "fleetbreaker.toml"
+    config.write_text(
+        f"""
+        [gateway]
+        expose_instance = true
+        [upstreams.{name}]
+        url = "{upstream.url}"
+        breaker = {{ failure_threshold = 2, reset_timeout = 300 }}
+        retry = {{ attempts = 1 }}
+        """
+    )
+    process = GatewayProcess(
+        tmp_path,
+        {
+            "BREAKER_REDIS_URL": redis_url,
+            "BREAKER_CONFIG": str(config),
+            "BREAKER_ADMIN_TOKEN": TOKEN,
+        },
+        workers=2,
+    )
+    process.start()
+    return process
+
+
+def _fresh(process: GatewayProcess, path: str) -> httpx.Response:
+    """One GET on a new connection, so that either worker may take it."""
+    with httpx.Client(base_url=process.url, timeout=10.0) as client:
+        return client.get(path)
+
+
+def _both_workers(process: GatewayProcess, path: str) -> list[httpx.Response]:
+    """GETs until both workers answered (bounded): each then holds a closed view."""
+    answers: list[httpx.Response] = []
+    for _ in range(200):
+        answers.append(_fresh(process, path))
+        if len({a.headers["x-fleetbreaker-instance"] for a in answers}) == 2:
+            return answers
+    raise AssertionError("one worker answered all 200 requests")
+
+
+def test_a_trip_in_another_database_refuses_nothing_here(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream, reliability: Reliability
+) -> None:
+    """Production's gateway on db 10; staging trips a breaker of the same name on db 9
+    of the same Redis. Pub/sub spans databases: before the channel named the
+    database, both workers refused with ``circuit_open`` within milliseconds."""
+    process = _one_gateway_on(tmp_path, redis_server.url_of(10), upstream, "pricing")
+    try:
+        _both_workers(process, "/proxy/pricing/ok")
+        staging = CircuitBreaker("pricing", redis=redis_server.client(9), failure_threshold=2)
+        for _ in range(2):
+            with contextlib.suppress(ConnectionError), staging:
+                raise ConnectionError("staging's upstream is down")
+        assert staging.snapshot().state == "open"
+        staging.close()
+        answers = [_fresh(process, "/proxy/pricing/ok") for _ in range(40)]
+        assert [a.status_code for a in answers] == [200] * 40
+        assert len({a.headers["x-fleetbreaker-instance"] for a in answers}) == 2
+        view = httpx.get(f"{process.url}/admin/breakers/pricing", headers=AUTH).json()
+        assert (view["state"], view["generation"]) == ("closed", 0)
+    finally:
+        process.stop()
+    reliability.record(
+        "test_faults_redis::trip_in_another_database",
+        "one Redis, two environments: a breaker `pricing` trips on db 9 while "
+        "production's gateway (2 workers) serves `pricing` from db 10",
+        answers=[answer_label(a.status_code, a.content) for a in answers],
+        lost="nothing: db 10 never heard db 9's event (the channel names its database), "
+        "and its breaker stayed closed at generation 0",
+    )
+
+
+def test_a_forged_event_on_the_channel_refuses_nothing(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream, reliability: Reliability
+) -> None:
+    """Anyone who may PUBLISH on the gateway's Redis sends an event saying ``demo`` is
+    open until the year 2255, five times a second for 2 s: every worker confirms it with
+    Redis (one read per process), which says closed, and serves on. Before, every
+    worker answered ``503 retry-after: 9000000000`` and the stored version moved."""
+    process = _one_gateway_on(tmp_path, redis_server.url, upstream, "demo")
+    publisher = redis_server.client()
+    try:
+        _both_workers(process, "/proxy/demo/ok")
+        before = httpx.get(f"{process.url}/admin/breakers/demo", headers=AUTH).json()
+        created_at = int(publisher.hget("breaker:{demo}", "created_at") or 0)
+        forged = {
+            "name": "demo",
+            "from": "closed",
+            "to": "open",
+            "at": created_at,
+            "reason": "failure_threshold",
+            "created_at": created_at,
+            "generation": 99,
+            "open_until": 9_000_000_000_000,
+        }
+        answers = []
+        for _ in range(10):  # 2 s, bounded
+            publisher.publish("breaker:events", json.dumps(forged))
+            answers += [_fresh(process, "/proxy/demo/ok") for _ in range(4)]
+            time.sleep(0.2)
+        assert [a.status_code for a in answers] == [200] * len(answers)
+        after = httpx.get(f"{process.url}/admin/breakers/demo", headers=AUTH).json()
+        assert (after["state"], after["generation"]) == ("closed", before["generation"])
+        assert "does not hold" in process.log()
+    finally:
+        publisher.close()
+        process.stop()
+    reliability.record(
+        "test_faults_redis::forged_events",
+        "a neighbour PUBLISHes `demo` open until 2255 on `breaker:events`, 5 times a "
+        "second for 2 s, while the gateway (2 workers) serves `demo`",
+        answers=[answer_label(a.status_code, a.content) for a in answers],
+        lost="nothing: each event was confirmed with Redis (one read per process), "
+        "which said closed; the stored version did not move; each forgery was logged",
+    )

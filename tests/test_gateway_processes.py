@@ -8,7 +8,6 @@ Every request opens a new connection, so the kernel spreads them over the worker
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from breaker import CircuitBreaker
 from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess
 from tests.support.servers import RedisServer
@@ -228,47 +226,3 @@ def test_x_forwarded_for_gains_the_peer_that_sent_the_request(
     fresh(gateway, "GET", "/proxy/api/who", headers={"X-Forwarded-For": "203.0.113.9"})
     [hit] = upstream.hits_on("/who")
     assert hit.headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
-
-
-def test_a_trip_in_another_database_refuses_nothing_here(
-    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
-) -> None:
-    """Production's gateway on db 10; staging trips a breaker of the same name on db 9
-    of the same Redis. Pub/sub spans databases: before the channel named the
-    database, both workers refused with ``circuit_open`` within milliseconds."""
-    config = tmp_path / "fleetbreaker.toml"
-    config.write_text(
-        f"""
-        [gateway]
-        expose_instance = true
-        [upstreams.pricing]
-        url = "{upstream.url}"
-        breaker = {{ failure_threshold = 2, reset_timeout = 300 }}
-        retry = {{ attempts = 1 }}
-        """
-    )
-    process = GatewayProcess(
-        tmp_path,
-        {
-            "BREAKER_REDIS_URL": redis_server.url_of(10),
-            "BREAKER_CONFIG": str(config),
-            "BREAKER_ADMIN_TOKEN": TOKEN,
-        },
-        workers=2,
-    )
-    process.start()
-    try:
-        until_both_workers(process, "/proxy/pricing/ok")  # each holds a closed view
-        staging = CircuitBreaker("pricing", redis=redis_server.client(9), failure_threshold=2)
-        for _ in range(2):
-            with contextlib.suppress(ConnectionError), staging:
-                raise ConnectionError("staging's upstream is down")
-        assert staging.snapshot().state == "open"
-        staging.close()
-        answers = [fresh(process, "GET", "/proxy/pricing/ok") for _ in range(40)]
-        assert [a.status_code for a in answers] == [200] * 40
-        assert len({a.headers["x-fleetbreaker-instance"] for a in answers}) == 2
-        view = fresh(process, "GET", "/admin/breakers/pricing", headers=AUTH).json()
-        assert (view["state"], view["generation"]) == ("closed", 0)
-    finally:
-        process.stop()

@@ -27,11 +27,22 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import Response
 
 from app import ConfigError
 from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
 from app.fleet import Fleet, FleetError, fleetbreaker_command, free_port
-from breaker import BackendUnavailableError, BreakerOperator, CircuitBreaker
+from breaker import (
+    BackendUnavailableError,
+    BreakerConfig,
+    BreakerOperator,
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryPolicy,
+)
+from breaker.fastapi import Upstream as FastAPIUpstream
+from breaker.fastapi import lifespan, resilience_of
 from tests.support.gateway import AUTH, gateway_client, gateway_config
 from tests.support.servers import RedisServer
 from tests.support.topology import LocalCluster, SentinelSet, close_topology_client
@@ -551,3 +562,40 @@ def test_watch_subscribes_again_after_a_failover_and_hears_the_next_trip(
         close_topology_client(fresh_topology, client)
         watcher.process.kill()
         watcher.process.wait(_TIMEOUT)
+
+
+# -- breaker.fastapi's lifespan ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_fastapi_lifespan_takes_every_url_form_the_gateway_takes(
+    topology: LocalCluster | SentinelSet, operator: BreakerOperator, upstream: Upstream
+) -> None:
+    """``lifespan(..., redis_url=<a Cluster's or a Sentinel set's URL>)``: it refused
+    them (it made its client with ``Redis.from_url``, the gateway with
+    ``redis_from_url``); now both build their clients with the library's one builder."""
+    upstream.plan("/stock/1", Reply(500))
+    inventory = FastAPIUpstream(
+        "inventory",
+        upstream.url,
+        breaker=BreakerConfig(failure_threshold=2),
+        retry=RetryPolicy(attempts=1),
+    )
+    app = FastAPI(lifespan=lifespan(inventory, redis_url=topology.url))
+
+    @app.get("/stock/{sku}")
+    async def stock(sku: str) -> Response:
+        answer = await resilience_of(app).client("inventory").get(f"/stock/{sku}")
+        return Response(answer.content, status_code=answer.status_code)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                assert [(await client.get("/stock/1")).status_code for _ in range(2)] == [500] * 2
+                with pytest.raises(CircuitOpenError, match="inventory"):
+                    await client.get("/stock/1")  # open: no handlers installed here
+
+    run(scenario)
+    assert operator.snapshot("inventory").state == "open"  # in the topology's Redis
+    assert len(upstream.hits_on("/stock/1")) == 2

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from breaker import BreakerKeys, ConfigurationError, escape_name, events_channel
+from breaker import BreakerKeys, CircuitBreaker, ConfigurationError, escape_name, events_channel
 
 
 def test_plain_names_and_urls_stay_readable() -> None:
@@ -28,13 +28,17 @@ def test_a_name_cannot_reach_another_breakers_keys() -> None:
     assert attacker.state == "breaker:{payments%7D:window}"
 
 
-@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
+#: Breaker names: any text that is not blank (a blank one is refused).
+NAMES = st.text(min_size=1, max_size=80).filter(str.strip)
+
+
+@given(NAMES, NAMES)
 def test_escaping_is_injective(first: str, second: str) -> None:
     if first != second:
         assert escape_name(first) != escape_name(second)
 
 
-@given(st.text(min_size=1, max_size=80))
+@given(NAMES)
 def test_all_keys_of_a_breaker_share_one_hash_tag_and_slot(name: str) -> None:
     keys = BreakerKeys.of("breaker", name)
     tag = "{" + escape_name(name) + "}"
@@ -51,3 +55,9 @@ def test_empty_or_huge_names_are_refused(name: str) -> None:
 
 def test_events_channel_is_under_the_prefix() -> None:
     assert events_channel("breaker") == "breaker:events"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t", "\n"])
+def test_a_blank_name_is_refused_naming_the_setting(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^name: must be a non-blank string"):
+        CircuitBreaker(name)

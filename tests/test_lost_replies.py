@@ -35,6 +35,8 @@ def test_a_record_whose_reply_is_lost_counts_once(
     client = redis.Redis.from_url(fault_proxy.url)
     cb = breakers("p", redis=client, clock=ManualClock(), failure_threshold=100)
     succeed(cb)  # connected, the library loaded, the settings stored
+    # Following: the next call's view decides alone, so its one FCALL is the record.
+    assert cb.follow_events(timeout=5.0)
     sent = fault_proxy.requests_containing(b"FCALL")
     fault_proxy.cut_after_request(b"FCALL")
     fail(cb)  # record runs in Redis; its reply never comes back
@@ -58,6 +60,11 @@ def test_an_async_record_whose_reply_is_lost_counts_once(
 
         async with cb:
             pass
+        for _ in range(500):  # bounded: the follower subscribes in its own time
+            if cb.following:
+                break
+            await asyncio.sleep(0.01)
+        assert cb.following  # the next call's view decides alone: its one FCALL is record
         sent.append(fault_proxy.requests_containing(b"FCALL"))
         fault_proxy.cut_after_request(b"FCALL")
         with contextlib.suppress(ConnectionError):
