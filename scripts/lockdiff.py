@@ -9,13 +9,16 @@ import tomllib
 
 
 def main() -> None:
+    pinned: dict[str, set[str]] = {}
     with open(sys.argv[1], "rb") as lock:
-        pinned = {p["name"]: p.get("version", "") for p in tomllib.load(lock)["package"]}
+        for package in tomllib.load(lock)["package"]:
+            # A universal lock may pin a package twice (by Python version, platform).
+            pinned.setdefault(package["name"], set()).add(package.get("version", ""))
     for line in sys.stdin:
         name, sep, version = line.strip().partition("==")
         key = name.lower().replace("_", "-")
-        if sep and pinned.get(key) not in (None, version):
-            print(f"  {key}: {pinned[key]} (lock) -> {version}")
+        if sep and key in pinned and version not in pinned[key]:
+            print(f"  {key}: {', '.join(sorted(pinned[key]))} (lock) -> {version}")
 
 
 if __name__ == "__main__":
