@@ -84,6 +84,10 @@ class BreakerView(BaseModel):
     window_retries_refused: int
     window_rejections: int
     backend: Literal["redis", "embedded", "fallback"]
+    #: The settings stored with the breaker that differ from this replica's (another
+    #: app, or a replica of another version, stored them; every call runs with them):
+    #: ``{setting: {"stored": ..., "here": ...}}``, durations in ms; None: none differ.
+    settings_conflict: dict[str, dict[str, Any]] | None = None
 
 
 class BreakerList(BaseModel):
@@ -92,8 +96,16 @@ class BreakerList(BaseModel):
 
 def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
     url = str(gateway.route(snapshot.name).upstream.url)
-    fields = {name: getattr(snapshot, name) for name in BreakerView.model_fields if name != "url"}
-    return BreakerView(url=url, **fields)
+    own = ("url", "settings_conflict")
+    fields = {name: getattr(snapshot, name) for name in BreakerView.model_fields if name not in own}
+    conflict = gateway.breaker(snapshot.name).settings_conflict(snapshot)
+    differences = None
+    if conflict is not None:
+        differences = {
+            setting: {"stored": stored, "here": here}
+            for setting, (stored, here) in conflict.differences.items()
+        }
+    return BreakerView(url=url, settings_conflict=differences, **fields)
 
 
 @router.get("/breakers", summary="Every upstream's breaker")

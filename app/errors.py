@@ -7,8 +7,12 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── NoBreaker            404      no_breaker (an upstream with breaker = false)
     ├── UnsafePath           400      invalid_path
     ├── BadRequest           400      bad_request
-    ├── BodyTooLarge         413      body_too_large
-    ├── ClientGone           499      client_disconnected (nobody is left to read it)
+    ├── ClientSide                    the request's own side failed, not the upstream:
+    │   │                             never a failure of its breaker, never retried
+    │   ├── BodyTooLarge     413      body_too_large
+    │   ├── BodyStalled      408      request_timeout (no byte of the body for
+    │   │                             body_idle_timeout)
+    │   └── ClientGone       499      client_disconnected (nobody is left to read it)
     ├── HeadersTooLarge      431      headers_too_large
     ├── AdminDisabled        403      admin_disabled
     ├── Unauthorized         401      unauthorized
@@ -18,6 +22,8 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── CircuitOpenError     503      circuit_open (Retry-After); for a GET or HEAD, the
     │                                 upstream's static fallback instead, if it has one
     ├── BackendUnavailable   503      backend_unavailable
+    ├── httpx.PoolTimeout    503      overloaded (this worker's connections to the
+    │                                 upstream are all busy: local, not counted)
     ├── httpx.TimeoutException 504    upstream_timeout
     └── httpx.TransportError 502      upstream_unavailable
     BodyBrokenOff                     the upstream's body broke off after its headers
@@ -94,12 +100,25 @@ class BadRequest(GatewayError):
     code = "bad_request"
 
 
-class BodyTooLarge(GatewayError):
+class ClientSide(GatewayError):
+    """The request's own side failed while its upstream call was under way (its body
+    was too large, stalled, or its client left): the upstream did nothing wrong, so
+    its breaker never counts it (``ignore_exceptions``)."""
+
+
+class BodyTooLarge(ClientSide):
     status = 413
     code = "body_too_large"
 
 
-class ClientGone(GatewayError):
+class BodyStalled(ClientSide):
+    """No byte of the request body came for ``body_idle_timeout`` seconds."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientGone(ClientSide):
     """The client closed its connection before its request body ended (nginx's 499):
     the answer only reaches the logs."""
 
@@ -163,6 +182,8 @@ def failure_code(cause: Exception) -> tuple[int, str]:
         return 503, "circuit_open"
     if isinstance(cause, BackendUnavailableError):
         return 503, "backend_unavailable"
+    if isinstance(cause, httpx.PoolTimeout):
+        return 503, "overloaded"
     if isinstance(cause, httpx.TimeoutException):
         return 504, "upstream_timeout"
     return 502, "upstream_unavailable"
@@ -182,6 +203,14 @@ def proxy_failure_answer(failure: ProxyFailure) -> tuple[int, ErrorBody, dict[st
             detail = f"the circuit of {upstream!r} opened after {attempts} attempt(s)"
     elif isinstance(cause, BackendUnavailableError):
         detail = "the breaker's Redis is unreachable and this upstream is fail_closed"
+    elif isinstance(cause, httpx.PoolTimeout):
+        # This worker's own overload: the upstream was not called, and its breaker
+        # did not count it. A second later a connection is likely free again.
+        headers["Retry-After"] = "1"
+        retry_after = 1
+        detail = (
+            f"every connection of this worker to {upstream!r} is busy; the upstream was not called"
+        )
     elif isinstance(cause, httpx.TimeoutException):
         detail = f"no answer from {upstream!r} in time ({attempts} attempt(s))"
     else:

@@ -441,11 +441,17 @@ class Fleet:
     def _nginx_service(self) -> Service:
         assert self.workdir is not None
         assert self.nginx is not None
-        conf = self.workdir / "nginx.conf"
+        # nginx's own folder (its prefix: its temporary files): run as root, nginx's
+        # workers run as another user, which must be able to reach it to write a
+        # request body there (the fleet's folder is only traversed, never listed).
+        home = self.workdir / "nginx"
+        home.mkdir(mode=0o755)
+        self.workdir.chmod(0o711)
+        conf = home / "nginx.conf"
         conf.write_text(
             nginx_conf_for(self.nginx_conf.read_text(), self.lb_port, self.replica_ports)
         )
-        prefix = f"{self.workdir}/"
+        prefix = f"{home}/"
         return Service(
             name="lb",
             argv=[

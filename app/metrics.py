@@ -126,9 +126,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class _Scraped(Collector):
     """Gauges read at scrape time: the fleet's breaker states and Redis reachability."""
 
-    def __init__(self, snapshots: dict[str, BreakerSnapshot | None], backend_up: bool) -> None:
+    def __init__(
+        self,
+        snapshots: dict[str, BreakerSnapshot | None],
+        backend_up: bool,
+        conflicts: dict[str, bool],
+    ) -> None:
         self._snapshots = snapshots
         self._backend_up = backend_up
+        self._conflicts = conflicts
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -141,29 +147,40 @@ class _Scraped(Collector):
             "Consecutive failures the breaker has counted.",
             labels=["upstream"],
         )
+        conflict = GaugeMetricFamily(
+            "fleetbreaker_breaker_settings_conflict",
+            "1 when the settings stored with the breaker differ from this replica's: "
+            "another app (or version) stored them, and every call runs with them.",
+            labels=["upstream"],
+        )
         for name, snapshot in self._snapshots.items():
             if snapshot is None:
                 continue
             for each in STATES:
                 state.add_metric([name, each], 1.0 if snapshot.state == each else 0.0)
             failures.add_metric([name], float(snapshot.failures))
+            conflict.add_metric([name], 1.0 if self._conflicts.get(name) else 0.0)
         up = GaugeMetricFamily(
             "fleetbreaker_backend_up", "1 when the breakers' backend answered the scrape."
         )
         up.add_metric([], 1.0 if self._backend_up else 0.0)
-        yield from (state, failures, up)
+        yield from (state, failures, conflict, up)
 
 
-def exposition(snapshots: dict[str, BreakerSnapshot | None], backend_up: bool) -> bytes:
+def exposition(
+    snapshots: dict[str, BreakerSnapshot | None],
+    backend_up: bool,
+    conflicts: dict[str, bool] | None = None,
+) -> bytes:
     """The text of ``/metrics``: this worker's (or every worker's) counters, and gauges
-    of the fleet's breakers."""
+    of the fleet's breakers (``conflicts``: which hold settings not this replica's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         counters = CollectorRegistry()
         multiprocess.MultiProcessCollector(counters)  # type: ignore[no-untyped-call]
     else:
         counters = REGISTRY
     scraped = CollectorRegistry()
-    scraped.register(_Scraped(snapshots, backend_up))
+    scraped.register(_Scraped(snapshots, backend_up, conflicts or {}))
     return generate_latest(counters) + generate_latest(scraped)
 
 

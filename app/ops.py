@@ -86,4 +86,9 @@ async def metrics(request: Request) -> Response:
     gateway = gateway_of(request)
     snapshots = await gateway.snapshots()
     backend_up = all(snapshot is not None for snapshot in snapshots.values())
-    return Response(exposition(snapshots, backend_up), media_type=CONTENT_TYPE)
+    conflicts = {
+        name: gateway.breaker(name).settings_conflict(snapshot) is not None
+        for name, snapshot in snapshots.items()
+        if snapshot is not None
+    }
+    return Response(exposition(snapshots, backend_up, conflicts), media_type=CONTENT_TYPE)

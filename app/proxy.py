@@ -24,8 +24,10 @@ from .errors import (
     ATTEMPTS_HEADER,
     FALLBACK_METHODS,
     BodyBrokenOff,
+    BodyStalled,
     BodyTooLarge,
     ClientGone,
+    ClientSide,
     ErrorBody,
     ProxyFailure,
     failure_code,
@@ -111,6 +113,7 @@ async def _proxy(request: Request, name: str) -> Response:
         limit=gateway.config.max_body_bytes,
         declared=declared_length(raw_headers),
         expects_continue=request.headers.get("expect", "").lower() == "100-continue",
+        idle_timeout=gateway.config.body_idle_timeout,
     )
     try:
         return await _forward(request, route, url, raw_headers, upload)
@@ -118,7 +121,7 @@ async def _proxy(request: Request, name: str) -> Response:
         await upload.drain()
         _refused(route, request, exc)
         raise
-    except ClientGone as exc:
+    except (ClientGone, BodyStalled) as exc:
         _refused(route, request, exc)
         raise
 
@@ -208,7 +211,7 @@ def _sent_once(route: Route) -> int:
     return 1 if route.breaker is None else 0
 
 
-def _refused(route: Route, request: Request, error: BodyTooLarge | ClientGone) -> None:
+def _refused(route: Route, request: Request, error: ClientSide) -> None:
     """Count, and log once, a request whose body ended it before any answer came."""
     REQUESTS.labels(route.upstream.name, error.code).inc()
     logger.info(

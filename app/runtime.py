@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -170,9 +171,15 @@ class Gateway:
                 client = shared_client(pool, timeout=config.client.timeout())
                 routes[name] = Route(upstream, client, None)
                 continue
+            # What fails on the request's own side (its body stalled, too large, its
+            # client gone) is no failure of the upstream.
+            breaker_config = dataclasses.replace(
+                upstream.breaker,
+                ignore_exceptions=(*upstream.breaker.ignore_exceptions, errors.ClientSide),
+            )
             client, breaker = guarded_client(
                 GuardedUpstream(
-                    name, str(upstream.url), breaker=upstream.breaker, retry=upstream.retry
+                    name, str(upstream.url), breaker=breaker_config, retry=upstream.retry
                 ),
                 redis=redis_client,
                 transport=pool,

@@ -21,10 +21,11 @@ The file::
     max_body_bytes = 10485760          # larger request bodies get 413
     max_header_bytes = 32768           # larger request heads (headers, path) get 431
     retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
+    body_idle_timeout = 10.0           # a request body silent this long is cut: 408
     expose_instance = false            # X-Fleetbreaker-Instance: <name>/<pid> on answers
     require_redis = false              # true: serve refuses to start while Redis is unreachable
 
-    [client]                           # the pooled httpx client, one per worker
+    [client]                           # each upstream's pooled client, in each worker
     connect_timeout = 2.0
     read_timeout = 30.0
     body_timeout = 300.0               # a response body streaming longer is cut: a failure
@@ -137,13 +138,17 @@ class GatewaySection(_Strict):
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_header_bytes: PositiveInt = 32 * 1024
     retry_buffer_bytes: NonNegativeInt = 64 * 1024
+    # Seconds a request body may go without a byte before it is cut (408): a client
+    # that trickles its upload holds an upstream connection for nothing.
+    body_idle_timeout: PositiveFloat = 10.0
     expose_instance: bool = False
     # Only at start: an outage later follows each breaker's on_backend_error.
     require_redis: bool = False
 
 
 class ClientSection(_Strict):
-    """The one pooled ``httpx.AsyncClient`` of each worker."""
+    """Each upstream's pooled ``httpx.AsyncClient``, in each worker: a pool per
+    upstream, so one upstream's slow callers never wait for another's connections."""
 
     connect_timeout: PositiveFloat = 2.0
     read_timeout: PositiveFloat = 30.0
@@ -232,6 +237,7 @@ class GatewayConfig:
     max_body_bytes: int
     max_header_bytes: int
     retry_buffer_bytes: int
+    body_idle_timeout: float
     expose_instance: bool
     instance_name: str
     require_redis: bool
@@ -284,6 +290,7 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         max_body_bytes=file.gateway.max_body_bytes,
         max_header_bytes=file.gateway.max_header_bytes,
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
+        body_idle_timeout=file.gateway.body_idle_timeout,
         expose_instance=file.gateway.expose_instance,
         instance_name=env.instance_name or socket.gethostname(),
         require_redis=file.gateway.require_redis,

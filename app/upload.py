@@ -2,7 +2,9 @@
 
 Bodies up to the retry buffer are read whole, so that an attempt can be sent again;
 larger ones stream to the upstream as they arrive and are sent once. Either way a
-body over ``max_body_bytes`` is refused (413) as soon as it is known to be too large.
+body over ``max_body_bytes`` is refused (413) as soon as it is known to be too large,
+and a body that goes ``body_idle_timeout`` seconds without a byte is cut (408): a
+client that trickles its upload would hold an upstream connection for nothing.
 
 A refused upload is then drained, up to a bound: the rest of the body is read and
 dropped before the answer goes out. A server that answers and closes while its peer
@@ -21,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive
 
-from .errors import BodyTooLarge, ClientGone
+from .errors import BodyStalled, BodyTooLarge, ClientGone
 
 #: The longest a refused upload is read for, so that it ends cleanly.
 DRAIN_SECONDS = 2.0
@@ -31,10 +33,17 @@ class Upload:
     """The body of one request: ``content`` to send it, ``drain`` after refusing it."""
 
     def __init__(
-        self, receive: Receive, *, limit: int, declared: int | None, expects_continue: bool
+        self,
+        receive: Receive,
+        *,
+        limit: int,
+        declared: int | None,
+        expects_continue: bool,
+        idle_timeout: float,
     ) -> None:
         self._receive = receive
         self.limit = limit
+        self.idle_timeout = idle_timeout
         self.declared = declared
         self.expects_continue = expects_continue
         self.size = 0
@@ -75,7 +84,14 @@ class Upload:
         return None
 
     async def _message(self) -> Message:
-        message = await self._receive()
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                message = await self._receive()
+        except TimeoutError:
+            self.ended = True  # nothing more is read: the connection closes after the 408
+            raise BodyStalled(
+                f"no byte of the request body came for {self.idle_timeout:g} s"
+            ) from None
         if message["type"] == "http.disconnect":
             self.ended = True
             raise ClientGone("the client closed the connection before its body ended")
@@ -88,7 +104,7 @@ class Upload:
         if self.declared is not None and self.declared > 2 * self.limit:
             return  # never worth reading: the connection closes after the answer
         dropped = 0
-        with contextlib.suppress(TimeoutError, ClientGone):
+        with contextlib.suppress(TimeoutError, ClientGone, BodyStalled):
             async with asyncio.timeout(DRAIN_SECONDS):
                 while not self.ended and dropped <= self.limit:
                     message = await self._message()

@@ -25,7 +25,13 @@ from ._exceptions import (
 from ._fallback import Fallback, FallbackGuard, FallbackKind, FallbackReason
 from ._keys import BreakerKeys, breaker_channel, escape_name, events_channel, unescape_name
 from ._listeners import BreakerListener
-from ._models import BreakerSnapshot, BudgetVerdict, OutcomeEvent, TransitionEvent
+from ._models import (
+    BreakerSnapshot,
+    BudgetVerdict,
+    OutcomeEvent,
+    SettingsConflict,
+    TransitionEvent,
+)
 from ._operator import BreakerOperator
 from ._permit import AsyncPermit, Permit
 from ._policy import (
@@ -94,6 +100,7 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",
+    "SettingsConflict",
     "State",
     "SyncResilientTransport",
     "TransitionEvent",

@@ -31,7 +31,7 @@ from ._fallback import FallbackGuard
 from ._keys import BreakerKeys
 from ._listeners import BreakerListener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
-from ._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
+from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict, TransitionEvent
 from ._permit import AsyncPermit, Permit
 
 P = ParamSpec("P")
@@ -129,8 +129,7 @@ class CircuitBreaker:
 
     @property
     def following(self) -> bool:
-        """Whether this process hears the fleet's transitions now: its subscription to
-        the events channel is up (always True on the embedded backend)."""
+        """Whether this process hears the fleet's transitions now (always embedded)."""
         return self._hub.following
 
     # -- the permit, and the guards built on it --------------------------------------
@@ -204,9 +203,12 @@ class CircuitBreaker:
         the ``FallbackReason``, or a ``Fallback``) when the breaker refuses a call."""
         return FallbackGuard(self, fallback)
 
+    def settings_conflict(self, snapshot: BreakerSnapshot) -> SettingsConflict | None:
+        """How the settings ``snapshot`` read differ from this object's, or None."""
+        return self._engine.conflict_in(snapshot)
+
     def would_reject(self) -> CircuitOpenError | None:
-        """The ``CircuitOpenError`` a call would get now, by this process's view alone
-        (no round trip): lets a retrier stop before it waits, not after."""
+        """The ``CircuitOpenError`` a call would get now, by this process's view alone."""
         return self._engine.would_reject()
 
     # -- operators, budget, batching: sync, then their asyncio twins -----------------
@@ -267,12 +269,9 @@ class CircuitBreaker:
         self._check(sync=False)
         return await self._driver.arun(steps)
 
-    # -- lifetime --------------------------------------------------------------------
-
     def close(self) -> None:
-        """Give back the leases of dropped permits, record batched counts, and let go
-        of the shared pools, threads and tasks once no breaker on the same client
-        needs them. Idempotent."""
+        """Give back dropped permits' leases, record batched counts, and let go of
+        what no breaker on the same client needs any more. Idempotent."""
         if self._closed:
             return
         if not self._backend.serves_sync:

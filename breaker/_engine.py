@@ -32,7 +32,7 @@ from ._events import EventHub
 from ._exceptions import BackendUnavailableError, CircuitOpenError
 from ._keys import BreakerKeys
 from ._listeners import BreakerListener, overrides
-from ._models import BreakerSnapshot, OutcomeEvent, TransitionEvent
+from ._models import BreakerSnapshot, OutcomeEvent, SettingsConflict, TransitionEvent
 from ._outage import OutageLog
 from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
 from ._wire import (
@@ -103,7 +103,10 @@ class Engine:
         # Whether this breaker's settings are known stored on each lane: its first call
         # there sends them (and the newest process's settings win).
         self._offered: dict[Lane, bool] = {"shared": False, "local": False}
-        self._told_of_settings = False
+        # The digest of the settings the store last said it holds, and how they differ
+        # from this process's (None: they are this process's, or not known yet).
+        self._stored_digest = ""
+        self.conflict: SettingsConflict | None = None
         self.health = health
         self.shared = BreakerCore(name, config, clock, fallback=False)
         self.local = BreakerCore(name, config, clock, fallback=True)
@@ -111,7 +114,8 @@ class Engine:
         # Each listener, under every method it overrides: a call pays only for what
         # someone hears.
         self._hearing: dict[str, list[BreakerListener]] = {
-            method: [] for method in ("transition", "made_here", "outcome", "backend_call")
+            method: []
+            for method in ("transition", "made_here", "outcome", "backend_call", "settings")
         }
         self._abandoned: list[Ticket] = []
         self._lock = threading.Lock()
@@ -229,16 +233,56 @@ class Engine:
             raw = yield Call(lane, script, args_for(True))
         self._offered[lane] = True
         stored = raw[9].decode() if isinstance(raw[9], bytes) else str(raw[9])
-        if stored and stored != self.wired.digest and not self._told_of_settings:
-            self._told_of_settings = True
-            logger.warning(
-                "breaker %s: runs with the settings another process stored (%s), not "
-                "this process's (%s): the newest process's settings win",
-                self.name,
-                stored,
-                self.wired.digest,
-            )
+        if lane == "shared" and stored and stored != self._stored_digest:
+            self._stored_digest = stored
+            yield from self._compare_settings(stored)
         return raw
+
+    def _compare_settings(
+        self, stored: str, snapshot: BreakerSnapshot | None = None
+    ) -> Steps[None]:
+        """The store holds settings of another digest than it did: when they are not
+        this process's, read them (one snapshot, unless one is at hand) and say loudly
+        how they differ, once per digest. Two apps that share a Redis and a prefix
+        rewrite each other's breakers this way; a rolling deploy that changes settings
+        does it on purpose."""
+        if stored == self.wired.digest:
+            if self.conflict is not None:
+                self.conflict = None
+                logger.info("breaker %s: runs with this process's own settings again", self.name)
+                self._tell_settings(None)
+            return
+        if snapshot is None:
+            try:
+                raw = yield Call("shared", "snapshot", snapshot_args(self.clock.epoch_ms()))
+            except BackendUnavailableError:
+                self._stored_digest = ""  # ask again with the next reply
+                return
+            snapshot = decode_snapshot(self.name, raw, self.kind)
+        self.conflict = self.conflict_in(snapshot)
+        if self.conflict is None:  # the same settings (another topology's channel, say)
+            return
+        logger.error(
+            "breaker %s: another process stored other settings for it, and every call "
+            "runs with them: %s. Two apps on one Redis must not share a prefix (give "
+            "each its own); a reset through this process stores its settings again",
+            self.name,
+            self.conflict.describe(),
+        )
+        self._tell_settings(self.conflict)
+
+    def conflict_in(self, snapshot: BreakerSnapshot) -> SettingsConflict | None:
+        """How the settings ``snapshot`` read differ from this process's, or None."""
+        if not snapshot.digest or snapshot.digest == self.wired.digest:
+            return None
+        differences = self.wired.differences(snapshot.settings)
+        if not differences:
+            return None
+        return SettingsConflict(self.name, snapshot.digest, self.wired.digest, differences)
+
+    def _tell_settings(self, conflict: SettingsConflict | None) -> None:
+        for listener in self._hearing["settings"]:
+            _tell(listener.settings, self.name, conflict)
 
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone
@@ -366,7 +410,12 @@ class Engine:
         now = self.clock.epoch_ms()
         view = self.shared.view
         seen = view.version if view is not None else None
-        args = lambda offer: control_args(self.wired, action, now, seen=seen, offer=offer)  # noqa: E731
+        # A reset through this process stores its settings too: whoever rewrote them,
+        # the breaker comes back under the settings of the one who reset it.
+        reassert = action == "reset"
+        args = lambda offer: control_args(  # noqa: E731
+            self.wired, action, now, seen=seen, offer=offer or reassert
+        )
         raw = yield from self.ask("shared", "control", args)
         self._heard(self.shared, decode_reply(raw))
 
@@ -379,7 +428,7 @@ class Engine:
     def add_listener(self, listener: BreakerListener, *, made_here_only: bool) -> None:
         if overrides(listener, "transition"):
             self._hearing["made_here" if made_here_only else "transition"].append(listener)
-        for method in ("outcome", "backend_call"):
+        for method in ("outcome", "backend_call", "settings"):
             if overrides(listener, method):
                 self._hearing[method].append(listener)
 
@@ -489,6 +538,10 @@ class Engine:
         reply = decode_reply(raw)
         self.shared.apply(reply, epoch)
         self._confirm_hints(reply.version, asked)
+        if reply.digest and reply.digest != self._stored_digest:
+            self._stored_digest = reply.digest
+            snapshot = decode_snapshot(self.name, raw, self.kind)
+            yield from self._compare_settings(reply.digest, snapshot)
 
     def _confirm_hints(self, stored: Version, asked: int) -> None:
         """Tell the hints Redis holds (their version is not past ``stored``); drop

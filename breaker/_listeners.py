@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._models import OutcomeEvent, TransitionEvent
+from ._models import OutcomeEvent, SettingsConflict, TransitionEvent
 
 
 class BreakerListener:
@@ -40,6 +40,10 @@ class BreakerListener:
 
     def subscribed(self, channel: str) -> None:
         """The events follower (re)subscribed: events missed before it may be lost."""
+
+    def settings(self, name: str, conflict: SettingsConflict | None) -> None:
+        """The settings stored with breaker ``name`` differ from this process's
+        (``conflict``: how), or are this process's again (None)."""
 
 
 class _Transitions(BreakerListener):

@@ -6,7 +6,7 @@ Frozen and slotted; nothing here does I/O or decides anything.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._types import BackendKind, CallOutcome, State
@@ -91,6 +91,25 @@ class OutcomeEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SettingsConflict:
+    """The breaker's stored settings differ from this process's own: every call runs
+    with the stored ones (the newest process's). ``differences`` maps each setting that
+    differs to (stored, this process's), as stored: durations in ms, a rate of -1 off."""
+
+    name: str
+    stored_digest: str
+    own_digest: str
+    differences: dict[str, tuple[Any, Any]]
+
+    def describe(self) -> str:
+        """One line: ``failure_threshold 2 (stored) / 5 (here), ...``."""
+        return ", ".join(
+            f"{field} {stored!r} (stored) / {own!r} (here)"
+            for field, (stored, own) in sorted(self.differences.items())
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetVerdict:
     """The ``budget`` operation's answer, with the window's figures as they stood then."""
 
@@ -127,6 +146,10 @@ class BreakerSnapshot:
     #: Calls the breaker refused, fleet-wide (each process reports its own in batches).
     window_rejections: int
     backend: BackendKind
+    #: The settings every call runs with, as stored with the breaker (durations in ms,
+    #: a rate of -1: off); the digest of the process that stored them is ``digest``.
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+    digest: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__}

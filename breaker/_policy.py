@@ -113,6 +113,9 @@ class RetryRules:
     max_retry_after: float
     #: Exceptions that are retried (never a type in ``NEVER_RETRIED``).
     retry_exceptions: tuple[type[BaseException], ...]
+    #: Failures of this side, not of the call (a connection pool exhausted): never
+    #: retried, whatever ``retry_exceptions`` says (a retry would only add to them).
+    local_exceptions: tuple[type[BaseException], ...]
     #: Response status codes that are retried.
     retry_statuses: frozenset[int]
     #: HTTP methods that are retried; others only with an ``Idempotency-Key``.
@@ -132,6 +135,7 @@ class RetryRules:
         per_try_timeout: Seconds | None = None,
         max_retry_after: Seconds = 60.0,
         retry_exceptions: tuple[type[BaseException], ...] = RETRY_EXCEPTIONS,
+        local_exceptions: tuple[type[BaseException], ...] = (),
         retry_statuses: Iterable[int] = RETRY_STATUSES,
         retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
         budget: RetryBudget | None = _DEFAULT_BUDGET,
@@ -139,10 +143,14 @@ class RetryRules:
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError("attempts", f"must be an integer >= 1, got {attempts!r}")
-        if not isinstance(retry_exceptions, tuple) or not all(
-            isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_exceptions
+        for name, kinds in (
+            ("retry_exceptions", retry_exceptions),
+            ("local_exceptions", local_exceptions),
         ):
-            raise ConfigurationError("retry_exceptions", "must be a tuple of exception types")
+            if not isinstance(kinds, tuple) or not all(
+                isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+            ):
+                raise ConfigurationError(name, "must be a tuple of exception types")
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ConfigurationError("budget", "must be a RetryBudget or None")
         hooks = tuple(hooks)
@@ -156,6 +164,7 @@ class RetryRules:
             "per_try_timeout": _optional_seconds("per_try_timeout", per_try_timeout),
             "max_retry_after": _seconds("max_retry_after", max_retry_after, zero=True),
             "retry_exceptions": retry_exceptions,
+            "local_exceptions": local_exceptions,
             "retry_statuses": _statuses(retry_statuses),
             "retry_methods": _methods(retry_methods),
             "budget": budget,
@@ -189,7 +198,9 @@ class RetryRules:
     def wants_retry(self, outcome: Any) -> bool:
         """Whether this exception or result is a transient failure worth another try."""
         if isinstance(outcome, BaseException):
-            if isinstance(outcome, NEVER_RETRIED) or not isinstance(outcome, Exception):
+            if isinstance(outcome, NEVER_RETRIED + self.local_exceptions) or not isinstance(
+                outcome, Exception
+            ):
                 return False
             status = _status_of(getattr(outcome, "response", None))  # httpx.HTTPStatusError
             if status is not None:

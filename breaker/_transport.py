@@ -50,6 +50,10 @@ HTTP_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
+#: httpx's errors that say this side failed, not the upstream: waiting for a
+#: connection of an exhausted pool. Never a failure of a breaker, never retried: an
+#: overload of one's own is no sign that the upstream is down, and a retry adds to it.
+LOCAL_HTTP_EXCEPTIONS: tuple[type[BaseException], ...] = (httpx.PoolTimeout,)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -67,14 +71,21 @@ def is_server_error(result: Any) -> bool:
 
 
 def http_rules(policy: RetryRules) -> RetryRules:
-    """``policy`` with httpx's network errors counted as the errors they stand for."""
+    """``policy`` with httpx's network errors counted as the errors they stand for,
+    and its local ones (``LOCAL_HTTP_EXCEPTIONS``) never retried."""
     extra: list[type[BaseException]] = []
     if any(issubclass(TimeoutError, kind) for kind in policy.retry_exceptions):
         extra.append(httpx.TimeoutException)
     if any(issubclass(ConnectionError, kind) for kind in policy.retry_exceptions):
         extra += [httpx.NetworkError, httpx.RemoteProtocolError]
     missing = tuple(kind for kind in extra if kind not in policy.retry_exceptions)
-    return policy.replace(retry_exceptions=policy.retry_exceptions + missing) if missing else policy
+    local = tuple(kind for kind in LOCAL_HTTP_EXCEPTIONS if kind not in policy.local_exceptions)
+    if not missing and not local:
+        return policy
+    return policy.replace(
+        retry_exceptions=policy.retry_exceptions + missing,
+        local_exceptions=policy.local_exceptions + local,
+    )
 
 
 class _Resilient:
@@ -93,6 +104,9 @@ class _Resilient:
         config = config if config is not None else BreakerConfig()
         if config.failure_predicate is None:
             config = dataclasses.replace(config, failure_predicate=is_server_error)
+        local = tuple(k for k in LOCAL_HTTP_EXCEPTIONS if k not in config.ignore_exceptions)
+        if local:
+            config = dataclasses.replace(config, ignore_exceptions=config.ignore_exceptions + local)
         self.retry = http_rules(retry if retry is not None else RetryPolicy())
         self.body_timeout = body_timeout
         self._redis = redis
@@ -131,17 +145,28 @@ class _Resilient:
         return breakers
 
 
+#: The share of an attempt's time it may spend waiting for a pooled connection: the
+#: wait ends (``httpx.PoolTimeout``: local, never the upstream's failure) before the
+#: attempt's own bound, so that an attempt cut by that bound always reached the upstream.
+_POOL_SHARE = 0.9
+
+
 def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
     """Give this attempt httpx timeouts no longer than the attempt may take."""
     if attempt.timeout is None:
         return
-    limit = attempt.timeout
     current = timeouts if isinstance(timeouts, dict) else {}
+    bounds = {
+        "connect": attempt.timeout,
+        "read": attempt.timeout,
+        "write": attempt.timeout,
+        "pool": attempt.timeout * _POOL_SHARE,
+    }
     request.extensions = {
         **request.extensions,
         "timeout": {
             phase: limit if current.get(phase) is None else min(current[phase], limit)
-            for phase in ("connect", "read", "write", "pool")
+            for phase, limit in bounds.items()
         },
     }
 

@@ -66,6 +66,24 @@ class Wired:
         digest = hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16]
         return cls(name, digest, payload)
 
+    def differences(self, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The settings ``stored`` with the breaker (a snapshot's) that differ from
+        these, as (stored, these); the channel is where each process publishes, and
+        differs by topology, not by choice."""
+        own = json.loads(self.payload) if self.payload else {}
+        return {
+            field: (stored.get(field), value)
+            for field, value in own.items()
+            if field not in ("name", "channel") and not _same(stored.get(field), value)
+        }
+
+
+def _same(stored: Any, own: Any) -> bool:
+    """Equal as the library stores them: numbers by value (2 == 2.0), others as text."""
+    if isinstance(stored, int | float) and isinstance(own, int | float):
+        return float(stored) == float(own)
+    return bool(stored == own)
+
 
 #: An operator tool's settings: none, so that the library acts with the stored ones.
 OPERATOR = Wired("", "", "")
@@ -274,4 +292,6 @@ def decode_snapshot(name: str, raw: list[Any], backend: BackendKind) -> BreakerS
         window_retries_refused=int(detail["refused"]),
         window_rejections=int(detail["rejected"]),
         backend=backend,
+        settings=dict(detail.get("settings") or {}),
+        digest=reply.digest,
     )

@@ -574,8 +574,9 @@ end
 -- open breaker whose open_until has passed still reads "open" (with nothing left to
 -- wait): it turns half_open on the next call.
 -- verdict "snapshot"; extra: the JSON object {opened_at, reopens, trial_successes,
--- leases, calls, failed, slow, retries, refused, rejected}, the last six summed over
--- the live window
+-- leases, calls, failed, slow, retries, refused, rejected, settings}, the six counts
+-- summed over the live window; settings: the ones every call runs with, as stored
+-- (defaults where none is)
 local function snapshot(keys, args)
   local c = begin(keys, { args[1], '', '' })
   load(c)
@@ -585,7 +586,7 @@ local function snapshot(keys, args)
   return reply(c, 'snapshot', cjson.encode({
     opened_at = s.opened_at, reopens = s.reopens, trial_successes = s.trial_successes,
     leases = leases, calls = sums.c, failed = sums.f, slow = sums.s,
-    retries = sums.r, refused = sums.d, rejected = sums.x,
+    retries = sums.r, refused = sums.d, rejected = sums.x, settings = cfg,
   }))
 end
 

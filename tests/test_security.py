@@ -21,17 +21,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import httpx
 import pytest
+import redis
 import uvicorn
 
 from app import GatewayConfig, create_app
 from app.fleet import free_port
-from breaker import CircuitBreaker
+from breaker import (
+    BackendUnavailableError,
+    BreakerConfig,
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryPolicy,
+    SyncResilientTransport,
+)
 from breaker._keys import BreakerKeys
 from tests.conftest import Harness
 from tests.support.gateway import AUTH, TOKEN, gateway_config
 from tests.support.gateway_process import GatewayProcess
 from tests.support.reliability import Reliability, answer_label
+from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
 MAX_HEAD = 8192
@@ -432,6 +442,86 @@ def _refusals(caplog: pytest.LogCaptureFixture) -> list[Any]:
     return [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "refused"]
 
 
+# -- slow clients: a local overload is never the upstream's failure ----------------------
+
+POOL = 3  # connections of each upstream's pool, in this test's gateway
+IDLE = 1.5  # seconds a request body may stay silent
+
+
+@pytest.fixture
+def two_upstreams(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
+    """``other`` takes uploads, ``files`` serves pages: two upstreams, each with a pool
+    of ``POOL`` connections, a pool wait of 0.5 s, and bodies cut after ``IDLE`` s."""
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [gateway]
+        body_idle_timeout = {IDLE}
+        [client]
+        max_connections = {POOL}
+        pool_timeout = 0.5
+        [upstreams.other]
+        url = "{upstream.url}/other/"
+        [upstreams.files]
+        url = "{upstream.url}/files/"
+        """,
+    )
+    with serving(config) as gateway:
+        yield gateway
+
+
+def _trickle(port: int, sent: bytes) -> socket.socket:
+    """A client that sends an upload's head and its first 70,000 bytes of 1,000,000,
+    then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /proxy/other/upload HTTP/1.1\r\nHost: g\r\nContent-Length: 1000000\r\n\r\n" + sent
+    )
+    return sock
+
+
+def _view(gateway: LiveGateway, name: str) -> dict[str, Any]:
+    _, body = gateway.get(
+        b"/admin/breakers/" + name.encode(), b"Authorization: Bearer " + TOKEN.encode()
+    )
+    view: dict[str, Any] = json.loads(body)
+    return view
+
+
+def test_trickled_uploads_never_open_a_breaker_nor_starve_another_upstream(
+    two_upstreams: LiveGateway, upstream: Upstream, reliability: Reliability
+) -> None:
+    """The attack: more clients than ``other`` has connections start a 1 MB upload,
+    send 70,000 bytes, and stall. Before: one pool served every upstream, so a plain
+    GET to the healthy ``files`` waited for it (504), and the pool's own time-outs
+    counted as ``files``'s failures until its breaker opened, fleet-wide."""
+    upstream.plan("/files/page.html", Reply(200, body=b"<p>page</p>"))
+    clients = [_trickle(two_upstreams.port, b"x" * 70_000) for _ in range(POOL + 2)]
+    try:
+        page = two_upstreams.get(b"/proxy/files/page.html")
+        answers = [read_answer(sock) for sock in clients]  # bounded: each socket's 10 s
+    finally:
+        for sock in clients:
+            sock.close()
+    # POOL uploads held other's connections until their bodies went silent for IDLE s;
+    # the rest waited 0.5 s for a connection: this worker's overload, not other's.
+    codes = sorted(json.loads(body)["error"] for _, _, body in answers)
+    assert codes == ["overloaded"] * 2 + ["request_timeout"] * POOL
+    assert page == (200, b"<p>page</p>")
+    for name in ("other", "files"):
+        view = _view(two_upstreams, name)
+        assert (view["state"], view["failures"], view["window_failures"]) == ("closed", 0, 0)
+    assert two_upstreams.get(b"/proxy/other/after")[0] == 200  # its pool is free again
+    reliability.record(
+        "test_security::trickled_uploads",
+        f"{POOL + 2} clients start a 1 MB upload to `other` (a pool of {POOL}), send "
+        "70,000 bytes and stall; meanwhile a GET to the healthy `files`",
+        answers=[answer_label(status, body) for status, _, body in answers] + [answer_label(*page)],
+        lost="nothing: `files` answered at once (a pool per upstream); the pool's wait "
+        "was a 503 overloaded and a stalled body a 408, neither a failure of any breaker",
+    )
+
+
 def test_a_client_that_expects_100_continue_is_refused_before_it_sends(
     limited: LiveGateway, upstream: Upstream
 ) -> None:
@@ -616,3 +706,116 @@ def test_a_breaker_name_is_a_redis_key_argument_never_a_command(harness: Harness
         cb.call(lambda: 1 / 0)
     assert harness.hash("breaker:{marker}")["state"] == "forced_open"
     assert isinstance(cb, CircuitBreaker)
+
+
+# -- a careless neighbour on the same Redis ---------------------------------------------
+
+SECRET = "neighbour-secret-0123456789"
+
+
+def _post(gateway: LiveGateway, target: bytes) -> tuple[int, bytes]:
+    return gateway.send(
+        b"POST " + target + b" HTTP/1.1\r\nHost: gateway\r\nContent-Length: 0\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+
+
+def test_a_neighbour_that_rewrites_a_breakers_settings_is_loud_and_a_reset_restores_ours(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+    reliability: Reliability,
+) -> None:
+    """Another app on the gateway's Redis, with the library's default prefix, one
+    breaker per host (2 failures, an hour open), calls a host named like an upstream.
+    Before: the gateway only logged a warning, and kept answering 503 for the hour,
+    and after an admin reset, two 500s opened it for the hour again."""
+    config = gateway_config(
+        tmp_path,
+        f"""
+        [upstreams.demo]
+        url = "{upstream.url}"
+        breaker = {{ failure_threshold = 5, reset_timeout = 10 }}
+        retry = {{ attempts = 1 }}
+        """,
+        redis_url=redis_server.url,
+    )
+    neighbour = redis_server.client()
+    answers = []
+    with serving(config) as gateway, caplog.at_level(logging.ERROR, logger="breaker"):
+        answers.append(gateway.get(b"/proxy/demo/x"))  # stores the gateway's settings
+        transport = SyncResilientTransport(
+            redis=neighbour,
+            breaker_config=BreakerConfig(failure_threshold=2, reset_timeout=3600.0),
+            breaker_name=lambda request: "demo",
+            retry=RetryPolicy(attempts=1),
+        )
+        with httpx.Client(transport=transport) as careless:
+            for _ in range(3):
+                with contextlib.suppress(httpx.TransportError, CircuitOpenError):
+                    careless.get("http://127.0.0.1:1/")
+        answers.append(gateway.get(b"/proxy/demo/x"))  # the neighbour's open: 503
+        _, body = gateway.get(b"/admin/breakers/demo", b"Authorization: Bearer " + TOKEN.encode())
+        conflict = json.loads(body)["settings_conflict"]
+        _, metrics = gateway.get(b"/metrics")
+        status, reset = _post(gateway, b"/admin/breakers/demo/reset")
+        answers.append(gateway.get(b"/proxy/demo/x"))
+        _, after = gateway.get(b"/metrics")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [status for status, _ in answers] == [200, 503, 200]
+    assert conflict == {
+        "failure_threshold": {"stored": 2, "here": 5},
+        "reset_timeout": {"stored": 3600000, "here": 10000},
+    }
+    assert b'fleetbreaker_breaker_settings_conflict{upstream="demo"} 1.0' in metrics
+    assert status == 200
+    assert json.loads(reset)["settings_conflict"] is None
+    assert neighbour.hget("breaker:{demo}", "failure_threshold") == b"5"
+    assert b'fleetbreaker_breaker_settings_conflict{upstream="demo"} 0.0' in after
+    assert any("failure_threshold 2 (stored) / 5 (here)" in line for line in errors), errors
+    transport.close()
+    neighbour.close()
+    reliability.record(
+        "test_security::neighbour_rewrites_settings",
+        "another app, default prefix, breaker `demo` with 2 failures and 1 h open, trips "
+        "it on the gateway's Redis; the admin resets it through the gateway",
+        answers=[answer_label(*answer) for answer in answers],
+        lost="the neighbour's trip was obeyed (the breaker is one); it was loud: an "
+        "ERROR naming both settings, the admin view's settings_conflict, the "
+        "fleetbreaker_breaker_settings_conflict gauge; the reset stored the gateway's "
+        "settings again. The fix is a prefix per app (an ACL user per prefix: below)",
+    )
+
+
+def test_an_acl_user_held_to_its_prefix_runs_its_breakers_and_touches_no_other_prefix(
+    redis_server: RedisServer,
+) -> None:
+    """The README's ACL: a user that may only touch keys and channels of its own
+    prefix runs its breakers there (FUNCTION LOAD, FCALL, PUBLISH, SUBSCRIBE), and a
+    breaker of another prefix on that user can read or write nothing there."""
+    admin = redis_server.client()
+    admin.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "payments-app", "on", f">{SECRET}", "~payments:*", "&payments:*",
+        "+@read", "+@write", "+@scripting", "+@pubsub", "+@connection", "+time",
+    )  # fmt: skip
+    admin.hset("breaker:{pay}", mapping={"state": "closed", "failures": "0"})
+    client = redis.Redis(port=redis_server.port, username="payments-app", password=SECRET)
+    ours = CircuitBreaker("pay", redis=client, prefix="payments", failure_threshold=1)
+    theirs = CircuitBreaker("pay", redis=client, prefix="breaker", failure_threshold=1)
+    try:
+        with contextlib.suppress(ConnectionError), ours:
+            raise ConnectionError("the upstream is down")
+        assert (ours.snapshot().state, ours.snapshot().backend) == ("open", "redis")
+        assert ours.follow_events(timeout=5.0)  # its channel, payments:events
+        with contextlib.suppress(ConnectionError), theirs:
+            raise ConnectionError  # decided by its fallback: Redis refuses it
+        with pytest.raises(BackendUnavailableError, match="NoPermission"):
+            theirs.snapshot()
+    finally:
+        ours.close()
+        theirs.close()
+        client.close()
+    assert admin.hgetall("breaker:{pay}") == {b"state": b"closed", b"failures": b"0"}
+    assert sorted(admin.keys("payments:*")) == [b"payments:{pay}", b"payments:{pay}:window"]
+    admin.close()

@@ -1,6 +1,7 @@
 """A breaker's settings live with its state in Redis: sent by a process's first call,
 never again; the newest process's win, and a process running with other settings
-than its own says so, once."""
+than its own says so, loudly, once per settings stored: an ERROR naming both sides,
+its listeners, and a reset through it stores its own again."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 
 import pytest
 
-from breaker import CircuitOpenError
+from breaker import BreakerListener, CircuitOpenError, SettingsConflict
 from tests.conftest import Harness
 from tests.test_round_trips import fail, succeed
 
@@ -62,3 +63,40 @@ def test_rejections_reach_the_fleets_window_at_most_once_a_second(harness: Harne
     with pytest.raises(CircuitOpenError):
         succeed(cb)  # due: this one reports the six
     assert cb.snapshot().window_rejections == 6
+
+
+class Heard(BreakerListener, list[SettingsConflict | None]):
+    def settings(self, name: str, conflict: SettingsConflict | None) -> None:
+        self.append(conflict)
+
+
+def test_a_conflict_is_an_error_naming_both_settings_and_a_reset_here_ends_it(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another app with the same prefix and a breaker of the same name rewrote its
+    settings (2 failures, open an hour): loud, with both sides named; this process's
+    reset stores its own again."""
+    ours = harness.breaker(failure_threshold=5, reset_timeout=10.0)
+    heard = Heard()
+    ours.add_listener(heard)
+    succeed(ours)
+    theirs = harness.breaker(failure_threshold=2, reset_timeout=3600.0)
+    succeed(theirs)  # stores its settings: the newest process's win
+    with caplog.at_level(logging.ERROR, logger="breaker"):
+        succeed(ours)
+        succeed(ours)  # once per stored digest, not per call
+    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "failure_threshold 2 (stored) / 5 (here)" in error
+    assert "reset_timeout 3600000 (stored) / 10000 (here)" in error
+    assert "give each its own" in error
+    [conflict] = heard
+    assert conflict is not None
+    assert conflict.differences == {
+        "failure_threshold": (2, 5),
+        "reset_timeout": (3600000, 10000),
+    }
+    assert ours.settings_conflict(ours.snapshot()) == conflict
+    ours.reset()
+    assert harness.hash(ours.keys.state)["failure_threshold"] == "5"
+    assert heard[-1] is None
+    assert ours.settings_conflict(ours.snapshot()) is None

@@ -234,6 +234,54 @@ def test_the_per_try_timeout_cuts_a_slow_attempt_and_the_next_succeeds(caller: C
     assert (response.status_code, attempts_of(response)) == (200, 2)
 
 
+@pytest.mark.parametrize("cut_by", ["pool_timeout", "per_try_timeout"])
+def test_waiting_for_a_pooled_connection_is_a_local_overload_never_a_failure_nor_retried(
+    upstream: Upstream, cut_by: str
+) -> None:
+    """The only connection is held by a response still streaming; the next request
+    waits for it until httpx's pool timeout, or the policy's per-try timeout, cuts
+    it. Either way it never reached the upstream: ``httpx.PoolTimeout``, once, and
+    its breaker counts nothing (an exhausted pool is this side's overload)."""
+    upstream.plan("/held", Reply(delay_body=5.0))
+    per_try = 0.2 if cut_by == "per_try_timeout" else None
+    pool_wait = 0.2 if cut_by == "pool_timeout" else 10.0
+
+    async def scenario() -> BreakerSnapshot:
+        transport = ResilientTransport(
+            httpx.AsyncHTTPTransport(limits=ONE_CONNECTION),
+            retry=RetryPolicy(attempts=3, backoff=0, per_try_timeout=per_try),
+            breaker_config=NO_TRIP,
+        )
+        timeout = httpx.Timeout(10.0, pool=pool_wait)
+        async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+            async with http.stream("GET", f"{upstream.url}/held"):  # holds the connection
+                with pytest.raises(httpx.PoolTimeout) as waited:
+                    await http.get(f"{upstream.url}/waits")
+                assert attempts_of(waited.value) == 1
+            return await transport.breaker(origin_of(waited.value.request)).asnapshot()
+
+    snapshot = asyncio.run(scenario())
+    assert (snapshot.window_calls, snapshot.window_failures) == (1, 0)  # /held's success
+    assert upstream.hits_on("/waits") == []
+
+
+def test_a_sync_pool_timeout_is_never_a_failure_nor_retried(upstream: Upstream) -> None:
+    upstream.plan("/held", Reply(delay_body=5.0))
+    transport = SyncResilientTransport(
+        httpx.HTTPTransport(limits=ONE_CONNECTION),
+        retry=RetryPolicy(attempts=3, backoff=0),
+        breaker_config=NO_TRIP,
+    )
+    with httpx.Client(transport=transport, timeout=httpx.Timeout(10.0, pool=0.2)) as http:
+        with http.stream("GET", f"{upstream.url}/held"):
+            with pytest.raises(httpx.PoolTimeout) as waited:
+                http.get(f"{upstream.url}/waits")
+            assert attempts_of(waited.value) == 1
+        snapshot = transport.breaker(origin_of(waited.value.request)).snapshot()
+    assert (snapshot.window_calls, snapshot.window_failures) == (1, 0)
+    assert upstream.hits_on("/waits") == []
+
+
 def test_a_body_that_stalls_after_the_headers_is_the_callers_not_retried(
     caller: Caller,
 ) -> None:
