@@ -42,7 +42,10 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 # call loads the library on every primary) would leave the backend backing off for
 # the rest of the test, since that clock never moves on its own.
 HARNESS_BACKEND_TIMEOUT = 5.0
-TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13"))
+# Each pytest-xdist worker takes a db of its own below the base (gw0 the base, gw1 one
+# below, ...): its keys, and since the events channel names its db, its events too.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+TEST_DB = int(os.environ.get("FLEETBREAKER_TEST_DB", "13")) - _WORKER
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Real Redis Clusters, Sentinel sets and the fault proxy, for the tests that need them.
@@ -93,8 +96,8 @@ def _test_url() -> str:
 def redis_url() -> str:
     """The URL of the dedicated test db; skips (or fails in CI) when Redis is down."""
     url = _test_url()
-    if url.endswith("/0"):
-        pytest.fail("refusing to run the tests on db 0 of the shared Redis")
+    if TEST_DB < 1:
+        pytest.fail(f"refusing to run the tests on db {TEST_DB} of the shared Redis")
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
         client.ping()
