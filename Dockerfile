@@ -40,6 +40,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/fleetbreaker/bin:$PAT
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleetbreaker
 COPY --from=venv /opt/fleetbreaker /opt/fleetbreaker
 USER 10001
+# The proxy. The admin listener (:8001: admin API, dashboard, /metrics) stays on the
+# container's loopback unless the command says `--admin-host 0.0.0.0`, as compose's
+# does, publishing it on the host's loopback only.
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]

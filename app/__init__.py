@@ -2,6 +2,9 @@
 
 >>> from app import create_app
 >>> app = create_app()     # reads BREAKER_* from the environment
+
+``app`` is the proxy's; while it runs, it serves the admin API and the dashboard on a
+listener of their own (``[gateway] admin_host``, ``admin_port``).
 """
 
 from __future__ import annotations

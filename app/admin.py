@@ -1,5 +1,7 @@
 """``/admin``: inspect and control the fleet's breakers. Bearer token, constant time.
 
+Served on the admin listener only.
+
 Every action runs a Lua script on the breaker's backend: with Redis, each worker and
 replica sees it on its next request (their local views also hear it on the events
 channel at once).

@@ -112,9 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_HelpFormatter,
         )
 
-    serve = command("serve", "run the gateway (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    serve = command(
+        "serve",
+        "run the gateway (uvicorn)",
+        "The proxy listens on --host and --port; the admin API, the dashboard, /metrics "
+        "and /docs on a listener of their own, --admin-host and --admin-port, which a "
+        "load balancer must never expose.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the proxy's address")
+    serve.add_argument("--port", type=int, default=8000, help="the proxy's port")
+    serve.add_argument(
+        "--admin-host",
+        help="the admin listener's address (default: $BREAKER_ADMIN_HOST, else "
+        "[gateway] admin_host, else 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        help="the admin listener's port (default: $BREAKER_ADMIN_PORT, else "
+        "[gateway] admin_port, else 8001)",
+    )
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes (they share breakers via Redis)"
     )
@@ -194,10 +211,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
+    if args.admin_port is not None and not 1 <= args.admin_port <= 65535:
+        raise CommandError("--admin-port must be 1..65535")
     remove_orphans()
     os.environ.setdefault("BREAKER_PUBLIC_URL", f"http://{_url_host(args.host)}:{args.port}")
+    # The workers read the admin listener's address from the environment, as the rest.
+    if args.admin_host is not None:
+        os.environ["BREAKER_ADMIN_HOST"] = args.admin_host
+    if args.admin_port is not None:
+        os.environ["BREAKER_ADMIN_PORT"] = str(args.admin_port)
     config = load_config()  # refuse a bad configuration here, once, not in each worker
-    _check_port(args.host, args.port)
+    if config.admin_port == args.port:
+        raise CommandError(
+            f"port {args.port} is the proxy's (--port) and the admin listener's: the admin "
+            "API must not share an origin with what upstreams serve: pick another with "
+            "--admin-port"
+        )
+    _check_port(args.host, args.port, "--port")
+    _check_port(config.admin_host, config.admin_port, "--admin-port")
     _check_redis(config)
     if config.demo and config.admin_token is None:
         token = secrets.token_urlsafe(18)
@@ -229,8 +260,8 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_port(host: str, port: int) -> None:
-    problem = listen_problem(host, port)
+def _check_port(host: str, port: int, option: str) -> None:
+    problem = listen_problem(host, port, option)
     if problem is not None:
         raise CommandError(problem)
 
@@ -264,7 +295,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 
     from .logs import log_config
 
-    _check_port(args.host, args.port)
+    _check_port(args.host, args.port, "--port")
     print(
         f"fleetbreaker demo-upstream: on http://{_url_host(args.host)}:{args.port} "
         "(GET /mode, PUT /mode to change how it answers, GET /hits)",
@@ -339,9 +370,15 @@ def _workers_environment(workers: int) -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def admin_url(config: GatewayConfig) -> str:
+    """Where a client on this machine reaches the admin listener."""
+    return f"http://{_url_host(config.admin_host)}:{config.admin_port}"
+
+
 def _demo_banner(config: GatewayConfig, public_url: str) -> str:
     token = config.admin_token
     base = public_url.rstrip("/")
+    admin = admin_url(config)
     demo = config.upstreams[DEMO_UPSTREAM].breaker
     assert demo is not None  # the demo upstream always has its breaker
     threshold = demo.failure_threshold
@@ -350,6 +387,8 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
             "",
             f"fleetbreaker demo: gateway on {base}, upstream 'demo' served at {base}/demo",
             f"({config.backend} backend; admin token for this run: {token})",
+            f"Dashboard: {admin}/dashboard (a listener of its own, with /admin, /metrics "
+            "and /docs)",
             "",
             "1. A request that works:",
             f"   curl -i {base}/proxy/demo/hello",
@@ -360,7 +399,7 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
             f"{base}/proxy/demo/status/500; done",
             "",
             "3. The admin view of the breaker (then reset it with POST .../demo/reset):",
-            f"   curl -s -H 'Authorization: Bearer {token}' {base}/admin/breakers/demo",
+            f"   curl -s -H 'Authorization: Bearer {token}' {admin}/admin/breakers/demo",
             "",
         ]
     )
@@ -374,7 +413,7 @@ NO_REDIS = (
     "no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL (a gateway without "
     "Redis, like the demo, keeps its breakers inside its own process, where this command "
     "can't see them: start it with BREAKER_REDIS_URL=redis://127.0.0.1:6379/0, or ask "
-    "its admin API, GET /admin/breakers)"
+    "its admin API, GET /admin/breakers on its admin listener)"
 )
 
 

@@ -12,6 +12,7 @@ They carry what ``/metrics`` already publishes without a token (names, states an
 counts), never an upstream's URL or settings, and change nothing. Acting (reset,
 open, disable) goes through ``/admin`` with the admin token, which the page asks for
 and keeps in the tab's ``sessionStorage``, sent only in the ``Authorization`` header.
+The page is served on the admin listener, whose origin no upstream content shares.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@
   replicas, 3 sentinels), started and stopped by ``app.localredis``.
 - **The demo upstream** (``fleetbreaker demo-upstream``), on a free port.
 - **N gateway replicas x W workers** (``fleetbreaker serve``), on free ports, each
-  with ``deploy/fleet.toml``, the shared Redis and one admin token.
+  with ``deploy/fleet.toml``, the shared Redis and one admin token, and each with an
+  admin listener (the admin API, the dashboard, ``/metrics``) on a free port of its own.
 - **nginx** with ``deploy/nginx.conf``, the very file compose mounts, rewritten only
-  on its two lines marked ``fleet:`` (addresses). Its pid and logs go where its
+  on its two lines marked ``fleet:`` (addresses), in front of the replicas' proxy
+  ports only: no admin port is ever behind it. Its pid and logs go where its
   command line says (``-p``, ``-e``, ``-g``).
 
 Every process runs in a session of its own, so a Ctrl-C in the terminal reaches only
@@ -253,6 +255,7 @@ class Fleet:
         self.lb_port = lb_port if lb_port is not None else free_port()
         self.upstream_port = upstream_port if upstream_port is not None else free_port()
         self.replica_ports = [free_port() for _ in range(replicas)]
+        self.admin_ports = [free_port() for _ in range(replicas)]
         self.own_redis = redis_url is None
         self.redis = redis
         self.redis_port = free_port() if redis_url is None and redis == "standalone" else None
@@ -291,7 +294,13 @@ class Fleet:
 
     @property
     def replica_urls(self) -> list[str]:
+        """Each replica's proxy listener, as nginx reaches it."""
         return [f"http://127.0.0.1:{port}" for port in self.replica_ports]
+
+    @property
+    def admin_urls(self) -> list[str]:
+        """Each replica's admin listener: the admin API, the dashboard, /metrics."""
+        return [f"http://127.0.0.1:{port}" for port in self.admin_ports]
 
     def replica(self, index: int) -> Service:
         """Replica ``index`` (from 1, as compose numbers them)."""
@@ -415,7 +424,8 @@ class Fleet:
 
     def _replica_service(self, index: int) -> Service:
         port = self.replica_ports[index - 1]
-        url = f"http://127.0.0.1:{port}"
+        url = self.replica_urls[index - 1]
+        admin = self.admin_urls[index - 1]
         return Service(
             name=f"gateway-{index}",
             argv=[
@@ -423,6 +433,8 @@ class Fleet:
                 "serve",
                 "--port",
                 str(port),
+                "--admin-port",
+                str(self.admin_ports[index - 1]),
                 "--workers",
                 str(self.workers),
             ],
@@ -435,7 +447,7 @@ class Fleet:
                 # Every replica runs on this one host: the host name can't tell them apart.
                 BREAKER_INSTANCE_NAME=f"gateway-{index}",
             ),
-            ready=lambda: http_ok(f"{url}/healthz"),
+            ready=lambda: http_ok(f"{url}/healthz") and http_ok(f"{admin}/healthz"),
         )
 
     def _nginx_service(self) -> Service:
@@ -477,6 +489,8 @@ class Fleet:
             f"behind nginx, sharing one {self._redis_kind()}",
             f"  load balancer  {self.lb_url}",
             f"  replicas       {' '.join(self.replica_urls)}",
+            f"  admin API      {' '.join(self.admin_urls)}   (each replica's, with "
+            "/dashboard and /metrics; never behind nginx)",
             f"  upstream       {self.upstream_url}   (demo; PUT /mode to break it)",
             f"  redis          {redacted_url(self.redis_url)}   ({self._redis_note()})",
             f"  admin token    {self.admin_token}",
@@ -487,7 +501,8 @@ class Fleet:
             f"  curl -X PUT {self.upstream_url}/mode -H 'Content-Type: application/json' "
             '-d \'{"mode": "failing"}\'',
             f"  curl -H 'Authorization: Bearer {self.admin_token}' "
-            f"{self.lb_url}/admin/breakers/{UPSTREAM_NAME}",
+            f"{self.admin_urls[0]}/admin/breakers/{UPSTREAM_NAME}",
+            f"  {self.admin_urls[0]}/dashboard   (in a browser: any replica's shows the fleet)",
             *self._redis_cli_lines(),
             "",
             "Ctrl-C stops everything.",

@@ -1,4 +1,13 @@
-"""``create_app``: the gateway as an ASGI app, for uvicorn (``--factory``) and tests."""
+"""``create_app``: the gateway as two ASGI apps, for uvicorn (``--factory``) and tests.
+
+The proxy's app answers ``/proxy/...``, ``/healthz`` and a status-only ``/readyz``:
+whatever an upstream serves runs in a browser with this origin. The admin app (the
+admin API, the dashboard and its streams, ``/metrics``, ``/readyz`` in detail,
+``/docs``) has a listener of its own, ``[gateway] admin_host`` and
+``admin_port``, started by the proxy's lifespan, so that no upstream page shares its
+origin: none can read what the dashboard keeps, call the admin API as the dashboard,
+or register a service worker over it. The load balancer never exposes it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +15,17 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breaker import Clock, __version__
 
 from . import admin, dashboard, demo, docs, errors, ops, proxy
 from .forwarding import has_control_character
+from .listener import Listener
 from .runtime import Gateway
 from .settings import GatewayConfig, load_config
 from .supervisor import stop_when_orphaned, supervisor_of
@@ -23,18 +35,48 @@ from .supervisor import stop_when_orphaned, supervisor_of
 INSTANCE_HEADER = "X-Fleetbreaker-Instance"
 
 
-def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = None) -> FastAPI:
-    """The gateway as an ASGI app; ``config`` defaults to ``load_config()``; ``clock``
-    is for tests (``breaker.testing.ManualClock``).
+TITLE = "fleetbreaker gateway"
+SUMMARY = "A resilient proxy: one circuit breaker per upstream, shared through Redis."
+DESCRIPTION = (
+    "Two listeners. The proxy's (`serve --port`, behind the load balancer): `/proxy/...`, "
+    "`/healthz` and `/readyz` (its status only). The admin listener (`serve "
+    "--admin-port`, `[gateway] admin_port`; never behind the load balancer): every other "
+    "route, this document included."
+)
+
+
+def create_app(
+    config: GatewayConfig | None = None,
+    *,
+    clock: Clock | None = None,
+    admin_listener: bool = True,
+) -> FastAPI:
+    """The proxy's ASGI app; ``config`` defaults to ``load_config()``; ``clock`` is for
+    tests (``breaker.testing.ManualClock``).
+
+    While it runs (its lifespan), the admin app serves on the admin listener,
+    ``config.admin_host``:``config.admin_port``. With ``admin_listener=False`` it
+    listens nowhere and the caller serves it: it is ``app.state.admin_app``, on the
+    same worker state once the lifespan has started (tests call it in-process).
 
     Raises ``ConfigError`` (one line, naming the key) for an invalid configuration.
     """
     config = config if config is not None else load_config()
+    admin_app = create_admin_app(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = await Gateway.start(config, clock)
-        app.state.gateway = gateway
+        app.state.gateway = admin_app.state.gateway = gateway
+        try:
+            listener = (
+                await Listener.start(admin_app, config.admin_host, config.admin_port)
+                if admin_listener
+                else None
+            )
+        except BaseException:
+            await gateway.aclose()
+            raise
         supervisor = supervisor_of(os.environ)
         watch = (
             asyncio.create_task(stop_when_orphaned(supervisor), name="supervisor")
@@ -48,28 +90,69 @@ def create_app(config: GatewayConfig | None = None, *, clock: Clock | None = Non
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
-            await gateway.aclose()
+            gateway.feed.close()  # its event streams end: their connections can close
+            try:
+                if listener is not None:
+                    await listener.aclose()
+            finally:
+                await gateway.aclose()
 
     app = FastAPI(
-        title="fleetbreaker gateway",
-        summary="A resilient proxy: one circuit breaker per upstream, shared through Redis.",
+        title=TITLE,
+        summary=SUMMARY,
         version=__version__,
         lifespan=lifespan,
+        openapi_url=None,  # the admin listener serves the document, this app's routes in it
+        docs_url=None,
+        redoc_url=None,
+    )
+    _guard(app, config)
+    app.include_router(proxy.router)
+    app.include_router(ops.proxy_router)
+    if config.demo:
+        app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
+    app.state.admin_app = admin_app
+
+    def openapi() -> dict[str, Any]:
+        if admin_app.openapi_schema is None:
+            admin_app.openapi_schema = get_openapi(
+                title=TITLE,
+                version=__version__,
+                summary=SUMMARY,
+                description=DESCRIPTION,
+                routes=[*app.routes, *admin_app.routes],
+            )
+        return admin_app.openapi_schema
+
+    admin_app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_admin_app(config: GatewayConfig) -> FastAPI:
+    """The admin listener's app: the admin API, the dashboard, ``/metrics``,
+    ``/healthz``, ``/readyz`` (in detail) and the OpenAPI pages.
+    It reads the worker's state that the proxy's lifespan puts on its ``state``."""
+    app = FastAPI(
+        title=TITLE,
+        summary=SUMMARY,
+        version=__version__,
         docs_url=None,  # served by .docs, without a CDN
         redoc_url=None,
     )
-    errors.install(app)
-    app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
-    if config.expose_instance:
-        app.add_middleware(InstanceHeader, name=config.instance_name)
-    app.include_router(proxy.router)
+    _guard(app, config)
     app.include_router(admin.router)
     app.include_router(ops.router)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
-    if config.demo:
-        app.mount("/demo", demo.create_demo_upstream(config.demo_failure_rate))
     return app
+
+
+def _guard(app: FastAPI, config: GatewayConfig) -> None:
+    """What both listeners share: JSON errors, the request guard, the instance header."""
+    errors.install(app)
+    app.add_middleware(RequestGuard, max_bytes=config.max_header_bytes)
+    if config.expose_instance:
+        app.add_middleware(InstanceHeader, name=config.instance_name)
 
 
 class RequestGuard:

@@ -1,4 +1,9 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness and metrics.
+
+``/readyz`` on the proxy's listener, which the load balancer exposes, answers its
+status alone; what the gateway sees of Redis (its address, its error, which breakers a
+Cluster leaves unserved) is on the admin listener's.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from pydantic import BaseModel
 
 from .metrics import CONTENT_TYPE, exposition
 from .redisclient import see
-from .runtime import gateway_of
+from .runtime import Gateway, gateway_of
 
+#: The admin listener's.
 router = APIRouter(tags=["operations"])
+#: The proxy listener's: the admin listener's document describes them.
+proxy_router = APIRouter(tags=["operations"], include_in_schema=False)
 
 
 class Health(BaseModel):
@@ -22,40 +30,55 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """``degraded``: some or all breakers' Redis does not answer, and their in-process
     fallback breakers serve (fail_open upstreams); ``unavailable``: none of it
-    answers and every upstream is fail_closed. ``topology`` and ``redis`` say what the
-    gateway sees: the server; the master the sentinels name; or the Cluster's
-    primaries, the slots of each and whether each answers. ``breakers_unserved``: on
-    a Cluster, the breakers whose slot's primary does not answer, when not all are."""
+    answers and every upstream is fail_closed. On the admin listener only: ``backend``;
+    ``topology`` and ``redis`` say what the gateway sees: the server; the master the
+    sentinels name; or the Cluster's primaries, the slots of each and whether each
+    answers. ``breakers_unserved``: on a Cluster, the breakers whose slot's primary
+    does not answer, when not all are. ``detail``: Redis's error."""
 
     status: Literal["ready", "degraded", "unavailable"]
-    backend: Literal["redis", "embedded", "fallback"]
+    backend: Literal["redis", "embedded", "fallback"] | None = None
     topology: Literal["standalone", "sentinel", "cluster"] | None = None
     redis: dict[str, Any] | None = None
     breakers_unserved: list[str] | None = None
     detail: str | None = None
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Health:
     return Health(status="ok")
+
+
+for _router in (router, proxy_router):
+    _router.add_api_route("/healthz", healthz, summary="Liveness: the process answers")
 
 
 @router.get(
     "/readyz",
     summary="Readiness: whether Redis answers, and what the gateway sees of it",
+    description="On the proxy's listener, the status alone.",
     responses={503: {"model": Readiness, "description": "Every upstream is fail_closed."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    gateway = gateway_of(request)
+    return _ready(*await readiness(gateway_of(request)))
+
+
+@proxy_router.get("/readyz")
+async def status_only(request: Request) -> JSONResponse:
+    found, status = await readiness(gateway_of(request))
+    return _ready(Readiness(status=found.status), status)
+
+
+async def readiness(gateway: Gateway) -> tuple[Readiness, int]:
+    """What the gateway sees of its Redis, and the HTTP status that goes with it."""
     breakers = gateway.breakers
     if gateway.redis is None or not breakers:
-        return _ready(Readiness(status="ready", backend="embedded"))
+        return Readiness(status="ready", backend="embedded"), 200
     timeout = max(breaker.config.backend_timeout for breaker in breakers.values())
     view = await see(gateway.redis, timeout)
     without = sorted(
         name for name, breaker in breakers.items() if not view.serves(breaker.config.prefix, name)
     )
-    readiness = Readiness(
+    seen = Readiness(
         status="ready",
         backend="redis",
         topology=view.topology,
@@ -65,11 +88,11 @@ async def readyz(request: Request) -> JSONResponse:
         detail=view.problem,
     )
     if not without:  # all of it answers, or the part that does not holds none of them
-        return _ready(readiness)
+        return seen, 200
     policies = {breakers[name].config.on_backend_error for name in without}
     if len(without) == len(breakers) and policies == {"fail_closed"}:
-        return _ready(readiness.model_copy(update={"status": "unavailable"}), 503)
-    return _ready(readiness.model_copy(update={"status": "degraded", "backend": "fallback"}))
+        return seen.model_copy(update={"status": "unavailable"}), 503
+    return seen.model_copy(update={"status": "degraded", "backend": "fallback"}), 200
 
 
 def _ready(readiness: Readiness, status: int = 200) -> JSONResponse:

@@ -18,8 +18,9 @@ from .settings import GatewayConfig, redacted_url
 REDIS_CHECK_TIMEOUT = 2.0
 
 
-def listen_problem(host: str, port: int) -> str | None:
-    """Why a server can't listen on ``host:port``, or None when it can.
+def listen_problem(host: str, port: int, option: str = "--port") -> str | None:
+    """Why a server can't listen on ``host:port``, or None when it can; ``option`` is
+    the one that picks another port.
 
     It binds as uvicorn will (``SO_REUSEADDR``), so a port that only holds connections
     in TIME_WAIT is free to both, and one that something listens on is taken for both.
@@ -31,7 +32,7 @@ def listen_problem(host: str, port: int) -> str | None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return f"port {port} on {host} is in use: pick another with --port"
+                return f"port {port} on {host} is in use: pick another with {option}"
             return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
 

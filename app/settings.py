@@ -8,6 +8,8 @@ Environment:
   (``redis+sentinel://host:port[,host:port...]/<master>[/<db>]``); ``rediss+`` for TLS.
 - ``BREAKER_CONFIG``: a TOML file (below).
 - ``BREAKER_ADMIN_TOKEN``: enables the admin API (``Authorization: Bearer <token>``).
+- ``BREAKER_ADMIN_HOST``, ``BREAKER_ADMIN_PORT``: where the admin listener (the admin
+  API, the dashboard, ``/metrics``, ``/docs``) listens; over ``[gateway]``'s.
 - ``BREAKER_UPSTREAMS``: ``name=url,name2=url2``, for the quick case.
 - ``BREAKER_PUBLIC_URL``: where this gateway is reached; the demo upstream lives under it.
 - ``BREAKER_DEMO_FAILURE_RATE``: the fraction of requests the demo upstream fails.
@@ -24,6 +26,8 @@ The file::
     body_idle_timeout = 10.0           # a request body silent this long is cut: 408
     expose_instance = false            # X-Fleetbreaker-Instance: <name>/<pid> on answers
     require_redis = false              # true: serve refuses to start while Redis is unreachable
+    admin_host = "127.0.0.1"           # the admin listener: never the proxy's port, so that
+    admin_port = 8001                  # no upstream page shares the dashboard's origin
 
     [client]                           # each upstream's pooled client, in each worker
     connect_timeout = 2.0
@@ -122,6 +126,8 @@ class Environment(BaseSettings):
     redis_url: str | None = None
     config: Path | None = None
     admin_token: SecretStr | None = None
+    admin_host: str | None = Field(default=None, min_length=1)
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
     upstreams: str = ""
     public_url: str = "http://127.0.0.1:8000"
     demo_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -144,6 +150,12 @@ class GatewaySection(_Strict):
     expose_instance: bool = False
     # Only at start: an outage later follows each breaker's on_backend_error.
     require_redis: bool = False
+    # The admin API, the dashboard, /metrics and /docs listen here, never on the
+    # proxy's port: a page an upstream serves through /proxy must not share their
+    # origin (it could read the dashboard's storage, or register a service worker
+    # over it).
+    admin_host: str = Field(default="127.0.0.1", min_length=1)
+    admin_port: int = Field(default=8001, ge=1, le=65535)
 
 
 class ClientSection(_Strict):
@@ -233,6 +245,8 @@ class GatewayConfig:
     upstreams: dict[str, Upstream]
     redis_url: str | None
     admin_token: str | None
+    admin_host: str
+    admin_port: int
     prefix: str
     max_body_bytes: int
     max_header_bytes: int
@@ -286,6 +300,8 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         },
         redis_url=redis_url,
         admin_token=token or None,
+        admin_host=env.admin_host or file.gateway.admin_host,
+        admin_port=env.admin_port or file.gateway.admin_port,
         prefix=file.gateway.prefix,
         max_body_bytes=file.gateway.max_body_bytes,
         max_header_bytes=file.gateway.max_header_bytes,

@@ -139,10 +139,19 @@ def _lag_of(
         f'[upstreams.api]\nurl = "http://127.0.0.1:{upstream_port}"\n'
         + ("" if breaker else "breaker = false\n")
     )
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     gateway = Service(
         name="gateway",
-        argv=[*fleetbreaker_command(), "serve", "--port", str(port), "--log-level", "warning"],
+        argv=[
+            *fleetbreaker_command(),
+            "serve",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--log-level",
+            "warning",
+        ],
         environ={
             "PATH": "/usr/bin:/bin",
             "BREAKER_REDIS_URL": redis_url,
@@ -154,10 +163,11 @@ def _lag_of(
     try:
         wait_ready([gateway])
         base = f"http://127.0.0.1:{port}"
+        admin = f"http://127.0.0.1:{admin_port}"  # where /metrics is
         run_load(f"{base}/proxy/api/item", 1.0, CONCURRENT)  # connections opened, warm
-        before = _buckets(base)
+        before = _buckets(admin)
         load = run_load(f"{base}/proxy/api/item", seconds, CONCURRENT)
-        after = _buckets(base)
+        after = _buckets(admin)
     finally:
         gateway.stop()
     counts = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
@@ -166,8 +176,8 @@ def _lag_of(
     return Lag(scenario, load, p99, int(total))
 
 
-def _buckets(base: str) -> dict[float, float]:
-    text = httpx.get(f"{base}/metrics", timeout=10).text
+def _buckets(admin: str) -> dict[float, float]:
+    text = httpx.get(f"{admin}/metrics", timeout=10).text
     found = {}
     for line in text.splitlines():
         if line.startswith("fleetbreaker_event_loop_lag_seconds_bucket{"):

@@ -94,6 +94,8 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
                     "serve",
                     "--port",
                     str(gateway_port),
+                    "--admin-port",
+                    str(free_port()),
                     "--workers",
                     "2",
                     "--log-level",

@@ -64,7 +64,8 @@ def measure(buffering: str, slow: int) -> Outcome:
     nginx = find_program("nginx", "apt-get install -y nginx", _NGINX_PATH)
     commands = [
         [*fleetbreaker_command(), "demo-upstream", "--port", str(upstream)],
-        [*fleetbreaker_command(), "serve", "--port", str(gateway)],
+        [*fleetbreaker_command(), "serve", "--port", str(gateway), "--admin-port",
+         str(free_port())],
         [nginx, "-p", f"{work}/", "-c", str(work / "nginx.conf"), "-e", "stderr", "-g",
          f"daemon off; pid {work}/nginx.pid;"],
     ]  # fmt: skip

@@ -1,7 +1,8 @@
-"""``/dashboard`` in-process: the page and its files, the read-only fleet view it
-polls, and what they must never do (absolute URLs, a token anywhere but a header,
-upstream URLs shown without a token). The page itself runs in Chromium in
-``test_dashboard_browser``."""
+"""``/dashboard`` in-process, on the admin listener: the page and its files, the
+read-only fleet view it polls, and what they must never do (absolute URLs, a token
+anywhere but a header, upstream URLs shown without a token,
+answering on the proxy's listener). The page itself runs in Chromium in
+``test_dashboard_browser`` and ``test_origins_browser``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from app import dashboard
 from breaker.testing import ManualClock
-from tests.support.gateway import Scenario, gateway_client, gateway_config
+from tests.support.gateway import ADMIN, Scenario, gateway_client, gateway_config
 from tests.support.upstream import Reply, Upstream
 
 STATIC = Path(dashboard.__file__).parent / "static"
@@ -53,7 +54,7 @@ def test_the_page_and_its_files_are_served_under_a_strict_policy(
             ("/dashboard/static/dashboard.css", "text/css"),
             ("/dashboard/static/favicon.svg", "image/svg+xml"),
         ]:
-            response = await client.get(path)
+            response = await client.get(f"{ADMIN}{path}")
             assert response.status_code == 200, path
             assert response.headers["content-type"].startswith(kind)
             policy = response.headers["content-security-policy"]
@@ -68,7 +69,7 @@ def test_a_file_the_dashboard_does_not_have_is_a_404_json(
 ) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         for path in ("/dashboard/static/app.py", "/dashboard/static/..%2F__init__.py"):
-            response = await client.get(path)
+            response = await client.get(f"{ADMIN}{path}")
             assert (response.status_code, response.json()["error"]) == (404, "not_found")
 
     run(tmp_path, scenario, upstream, None)
@@ -94,11 +95,24 @@ def test_the_token_travels_only_in_the_authorization_header() -> None:
     assert "document.cookie" not in script
 
 
+def test_the_proxys_listener_serves_no_dashboard(tmp_path: Path, upstream: Upstream) -> None:
+    """Whatever an upstream serves runs with the proxy's origin: the page, its files
+    and its streams are on the admin listener only."""
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for path in ("/dashboard", "/dashboard/static/dashboard.js", "/dashboard/fleet"):
+            response = await client.get(path)
+            assert (response.status_code, response.json()["error"]) == (404, "not_found")
+            assert (await client.get(f"{ADMIN}{path}")).status_code == 200
+
+    run(tmp_path, scenario, upstream, None)
+
+
 def test_the_fleet_view_lists_every_upstream_without_a_token_or_a_url(
     tmp_path: Path, upstream: Upstream, backend: str | None
 ) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/dashboard/fleet")
+        response = await client.get(f"{ADMIN}/dashboard/fleet")
         assert response.status_code == 200
         assert response.headers["cache-control"] == "no-store"
         assert "secret-base" not in response.text
@@ -121,7 +135,7 @@ def test_the_fleet_view_counts_the_shared_window(
         await client.get("/proxy/api/fine")
         for _ in range(2):
             await client.get("/proxy/api/down")
-        api = (await client.get("/dashboard/fleet")).json()["upstreams"][0]
+        api = (await client.get(f"{ADMIN}/dashboard/fleet")).json()["upstreams"][0]
         figures = (api["window_calls"], api["window_failures"], api["failures"])
         assert figures == (3, 2, 2)
 
@@ -134,7 +148,7 @@ def test_an_event_stream_past_the_cap_is_refused_with_a_503_json(
     monkeypatch.setattr(dashboard, "MAX_STREAMS", 0)
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/dashboard/events")
+        response = await client.get(f"{ADMIN}/dashboard/events")
         assert (response.status_code, response.json()["error"]) == (503, "too_many_streams")
 
     run(tmp_path, scenario, upstream, None)

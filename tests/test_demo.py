@@ -1,6 +1,6 @@
-"""The README's run command: a gateway with no configuration at all prints three curl
-commands, and pasting them shows a request through, the breaker tripping, and the
-admin view of it."""
+"""The README's run command: a gateway with no configuration at all prints its
+dashboard's URL and three curl commands, and pasting them shows a request through,
+the breaker tripping, and the admin view of it, on the admin listener."""
 
 from __future__ import annotations
 
@@ -49,14 +49,22 @@ def test_the_three_printed_commands_work_as_pasted(demo: GatewayProcess) -> None
     assert paste(trip).split() == ["500", "500", "500", "503", "503"]
     view = json.loads(paste(admin))
     assert (view["name"], view["state"], view["failures"]) == ("demo", "open", 3)
+    assert f" {demo.admin_url}/admin/breakers/demo" in admin  # never the proxy's port
     token = re.search(r"Bearer ([\w-]+)", admin)
     assert token is not None
     reset = paste(
         f"curl -s -X POST -H 'Authorization: Bearer {token[1]}' "
-        f"{demo.url}/admin/breakers/demo/reset"
+        f"{demo.admin_url}/admin/breakers/demo/reset"
     )
     assert json.loads(reset)["state"] == "closed"
     assert "HTTP/1.1 200 OK" in paste(works)
+
+
+def test_the_banner_names_the_dashboard_on_its_own_listener(demo: GatewayProcess) -> None:
+    [line] = [line for line in demo.log().splitlines() if line.startswith("Dashboard: ")]
+    url = line.split()[1]
+    assert url == f"{demo.admin_url}/dashboard"
+    assert httpx.get(url, timeout=5).status_code == 200
 
 
 def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:

@@ -51,7 +51,21 @@ def test_compose_runs_redis_three_gateways_nginx_and_the_upstream(
     assert "healthcheck" in services["redis"]
     gateway = services["gateway"]
     assert gateway["deploy"]["replicas"] == 3
-    assert gateway["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+    assert gateway["command"] == [
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--admin-host",
+        "0.0.0.0",
+        "--admin-port",
+        "8001",
+        "--workers",
+        "2",
+    ]
+    # Each replica's admin listener on a port of the host's loopback, never on nginx's.
+    assert gateway["ports"] == ["127.0.0.1::8001"]
     assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert services["lb"]["ports"] == ["${LB_PORT:-8080}:8080"]
     assert services["lb"]["depends_on"]["gateway"] == {"condition": "service_healthy"}
@@ -99,6 +113,23 @@ def test_compose_mounts_the_nginx_conf_the_native_fleet_templates(
     conf = NGINX_CONF.read_text()
     assert "server gateway:8000 " in conf  # compose's service name and the gateway port
     assert "listen 8080;" in conf
+
+
+def test_nginx_never_reaches_an_admin_listener(compose: dict[str, Any]) -> None:
+    """Every page an upstream serves through /proxy runs with nginx's origin: the
+    dashboard and the admin API must not share it."""
+    conf = NGINX_CONF.read_text()
+    admin_port = compose["services"]["gateway"]["command"][9]
+    servers = re.findall(r"^\s*server (\S+:\d+)", conf, re.MULTILINE)
+    assert servers == ["gateway:8000"]  # the proxy's port, templated per replica
+    assert re.findall(r"proxy_pass (\S+);", conf) == ["http://gateways"]
+    assert admin_port not in conf
+    assert not re.search(r"location\b[^{]*/(admin|dashboard|metrics|docs)", conf)
+    templated = nginx_conf_for(conf, 18080, [18001, 18002])
+    assert re.findall(r"^\s*server (\S+:\d+)", templated, re.MULTILINE) == [
+        "127.0.0.1:18001",
+        "127.0.0.1:18002",
+    ]
 
 
 def test_every_compose_variable_has_a_public_default_listed_in_env_example(

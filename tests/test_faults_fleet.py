@@ -98,7 +98,7 @@ def test_a_probe_holder_killed_mid_call_does_not_wedge_the_breaker(
             recovered_after = time.monotonic() - killed_at
             break
         time.sleep(0.02)
-    view = httpx.get(f"{survivor.url}/admin/breakers/api", headers=AUTH, timeout=5).json()
+    view = httpx.get(f"{survivor.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json()
 
     assert held == "503 circuit_open"  # the dead worker's lease still holds the trial
     assert recovered_after is not None, "the next trial never went through"
@@ -160,7 +160,8 @@ def _trip_and_reopen(
     tripped_at = time.monotonic()
     assert len(upstream.hits_on("/fail")) - hits_before == SKEW_THRESHOLD  # counted together
     views = [
-        httpx.get(f"{r.url}/admin/breakers/api", headers=AUTH, timeout=5).json() for r in fleet
+        httpx.get(f"{r.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json()
+        for r in fleet
     ]
     # A replica that read the open time off its own clock would let a trial call in
     # early (+1 h) or keep refusing for ten minutes (-10 min).

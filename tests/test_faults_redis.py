@@ -59,7 +59,7 @@ class Fleet:
         upstream failures counted across both replicas, and then refuses everywhere."""
         try:
             reset = httpx.post(
-                f"{self.replicas[0].url}/admin/breakers/flaky/reset", headers=AUTH, timeout=5
+                f"{self.replicas[0].admin_url}/admin/breakers/flaky/reset", headers=AUTH, timeout=5
             )
         except httpx.TransportError:
             return False
@@ -333,12 +333,13 @@ def test_a_redis_restarted_between_bursts_costs_no_stale_connection(
             server.kill()
             server.start()  # empty; returns once it answers PING
             time.sleep(1.0)
-            before = [_backend_errors(url) for url in urls]
+            admin_urls = [replica.admin_url for replica in fleet]
+            before = [_backend_errors(url) for url in admin_urls]
             hits_before = len(upstream.hits_on("/down"))
             dead = burst([f"{url}/proxy/dead/down" for url in urls], 100)
             hits = len(upstream.hits_on("/down")) - hits_before
             guarded = burst([f"{url}/proxy/guarded/ok" for url in urls], 60)
-            errors = sum(_backend_errors(url) for url in urls) - sum(before)
+            errors = sum(_backend_errors(url) for url in admin_urls) - sum(before)
     finally:
         server.stop()
     assert set(opened) == {200}
@@ -426,7 +427,7 @@ def test_a_trip_in_another_database_refuses_nothing_here(
         answers = [_fresh(process, "/proxy/pricing/ok") for _ in range(40)]
         assert [a.status_code for a in answers] == [200] * 40
         assert len({a.headers["x-fleetbreaker-instance"] for a in answers}) == 2
-        view = httpx.get(f"{process.url}/admin/breakers/pricing", headers=AUTH).json()
+        view = httpx.get(f"{process.admin_url}/admin/breakers/pricing", headers=AUTH).json()
         assert (view["state"], view["generation"]) == ("closed", 0)
     finally:
         process.stop()
@@ -451,7 +452,7 @@ def test_a_forged_event_on_the_channel_refuses_nothing(
     publisher = redis_server.client()
     try:
         _both_workers(process, "/proxy/demo/ok")
-        before = httpx.get(f"{process.url}/admin/breakers/demo", headers=AUTH).json()
+        before = httpx.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
         created_at = int(publisher.hget("breaker:{demo}", "created_at") or 0)
         forged = {
             "name": "demo",
@@ -469,7 +470,7 @@ def test_a_forged_event_on_the_channel_refuses_nothing(
             answers += [_fresh(process, "/proxy/demo/ok") for _ in range(4)]
             time.sleep(0.2)
         assert [a.status_code for a in answers] == [200] * len(answers)
-        after = httpx.get(f"{process.url}/admin/breakers/demo", headers=AUTH).json()
+        after = httpx.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
         assert (after["state"], after["generation"]) == ("closed", before["generation"])
         assert "does not hold" in process.log()
     finally:

@@ -68,7 +68,7 @@ def roomy_gateway(
 
 
 def failures(gateway: GatewayProcess, name: str) -> int:
-    answer = httpx.get(f"{gateway.url}/admin/breakers/{name}", headers=AUTH, timeout=5)
+    answer = httpx.get(f"{gateway.admin_url}/admin/breakers/{name}", headers=AUTH, timeout=5)
     answer.raise_for_status()
     count: int = answer.json()["failures"]
     return count
@@ -76,7 +76,7 @@ def failures(gateway: GatewayProcess, name: str) -> int:
 
 def reset(gateway: GatewayProcess, name: str) -> None:
     httpx.post(
-        f"{gateway.url}/admin/breakers/{name}/reset", headers=AUTH, timeout=5
+        f"{gateway.admin_url}/admin/breakers/{name}/reset", headers=AUTH, timeout=5
     ).raise_for_status()
 
 
@@ -116,7 +116,7 @@ def test_an_upstream_that_gives_no_response_is_a_json_error_and_a_failure(
 
 def broken_bodies(gateway: GatewayProcess) -> float:
     """``fleetbreaker_bodies_broken_total`` of upstream ``broken``, all errors."""
-    metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    metrics = httpx.get(f"{gateway.admin_url}/metrics", timeout=5).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()

@@ -148,16 +148,18 @@ def test_the_fleet_serves_then_stops_every_process_it_started(
     [redis_url] = running.printed("redis")
     [temporary] = running.printed("temporary")
     [token] = running.printed("admin token")
+    admins = running.printed("admin API")
     workdir = Path(temporary)
-    assert len(replicas) == 2
+    assert len(replicas) == len(admins) == 2
 
     answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
     assert answer.status_code == 200
     assert answer.json()["demo"] == "ok"
-    view = httpx.get(
-        f"{lb}/admin/breakers/demo", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
-    )
-    assert view.json()["state"] == "closed"
+    auth = {"Authorization": f"Bearer {token}"}
+    for admin in admins:  # each replica's own admin listener, never behind nginx
+        view = httpx.get(f"{admin}/admin/breakers/demo", headers=auth, timeout=10.0)
+        assert view.json()["state"] == "closed"
+    assert httpx.get(f"{lb}/admin/breakers/demo", headers=auth, timeout=10.0).status_code == 404
     # At least the fleet, 2 replicas of a master and 2 workers, and the upstream.
     # redis-server and nginx write their process titles over their environment, and
     # nginx clears its workers': that those are gone shows below, as nothing accepts
@@ -170,7 +172,7 @@ def test_the_fleet_serves_then_stops_every_process_it_started(
 
     assert processes_marked(running.mark) == []
     assert not workdir.exists()
-    for url in [lb, upstream, redis_url, *replicas]:
+    for url in [lb, upstream, redis_url, *replicas, *admins]:
         assert not accepts(url), url
 
 
@@ -240,6 +242,7 @@ def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running
     [lb] = running.printed("load balancer")
     [upstream] = running.printed("upstream")
     [token] = running.printed("admin token")
+    admin = running.printed("admin API")[0].removeprefix("http://")
 
     def paste(command: str) -> str:
         command = command.replace("localhost:8080", lb.removeprefix("http://"))
@@ -250,7 +253,7 @@ def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running
             text=True,
             timeout=60,
             check=True,
-            env={**os.environ, "TOKEN": token},
+            env={**os.environ, "TOKEN": token, "ADMIN": admin},
         )
         return result.stdout
 
@@ -278,7 +281,7 @@ def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_i
     running_on.wait_for_summary()
     kind = running_on.options[-1]
     [lb] = running_on.printed("load balancer")
-    replicas = running_on.printed("replicas")
+    admins = running_on.printed("admin API")
     [redis_url] = running_on.printed("redis")
     [temporary] = running_on.printed("temporary")
     [token] = running_on.printed("admin token")
@@ -287,10 +290,9 @@ def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_i
     assert len(ports) == (6 if kind == "cluster" else 3)  # every node; the sentinels
 
     answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
-    view = httpx.get(
-        f"{lb}/admin/breakers/demo", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
-    )
-    ready = httpx.get(f"{replicas[0]}/readyz", timeout=10.0).json()
+    auth = {"Authorization": f"Bearer {token}"}
+    view = httpx.get(f"{admins[0]}/admin/breakers/demo", headers=auth, timeout=10.0)
+    ready = httpx.get(f"{admins[0]}/readyz", timeout=10.0).json()
     [cli_line] = [
         line.split("(")[0] for line in running_on.text().splitlines() if "HGETALL" in line
     ]

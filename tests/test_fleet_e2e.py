@@ -100,10 +100,11 @@ def hits(fleet: Fleet) -> int:
 
 
 def admin(fleet: Fleet, replica: int, method: str, path: str) -> httpx.Response:
-    """An admin call sent to one replica directly, as an operator would."""
+    """An admin call sent to one replica's admin listener, as an operator would: it is
+    never behind the load balancer."""
     response = httpx.request(
         method,
-        f"{fleet.replica_urls[replica - 1]}{path}",
+        f"{fleet.admin_urls[replica - 1]}{path}",
         headers={"Authorization": f"Bearer {fleet.admin_token}"},
         timeout=10.0,
     )
@@ -418,3 +419,16 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight_on_it(
         lost=f"{len(errors)} of {len(in_flight)} requests in flight at the kill",
         recovery="every request after the kill got 200 from the other replicas",
     )
+
+
+@pytest.mark.parametrize("path", ["/admin/breakers", "/dashboard", "/metrics", "/docs"])
+def test_nginx_serves_none_of_the_admin_listeners_routes(fleet: Fleet, path: str) -> None:
+    """deploy/nginx.conf reaches the replicas' proxy ports only: the dashboard and the
+    admin API must not share an origin with what upstreams serve through /proxy."""
+    auth = {"Authorization": f"Bearer {fleet.admin_token}"}
+    answer = httpx.get(f"{fleet.lb_url}{path}", headers=auth, timeout=10.0)
+    assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
+    alive = [url for index, url in enumerate(fleet.admin_urls, 1) if fleet.replica(index).alive]
+    assert alive  # a test above may have killed one replica, never all
+    for replica in alive:
+        assert httpx.get(f"{replica}{path}", headers=auth, timeout=10.0).status_code == 200

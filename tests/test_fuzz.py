@@ -1,7 +1,8 @@
 """schemathesis against the gateway's own OpenAPI schema: every operation, the admin API
 included (with a valid token), on a real ``fleetbreaker serve`` process with a real
-Redis and a real upstream. The gateway must never answer 500, every error it makes must
-be a JSON body, and its log must hold no unhandled exception.
+Redis and a real upstream, each on the listener that serves it (``/proxy`` on the
+proxy's, the rest on the admin listener). The gateway must never answer 500, every
+error it makes must be a JSON body, and its log must hold no unhandled exception.
 
 The generated Authorization header is replaced by the valid one, so that the admin
 routes are fuzzed past the token check (which has its own tests).
@@ -58,7 +59,7 @@ def _gateway_schema() -> schemathesis.BaseSchema:
     Every other parameter, the proxied path, query, headers and bodies, is free (and
     schemathesis's negative cases still send names outside the list)."""
     config = load_config({"BREAKER_UPSTREAMS": "api=http://127.0.0.1:9"})
-    document = create_app(config).openapi()
+    document = create_app(config).state.admin_app.openapi()  # both listeners' routes
     for operation in (op for item in document["paths"].values() for op in item.values()):
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path" and parameter["name"] in ("upstream", "name"):
@@ -81,8 +82,9 @@ schema = _gateway_schema()
 def test_no_fuzzed_request_gets_a_500_or_an_error_without_a_json_body(
     fuzzed_gateway: GatewayProcess, case: schemathesis.Case[Any]
 ) -> None:
+    listener = fuzzed_gateway.url if case.path.startswith("/proxy") else fuzzed_gateway.admin_url
     response = case.call(
-        base_url=fuzzed_gateway.url, headers={**dict(case.headers or {}), **AUTH}, timeout=10
+        base_url=listener, headers={**dict(case.headers or {}), **AUTH}, timeout=10
     )
     _SEEN[str(response.status_code)] += 1
     assert response.status_code != 500, response.text

@@ -1,4 +1,5 @@
-"""The admin API: its token, and each action's effect on the proxy, on both backends."""
+"""The admin API, on the admin listener: its token, and each action's effect on the
+proxy, on both backends."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 
 from app import GatewayConfig
 from breaker.testing import ManualClock
-from tests.support.gateway import AUTH, Scenario, config_for, gateway_client, gateway_config
+from tests.support.gateway import (
+    ADMIN,
+    AUTH,
+    Scenario,
+    config_for,
+    gateway_client,
+    gateway_config,
+)
 from tests.support.upstream import Reply, Upstream
 
 
@@ -39,7 +47,7 @@ def test_no_token_configured_is_403_with_how_to_enable(
     config = gateway_config(tmp_path, token=None, upstreams=f"api={upstream.url}")
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.request(method, path, headers=AUTH)
+        response = await client.request(method, f"{ADMIN}{path}", headers=AUTH)
         assert response.status_code == 403
         assert response.json() == {
             "error": "admin_disabled",
@@ -66,7 +74,7 @@ def test_a_missing_or_wrong_token_is_401(
     config = gateway_config(tmp_path, upstreams=f"api={upstream.url}")
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.request(method, path, headers=headers)
+        response = await client.request(method, f"{ADMIN}{path}", headers=headers)
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["error"] == "unauthorized"
@@ -79,7 +87,7 @@ def test_a_token_in_the_query_string_is_refused(tmp_path: Path, upstream: Upstre
 
     async def scenario(client: httpx.AsyncClient) -> None:
         token = AUTH["Authorization"].split()[1]
-        response = await client.get(f"/admin/breakers?access_token={token}", headers=AUTH)
+        response = await client.get(f"{ADMIN}/admin/breakers?access_token={token}", headers=AUTH)
         assert response.status_code == 400
         assert "Authorization header" in response.json()["detail"]
 
@@ -94,7 +102,7 @@ def test_list_shows_every_upstream_with_its_snapshot(
     )
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/admin/breakers", headers=AUTH)
+        response = await client.get(f"{ADMIN}/admin/breakers", headers=AUTH)
         assert response.status_code == 200
         breakers = response.json()["breakers"]
         assert [(b["name"], b["url"], b["state"]) for b in breakers] == [
@@ -114,7 +122,7 @@ def test_one_breaker_shows_failures_and_times(
     async def scenario(client: httpx.AsyncClient) -> None:
         for _ in range(3):
             await client.get("/proxy/api/down")
-        view = (await client.get("/admin/breakers/api", headers=AUTH)).json()
+        view = (await client.get(f"{ADMIN}/admin/breakers/api", headers=AUTH)).json()
         assert view["state"] == "open"
         assert view["failures"] == 3
         assert view["last_failure_at"] == view["opened_at"] > 0
@@ -131,7 +139,9 @@ def test_an_unknown_name_is_404(tmp_path: Path, upstream: Upstream, action: str)
 
     async def scenario(client: httpx.AsyncClient) -> None:
         method = "GET" if not action else "POST"
-        response = await client.request(method, f"/admin/breakers/nope{action}", headers=AUTH)
+        response = await client.request(
+            method, f"{ADMIN}/admin/breakers/nope{action}", headers=AUTH
+        )
         assert response.status_code == 404
         assert response.json()["error"] == "unknown_upstream"
 
@@ -147,7 +157,7 @@ def test_reset_closes_an_open_breaker_and_lets_traffic_through(
         for _ in range(3):
             await client.get("/proxy/api/x")
         assert (await client.get("/proxy/api/x")).status_code == 503
-        reset = await client.post("/admin/breakers/api/reset", headers=AUTH)
+        reset = await client.post(f"{ADMIN}/admin/breakers/api/reset", headers=AUTH)
         assert reset.status_code == 200
         assert (reset.json()["state"], reset.json()["failures"]) == ("closed", 0)
         assert (await client.get("/proxy/api/x")).status_code == 200
@@ -160,13 +170,13 @@ def test_force_open_rejects_without_calling_until_reset(
     tmp_path: Path, upstream: Upstream, backend: str | None
 ) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        opened = await client.post("/admin/breakers/api/open", headers=AUTH)
+        opened = await client.post(f"{ADMIN}/admin/breakers/api/open", headers=AUTH)
         assert opened.json()["state"] == "forced_open"
         rejected = await client.get("/proxy/api/x")
         assert rejected.status_code == 503
         assert rejected.json()["error"] == "circuit_open"
         assert "forced_open" in rejected.json()["detail"]
-        await client.post("/admin/breakers/api/reset", headers=AUTH)
+        await client.post(f"{ADMIN}/admin/breakers/api/reset", headers=AUTH)
         assert (await client.get("/proxy/api/x")).status_code == 200
 
     run(config_for(tmp_path, upstream, backend), scenario)
@@ -179,11 +189,11 @@ def test_disable_lets_everything_through_and_still_counts(
     upstream.plan("/base/x", Reply(500))
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        disabled = await client.post("/admin/breakers/api/disable", headers=AUTH)
+        disabled = await client.post(f"{ADMIN}/admin/breakers/api/disable", headers=AUTH)
         assert disabled.json()["state"] == "disabled"
         for _ in range(6):  # twice the threshold
             assert (await client.get("/proxy/api/x")).status_code == 500
-        view = (await client.get("/admin/breakers/api", headers=AUTH)).json()
+        view = (await client.get(f"{ADMIN}/admin/breakers/api", headers=AUTH)).json()
         assert view["state"] == "disabled"
         assert (view["window_calls"], view["window_failures"]) == (6, 6)
 
@@ -202,16 +212,34 @@ def test_an_upstream_without_a_breaker_is_not_listed_and_has_no_breaker_to_act_o
     )
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        listed = await client.get("/admin/breakers", headers=AUTH)
+        listed = await client.get(f"{ADMIN}/admin/breakers", headers=AUTH)
         assert [view["name"] for view in listed.json()["breakers"]] == ["api"]
         for method, path in (
             ("GET", "/admin/breakers/plain"),
             ("POST", "/admin/breakers/plain/reset"),
         ):
-            answer = await client.request(method, path, headers=AUTH)
+            answer = await client.request(method, f"{ADMIN}{path}", headers=AUTH)
             assert answer.status_code == 404
             assert answer.json()["error"] == "no_breaker"
-        assert (await client.get("/metrics")).status_code == 200
-        assert (await client.get("/readyz")).json()["status"] == "ready"
+        assert (await client.get(f"{ADMIN}/metrics")).status_code == 200
+        assert (await client.get(f"{ADMIN}/readyz")).json()["status"] == "ready"
 
     run(config, scenario)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+def test_the_proxys_listener_has_no_admin_api_even_with_the_token(
+    tmp_path: Path, upstream: Upstream, method: str, path: str
+) -> None:
+    """Pages an upstream serves run with the proxy's origin: none may reach the admin
+    API there, with a token it found or not."""
+    config = gateway_config(tmp_path, upstreams=f"api={upstream.url}")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        response = await client.request(method, path, headers=AUTH)
+        assert (response.status_code, response.json()["error"]) == (404, "not_found")
+        state = (await client.get(f"{ADMIN}/admin/breakers/api", headers=AUTH)).json()["state"]
+        assert state == "closed"
+
+    run(config, scenario)
+    assert upstream.hits == []

@@ -269,7 +269,7 @@ def test_serve_refuses_a_bad_config_with_one_line_and_exit_code_2(tmp_path: Path
     bad = tmp_path / "bad.toml"
     bad.write_text("[upstreams.api]\nurl='http://h'\nbreaker={failure_threshold=0}\n")
     result = subprocess.run(
-        [*fleetbreaker_command(), "serve", "--port", "1"],
+        [*fleetbreaker_command(), "serve", "--port", "1", "--admin-port", "2"],
         env={"BREAKER_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -315,3 +315,31 @@ def test_breaker_false_refuses_what_it_cannot_honour(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         gateway_config(tmp_path, f'[upstreams.static]\nurl = "http://127.0.0.1:9000"\n{table}\n')
+
+
+def test_the_admin_listener_is_on_the_loopback_at_8001_unless_configured(tmp_path: Path) -> None:
+    default = gateway_config(tmp_path)
+    assert (default.admin_host, default.admin_port) == ("127.0.0.1", 8001)
+    toml = '[gateway]\nadmin_host = "::1"\nadmin_port = 9101\n'
+    in_file = gateway_config(tmp_path, toml)
+    assert (in_file.admin_host, in_file.admin_port) == ("::1", 9101)
+    over = gateway_config(tmp_path, toml, admin_host="0.0.0.0", admin_port="9102")
+    assert (over.admin_host, over.admin_port) == ("0.0.0.0", 9102)  # the environment's
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "message"),
+    [
+        ("[gateway]\nadmin_port = 0", {}, "gateway.admin_port: Input should be greater than"),
+        ("[gateway]\nadmin_port = 70000", {}, "gateway.admin_port: Input should be less than"),
+        ("[gateway]\nadmin_host = ''", {}, "gateway.admin_host: String should have at least"),
+        ("", {"admin_port": "http"}, "BREAKER_ADMIN_PORT: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_admin_listener_is_one_line_naming_the_key(
+    tmp_path: Path, toml: str, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        gateway_config(tmp_path, toml, **environ)
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)

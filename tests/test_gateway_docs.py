@@ -1,5 +1,6 @@
-"""``/docs`` and ``/redoc`` render where nothing but the gateway answers: the pages
-name no other host, and every file they load is served by the gateway itself."""
+"""``/docs`` and ``/redoc``, on the admin listener, render where nothing but the
+gateway answers: the pages name no other host, and every file they load is served by
+the gateway itself."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from breaker.testing import ManualClock
-from tests.support.gateway import gateway_client, gateway_config
+from tests.support.gateway import ADMIN, gateway_client, gateway_config
 
 # Every URL a page makes a browser load: attributes, and Swagger UI's ``url:`` option.
 LOADED = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|\burl: '([^']+)'""")
@@ -32,7 +33,7 @@ def loaded_by(page: str) -> list[str]:
 def test_the_page_loads_only_files_the_gateway_serves(tmp_path: Path, page: str) -> None:
     async def scenario() -> None:
         async with gateway_client(gateway_config(tmp_path), ManualClock()) as client:
-            response = await client.get(page)
+            response = await client.get(f"{ADMIN}{page}")
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/html")
             assert "http" not in response.text  # no absolute URL: no other host
@@ -41,7 +42,7 @@ def test_the_page_loads_only_files_the_gateway_serves(tmp_path: Path, page: str)
             for url in urls:
                 assert url.startswith("/"), url  # this host's path...
                 assert not url.startswith("//"), url  # ...not another host's
-                loaded = await client.get(url)
+                loaded = await client.get(f"{ADMIN}{url}")
                 assert loaded.status_code == 200, url
                 assert CONTENT[url.rsplit("/", 1)[1]] in loaded.content, url
 
@@ -51,7 +52,7 @@ def test_the_page_loads_only_files_the_gateway_serves(tmp_path: Path, page: str)
 def test_swagger_ui_asks_no_online_validator(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with gateway_client(gateway_config(tmp_path), ManualClock()) as client:
-            page = (await client.get("/docs")).text
+            page = (await client.get(f"{ADMIN}/docs")).text
             assert '"validatorUrl": null' in page
 
     asyncio.run(scenario())
@@ -60,10 +61,20 @@ def test_swagger_ui_asks_no_online_validator(tmp_path: Path) -> None:
 def test_the_files_carry_their_media_types(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with gateway_client(gateway_config(tmp_path), ManualClock()) as client:
-            script = await client.get("/docs/swagger-ui-bundle.js")
-            style = await client.get("/docs/swagger-ui.css")
+            script = await client.get(f"{ADMIN}/docs/swagger-ui-bundle.js")
+            style = await client.get(f"{ADMIN}/docs/swagger-ui.css")
             assert script.headers["content-type"].startswith("text/javascript")
             assert style.headers["content-type"].startswith("text/css")
-            assert (await client.get("/docs/anything-else.js")).status_code == 404
+            assert (await client.get(f"{ADMIN}/docs/anything-else.js")).status_code == 404
+
+    asyncio.run(scenario())
+
+
+def test_the_proxys_listener_serves_no_documentation(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with gateway_client(gateway_config(tmp_path), ManualClock()) as client:
+            for path in ("/docs", "/redoc", "/openapi.json", "/docs/swagger-ui-bundle.js"):
+                assert (await client.get(path)).status_code == 404, path
+                assert (await client.get(f"{ADMIN}{path}")).status_code == 200, path
 
     asyncio.run(scenario())

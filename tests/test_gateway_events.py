@@ -45,8 +45,7 @@ def test_every_subscriber_gets_every_event_and_leaving_unsubscribes() -> None:
         async with feed.subscribe() as first, feed.subscribe() as second:
             assert feed.subscribers == 2
             feed.publish(event(1))
-            assert (await first.get()).generation == 1
-            assert (await second.get()).generation == 1
+            assert await first.get() == await second.get() == event(1)
         assert feed.subscribers == 0
 
     asyncio.run(scenario())
@@ -59,7 +58,7 @@ def test_a_slow_subscriber_loses_its_oldest_events_not_the_gateways_memory() -> 
             for generation in range(queue.maxsize + 5):
                 feed.publish(event(generation))
             assert queue.qsize() == queue.maxsize
-            assert (await queue.get()).generation == 5
+            assert await queue.get() == event(5)
 
     asyncio.run(scenario())
 
@@ -72,7 +71,7 @@ def test_events_from_another_thread_reach_the_loop() -> None:
             thread.start()
             received = await asyncio.wait_for(queue.get(), timeout=10.0)
             thread.join()
-            assert received.generation == 7
+            assert received == event(7)
 
     asyncio.run(scenario())
 
@@ -90,3 +89,20 @@ def test_stream_opens_with_a_comment_then_sends_events_and_keep_alives() -> None
         assert feed.subscribers == 0
 
     asyncio.run(scenario())
+
+
+def test_closing_the_feed_ends_every_stream_open_or_to_come() -> None:
+    """A stopping worker closes its feed, so that its event streams end and their
+    connections close at once, not at the end of the graceful shutdown's wait."""
+
+    async def scenario() -> None:
+        feed = EventFeed(asyncio.get_running_loop())
+        open_one = stream(feed, heartbeat=60.0)
+        assert await anext(open_one) == ": fleetbreaker transitions\n\n"
+        feed.close()
+        assert [message async for message in open_one] == []
+        assert feed.subscribers == 0
+        later = stream(feed, heartbeat=60.0)
+        assert [message async for message in later] == [": fleetbreaker transitions\n\n"]
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10.0))

@@ -110,7 +110,7 @@ class Watch:
         ends = time.monotonic() + LOAD_SECONDS + 60.0
         with httpx.Client(timeout=5.0) as client:
             while not self._stopped.is_set() and time.monotonic() < ends:
-                total = sum(_fallback_decisions(client, url) for url in self.fleet.replica_urls)
+                total = sum(_fallback_decisions(client, url) for url in self.fleet.admin_urls)
                 self.decisions.append((time.monotonic(), total))  # as of now, at the latest
                 ready = client.get(f"{self.fleet.replica_urls[0]}/readyz").json()["status"]
                 self.readiness.append((time.monotonic(), ready))
@@ -349,9 +349,7 @@ def test_after_a_cluster_kill_every_worker_obeys_the_admin_and_trips_exactly(
         answers = load.stop()
     assert [a for a in answers if a.status == 500] == []
 
-    opened = httpx.post(
-        f"{fleet.replica_urls[0]}/admin/breakers/{UPSTREAM_NAME}/open", headers=auth
-    )
+    opened = httpx.post(f"{fleet.admin_urls[0]}/admin/breakers/{UPSTREAM_NAME}/open", headers=auth)
     assert opened.json()["state"] == "forced_open"
     time.sleep(0.3)  # the bound under test: every worker obeys within it
     hits = _hits(fleet)
@@ -360,9 +358,7 @@ def test_after_a_cluster_kill_every_worker_obeys_the_admin_and_trips_exactly(
     assert {r.json()["error"] for r in refused} == {"circuit_open"}
     assert _hits(fleet) == hits
 
-    reset = httpx.post(
-        f"{fleet.replica_urls[1]}/admin/breakers/{UPSTREAM_NAME}/reset", headers=auth
-    )
+    reset = httpx.post(f"{fleet.admin_urls[1]}/admin/breakers/{UPSTREAM_NAME}/reset", headers=auth)
     assert reset.json()["state"] == "closed"
     time.sleep(0.3)
     admitted = _every_worker(fleet, path)

@@ -1,4 +1,6 @@
-"""Liveness, readiness, metrics, the OpenAPI document and the demo upstream."""
+"""Liveness, readiness, metrics, the OpenAPI document and the demo upstream; which
+listener answers each (the proxy's: ``/proxy``, ``/healthz``, a status-only
+``/readyz``; the admin listener: the rest, and ``/readyz`` in detail)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import httpx
 from app import GatewayConfig
 from breaker.testing import ManualClock
 from tests.support.gateway import (
+    ADMIN,
     AUTH,
     Scenario,
     config_for,
@@ -31,17 +34,18 @@ def run(config: GatewayConfig, scenario: Scenario) -> None:
     asyncio.run(main())
 
 
-def test_healthz_is_ok(tmp_path: Path) -> None:
+def test_healthz_is_ok_on_either_listener(tmp_path: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/healthz")
-        assert (response.status_code, response.json()) == (200, {"status": "ok"})
+        for url in ("/healthz", f"{ADMIN}/healthz"):
+            response = await client.get(url)
+            assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
     run(gateway_config(tmp_path), scenario)
 
 
 def test_readyz_on_the_embedded_backend(tmp_path: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/readyz")
+        response = await client.get(f"{ADMIN}/readyz")
         assert (response.status_code, response.json()) == (
             200,
             {"status": "ready", "backend": "embedded"},
@@ -54,7 +58,7 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
     config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        ready = await client.get("/readyz")
+        ready = await client.get(f"{ADMIN}/readyz")
         assert ready.json() == {
             "status": "ready",
             "backend": "redis",
@@ -62,10 +66,29 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
             "redis": {"server": f"127.0.0.1:{redis_server.port}"},
         }
         redis_server.kill()
-        degraded = await client.get("/readyz")
+        degraded = await client.get(f"{ADMIN}/readyz")
         assert degraded.status_code == 200
         assert degraded.json()["status"] == "degraded"
         assert degraded.json()["backend"] == "fallback"
+
+    run(config, scenario)
+
+
+def test_the_proxys_readyz_says_its_status_and_nothing_of_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The address of Redis and its error text are the admin listener's to tell: the
+    proxy's listener is the one a load balancer exposes."""
+    config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        redis_server.kill()
+        for headers in ({}, AUTH):  # never more on the proxy's listener
+            answer = await client.get("/readyz", headers=headers)
+            assert (answer.status_code, answer.json()) == (200, {"status": "degraded"})
+        detailed = (await client.get(f"{ADMIN}/readyz")).json()
+        assert detailed["redis"] == {"server": f"127.0.0.1:{redis_server.port}"}
+        assert detailed["detail"].startswith("Redis unreachable: Error 111")
 
     run(config, scenario)
 
@@ -86,9 +109,10 @@ def test_readyz_is_503_when_every_upstream_is_fail_closed(
 
     async def scenario(client: httpx.AsyncClient) -> None:
         redis_server.kill()
-        response = await client.get("/readyz")
-        assert response.status_code == 503
-        assert response.json()["status"] == "unavailable"
+        proxys = await client.get("/readyz")
+        assert (proxys.status_code, proxys.json()) == (503, {"status": "unavailable"})
+        admins = await client.get(f"{ADMIN}/readyz")
+        assert (admins.status_code, admins.json()["status"]) == (503, "unavailable")
 
     run(config, scenario)
 
@@ -123,7 +147,7 @@ def test_metrics_count_calls_retries_transitions_and_read_the_state(
     upstream.plan("/base/down", Reply(500))
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        before = (await client.get("/metrics")).text
+        before = (await client.get(f"{ADMIN}/metrics")).text
 
         def grown(text: str, name: str, **labels: str) -> float:
             try:
@@ -136,7 +160,7 @@ def test_metrics_count_calls_retries_transitions_and_read_the_state(
         for _ in range(3):
             await client.get("/proxy/api/down")  # 3 failures: opens
         await client.get("/proxy/api/down")  # rejected
-        response = await client.get("/metrics")
+        response = await client.get(f"{ADMIN}/metrics")
         assert response.headers["content-type"].startswith("text/plain")
         text = response.text
         assert grown(text, "fleetbreaker_calls_total", upstream="api", outcome="success") == 1
@@ -176,14 +200,14 @@ def test_metrics_count_budget_refusals(tmp_path: Path, upstream: Upstream) -> No
     extra = "retry = { attempts = 3, budget = { ratio = 0, min_retries_per_second = 0 } }"
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        before = (await client.get("/metrics")).text
+        before = (await client.get(f"{ADMIN}/metrics")).text
         labels = {"upstream": "api", "reason": "budget"}
         try:
             start = metric(before, "fleetbreaker_retries_refused_total", **labels)
         except AssertionError:
             start = 0.0
         assert (await client.get("/proxy/api/down")).headers["x-fleetbreaker-attempts"] == "1"
-        text = (await client.get("/metrics")).text
+        text = (await client.get(f"{ADMIN}/metrics")).text
         assert metric(text, "fleetbreaker_retries_refused_total", **labels) - start == 1
 
     run(config_for(tmp_path, upstream, None, extra), scenario)
@@ -195,19 +219,23 @@ def test_metrics_count_backend_errors_and_say_redis_is_down(
     config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams=f"api={upstream.url}")
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        before = metric((await client.get("/metrics")).text, "fleetbreaker_backend_errors_total")
+        before = metric(
+            (await client.get(f"{ADMIN}/metrics")).text, "fleetbreaker_backend_errors_total"
+        )
         redis_server.kill()
         assert (await client.get("/proxy/api/x")).status_code == 200  # fail_open: served
-        text = (await client.get("/metrics")).text
+        text = (await client.get(f"{ADMIN}/metrics")).text
         assert metric(text, "fleetbreaker_backend_errors_total") > before
         assert metric(text, "fleetbreaker_backend_up") == 0
 
     run(config, scenario)
 
 
-def test_openapi_lists_every_route_with_its_error_bodies(tmp_path: Path) -> None:
+def test_openapi_lists_every_route_of_both_listeners_with_its_error_bodies(
+    tmp_path: Path,
+) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        document = (await client.get("/openapi.json")).json()
+        document = (await client.get(f"{ADMIN}/openapi.json")).json()
         paths = document["paths"]
         assert set(paths) == {
             "/proxy/{upstream}/{path}",
@@ -239,6 +267,7 @@ def test_openapi_lists_every_route_with_its_error_bodies(tmp_path: Path) -> None
         reset = paths["/admin/breakers/{name}/reset"]["post"]
         assert {"401", "403", "404"} <= set(reset["responses"])
         assert reset["security"] == [{"HTTPBearer": []}]
+        assert "`/proxy/...`" in document["info"]["description"]  # which listener has what
 
     run(gateway_config(tmp_path), scenario)
 
@@ -277,12 +306,13 @@ def test_demo_upstream_counts_the_requests_it_answered(tmp_path: Path) -> None:
     run(config, scenario)
 
 
-def test_unknown_route_and_method_are_json(tmp_path: Path) -> None:
+def test_unknown_route_and_method_are_json_on_either_listener(tmp_path: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        missing = await client.get("/nowhere")
-        assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
-        wrong = await client.delete("/healthz")
-        assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+        for base in ("", ADMIN):
+            missing = await client.get(f"{base}/nowhere")
+            assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+            wrong = await client.delete(f"{base}/healthz")
+            assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
 
     run(gateway_config(tmp_path), scenario)
 
@@ -294,7 +324,7 @@ def test_admin_snapshot_while_redis_is_dead_is_503_json(
 
     async def scenario(client: httpx.AsyncClient) -> None:
         redis_server.kill()
-        response = await client.get("/admin/breakers/api", headers=AUTH)
+        response = await client.get(f"{ADMIN}/admin/breakers/api", headers=AUTH)
         assert response.status_code == 503
         assert response.json()["error"] == "backend_unavailable"
 
@@ -325,11 +355,11 @@ def test_metrics_count_what_the_breaker_counted_even_a_404_made_a_failure(
             return 0.0  # the counters live as long as the process: earlier tests add to them
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        before = (await client.get("/metrics")).text
+        before = (await client.get(f"{ADMIN}/metrics")).text
         for path in ("gone", "fine", "gone", "gone"):
             await client.get(f"/proxy/api/{path}")
-        text = (await client.get("/metrics")).text
-        snapshot = (await client.get("/admin/breakers/api", headers=AUTH)).json()
+        text = (await client.get(f"{ADMIN}/metrics")).text
+        snapshot = (await client.get(f"{ADMIN}/admin/breakers/api", headers=AUTH)).json()
         failures = counted(text, "failure") - counted(before, "failure")
         successes = counted(text, "success") - counted(before, "success")
         assert (failures, successes) == (3, 1)
@@ -342,8 +372,9 @@ def test_the_instance_header_names_the_replica_and_the_process(tmp_path: Path) -
     toml = "[gateway]\nexpose_instance = true\n"
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get("/healthz")
-        assert response.headers["x-fleetbreaker-instance"] == f"gateway-2/{os.getpid()}"
+        for url in ("/healthz", f"{ADMIN}/healthz"):
+            response = await client.get(url)
+            assert response.headers["x-fleetbreaker-instance"] == f"gateway-2/{os.getpid()}"
 
     run(gateway_config(tmp_path, toml, instance_name="gateway-2"), scenario)
 

@@ -1,6 +1,7 @@
 """``fleetbreaker serve --workers 2`` as a real process on a real Redis: the two workers
-share one breaker, every admin action reaches the other worker on its next request,
-and the live event stream carries the fleet's transitions.
+share one breaker, both serve the admin listener, every admin action reaches the
+other worker on its next request, ``/metrics`` sums both, the live event stream
+carries the fleet's transitions, and a stop with streams open is prompt and clean.
 
 Every request opens a new connection, so the kernel spreads them over the workers;
 ``X-Fleetbreaker-Instance`` says which worker answered. Loops are bounded.
@@ -9,6 +10,7 @@ Every request opens a new connection, so the kernel spreads them over the worker
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -57,17 +59,19 @@ def gateway(
     process.stop()
 
 
-def fresh(gateway: GatewayProcess, method: str, path: str, **kwargs: object) -> httpx.Response:
-    """One request on a new connection (so that either worker may take it)."""
-    with httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+def fresh(url: str, method: str, path: str, **kwargs: object) -> httpx.Response:
+    """One request to the listener at ``url``, on a new connection (so that either
+    worker may take it)."""
+    with httpx.Client(base_url=url, timeout=10.0) as client:
         return client.request(method, path, **kwargs)  # type: ignore[arg-type]
 
 
-def until_both_workers(gateway: GatewayProcess, path: str) -> dict[str, list[httpx.Response]]:
-    """Send GET ``path`` until both workers have answered; the answers by worker."""
+def until_both_workers(url: str, path: str) -> dict[str, list[httpx.Response]]:
+    """Send GET ``path`` to the listener at ``url`` until both workers have answered;
+    the answers by worker."""
     by_worker: dict[str, list[httpx.Response]] = {}
     for _ in range(_MAX_REQUESTS):
-        response = fresh(gateway, "GET", path)
+        response = fresh(url, "GET", path)
         by_worker.setdefault(response.headers["x-fleetbreaker-instance"], []).append(response)
         if len(by_worker) == 2:
             return by_worker
@@ -78,9 +82,9 @@ def test_two_workers_trip_on_the_threshold_counted_together(
     gateway: GatewayProcess, upstream: Upstream
 ) -> None:
     upstream.plan("/down", Reply(500))
-    failed_on = [fresh(gateway, "GET", "/proxy/api/down") for _ in range(THRESHOLD)]
+    failed_on = [fresh(gateway.url, "GET", "/proxy/api/down") for _ in range(THRESHOLD)]
     assert [r.status_code for r in failed_on] == [500] * THRESHOLD
-    answers = until_both_workers(gateway, "/proxy/api/down")
+    answers = until_both_workers(gateway.url, "/proxy/api/down")
     for responses in answers.values():
         for response in responses:
             assert response.status_code == 503
@@ -95,26 +99,26 @@ def test_each_admin_action_reaches_the_other_worker_on_its_next_request(
 ) -> None:
     upstream.plan("/x", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway, "GET", "/proxy/api/x")
-    until_both_workers(gateway, "/proxy/api/x")  # both hold the open view now
+        fresh(gateway.url, "GET", "/proxy/api/x")
+    until_both_workers(gateway.url, "/proxy/api/x")  # both hold the open view now
     upstream.plan("/x", Reply(200))
 
-    reset = fresh(gateway, "POST", "/admin/breakers/api/reset", headers=AUTH)
+    reset = fresh(gateway.admin_url, "POST", "/admin/breakers/api/reset", headers=AUTH)
     assert reset.json()["state"] == "closed"
-    for responses in until_both_workers(gateway, "/proxy/api/x").values():
+    for responses in until_both_workers(gateway.url, "/proxy/api/x").values():
         assert [r.status_code for r in responses] == [200] * len(responses)
 
-    forced = fresh(gateway, "POST", "/admin/breakers/api/open", headers=AUTH)
+    forced = fresh(gateway.admin_url, "POST", "/admin/breakers/api/open", headers=AUTH)
     assert forced.json()["state"] == "forced_open"
     hits = len(upstream.hits_on("/x"))
-    for responses in until_both_workers(gateway, "/proxy/api/x").values():
+    for responses in until_both_workers(gateway.url, "/proxy/api/x").values():
         assert [r.status_code for r in responses] == [503] * len(responses)
     assert len(upstream.hits_on("/x")) == hits
 
     upstream.plan("/x", Reply(500))
-    disabled = fresh(gateway, "POST", "/admin/breakers/api/disable", headers=AUTH)
+    disabled = fresh(gateway.admin_url, "POST", "/admin/breakers/api/disable", headers=AUTH)
     assert disabled.json()["state"] == "disabled"
-    seen = until_both_workers(gateway, "/proxy/api/x")
+    seen = until_both_workers(gateway.url, "/proxy/api/x")
     sent = sum(len(responses) for responses in seen.values())
     for responses in seen.values():
         assert [r.status_code for r in responses] == [500] * len(responses)
@@ -122,9 +126,9 @@ def test_each_admin_action_reaches_the_other_worker_on_its_next_request(
 
 
 def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -> None:
-    answers = until_both_workers(gateway, "/proxy/api/m")
+    answers = until_both_workers(gateway.url, "/proxy/api/m")
     sent = sum(len(responses) for responses in answers.values())
-    text = fresh(gateway, "GET", "/metrics").text
+    text = fresh(gateway.admin_url, "GET", "/metrics").text
     [line] = [
         line
         for line in text.splitlines()
@@ -135,20 +139,27 @@ def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -
     assert float(line.rpartition(" ")[2]) == sent
 
 
+def test_both_workers_serve_the_admin_listener(gateway: GatewayProcess) -> None:
+    """Each worker binds the admin port (SO_REUSEPORT): the kernel spreads the admin
+    connections over both, as it spreads the proxy's."""
+    answers = until_both_workers(gateway.admin_url, "/healthz")
+    assert all(r.status_code == 200 for responses in answers.values() for r in responses)
+
+
 def test_every_answered_request_is_recorded_by_the_breaker(
     gateway: GatewayProcess, upstream: Upstream
 ) -> None:
     # Each client closes as soon as it has the body: uvicorn then cancels the rest of
     # the response, and the breaker must still record the success.
     for _ in range(30):
-        assert fresh(gateway, "GET", "/proxy/api/r").status_code == 200
+        assert fresh(gateway.url, "GET", "/proxy/api/r").status_code == 200
     # Successes are batched (the gateway's default): each worker flushes its own
     # within 50 ms and a poll of its events follower.
     deadline = time.monotonic() + 5.0
-    view = fresh(gateway, "GET", "/admin/breakers/api", headers=AUTH).json()
+    view = fresh(gateway.admin_url, "GET", "/admin/breakers/api", headers=AUTH).json()
     while view["window_calls"] < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
-        view = fresh(gateway, "GET", "/admin/breakers/api", headers=AUTH).json()
+        view = fresh(gateway.admin_url, "GET", "/admin/breakers/api", headers=AUTH).json()
     assert (view["window_calls"], view["failures"]) == (30, 0)
 
 
@@ -161,7 +172,7 @@ def test_event_stream_carries_transitions_made_by_either_worker(
 
     def follow() -> None:
         with (
-            httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30.0)) as client,
+            httpx.Client(base_url=gateway.admin_url, timeout=httpx.Timeout(30.0)) as client,
             client.stream("GET", "/admin/events", headers=AUTH) as stream,
         ):
             assert stream.headers["content-type"].startswith("text/event-stream")
@@ -179,8 +190,8 @@ def test_event_stream_carries_transitions_made_by_either_worker(
     assert subscribed.wait(10.0)
     upstream.plan("/e", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway, "GET", "/proxy/api/e")
-    fresh(gateway, "POST", "/admin/breakers/api/reset", headers=AUTH)
+        fresh(gateway.url, "GET", "/proxy/api/e")
+    fresh(gateway.admin_url, "POST", "/admin/breakers/api/reset", headers=AUTH)
     assert heard_reset.wait(10.0)
     assert [(e["from"], e["to"], e["reason"]) for e in events] == [
         ("closed", "open", "failure_threshold"),
@@ -194,8 +205,8 @@ def test_one_transition_is_logged_once_by_the_fleet(
 ) -> None:
     upstream.plan("/l", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway, "GET", "/proxy/api/l")
-    until_both_workers(gateway, "/proxy/api/l")
+        fresh(gateway.url, "GET", "/proxy/api/l")
+    until_both_workers(gateway.url, "/proxy/api/l")
     deadline = time.monotonic() + 5.0
     lines: list[dict[str, object]] = []
     while time.monotonic() < deadline:
@@ -223,6 +234,77 @@ def test_x_forwarded_for_gains_the_peer_that_sent_the_request(
     """Behind a load balancer the peer is the balancer, and the client it names is
     already in the header: the gateway appends its peer, never the named client again."""
     upstream.plan("/who", Reply(200))
-    fresh(gateway, "GET", "/proxy/api/who", headers={"X-Forwarded-For": "203.0.113.9"})
+    fresh(gateway.url, "GET", "/proxy/api/who", headers={"X-Forwarded-For": "203.0.113.9"})
     [hit] = upstream.hits_on("/who")
     assert hit.headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+
+
+def test_a_stop_with_event_streams_open_is_prompt_and_leaves_nothing_unclosed(
+    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+) -> None:
+    """The admin listener stops with the worker: the event streams end (their clients
+    see the end of the body, not a reset), both sockets close, no task is left."""
+    process = GatewayProcess(
+        tmp_path,
+        {
+            "BREAKER_REDIS_URL": redis_server.url,
+            "BREAKER_UPSTREAMS": f"api={upstream.url}",
+            "BREAKER_ADMIN_TOKEN": TOKEN,
+            "PYTHONWARNINGS": "always::ResourceWarning",  # unclosed sockets say so
+        },
+        workers=2,
+    )
+    process.start()
+    ended: list[str] = []
+    following = threading.Barrier(_STREAMS + 1, timeout=10.0)
+
+    def follow(path: str, headers: dict[str, str]) -> None:
+        with (
+            httpx.Client(base_url=process.admin_url, timeout=30.0) as client,
+            client.stream("GET", path, headers=headers) as stream,
+        ):
+            lines = stream.iter_lines()
+            next(lines)  # the opening comment: the stream is open
+            following.wait()
+            for _ in lines:
+                pass
+        ended.append(path)
+
+    readers = [
+        threading.Thread(target=follow, args=(path, headers), daemon=True)
+        for path, headers in [("/admin/events", AUTH), ("/dashboard/events", {})] * 2
+    ]
+    try:
+        for reader in readers:
+            reader.start()
+        following.wait()
+        stopping = time.monotonic()
+        assert process.stop() == 0
+        took = time.monotonic() - stopping
+        for reader in readers:
+            reader.join(10.0)
+    finally:
+        process.stop()
+    log = process.log()
+    assert sorted(ended) == ["/admin/events"] * 2 + ["/dashboard/events"] * 2
+    assert took < 3.0, f"the stop took {took:.1f} s"  # not the graceful shutdown's 5 s
+    for trouble in ("Traceback", "Task was destroyed", "never awaited", "graceful shutdown"):
+        assert trouble not in log, log
+    assert unclosed(log, process.port) == [], log
+
+
+_STREAMS = 4
+
+
+def unclosed(log: str, port: int) -> list[str]:
+    """The ResourceWarnings in ``log``, but one: uvicorn's main process binds the
+    proxy's socket for its workers and leaves it to the end of the process (see
+    ``test_fastapi_example_processes.unclosed``)."""
+    proxy_socket = re.compile(rf"unclosed <socket\.socket .*laddr=\('127\.0\.0\.1', {port}\)>$")
+    return [
+        line
+        for line in log.splitlines()
+        if "ResourceWarning" in line
+        and not proxy_socket.search(line)
+        and "Enable tracemalloc" not in line
+    ]

@@ -2,9 +2,10 @@
 Redis Cluster (``redis+cluster://``) and a Sentinel set (``redis+sentinel://``).
 
 - A URL that names no Redis refuses to start, in one line naming the setting.
-- ``/readyz`` names the topology and what the gateway sees of it: the server, the
-  master the sentinels name, or the Cluster's primaries and the slots they serve;
-  a Redis that cannot answer is a JSON degraded (200) or unavailable (503), never a 500.
+- ``/readyz`` (on the admin listener) names the topology and what the gateway sees of
+  it: the server, the master the sentinels name, or the Cluster's primaries and the
+  slots they serve; a Redis that cannot answer is a JSON degraded (200) or
+  unavailable (503), never a 500.
 - The admin API and the CLI (``status``, ``reset``, ``open``, ``watch``) act on, and
   hear, the breakers of a Cluster and of a Sentinel set.
 
@@ -43,7 +44,7 @@ from breaker import (
 )
 from breaker.fastapi import Upstream as FastAPIUpstream
 from breaker.fastapi import lifespan, resilience_of
-from tests.support.gateway import AUTH, gateway_client, gateway_config
+from tests.support.gateway import ADMIN, AUTH, gateway_client, gateway_config
 from tests.support.servers import RedisServer
 from tests.support.topology import LocalCluster, SentinelSet, close_topology_client
 from tests.support.upstream import Reply, Upstream
@@ -107,7 +108,7 @@ def test_a_bad_redis_url_is_one_line_naming_the_setting(
 @pytest.mark.slow  # a process
 def test_serve_refuses_a_bad_cluster_url_with_one_line_and_exit_2() -> None:
     result = subprocess.run(
-        [*fleetbreaker_command(), "serve", "--port", str(free_port())],
+        [*fleetbreaker_command(), "serve", "--port", str(free_port()), "--admin-port", "1"],
         env=environ(BREAKER_REDIS_URL="redis+cluster://h:7000/3"),
         capture_output=True,
         text=True,
@@ -168,7 +169,7 @@ def _readyz(url: str, toml: str, tmp_path: Path) -> httpx.Response:
 
     async def scenario() -> None:
         async with gateway_client(config) as client:
-            answers.append(await client.get("/readyz"))
+            answers.append(await client.get(f"{ADMIN}/readyz"))
 
     run(scenario)
     return answers[0]
@@ -275,7 +276,7 @@ def _names_on_every_primary(cluster: LocalCluster) -> dict[int, str]:
 async def _poll_readyz(client: httpx.AsyncClient, until: str) -> httpx.Response:
     deadline = time.monotonic() + _POLL_FOR
     while True:
-        response = await client.get("/readyz")
+        response = await client.get(f"{ADMIN}/readyz")
         if response.json()["status"] == until or time.monotonic() > deadline:
             return response
         await asyncio.sleep(0.1)
@@ -293,9 +294,9 @@ def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_unserved(
 
     async def scenario() -> None:
         async with gateway_client(config) as client:
-            seen["before"] = (await client.get("/readyz")).json()
+            seen["before"] = (await client.get(f"{ADMIN}/readyz")).json()
             fresh_cluster.kill(victim)
-            seen["dead"] = (await client.get("/readyz")).json()
+            seen["dead"] = (await client.get(f"{ADMIN}/readyz")).json()
             seen["replaced_after"] = await asyncio.to_thread(
                 fresh_cluster.wait_new_primary, f"breaker:{{{names[victim.port]}}}", victim
             )
@@ -326,7 +327,7 @@ def test_readyz_on_a_sentinel_set_is_degraded_until_a_new_master_answers(
         async with gateway_client(config) as client:
             old = fresh_sentinel_set.kill_master()
             seen["old"] = f"127.0.0.1:{old.port}"
-            seen["dead"] = (await client.get("/readyz")).json()
+            seen["dead"] = (await client.get(f"{ADMIN}/readyz")).json()
             await asyncio.to_thread(fresh_sentinel_set.wait_new_master, old)
             seen["after"] = (await _poll_readyz(client, "ready")).json()
 
@@ -376,11 +377,11 @@ def test_admin_actions_change_the_breaker_in_the_topology_and_reach_another_work
         async with gateway_client(config) as one, gateway_client(config) as other:
             assert (await other.get("/proxy/api/p")).status_code == 200
             for action in ("open", "disable", "reset"):
-                answer = await one.post(f"/admin/breakers/api/{action}", headers=AUTH)
+                answer = await one.post(f"{ADMIN}/admin/breakers/api/{action}", headers=AUTH)
                 seen[action] = (answer.json()["state"], operator.snapshot("api").state)
                 if action == "open":
                     seen["other"] = await _until_rejected(other)
-            listing = await one.get("/admin/breakers", headers=AUTH)
+            listing = await one.get(f"{ADMIN}/admin/breakers", headers=AUTH)
             seen["listing"] = [
                 (b["name"], b["state"], b["backend"]) for b in listing.json()["breakers"]
             ]

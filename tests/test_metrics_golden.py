@@ -12,7 +12,7 @@ import pytest
 from app.errors import BodyBrokenOff
 from breaker.testing import ManualClock
 from tests.support.exposition import Family, exported, pinned
-from tests.support.gateway import gateway_client, gateway_config
+from tests.support.gateway import ADMIN, gateway_client, gateway_config
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
@@ -48,10 +48,10 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
             await client.get("/proxy/api/down")  # fails 3 times: no attempts left
             await client.get("/proxy/api/down")  # the 5th failure in a row opens it
             await client.get("/proxy/api/down")  # rejected
-            texts.append((await client.get("/metrics")).text)
+            texts.append((await client.get(f"{ADMIN}/metrics")).text)
             redis_server.kill()
             await client.get("/proxy/other/x")  # decided by the fallback breaker
-            texts.append((await client.get("/metrics")).text)
+            texts.append((await client.get(f"{ADMIN}/metrics")).text)
 
     asyncio.run(scenario())
     return texts

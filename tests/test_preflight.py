@@ -1,5 +1,6 @@
-"""What ``serve`` checks before it prints anything: a taken port is refused in one line,
-and an unreachable Redis is said once, or refused where the configuration requires it."""
+"""What ``serve`` checks before it prints anything: a taken port (the proxy's or the
+admin listener's) is refused in one line, and an unreachable Redis is said once, or
+refused where the configuration requires it."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ def taken_port() -> Iterator[int]:
 
 @pytest.fixture
 def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No BREAKER_* from the caller; what serve sets is undone after the test."""
+    """No BREAKER_* from the caller, the admin listener on a free port; what serve
+    sets is undone after the test."""
     for name in ("REDIS_URL", "CONFIG", "UPSTREAMS", "ADMIN_TOKEN"):
         monkeypatch.delenv(f"BREAKER_{name}", raising=False)
     monkeypatch.setenv("BREAKER_PUBLIC_URL", "http://127.0.0.1:8000")
+    monkeypatch.setenv("BREAKER_ADMIN_HOST", "127.0.0.1")
+    monkeypatch.setenv("BREAKER_ADMIN_PORT", str(free_port()))
     return monkeypatch
 
 
@@ -58,6 +62,28 @@ def test_serve_on_a_taken_port_exits_2_before_any_banner_or_token(
     assert printed.err == (
         f"fleetbreaker: port {taken_port} on 127.0.0.1 is in use: pick another with --port\n"
     )
+
+
+def test_serve_with_a_taken_admin_port_exits_2_before_any_banner_or_token(
+    environment: pytest.MonkeyPatch, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    assert main(["serve", "--port", str(port), "--admin-port", str(taken_port)]) == EXIT_USAGE
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == (
+        f"fleetbreaker: port {taken_port} on 127.0.0.1 is in use: pick another with --admin-port\n"
+    )
+
+
+def test_serve_refuses_one_port_for_the_proxy_and_the_admin_listener(
+    environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    assert main(["serve", "--port", str(port), "--admin-port", str(port)]) == EXIT_USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fleetbreaker: port {port} is the proxy's (--port) and the admin")
+    assert line.endswith("pick another with --admin-port")
 
 
 def test_the_demo_upstream_on_a_taken_port_exits_2_before_its_address(

@@ -1,9 +1,10 @@
 """Hostile input: path escapes and SSRF, header injection, hop-by-hop headers, oversized
 heads, the admin token, and breaker names that try to reach other keys.
 
-The gateway runs in uvicorn (its production HTTP parser) in this process, so that raw
-bytes reach it as a client would send them, and so that every outgoing connection it
-makes (``socket.connect``) and every name it resolves (``getaddrinfo``) is recorded.
+The gateway runs in uvicorn (its production HTTP parser) in this process, its admin
+listener next to it as ``serve`` runs it, so that raw bytes reach it as a client would
+send them, and so that every outgoing connection it makes (``socket.connect``) and
+every name it resolves (``getaddrinfo``) is recorded.
 """
 
 from __future__ import annotations
@@ -76,11 +77,14 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 @dataclass
 class LiveGateway:
     port: int
+    admin_port: int
     server: uvicorn.Server
 
-    def send(self, head: bytes) -> tuple[int, bytes]:
-        """Send a raw request head; the status and body of the answer."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+    def send(self, head: bytes, port: int | None = None) -> tuple[int, bytes]:
+        """Send a raw request head (to the proxy's port, by default); the status and
+        body of the answer."""
+        address = ("127.0.0.1", port or self.port)
+        with socket.create_connection(address, timeout=10) as sock:
             sock.sendall(head)
             answer = b""
             while chunk := sock.recv(65536):
@@ -90,13 +94,22 @@ class LiveGateway:
         return int(status_line.split()[1]), body
 
     def get(self, target: bytes, *headers: bytes) -> tuple[int, bytes]:
-        lines = [b"GET " + target + b" HTTP/1.1", b"Host: gateway", *headers]
-        return self.send(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
+        return self.send(_head(target, headers))
+
+    def admin_get(self, target: bytes, *headers: bytes) -> tuple[int, bytes]:
+        """The admin listener's answer."""
+        return self.send(_head(target, headers), self.admin_port)
+
+
+def _head(target: bytes, headers: tuple[bytes, ...]) -> bytes:
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: gateway", *headers]
+    return b"\r\n".join([*lines, b"Connection: close", b"", b""])
 
 
 @contextlib.contextmanager
 def serving(config: GatewayConfig) -> Iterator[LiveGateway]:
-    """The gateway with ``config`` in uvicorn, in a thread, on a free port."""
+    """The gateway with ``config`` in uvicorn, in a thread, on a free port; its admin
+    listener on the port ``config`` names (``live_config`` picks a free one)."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -109,14 +122,19 @@ def serving(config: GatewayConfig) -> Iterator[LiveGateway]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.started
-    yield LiveGateway(port, server)
+    yield LiveGateway(port, config.admin_port, server)
     server.should_exit = True
     thread.join(10)
 
 
+def live_config(tmp_path: Path, toml: str, *, redis_url: str | None = None) -> GatewayConfig:
+    """``toml``, with the test's admin token and a free port for the admin listener."""
+    return gateway_config(tmp_path, toml, redis_url=redis_url, admin_port=str(free_port()))
+
+
 @pytest.fixture
 def live(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
-    config = gateway_config(
+    config = live_config(
         tmp_path,
         f"""
         [gateway]
@@ -310,6 +328,29 @@ def test_hop_by_hop_headers_of_the_upstream_never_reach_the_client(
     assert b"x-internal" not in head
 
 
+# -- the admin listener ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/admin/breakers",
+        b"/dashboard",
+        b"/dashboard/fleet",
+        b"/metrics",
+        b"/docs",
+        b"/openapi.json",
+    ],
+)
+def test_the_proxys_port_answers_none_of_the_admin_listeners_routes(
+    live: LiveGateway, target: bytes
+) -> None:
+    auth = b"Authorization: Bearer " + TOKEN.encode()
+    status, body = live.get(target, auth)
+    assert (status, json.loads(body)["error"]) == (404, "not_found")
+    assert live.admin_get(target, auth)[0] == 200
+
+
 INJECTIONS = [
     b"X-A: a\r\n folded: into-the-value",  # obsolete line folding
     b"X-A: a\rInjected: 1",  # a bare CR
@@ -349,7 +390,7 @@ MAX_BODY = 256 * 1024
 @pytest.fixture
 def limited(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
     """A gateway whose bodies may be 256 KiB, buffered up to 16 KiB."""
-    config = gateway_config(
+    config = live_config(
         tmp_path,
         f"""
         [gateway]
@@ -434,7 +475,7 @@ def test_a_client_gone_mid_upload_is_one_log_line_and_counts_for_nobody(
         time.sleep(0.02)
     assert [record.fields["error"] for record in _refusals(caplog)] == ["client_disconnected"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    _, body = limited.get(b"/admin/breakers/api", b"Authorization: Bearer " + TOKEN.encode())
+    _, body = limited.admin_get(b"/admin/breakers/api", b"Authorization: Bearer " + TOKEN.encode())
     assert json.loads(body)["window_calls"] == 0
 
 
@@ -452,7 +493,7 @@ IDLE = 1.5  # seconds a request body may stay silent
 def two_upstreams(tmp_path: Path, upstream: Upstream) -> Iterator[LiveGateway]:
     """``other`` takes uploads, ``files`` serves pages: two upstreams, each with a pool
     of ``POOL`` connections, a pool wait of 0.5 s, and bodies cut after ``IDLE`` s."""
-    config = gateway_config(
+    config = live_config(
         tmp_path,
         f"""
         [gateway]
@@ -481,7 +522,7 @@ def _trickle(port: int, sent: bytes) -> socket.socket:
 
 
 def _view(gateway: LiveGateway, name: str) -> dict[str, Any]:
-    _, body = gateway.get(
+    _, body = gateway.admin_get(
         b"/admin/breakers/" + name.encode(), b"Authorization: Bearer " + TOKEN.encode()
     )
     view: dict[str, Any] = json.loads(body)
@@ -596,7 +637,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(
         return real(given, expected)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin calls hmac.compare_digest
-    status, _ = live.get(b"/admin/breakers", b"Authorization: Bearer wrong")
+    status, _ = live.admin_get(b"/admin/breakers", b"Authorization: Bearer wrong")
     assert status == 401
     assert compared == [(b"wrong", TOKEN.encode())]
 
@@ -605,7 +646,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(
 def test_a_token_in_the_query_string_is_refused_even_when_right(
     live: LiveGateway, parameter: bytes
 ) -> None:
-    status, body = live.get(
+    status, body = live.admin_get(
         b"/admin/breakers?" + parameter + b"=" + TOKEN.encode(),
         *[b"Authorization: Bearer " + TOKEN.encode()],
     )
@@ -628,22 +669,23 @@ def test_the_token_never_reaches_the_logs(
     try:
         import httpx
 
+        admin = process.admin_url
         answers = [
-            httpx.get(f"{process.url}/admin/breakers", headers=AUTH, timeout=5),
+            httpx.get(f"{admin}/admin/breakers", headers=AUTH, timeout=5),
             httpx.get(
-                f"{process.url}/admin/breakers",
+                f"{admin}/admin/breakers",
                 headers={"Authorization": f"Bearer {wrong}"},
                 timeout=5,
             ),
-            httpx.get(f"{process.url}/admin/breakers?token={TOKEN}", timeout=5),
-            httpx.get(f"{process.url}/admin/breakers?access_token={wrong}", timeout=5),
+            httpx.get(f"{admin}/admin/breakers?token={TOKEN}", timeout=5),
+            httpx.get(f"{admin}/admin/breakers?access_token={wrong}", timeout=5),
             httpx.get(f"{process.url}/proxy/api/x", headers=AUTH, timeout=5),
         ]
     finally:
         process.stop()
     log = process.log()
     assert [answer.status_code for answer in answers] == [200, 401, 400, 400, 200]
-    assert "/admin/breakers?token=[redacted]" in log  # the access log did run
+    assert "/admin/breakers?token=[redacted]" in log  # the admin listener's access log ran
     assert TOKEN not in log
     assert wrong not in log
     reliability.record(
@@ -714,9 +756,11 @@ SECRET = "neighbour-secret-0123456789"
 
 
 def _post(gateway: LiveGateway, target: bytes) -> tuple[int, bytes]:
+    """An admin POST, on the admin listener."""
     return gateway.send(
         b"POST " + target + b" HTTP/1.1\r\nHost: gateway\r\nContent-Length: 0\r\n"
-        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n",
+        gateway.admin_port,
     )
 
 
@@ -731,7 +775,7 @@ def test_a_neighbour_that_rewrites_a_breakers_settings_is_loud_and_a_reset_resto
     breaker per host (2 failures, an hour open), calls a host named like an upstream.
     Before: the gateway only logged a warning, and kept answering 503 for the hour,
     and after an admin reset, two 500s opened it for the hour again."""
-    config = gateway_config(
+    config = live_config(
         tmp_path,
         f"""
         [upstreams.demo]
@@ -756,12 +800,14 @@ def test_a_neighbour_that_rewrites_a_breakers_settings_is_loud_and_a_reset_resto
                 with contextlib.suppress(httpx.TransportError, CircuitOpenError):
                     careless.get("http://127.0.0.1:1/")
         answers.append(gateway.get(b"/proxy/demo/x"))  # the neighbour's open: 503
-        _, body = gateway.get(b"/admin/breakers/demo", b"Authorization: Bearer " + TOKEN.encode())
+        _, body = gateway.admin_get(
+            b"/admin/breakers/demo", b"Authorization: Bearer " + TOKEN.encode()
+        )
         conflict = json.loads(body)["settings_conflict"]
-        _, metrics = gateway.get(b"/metrics")
+        _, metrics = gateway.admin_get(b"/metrics")
         status, reset = _post(gateway, b"/admin/breakers/demo/reset")
         answers.append(gateway.get(b"/proxy/demo/x"))
-        _, after = gateway.get(b"/metrics")
+        _, after = gateway.admin_get(b"/metrics")
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert [status for status, _ in answers] == [200, 503, 200]
     assert conflict == {

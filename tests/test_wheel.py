@@ -161,12 +161,22 @@ def test_the_installed_cli_ignores_a_users_own_app_package(
 
 
 @pytest.fixture
-def served(installed: Installed, users_project: Path) -> Iterator[str]:
+def served(installed: Installed, users_project: Path) -> Iterator[tuple[str, str]]:
     """``fleetbreaker serve --workers 2`` from the wheel, started in the user's project:
-    each spawned worker imports the gateway by uvicorn's import string."""
-    port = free_port()
+    each spawned worker imports the gateway by uvicorn's import string. Its proxy
+    listener's URL and its admin listener's."""
+    port, admin_port = free_port(), free_port()
     process = subprocess.Popen(
-        [str(installed.fleetbreaker), "serve", "--port", str(port), "--workers", "2"],
+        [
+            str(installed.fleetbreaker),
+            "serve",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--workers",
+            "2",
+        ],
         cwd=users_project,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(users_project)},
         stdout=subprocess.PIPE,
@@ -174,21 +184,25 @@ def served(installed: Installed, users_project: Path) -> Iterator[str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    admin = f"http://127.0.0.1:{admin_port}"
     deadline = time.monotonic() + _TIMEOUT
     try:
-        while not http_ok(f"{url}/healthz"):
+        while not (http_ok(f"{url}/healthz") and http_ok(f"{admin}/healthz")):
             assert process.poll() is None, process.communicate()[0]
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        yield url
+        yield url, admin
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.communicate(timeout=_TIMEOUT)
 
 
-def test_the_installed_gateway_serves_from_a_folder_with_a_users_app(served: str) -> None:
-    assert http_ok(f"{served}/proxy/demo/hello")
-    assert http_ok(f"{served}/dashboard")  # its page, read from the installed package
+def test_the_installed_gateway_serves_from_a_folder_with_a_users_app(
+    served: tuple[str, str],
+) -> None:
+    proxy, admin = served
+    assert http_ok(f"{proxy}/proxy/demo/hello")
+    assert http_ok(f"{admin}/dashboard")  # its page, read from the installed package
 
 
 def test_the_source_tree_imports_with_the_editable_install() -> None:

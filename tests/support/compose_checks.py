@@ -3,12 +3,13 @@ balancer's published port (and the upstream's, for its mode and count): what
 ``tests/test_fleet_e2e.py`` checks on the native fleet. One step per command, so that
 the script runs compose's own commands (``exec``, a kill) between them::
 
-    python -m tests.support.compose_checks --lb URL --upstream URL STEP [ARGS]
+    python -m tests.support.compose_checks --lb URL --upstream URL --admin URL STEP [ARGS]
 
     trip                   the breaker opens on the fleet's 5th failure, counted together
     state                  redis-cli's HGETALL of the breaker, on stdin: open, 5 failures
     reject GATEWAY...      every worker of every replica answers 503 circuit_open
-    reset GATEWAY...       an admin reset through nginx closes it for every worker
+    reset GATEWAY...       an admin reset on one replica's admin listener closes it for
+                           every worker; nginx serves no admin route
     kill -- COMMAND...     COMMAND (a kill of one replica) under load: later requests pass
 
 GATEWAY is a gateway container's id: its hostname, the first part of
@@ -40,6 +41,8 @@ FLEET_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "fleet.toml"
 UPSTREAM = "demo"  # docker-compose.yml's BREAKER_UPSTREAMS
 WORKERS = 2  # per replica: docker-compose.yml's `serve --workers 2`
 TRIP_REQUESTS = 10  # the README's loop: twice the threshold
+#: The admin listener's routes, which nginx must never answer but with the proxy's 404.
+ADMIN_PATHS = ("/admin/breakers", "/dashboard", "/metrics", "/docs")
 _SURVEY_ROUNDS = 20  # rounds of concurrent requests to find every worker: a bound
 _SURVEY_WIDTH = 12
 _LOAD_CLIENTS = 6
@@ -61,6 +64,7 @@ def check(holds: bool, seen: str) -> None:
 class Fleet:
     lb: str
     upstream: str
+    admin_url: str  # one replica's admin listener, published on the host's loopback
     token: str
 
     def through_lb(self, path: str) -> httpx.Response:
@@ -71,7 +75,7 @@ class Fleet:
     def admin(self, method: str, path: str) -> httpx.Response:
         return httpx.request(
             method,
-            f"{self.lb}{path}",
+            f"{self.admin_url}{path}",
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=_TIMEOUT,
         )
@@ -189,6 +193,8 @@ def reject(fleet: Fleet, gateways: list[str]) -> str:
 
 
 def reset(fleet: Fleet, gateways: list[str]) -> str:
+    sealed = {path: fleet.through_lb(path).status_code for path in ADMIN_PATHS}
+    check(set(sealed.values()) == {404}, f"nginx answers the admin listener's routes: {sealed}")
     fleet.set_mode("healthy")
     response = fleet.admin("POST", f"/admin/breakers/{UPSTREAM}/reset")
     check(response.status_code == 200, f"reset: {response.status_code} {response.text}")
@@ -197,7 +203,10 @@ def reset(fleet: Fleet, gateways: list[str]) -> str:
     check(not wrong, f"answers after the reset other than 200: {wrong[:3]}")
     closed = fleet.admin("GET", f"/admin/breakers/{UPSTREAM}").json()["state"]
     check(closed == "closed", f"state after the reset: {closed}")
-    return f"reset through nginx: {len(answers)} requests, 200 from every worker"
+    return (
+        f"reset on one replica's admin listener: {len(answers)} requests through nginx, "
+        f"200 from every worker; nginx answers 404 to {', '.join(ADMIN_PATHS)}"
+    )
 
 
 def kill(fleet: Fleet, command: list[str]) -> str:
@@ -245,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.compose_checks")
     parser.add_argument("--lb", required=True, help="the load balancer's URL")
     parser.add_argument("--upstream", required=True, help="the demo upstream's URL")
+    parser.add_argument("--admin", required=True, help="a replica's admin listener's URL")
     steps = parser.add_subparsers(dest="step", required=True)
     steps.add_parser("trip")
     steps.add_parser("state")
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_parser("kill").add_argument("command", nargs="+")
     args = parser.parse_args(argv)
 
-    fleet = Fleet(args.lb, args.upstream, os.environ.get("BREAKER_ADMIN_TOKEN", ""))
+    fleet = Fleet(args.lb, args.upstream, args.admin, os.environ.get("BREAKER_ADMIN_TOKEN", ""))
     run: dict[str, Callable[[], str]] = {
         "trip": lambda: trip(fleet),
         "state": lambda: state(fleet, sys.stdin.read()),

@@ -1,4 +1,9 @@
-"""The gateway in-process (ASGI, with its lifespan) and its configuration for tests."""
+"""The gateway in-process (ASGI, with its lifespan) and its configuration for tests.
+
+``gateway_client`` reaches both listeners of one gateway, each at a host of its own:
+relative URLs (``/proxy/...``) go to the proxy's app, ``ADMIN`` URLs to the admin
+app (``f"{ADMIN}/admin/breakers"``), as a browser and a load balancer see them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from tests.support.upstream import Upstream
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: The admin listener's origin for ``gateway_client``'s client.
+ADMIN = "http://admin"
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 
@@ -43,11 +50,17 @@ def gateway_config(
 async def gateway_client(
     config: GatewayConfig, clock: Clock | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the gateway app, in-process, between its startup and shutdown."""
-    app = create_app(config, clock=clock)
+    """A client of the gateway, in-process, between its startup and shutdown: of the
+    proxy's app at ``http://gateway`` (the base URL), of the admin app at ``ADMIN``."""
+    app = create_app(config, clock=clock, admin_listener=False)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        peer = ("203.0.113.7", 4321)
+        admin = httpx.ASGITransport(app=app.state.admin_app, client=peer)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=peer),
+            mounts={ADMIN: admin},
+            base_url="http://gateway",
+        ) as client:
             yield client
 
 

@@ -19,7 +19,8 @@ _STOP_TIMEOUT = 15.0
 
 
 class GatewayProcess:
-    """``fleetbreaker serve --workers N`` on a free port; its stderr goes to a file."""
+    """``fleetbreaker serve --workers N`` on a free port, its admin listener on
+    another; its stderr goes to a file."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class GatewayProcess:
         """``prefix``: a command to run the gateway under (``faketime -f +1h``);
         ``extra_args``: more arguments to ``serve``."""
         self.port = free_port()
+        self.admin_port = free_port()
         self.workers = workers
         self.prefix = prefix
         self.extra_args = extra_args
@@ -46,7 +48,13 @@ class GatewayProcess:
 
     @property
     def url(self) -> str:
+        """The proxy's listener."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: the admin API, the dashboard, /metrics, /docs."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> None:
         with self.log_path.open("wb") as log:
@@ -57,6 +65,8 @@ class GatewayProcess:
                     "serve",
                     "--port",
                     str(self.port),
+                    "--admin-port",
+                    str(self.admin_port),
                     "--workers",
                     str(self.workers),
                     *self.extra_args,
@@ -70,7 +80,7 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the gateway exited at start:\n{self.log()}")
-            if http_ok(f"{self.url}/healthz"):
+            if http_ok(f"{self.url}/healthz") and http_ok(f"{self.admin_url}/healthz"):
                 return
             time.sleep(0.05)
         self.stop()
