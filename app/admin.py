@@ -30,26 +30,41 @@ logger = logging.getLogger("fleetbreaker.gateway")
 # Seconds of silence after which an event stream sends a comment, so that idle
 # proxies and clients keep the connection.
 HEARTBEAT = 15.0
-_BEARER = HTTPBearer(auto_error=False, description="BREAKER_ADMIN_TOKEN")
+BEARER = HTTPBearer(auto_error=False, description="BREAKER_ADMIN_TOKEN")
 #: Query parameters that would carry the admin token: refused, and never logged.
 TOKEN_PARAMETERS = ("token", "access_token", "admin_token")
 
 
-async def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-) -> None:
+def wants_admin(request: Request) -> bool:
+    """Whether the request offers a token at all (a header, or a parameter that the
+    check refuses): a route open to anyone tells more to an admin."""
+    return "authorization" in request.headers or _token_in_url(request)
+
+
+def check_admin_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Raise unless the request holds the admin token, sent as it must be."""
     token = gateway_of(request).config.admin_token
     if token is None:
         raise AdminDisabled(
             "the admin API is off: set BREAKER_ADMIN_TOKEN and send 'Authorization: Bearer <token>'"
         )
-    if any(name.lower() in TOKEN_PARAMETERS for name in request.query_params):
+    if _token_in_url(request):
         # URLs end up in logs and browser history: a token there is already leaked.
         raise BadRequest("send the admin token in the Authorization header, not in the URL")
     given = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
+
+def _token_in_url(request: Request) -> bool:
+    return any(name.lower() in TOKEN_PARAMETERS for name in request.query_params)
+
+
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> None:
+    check_admin_token(request, credentials)
 
 
 router = APIRouter(

@@ -2,8 +2,8 @@
 
 The proxy's app answers ``/proxy/...``, ``/healthz`` and a status-only ``/readyz``:
 whatever an upstream serves runs in a browser with this origin. The admin app (the
-admin API, the dashboard and its streams, ``/metrics``, ``/readyz`` in detail,
-``/docs``) has a listener of its own, ``[gateway] admin_host`` and
+admin API, the dashboard and its streams, ``/metrics``, ``/readyz`` in detail with
+the admin token, ``/docs``) has a listener of its own, ``[gateway] admin_host`` and
 ``admin_port``, started by the proxy's lifespan, so that no upstream page shares its
 origin: none can read what the dashboard keeps, call the admin API as the dashboard,
 or register a service worker over it. The load balancer never exposes it.
@@ -130,7 +130,7 @@ def create_app(
 
 def create_admin_app(config: GatewayConfig) -> FastAPI:
     """The admin listener's app: the admin API, the dashboard, ``/metrics``,
-    ``/healthz``, ``/readyz`` (in detail) and the OpenAPI pages.
+    ``/healthz``, ``/readyz`` (in detail with the admin token) and the OpenAPI pages.
     It reads the worker's state that the proxy's lifespan puts on its ``state``."""
     app = FastAPI(
         title=TITLE,

@@ -1,18 +1,22 @@
 """Liveness, readiness and metrics.
 
-``/readyz`` on the proxy's listener, which the load balancer exposes, answers its
-status alone; what the gateway sees of Redis (its address, its error, which breakers a
-Cluster leaves unserved) is on the admin listener's.
+``/readyz`` tells anyone its status; what the gateway sees of Redis (its address, its
+error, which breakers a Cluster leaves unserved) only an admin: on the admin listener,
+with the admin token. The proxy's listener, which the load balancer exposes, answers
+the status alone, always.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
+from .admin import BEARER, check_admin_token, wants_admin
+from .errors import ErrorBody
 from .metrics import CONTENT_TYPE, exposition
 from .redisclient import see
 from .runtime import Gateway, gateway_of
@@ -30,7 +34,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """``degraded``: some or all breakers' Redis does not answer, and their in-process
     fallback breakers serve (fail_open upstreams); ``unavailable``: none of it
-    answers and every upstream is fail_closed. On the admin listener only: ``backend``;
+    answers and every upstream is fail_closed. With the admin token only: ``backend``;
     ``topology`` and ``redis`` say what the gateway sees: the server; the master the
     sentinels name; or the Cluster's primaries, the slots of each and whether each
     answers. ``breakers_unserved``: on a Cluster, the breakers whose slot's primary
@@ -54,11 +58,22 @@ for _router in (router, proxy_router):
 
 @router.get(
     "/readyz",
-    summary="Readiness: whether Redis answers, and what the gateway sees of it",
-    description="On the proxy's listener, the status alone.",
-    responses={503: {"model": Readiness, "description": "Every upstream is fail_closed."}},
+    summary="Readiness: its status; with the admin token, what the gateway sees of Redis",
+    description="Without an `Authorization` header, the status alone (as on the proxy's "
+    "listener, always); with one, it must hold the admin token.",
+    responses={
+        401: {"model": ErrorBody, "description": "A wrong token."},
+        403: {"model": ErrorBody, "description": "No BREAKER_ADMIN_TOKEN is configured."},
+        503: {"model": Readiness, "description": "Every upstream is fail_closed."},
+    },
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> JSONResponse:
+    if not wants_admin(request):
+        return await status_only(request)
+    check_admin_token(request, credentials)
     return _ready(*await readiness(gateway_of(request)))
 
 

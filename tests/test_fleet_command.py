@@ -292,7 +292,7 @@ def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_i
     answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
     auth = {"Authorization": f"Bearer {token}"}
     view = httpx.get(f"{admins[0]}/admin/breakers/demo", headers=auth, timeout=10.0)
-    ready = httpx.get(f"{admins[0]}/readyz", timeout=10.0).json()
+    ready = httpx.get(f"{admins[0]}/readyz", headers=auth, timeout=10.0).json()
     [cli_line] = [
         line.split("(")[0] for line in running_on.text().splitlines() if "HGETALL" in line
     ]

@@ -1,6 +1,6 @@
 """Liveness, readiness, metrics, the OpenAPI document and the demo upstream; which
 listener answers each (the proxy's: ``/proxy``, ``/healthz``, a status-only
-``/readyz``; the admin listener: the rest, and ``/readyz`` in detail)."""
+``/readyz``; the admin listener: the rest, and ``/readyz`` in detail with the token)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_healthz_is_ok_on_either_listener(tmp_path: Path) -> None:
 
 def test_readyz_on_the_embedded_backend(tmp_path: Path) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
-        response = await client.get(f"{ADMIN}/readyz")
+        response = await client.get(f"{ADMIN}/readyz", headers=AUTH)
         assert (response.status_code, response.json()) == (
             200,
             {"status": "ready", "backend": "embedded"},
@@ -58,7 +58,7 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
     config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
 
     async def scenario(client: httpx.AsyncClient) -> None:
-        ready = await client.get(f"{ADMIN}/readyz")
+        ready = await client.get(f"{ADMIN}/readyz", headers=AUTH)
         assert ready.json() == {
             "status": "ready",
             "backend": "redis",
@@ -66,7 +66,7 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
             "redis": {"server": f"127.0.0.1:{redis_server.port}"},
         }
         redis_server.kill()
-        degraded = await client.get(f"{ADMIN}/readyz")
+        degraded = await client.get(f"{ADMIN}/readyz", headers=AUTH)
         assert degraded.status_code == 200
         assert degraded.json()["status"] == "degraded"
         assert degraded.json()["backend"] == "fallback"
@@ -74,23 +74,38 @@ def test_readyz_with_redis_up_then_down(tmp_path: Path, redis_server: RedisServe
     run(config, scenario)
 
 
-def test_the_proxys_readyz_says_its_status_and_nothing_of_redis(
+def test_readyz_tells_anyone_its_status_and_only_an_admin_what_it_sees_of_redis(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """The address of Redis and its error text are the admin listener's to tell: the
-    proxy's listener is the one a load balancer exposes."""
+    """The address of Redis and its error text (``invalid username-password pair``)
+    are an admin's to read: on the admin listener, with the token. The proxy's
+    listener, the one a load balancer exposes, answers the status alone, always."""
     config = gateway_config(tmp_path, redis_url=redis_server.url, upstreams="api=http://h")
 
     async def scenario(client: httpx.AsyncClient) -> None:
         redis_server.kill()
-        for headers in ({}, AUTH):  # never more on the proxy's listener
-            answer = await client.get("/readyz", headers=headers)
-            assert (answer.status_code, answer.json()) == (200, {"status": "degraded"})
-        detailed = (await client.get(f"{ADMIN}/readyz")).json()
+        for url, headers in [
+            ("/readyz", {}),
+            ("/readyz", AUTH),  # never more on the proxy's listener
+            (f"{ADMIN}/readyz", {}),
+        ]:
+            answer = await client.get(url, headers=headers)
+            assert (answer.status_code, answer.json()) == (200, {"status": "degraded"}), url
+        detailed = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
         assert detailed["redis"] == {"server": f"127.0.0.1:{redis_server.port}"}
         assert detailed["detail"].startswith("Redis unreachable: Error 111")
 
     run(config, scenario)
+
+
+def test_readyz_details_refuse_a_wrong_token(tmp_path: Path) -> None:
+    async def scenario(client: httpx.AsyncClient) -> None:
+        wrong = await client.get(f"{ADMIN}/readyz", headers={"Authorization": "Bearer nope"})
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "unauthorized")
+        in_url = await client.get(f"{ADMIN}/readyz?token=x")
+        assert (in_url.status_code, in_url.json()["error"]) == (400, "bad_request")
+
+    run(gateway_config(tmp_path), scenario)
 
 
 def test_readyz_is_503_when_every_upstream_is_fail_closed(
@@ -109,10 +124,9 @@ def test_readyz_is_503_when_every_upstream_is_fail_closed(
 
     async def scenario(client: httpx.AsyncClient) -> None:
         redis_server.kill()
-        proxys = await client.get("/readyz")
-        assert (proxys.status_code, proxys.json()) == (503, {"status": "unavailable"})
-        admins = await client.get(f"{ADMIN}/readyz")
-        assert (admins.status_code, admins.json()["status"]) == (503, "unavailable")
+        for url in ("/readyz", f"{ADMIN}/readyz"):  # the status, on either listener
+            response = await client.get(url)
+            assert (response.status_code, response.json()) == (503, {"status": "unavailable"})
 
     run(config, scenario)
 
@@ -267,6 +281,7 @@ def test_openapi_lists_every_route_of_both_listeners_with_its_error_bodies(
         reset = paths["/admin/breakers/{name}/reset"]["post"]
         assert {"401", "403", "404"} <= set(reset["responses"])
         assert reset["security"] == [{"HTTPBearer": []}]
+        assert {"401", "403", "503"} <= set(paths["/readyz"]["get"]["responses"])
         assert "`/proxy/...`" in document["info"]["description"]  # which listener has what
 
     run(gateway_config(tmp_path), scenario)

@@ -2,7 +2,7 @@
 Redis Cluster (``redis+cluster://``) and a Sentinel set (``redis+sentinel://``).
 
 - A URL that names no Redis refuses to start, in one line naming the setting.
-- ``/readyz`` (on the admin listener) names the topology and what the gateway sees of
+- ``/readyz`` (with the admin token) names the topology and what the gateway sees of
   it: the server, the master the sentinels name, or the Cluster's primaries and the
   slots they serve; a Redis that cannot answer is a JSON degraded (200) or
   unavailable (503), never a 500.
@@ -169,7 +169,7 @@ def _readyz(url: str, toml: str, tmp_path: Path) -> httpx.Response:
 
     async def scenario() -> None:
         async with gateway_client(config) as client:
-            answers.append(await client.get(f"{ADMIN}/readyz"))
+            answers.append(await client.get(f"{ADMIN}/readyz", headers=AUTH))
 
     run(scenario)
     return answers[0]
@@ -276,7 +276,7 @@ def _names_on_every_primary(cluster: LocalCluster) -> dict[int, str]:
 async def _poll_readyz(client: httpx.AsyncClient, until: str) -> httpx.Response:
     deadline = time.monotonic() + _POLL_FOR
     while True:
-        response = await client.get(f"{ADMIN}/readyz")
+        response = await client.get(f"{ADMIN}/readyz", headers=AUTH)
         if response.json()["status"] == until or time.monotonic() > deadline:
             return response
         await asyncio.sleep(0.1)
@@ -294,9 +294,9 @@ def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_unserved(
 
     async def scenario() -> None:
         async with gateway_client(config) as client:
-            seen["before"] = (await client.get(f"{ADMIN}/readyz")).json()
+            seen["before"] = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
             fresh_cluster.kill(victim)
-            seen["dead"] = (await client.get(f"{ADMIN}/readyz")).json()
+            seen["dead"] = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
             seen["replaced_after"] = await asyncio.to_thread(
                 fresh_cluster.wait_new_primary, f"breaker:{{{names[victim.port]}}}", victim
             )
@@ -327,7 +327,7 @@ def test_readyz_on_a_sentinel_set_is_degraded_until_a_new_master_answers(
         async with gateway_client(config) as client:
             old = fresh_sentinel_set.kill_master()
             seen["old"] = f"127.0.0.1:{old.port}"
-            seen["dead"] = (await client.get(f"{ADMIN}/readyz")).json()
+            seen["dead"] = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
             await asyncio.to_thread(fresh_sentinel_set.wait_new_master, old)
             seen["after"] = (await _poll_readyz(client, "ready")).json()
 
