@@ -49,7 +49,7 @@ from .localredis import free_port as free_port  # tests and bench import it from
 from .localredis import redis_server_command as redis_server_command
 from .preflight import redis_problem
 from .redisclient import check_url
-from .settings import redacted_url
+from .settings import MIN_ADMIN_TOKEN_LENGTH, redacted_url
 from .tempdirs import owned_tempdir
 
 #: The deploy files compose uses; a checkout has them next to ``app/``.
@@ -266,6 +266,11 @@ class Fleet:
         self.upstreams = (
             upstreams if upstreams is not None else f"{UPSTREAM_NAME}={self.upstream_url}"
         )
+        if admin_token is not None and len(admin_token.strip()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise FleetError(
+                f"BREAKER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters, "
+                f"got {len(admin_token.strip())}"
+            )
         self.admin_token = admin_token or secrets.token_urlsafe(18)
         self.nginx_conf = nginx_conf
         self.output = output

@@ -7,7 +7,8 @@ Environment:
   (``redis+cluster://host:port[,host:port...]``) or a Sentinel set
   (``redis+sentinel://host:port[,host:port...]/<master>[/<db>]``); ``rediss+`` for TLS.
 - ``BREAKER_CONFIG``: a TOML file (below).
-- ``BREAKER_ADMIN_TOKEN``: enables the admin API (``Authorization: Bearer <token>``).
+- ``BREAKER_ADMIN_TOKEN``: enables the admin API (``Authorization: Bearer <token>``);
+  at least 16 characters.
 - ``BREAKER_ADMIN_HOST``, ``BREAKER_ADMIN_PORT``: where the admin listener (the admin
   API, the dashboard, ``/metrics``, ``/docs``) listens; over ``[gateway]``'s.
 - ``BREAKER_UPSTREAMS``: ``name=url,name2=url2``, for the quick case.
@@ -109,6 +110,9 @@ _RETRY_KEYS = frozenset(
         "budget",
     }
 )
+#: The shortest admin token accepted: a short one is guessed (the API answers 401
+#: hundreds of times a second).
+MIN_ADMIN_TOKEN_LENGTH = 16
 # Only the network can fail an upstream: a client's oversized body or a cancelled
 # request says nothing about it. 5xx answers count through ``is_server_error``.
 _UPSTREAM_FAILURES: tuple[type[BaseException], ...] = (httpx.TransportError,)
@@ -293,6 +297,12 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
     elif file.gateway.require_redis:
         raise ConfigError("gateway.require_redis: true, but BREAKER_REDIS_URL is not set")
     token = env.admin_token.get_secret_value().strip() if env.admin_token else ""
+    if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"BREAKER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters, "
+            f"got {len(token)} (make one: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(24))')"
+        )
     return GatewayConfig(
         upstreams={
             name: _upstream(name, section, file.defaults, file.gateway.prefix)

@@ -317,6 +317,21 @@ def test_breaker_false_refuses_what_it_cannot_honour(
         gateway_config(tmp_path, f'[upstreams.static]\nurl = "http://127.0.0.1:9000"\n{table}\n')
 
 
+# The last: 19 characters as set, 15 once the spaces around it are stripped.
+@pytest.mark.parametrize("token", ["x", "fifteen-chars-x", "  fifteen-chars-x  "])
+def test_an_admin_token_under_16_characters_is_refused(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        gateway_config(tmp_path, token=token)
+    assert str(refused.value).startswith(
+        f"BREAKER_ADMIN_TOKEN: must be at least 16 characters, got {len(token.strip())}"
+    )
+    assert token.strip() not in str(refused.value)
+
+
+def test_an_admin_token_of_16_characters_is_accepted(tmp_path: Path) -> None:
+    assert gateway_config(tmp_path, token="0123456789abcdef").admin_token == "0123456789abcdef"
+
+
 def test_the_admin_listener_is_on_the_loopback_at_8001_unless_configured(tmp_path: Path) -> None:
     default = gateway_config(tmp_path)
     assert (default.admin_host, default.admin_port) == ("127.0.0.1", 8001)

@@ -86,6 +86,23 @@ def test_serve_refuses_one_port_for_the_proxy_and_the_admin_listener(
     assert line.endswith("pick another with --admin-port")
 
 
+def test_serve_refuses_a_short_admin_token_naming_the_variable(
+    environment: pytest.MonkeyPatch, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1-character token was accepted, and guessed. It is refused before anything
+    listens: before the ports are checked (a taken one here, so that a serve that
+    accepted the token would stop there, not serve)."""
+    environment.setenv("BREAKER_ADMIN_TOKEN", "x")
+    assert main(["serve", "--port", str(taken_port)]) == EXIT_USAGE
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    [line] = printed.err.splitlines()
+    assert line.startswith(
+        "fleetbreaker: invalid configuration: BREAKER_ADMIN_TOKEN: must be at least 16 "
+        "characters, got 1"
+    )
+
+
 def test_the_demo_upstream_on_a_taken_port_exits_2_before_its_address(
     environment: pytest.MonkeyPatch, taken_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
