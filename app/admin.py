@@ -1,6 +1,7 @@
 """``/admin``: inspect and control the fleet's breakers. Bearer token, constant time.
 
-Served on the admin listener only.
+Served on the admin listener only. Refused tokens are logged, at most once a minute
+with their count (``refusals``).
 
 Every action runs a Lua script on the breaker's backend: with Redis, each worker and
 replica sees it on its next request (their local views also hear it on the events
@@ -43,7 +44,8 @@ def wants_admin(request: Request) -> bool:
 
 def check_admin_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
     """Raise unless the request holds the admin token, sent as it must be."""
-    token = gateway_of(request).config.admin_token
+    gateway = gateway_of(request)
+    token = gateway.config.admin_token
     if token is None:
         raise AdminDisabled(
             "the admin API is off: set BREAKER_ADMIN_TOKEN and send 'Authorization: Bearer <token>'"
@@ -53,6 +55,7 @@ def check_admin_token(request: Request, credentials: HTTPAuthorizationCredential
         raise BadRequest("send the admin token in the Authorization header, not in the URL")
     given = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
+        gateway.refusals.refused(request.client.host if request.client else None)
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
 

@@ -52,6 +52,7 @@ from .metrics import (
     TRANSITIONS,
 )
 from .redisclient import aclose, async_client
+from .refusals import RefusalLogger
 from .settings import GatewayConfig, Upstream
 
 logger = logging.getLogger("fleetbreaker.gateway")
@@ -156,7 +157,10 @@ class Gateway:
         self.redis = redis_client
         self.routes = routes
         self.feed = feed
-        self._lag = asyncio.get_running_loop().create_task(_watch_loop_lag(), name="loop-lag")
+        loop = asyncio.get_running_loop()
+        #: The admin listener's refused tokens, logged at most once a minute.
+        self.refusals = RefusalLogger(loop)
+        self._lag = loop.create_task(_watch_loop_lag(), name="loop-lag")
 
     @classmethod
     async def start(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
@@ -234,6 +238,7 @@ class Gateway:
         return result
 
     async def aclose(self) -> None:
+        self.refusals.close()
         self._lag.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._lag

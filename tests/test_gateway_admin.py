@@ -1,15 +1,17 @@
-"""The admin API, on the admin listener: its token, and each action's effect on the
-proxy, on both backends."""
+"""The admin API, on the admin listener: its token (refusals logged, at most once a
+minute), and each action's effect on the proxy, on both backends."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app import GatewayConfig
+from app.refusals import RefusalLog, RefusalLogger
 from breaker.testing import ManualClock
 from tests.support.gateway import (
     ADMIN,
@@ -243,3 +245,94 @@ def test_the_proxys_listener_has_no_admin_api_even_with_the_token(
 
     run(config, scenario)
     assert upstream.hits == []
+
+
+# -- refused tokens in the log ------------------------------------------------------------
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if getattr(record, "fields", {}).get("event") == "admin_refused"
+    ]
+
+
+def test_refused_tokens_are_logged_once_then_counted_never_shown(
+    tmp_path: Path, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3,000 guesses used to leave no line at all; one line per guess would let the
+    guesser fill the log. The first is told at once, the rest counted (told within a
+    minute, or when the worker stops)."""
+    caplog.set_level(logging.WARNING, logger="fleetbreaker.gateway")
+    config = gateway_config(tmp_path, upstreams=f"api={upstream.url}")
+    guesses = [f"guess-{n:04d}-abcdefghijkl" for n in range(300)]
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for guess in guesses:
+            answer = await client.get(
+                f"{ADMIN}/admin/breakers", headers={"Authorization": f"Bearer {guess}"}
+            )
+            assert answer.status_code == 401
+        assert refusal_lines(caplog) == [
+            "admin API: refused a missing or wrong token from 203.0.113.7"
+        ]
+
+    run(config, scenario)
+    _, counted = refusal_lines(caplog)
+    assert counted.startswith("admin API: refused 299 more missing or wrong tokens in ")
+    assert counted.endswith(" s, from 203.0.113.7 (299)")
+    logged = caplog.text
+    assert not any(guess in logged for guess in guesses)
+
+
+def test_the_refusal_log_tells_the_first_at_once_then_one_count_per_interval() -> None:
+    log = RefusalLog(every=60.0)
+    assert log.refused("10.0.0.1", now=0.0) == (
+        "admin API: refused a missing or wrong token from 10.0.0.1"
+    )
+    assert log.due == 60.0
+    for second in range(1, 40):
+        assert log.refused("10.0.0.2" if second % 3 else None, now=float(second)) is None
+    assert log.tick(now=60.0) == (
+        "admin API: refused 39 more missing or wrong tokens in 60 s, "
+        "from 10.0.0.2 (26), an unknown client (13)"
+    )
+    assert log.due == 120.0
+    assert log.tick(now=120.0) is None  # none came meanwhile: quiet again
+    assert log.due is None
+    assert log.refused("10.0.0.3", now=500.0) == (
+        "admin API: refused a missing or wrong token from 10.0.0.3"
+    )
+
+
+def test_the_refusal_log_names_the_five_most_frequent_clients() -> None:
+    log = RefusalLog(every=60.0)
+    log.refused("first", now=0.0)
+    for client in range(8):
+        for _ in range(client + 1):
+            log.refused(f"10.0.0.{client}", now=1.0)
+    line = log.tick(now=60.0)
+    assert line is not None
+    assert line.endswith(
+        "from 10.0.0.7 (8), 10.0.0.6 (7), 10.0.0.5 (6), 10.0.0.4 (5), 10.0.0.3 (4) and 3 more"
+    )
+
+
+def test_the_refusal_logger_tells_each_interval_on_its_own_timer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fleetbreaker.gateway")
+
+    async def scenario() -> None:
+        refusals = RefusalLogger(asyncio.get_running_loop(), every=0.05)
+        for _ in range(3):
+            refusals.refused("10.0.0.1")
+        assert len(refusal_lines(caplog)) == 1
+        while len(refusal_lines(caplog)) < 2:  # noqa: ASYNC110 - the timer's line, in a log
+            await asyncio.sleep(0.01)
+        refusals.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10.0))
+    _, counted = refusal_lines(caplog)
+    assert counted.startswith("admin API: refused 2 more missing or wrong tokens in ")

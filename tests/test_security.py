@@ -686,6 +686,7 @@ def test_the_token_never_reaches_the_logs(
     log = process.log()
     assert [answer.status_code for answer in answers] == [200, 401, 400, 400, 200]
     assert "/admin/breakers?token=[redacted]" in log  # the admin listener's access log ran
+    assert "admin API: refused a missing or wrong token from 127.0.0.1" in log
     assert TOKEN not in log
     assert wrong not in log
     reliability.record(
