@@ -6,6 +6,8 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ├── UnknownUpstream      404      unknown_upstream
     ├── NoBreaker            404      no_breaker (an upstream with breaker = false)
     ├── UnsafePath           400      invalid_path
+    ├── ServiceWorkerRefused 403      service_worker_refused (a service worker's script,
+    │                                 fetched through /proxy)
     ├── BadRequest           400      bad_request
     ├── ClientSide                    the request's own side failed, not the upstream:
     │   │                             never a failure of its breaker, never retried
@@ -98,6 +100,15 @@ class UnsafePath(GatewayError):
 class BadRequest(GatewayError):
     status = 400
     code = "bad_request"
+
+
+class ServiceWorkerRefused(GatewayError):
+    """A browser fetching a service worker's script (``Service-Worker: script``) through
+    the proxy: a worker registered there would run with the proxy's origin and take
+    over the pages of every upstream, at any path its scope reaches."""
+
+    status = 403
+    code = "service_worker_refused"
 
 
 class ClientSide(GatewayError):

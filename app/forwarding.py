@@ -174,11 +174,21 @@ def request_headers(
     return kept
 
 
+#: Upstream response headers that widen what the upstream's content may do beyond its
+#: own path: ``Service-Worker-Allowed`` lets a service worker script claim any scope
+#: of the origin, and every upstream shares the proxy's origin.
+WIDENING = frozenset({b"service-worker-allowed"})
+
+
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones, repeated headers kept. ``Date``
-    and ``Server`` are the gateway's own (uvicorn adds them): the upstream's would
-    be sent twice."""
-    dropped = _dropped(raw) | {b"date", b"server"}
+    """The upstream's headers minus hop-by-hop ones and ``WIDENING`` ones, repeated
+    headers kept. ``Date`` and ``Server`` are the gateway's own (uvicorn adds them):
+    the upstream's would be sent twice.
+
+    >>> response_headers([(b"Service-Worker-Allowed", b"/"), (b"X-Kept", b"1")])
+    [(b'x-kept', b'1')]
+    """
+    dropped = _dropped(raw) | {b"date", b"server"} | WIDENING
     return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
 
 

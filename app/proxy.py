@@ -5,6 +5,10 @@ sent again; larger ones are streamed to the upstream as they arrive and sent onc
 Responses are streamed back as they come, bytes untouched (compressed stays
 compressed). Every proxied answer carries ``X-Fleetbreaker-Attempts``: how many
 attempts reached the upstream (0 when the breaker refused the first one).
+
+What upstreams serve runs in browsers with the proxy's origin, which they all share:
+no request for a service worker's script is forwarded, and no answer may widen a
+worker's scope (``forwarding.WIDENING``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .errors import (
     ClientSide,
     ErrorBody,
     ProxyFailure,
+    ServiceWorkerRefused,
     failure_code,
     static_fallback_answer,
 )
@@ -52,6 +57,7 @@ router = APIRouter(tags=["proxy"])
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The path tries to leave the upstream's base."},
+    403: {"model": ErrorBody, "description": "A service worker's script (Service-Worker)."},
     404: {"model": ErrorBody, "description": "No upstream has this name."},
     413: {"model": ErrorBody, "description": "The request body is larger than allowed."},
     431: {"model": ErrorBody, "description": "The request's path and headers are too large."},
@@ -101,6 +107,8 @@ for _method in METHODS:
 
 
 async def _proxy(request: Request, name: str) -> Response:
+    if request.headers.get("service-worker", "").strip().lower() == "script":
+        raise ServiceWorkerRefused("the gateway does not serve service workers' scripts")
     gateway = gateway_of(request)
     route = gateway.route(name)
     raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()

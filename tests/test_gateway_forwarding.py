@@ -131,6 +131,17 @@ def test_response_headers_keep_repeats_and_drop_hop_by_hop() -> None:
     ]
 
 
+def test_response_headers_never_widen_a_service_workers_scope() -> None:
+    """Every upstream shares the proxy's origin: ``Service-Worker-Allowed: /`` would let
+    one upstream's worker control every path of it."""
+    raw = [
+        (b"Content-Type", b"text/javascript"),
+        (b"Service-Worker-Allowed", b"/"),
+        (b"service-worker-allowed", b"/proxy/"),
+    ]
+    assert response_headers(raw) == [(b"content-type", b"text/javascript")]
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

@@ -275,7 +275,7 @@ def test_openapi_lists_every_route_of_both_listeners_with_its_error_bodies(
             "delete",
             "options",
         }
-        assert {"400", "404", "413", "502", "503", "504"} <= set(
+        assert {"400", "403", "404", "413", "502", "503", "504"} <= set(
             paths["/proxy/{upstream}/{path}"]["get"]["responses"]
         )
         reset = paths["/admin/breakers/{name}/reset"]["post"]

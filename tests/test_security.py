@@ -1,5 +1,5 @@
 """Hostile input: path escapes and SSRF, header injection, hop-by-hop headers, oversized
-heads, the admin token, and breaker names that try to reach other keys.
+heads, service workers, the admin token, and breaker names that try to reach other keys.
 
 The gateway runs in uvicorn (its production HTTP parser) in this process, its admin
 listener next to it as ``serve`` runs it, so that raw bytes reach it as a client would
@@ -328,7 +328,38 @@ def test_hop_by_hop_headers_of_the_upstream_never_reach_the_client(
     assert b"x-internal" not in head
 
 
-# -- the admin listener ------------------------------------------------------------------
+# -- what upstream content may do in a browser -------------------------------------------
+
+
+@pytest.mark.parametrize("value", [b"script", b"Script ", b"SCRIPT"])
+def test_a_service_workers_script_is_never_fetched_through_the_proxy(
+    live: LiveGateway, upstream: Upstream, value: bytes
+) -> None:
+    """A worker registered there would run with the origin every upstream shares, and
+    take over the pages of all of them."""
+    status, body = live.get(b"/proxy/api/sw.js", b"Service-Worker: " + value)
+    assert (status, json.loads(body)["error"]) == (403, "service_worker_refused")
+    assert upstream.hits == []
+
+
+def test_service_worker_allowed_never_reaches_the_client(
+    live: LiveGateway, upstream: Upstream
+) -> None:
+    """An upstream's ``Service-Worker-Allowed: /`` would let a worker of its path
+    claim every path of the proxy's origin."""
+    upstream.plan(
+        "/base/worker.js",
+        Reply(headers=(("Service-Worker-Allowed", "/"), ("Content-Type", "text/javascript"))),
+    )
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(b"GET /proxy/api/worker.js HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200")
+    assert b"content-type: text/javascript" in head
+    assert b"service-worker-allowed" not in head
 
 
 @pytest.mark.parametrize(
