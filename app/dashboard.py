@@ -11,8 +11,9 @@ load balancer, under any prefix. It reads two routes here, which need no token:
 They carry what ``/metrics`` already publishes without a token (names, states and
 counts), never an upstream's URL or settings, and change nothing. Acting (reset,
 open, disable) goes through ``/admin`` with the admin token, which the page asks for
-and keeps in the tab's ``sessionStorage``, sent only in the ``Authorization`` header.
-The page is served on the admin listener, whose origin no upstream content shares.
+and keeps in its memory only (no storage: gone with the page), sent only in the
+``Authorization`` header. The page is served on the admin listener, whose origin no
+upstream content shares.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``/dashboard`` in-process, on the admin listener: the page and its files, the
 read-only fleet view it polls, and what they must never do (absolute URLs, a token
-anywhere but a header, upstream URLs shown without a token,
+anywhere but a header and the page's memory, upstream URLs shown without a token,
 answering on the proxy's listener). The page itself runs in Chromium in
 ``test_dashboard_browser`` and ``test_origins_browser``."""
 
@@ -90,9 +90,14 @@ def test_every_url_the_page_uses_is_relative() -> None:
 def test_the_token_travels_only_in_the_authorization_header() -> None:
     script = (STATIC / "dashboard.js").read_text()
     assert "Authorization: `Bearer ${token}`" in script
-    assert "localStorage" not in script.replace("sessionStorage", "")  # gone with the tab
     assert not re.search(r"[?&](token|access_token|admin_token)=", script)
-    assert "document.cookie" not in script
+
+
+def test_the_token_is_kept_in_the_pages_memory_only() -> None:
+    """No storage another page of the origin could read, nor one that outlives the page."""
+    script = (STATIC / "dashboard.js").read_text()
+    for storage in ("sessionStorage", "localStorage", "indexedDB", "document.cookie", "caches"):
+        assert storage not in script
 
 
 def test_the_proxys_listener_serves_no_dashboard(tmp_path: Path, upstream: Upstream) -> None:

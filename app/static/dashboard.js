@@ -1,9 +1,10 @@
 // fleetbreaker's dashboard: reads the fleet every 2 s, hears transitions live, acts
 // through the admin API. Plain JavaScript, no build step, no library.
 //
-// Every URL is relative to the page (/dashboard), so a load balancer may serve it
-// under any prefix. The admin token lives in this tab's sessionStorage and travels
-// only in the Authorization header, never in a URL.
+// Every URL is relative to the page (/dashboard), so a proxy may serve it under any
+// prefix. The admin token lives in this page's memory only, never in a storage that
+// another page of the origin could read, and travels only in the Authorization
+// header, never in a URL.
 "use strict";
 
 (() => {
@@ -12,7 +13,6 @@
   const HISTORY = 150; // sparkline points: 5 minutes of reads
   const TRANSITIONS_KEPT = 20;
   const STREAM_RETRY = 5000; // ms before following a refused event stream again
-  const TOKEN_KEY = "fleetbreaker.adminToken";
   const STATE_NAMES = {
     closed: "closed",
     half_open: "half-open",
@@ -33,6 +33,7 @@
   let reading = false;
   let readAgain = false;
   let pending = null; // the action the confirm dialog is about
+  let adminToken = ""; // once accepted, until a 401, "Forget" or the page goes
 
   // -- reading the fleet ------------------------------------------------------------
 
@@ -196,9 +197,9 @@
 
   function ask(name, action) {
     pending = { name, action };
-    const known = sessionStorage.getItem(TOKEN_KEY);
+    const known = adminToken !== "";
     byId("confirm-text").textContent = QUESTIONS[action](name);
-    byId("token-field").hidden = Boolean(known);
+    byId("token-field").hidden = known;
     byId("token").value = "";
     byId("confirm-error").hidden = true;
     byId("confirm").showModal();
@@ -215,7 +216,7 @@
     submit.preventDefault();
     if (pending === null) return;
     const { name, action } = pending;
-    const token = sessionStorage.getItem(TOKEN_KEY) || byId("token").value.trim();
+    const token = adminToken || byId("token").value.trim();
     if (!token) {
       refuse("Enter the admin token (BREAKER_ADMIN_TOKEN).");
       return;
@@ -233,7 +234,7 @@
       return;
     }
     if (response.status === 401) {
-      sessionStorage.removeItem(TOKEN_KEY);
+      adminToken = "";
       byId("forget").hidden = true;
       byId("token-field").hidden = false;
       refuse("The admin token was refused (401 unauthorized): nothing was changed.");
@@ -244,7 +245,7 @@
       refuse(`Refused (${response.status}): ${body.detail || body.error || "no detail"}.`);
       return;
     }
-    sessionStorage.setItem(TOKEN_KEY, token);
+    adminToken = token;
     byId("forget").hidden = false;
     pending = null;
     byId("confirm").close();
@@ -270,11 +271,10 @@
     byId("confirm").close();
   });
   byId("forget").addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
+    adminToken = "";
     byId("forget").hidden = true;
     notify("The admin token is forgotten.");
   });
-  byId("forget").hidden = !sessionStorage.getItem(TOKEN_KEY);
   setInterval(() => cards.forEach(tell), 1000);
   read();
   follow();
