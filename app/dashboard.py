@@ -45,17 +45,33 @@ _ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-# The page runs only its own script and style, talks only to its own origin, and
-# cannot be framed (clickjacking its admin buttons) or submit anywhere.
-_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
+
+
+def security_headers(
+    *,
+    scripts: str = "'self'",
+    styles: str = "'self'",
+    images: str = "'self'",
+    workers: str = "'none'",
+) -> dict[str, str]:
+    """The headers of a page of the admin listener, and of its files: it runs only its
+    own script and style (``scripts``, ``styles``, ...: their sources), talks only to
+    its own origin, and cannot be framed (clickjacking its admin buttons) or submit
+    anywhere."""
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src {scripts}; style-src {styles}; "
+            f"worker-src {workers}; connect-src 'self'; img-src {images}; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'"
+        ),
+        "X-Frame-Options": "DENY",  # frame-ancestors, for browsers before CSP 2
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+
+_HEADERS = security_headers()
 
 
 @cache

@@ -58,8 +58,10 @@ def test_the_page_and_its_files_are_served_under_a_strict_policy(
             assert response.status_code == 200, path
             assert response.headers["content-type"].startswith(kind)
             policy = response.headers["content-security-policy"]
-            assert "script-src 'self'" in policy
+            assert "script-src 'self';" in policy
             assert "frame-ancestors 'none'" in policy
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["x-content-type-options"] == "nosniff"
 
     run(tmp_path, scenario, upstream, None)
 

@@ -1,10 +1,13 @@
 """``/docs`` and ``/redoc``, on the admin listener, render where nothing but the
 gateway answers: the pages name no other host, and every file they load is served by
-the gateway itself."""
+the gateway itself. They carry the dashboard's security headers: they cannot be
+framed, and run no script but their own (in Chromium in ``test_dashboard_browser``)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import re
 from pathlib import Path
 
@@ -68,6 +71,35 @@ def test_the_files_carry_their_media_types(tmp_path: Path) -> None:
             assert (await client.get(f"{ADMIN}/docs/anything-else.js")).status_code == 404
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/swagger-ui-bundle.js"])
+def test_the_pages_and_files_cannot_be_framed_and_run_only_their_own_scripts(
+    tmp_path: Path, page: str
+) -> None:
+    async def scenario() -> None:
+        async with gateway_client(gateway_config(tmp_path), ManualClock()) as client:
+            response = await client.get(f"{ADMIN}{page}")
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["x-content-type-options"] == "nosniff"
+            policy = dict(
+                directive.strip().split(" ", 1)
+                for directive in response.headers["content-security-policy"].split(";")
+            )
+            assert policy["frame-ancestors"] == "'none'"
+            assert policy["default-src"] == "'none'"
+            assert policy["connect-src"] == "'self'"
+            allowed = policy["script-src"].split()
+            assert allowed[0] == "'self'"
+            page_text = response.text if page in ("/docs", "/redoc") else ""
+            inline = re.findall(r"<script>(.*?)</script>", page_text, re.DOTALL)
+            assert allowed[1:] == [f"'sha256-{digest(script)}'" for script in inline]
+
+    asyncio.run(scenario())
+
+
+def digest(script: str) -> str:
+    return base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
 
 
 def test_the_proxys_listener_serves_no_documentation(tmp_path: Path) -> None:
