@@ -287,9 +287,9 @@ class Engine:
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone
         (no round trip)."""
+        # Only a hint to stop retrying early: the view is used even while the channel
+        # is not followed (the next call's admission asks Redis then).
         core = self.local if self.health.is_down(self.clock.monotonic()) else self.shared
-        if core is self.shared and not self._hubs[False].following:
-            return None  # the view may be stale: only Redis can tell
         try:
             core.admit_locally(self._epoch_of(core))
         except CircuitOpenError as rejection:

@@ -29,6 +29,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from breaker import CircuitBreaker, redis_from_url
 from breaker._backend import embedded_backend
 from breaker._local import fallback_engine
+from breaker._topology import is_async_client
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
 from tests.support.reliability import Reliability, audit_dependencies, render
@@ -132,11 +133,14 @@ class Harness:
     breakers: list[CircuitBreaker] = field(default_factory=list)
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
+        """A breaker on this backend, following the fleet's events already: as in a
+        process that has run a while, its views decide alone (until it follows, every
+        call asks Redis, which a loaded machine could stretch over a whole test)."""
         settings.setdefault("script_mode", self.script_mode)
         settings.setdefault("backend_timeout", HARNESS_BACKEND_TIMEOUT)
         cb = CircuitBreaker(name, redis=self.client, clock=self.clock, **settings)
         self.breakers.append(cb)
-        return cb
+        return following(cb, self.client)
 
     def hash(self, key: str) -> dict[str, str]:
         return text_hash(self.raw, key)
@@ -154,14 +158,38 @@ class Breakers:
     def __init__(self) -> None:
         self.made: list[CircuitBreaker] = []
 
-    def __call__(self, name: str = "p", **arguments: Any) -> CircuitBreaker:
+    def __call__(self, name: str = "p", *, follow: bool = True, **arguments: Any) -> CircuitBreaker:
+        """``CircuitBreaker(name, **arguments)``, following the fleet's events already
+        (sync clients; ``follow=False`` leaves it to its first call)."""
         cb = CircuitBreaker(name, **arguments)
         self.made.append(cb)
-        return cb
+        return following(cb, arguments.get("redis")) if follow else cb
 
     def close(self) -> None:
         for cb in self.made:
             cb.close()
+
+
+_FOLLOW_WITHIN = 10.0  # a bound on a subscription, never a delay
+
+
+def following(cb: CircuitBreaker, client: Any) -> CircuitBreaker:
+    """``cb`` (on ``client``) once its events follower has subscribed: a breaker on a
+    sync client, or the embedded backend; an asyncio one follows from its own loop
+    (``afollowing``)."""
+    if not is_async_client(client):
+        assert cb.follow_events(timeout=_FOLLOW_WITHIN), f"{cb!r} never subscribed"
+    return cb
+
+
+async def afollowing(cb: CircuitBreaker) -> CircuitBreaker:
+    """``following`` for a breaker on an asyncio client, in the loop that runs it."""
+    cb.follow_events()
+    deadline = asyncio.get_running_loop().time() + _FOLLOW_WITHIN
+    while not cb.following:
+        assert asyncio.get_running_loop().time() < deadline, f"{cb!r} never subscribed"
+        await asyncio.sleep(0.005)
+    return cb
 
 
 @pytest.fixture

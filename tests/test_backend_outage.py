@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -52,7 +53,7 @@ def black_hole() -> Iterator[BlackHole]:
 
 
 def dead_redis_breaker(
-    breakers: Breakers, server: RedisServer, **settings: object
+    breakers: Breakers, server: RedisServer, **settings: Any
 ) -> CircuitBreaker:
     """A breaker that has used ``server``, which is then SIGKILLed. Time is a
     ManualClock: the backoff after a failure lasts until the test moves it."""

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from breaker import CircuitBreaker, CircuitOpenError, RetryPolicy
 from breaker._types import ScriptMode
 from breaker.testing import ManualClock
-from tests.conftest import Breakers
+from tests.conftest import Breakers, afollowing
 from tests.support.servers import RedisServer
 
 LUA = Path(__file__).parent.parent / "lua"
@@ -246,6 +246,7 @@ def test_async_closed_success_costs_one_round_trip(
         cb = CircuitBreaker("p", redis=client, clock=clock, script_mode=mode.script_mode)
         async with cb:
             pass
+        await afollowing(cb)  # its closed view decides alone from now on
         before = redis_server.command_calls()
         for _ in range(20):
             async with cb:
