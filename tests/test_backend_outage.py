@@ -52,9 +52,7 @@ def black_hole() -> Iterator[BlackHole]:
     hole.close()
 
 
-def dead_redis_breaker(
-    breakers: Breakers, server: RedisServer, **settings: Any
-) -> CircuitBreaker:
+def dead_redis_breaker(breakers: Breakers, server: RedisServer, **settings: Any) -> CircuitBreaker:
     """A breaker that has used ``server``, which is then SIGKILLed. Time is a
     ManualClock: the backoff after a failure lasts until the test moves it."""
     cb = breakers("p", redis=server.client(), clock=ManualClock(), **settings)
@@ -141,7 +139,7 @@ def test_a_hung_redis_costs_a_call_at_most_the_backend_timeout(
     breakers: Breakers, black_hole: BlackHole
 ) -> None:
     client = redis.Redis(port=black_hole.port)
-    cb = breakers("p", redis=client, clock=ManualClock(), backend_timeout=0.1)
+    cb = breakers("p", redis=client, clock=ManualClock(), backend_timeout=0.1, follow=False)
     reasons = Errors()
     cb.add_listener(reasons)
     started = time.monotonic()
@@ -156,7 +154,7 @@ def test_a_dead_redis_is_left_alone_during_the_backoff(
 ) -> None:
     client = redis.Redis(port=black_hole.port)
     clock = ManualClock()
-    cb = breakers("p", redis=client, clock=clock, backend_timeout=0.1)
+    cb = breakers("p", redis=client, clock=clock, backend_timeout=0.1, follow=False)
     succeed(cb)
     tried = black_hole.wait_accepted(1)
     for _ in range(20):
@@ -222,7 +220,7 @@ def test_a_redis_restarted_empty_is_followed_although_generations_restart(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:
     clock = ManualClock()
-    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2)
+    cb = breakers("p", redis=redis_server.client(), clock=clock, failure_threshold=2, follow=False)
     subscriptions = Subscriptions()
     cb.add_listener(subscriptions)
     assert cb.follow_events(timeout=5.0)
@@ -305,7 +303,7 @@ def test_a_view_is_read_again_after_its_follower_resubscribes(
 ) -> None:
     """Events published while the follower was away are lost: once it is back, the
     next call asks Redis instead of trusting what the view held."""
-    cb = breakers("p", redis=redis_server.client(), failure_threshold=5)
+    cb = breakers("p", redis=redis_server.client(), failure_threshold=5, follow=False)
     subscriptions = Subscriptions()
     cb.add_listener(subscriptions)
     assert cb.follow_events(timeout=5.0)

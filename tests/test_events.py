@@ -213,7 +213,7 @@ class Store(BreakerListener):
 def test_a_listener_hears_each_round_trip_and_each_subscription(
     breakers: Breakers, redis_server: RedisServer
 ) -> None:
-    cb = breakers("p", redis=redis_server.client(), clock=ManualClock())
+    cb = breakers("p", redis=redis_server.client(), clock=ManualClock(), follow=False)
     heard = Store()
     cb.add_listener(heard)
     assert cb.follow_events(timeout=_DELIVERY_TIMEOUT)

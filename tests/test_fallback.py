@@ -129,7 +129,9 @@ def test_a_fallback_on_error_answers_after_the_failure_is_counted(harness: Harne
 
 def test_a_fallback_answers_backend_unavailable_only_when_given_it(breakers: Breakers) -> None:
     nobody = redis.Redis(port=free_port(), socket_connect_timeout=1)
-    cb = breakers("p", redis=nobody, clock=ManualClock(), on_backend_error="fail_closed")
+    cb = breakers(
+        "p", redis=nobody, clock=ManualClock(), on_backend_error="fail_closed", follow=False
+    )
     with pytest.raises(BackendUnavailableError):
         cb.with_fallback("cached").call(refused)
     covered = cb.with_fallback(Fallback(lambda reason: reason.kind, on="backend_unavailable"))
