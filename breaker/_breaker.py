@@ -29,9 +29,9 @@ from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._fallback import FallbackGuard
 from ._keys import BreakerKeys
-from ._listeners import BreakerListener, as_listener, overrides
+from ._listeners import Listener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
-from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict, TransitionEvent
+from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict
 from ._permit import AsyncPermit, Permit
 
 P = ParamSpec("P")
@@ -67,7 +67,7 @@ class CircuitBreaker:
         *,
         redis: Any = None,
         config: BreakerConfig | None = None,
-        listeners: Iterable[BreakerListener | Callable[[TransitionEvent], None]] = (),
+        listeners: Iterable[Listener] = (),
         clock: Clock | None = None,
         **settings: Unpack[BreakerSettings],
     ) -> None:
@@ -103,12 +103,7 @@ class CircuitBreaker:
 
     # -- listeners -------------------------------------------------------------------
 
-    def add_listener(
-        self,
-        listener: BreakerListener | Callable[[TransitionEvent], None],
-        *,
-        made_here_only: bool = False,
-    ) -> None:
+    def add_listener(self, listener: Listener, *, made_here_only: bool = False) -> None:
         """Hear this breaker: a ``BreakerListener`` hears every method it overrides
         (transitions, outcomes, Redis errors and round trips, resubscriptions); a plain
         function hears transitions. ``made_here_only``: only the transitions this
