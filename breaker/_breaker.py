@@ -127,6 +127,11 @@ class CircuitBreaker:
         """Whether this process hears the fleet's transitions now (always embedded)."""
         return self._hub.following
 
+    @property
+    def idle(self) -> bool:
+        """Closing it now loses nothing: closed, every permit settled, no counts due."""
+        return self._engine.idle
+
     # -- the permit, and the guards built on it --------------------------------------
 
     def acquire(self) -> Permit:
@@ -272,7 +277,7 @@ class CircuitBreaker:
         if not self._backend.serves_sync:
             raise TypeError(f"breaker {self.name!r} uses an asyncio Redis client: use aclose()")
         self._closed = True
-        self._driver.run(self._engine.releasing())
+        self._driver.release()
         if release(self._backend):
             self._backend.close()
 
@@ -281,7 +286,7 @@ class CircuitBreaker:
         if self._closed:
             return
         self._closed = True
-        await self._driver.arun(self._engine.releasing())
+        await self._driver.arelease()
         if release(self._backend):
             await self._backend.aclose()
 
