@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .connections import connection_protocol
     from .logs import log_config
 
     if args.workers < 1:
@@ -260,6 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
             # the request to X-Forwarded-For. uvicorn's proxy headers would replace
             # that peer (a load balancer) with the client the balancer named.
             proxy_headers=False,
+            http=connection_protocol(config),  # heads whole and in time; connections capped
         )
     return EXIT_OK
 
