@@ -4,6 +4,10 @@ Exit codes: 0 done; 1 Redis could not be reached (also ``serve`` with
 ``require_redis``); 2 bad usage, bad configuration, a port in use or an unknown breaker;
 3 uvicorn could not start the server, which it logs. Errors are one line on stderr,
 never a traceback.
+
+What Redis says (breaker names, states, the reasons of transitions; anyone who may
+write a key or PUBLISH can choose them) and every error line are printed through
+``shown``: a terminal never sees their control characters, only escapes of them.
 """
 
 from __future__ import annotations
@@ -71,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except CommandError as exc:
-        print(f"fleetbreaker: {exc}", file=sys.stderr)
+        print(f"fleetbreaker: {shown(str(exc))}", file=sys.stderr)
         return exc.code
     except ConfigError as exc:
-        print(f"fleetbreaker: invalid configuration: {exc}", file=sys.stderr)
+        print(f"fleetbreaker: invalid configuration: {shown(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
@@ -207,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .connections import connection_protocol
     from .logs import log_config
 
     if args.workers < 1:
@@ -256,6 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
             # the request to X-Forwarded-For. uvicorn's proxy headers would replace
             # that peer (a load balancer) with the client the balancer named.
             proxy_headers=False,
+            http=connection_protocol(config),  # heads whole and in time; connections capped
         )
     return EXIT_OK
 
@@ -498,8 +504,8 @@ def _table(snapshots: list[BreakerSnapshot]) -> str:
     header = ("NAME", "STATE", "FAILURES", "OPEN FOR", "WINDOW CALLS", "WINDOW FAILED")
     rows = [header] + [
         (
-            s.name,
-            s.state,
+            shown(s.name),
+            shown(s.state),
             str(s.failures),
             _open_left(s),
             str(s.window_calls),
@@ -520,10 +526,10 @@ def _control(args: argparse.Namespace) -> int:
     with _operator(args) as (operator, names):
         if args.name not in names:
             known = ", ".join(names) or "none"
-            raise CommandError(f"no breaker named {args.name!r} (known: {known})")
+            raise CommandError(f"no breaker named '{args.name}' (known: {known})")
         _unreachable_guard(lambda: operator.control(args.name, args.action))
         snapshot = _unreachable_guard(lambda: operator.snapshot(args.name))
-    print(f"{snapshot.name}: {snapshot.state}")
+    print(shown(f"{snapshot.name}: {snapshot.state}"))
     return EXIT_OK
 
 
@@ -577,7 +583,7 @@ def _watch(args: argparse.Namespace) -> int:
                 if lost_at is None:
                     lost_at = now
                     print(
-                        f"lost Redis ({reason(exc)}): subscribing again",
+                        f"lost Redis ({shown(reason(exc))}): subscribing again",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -596,8 +602,10 @@ def _print_event(data: bytes) -> None:
     event = TransitionEvent.from_json(data)
     if event is not None:
         print(
-            f"{local_time(event.at)} {event.name}: {event.from_state} -> "
-            f"{event.to_state} ({event.reason})",
+            shown(
+                f"{local_time(event.at)} {event.name}: {event.from_state} -> "
+                f"{event.to_state} ({event.reason})"
+            ),
             flush=True,
         )
 
@@ -690,7 +698,7 @@ class _ShardedFeed:
             pubsub.ssubscribe(channel)
             self._following.add(name)
         if new:
-            print(f"following {', '.join(new)}", file=sys.stderr, flush=True)
+            print(f"following {shown(', '.join(new))}", file=sys.stderr, flush=True)
 
     def drop(self) -> None:
         for pubsub in self._pubsubs.values():
@@ -714,3 +722,33 @@ def local_time(epoch_ms: int, zone: datetime.tzinfo | None = None) -> str:
     """
     moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
     return moment.astimezone(zone).isoformat(timespec="milliseconds")
+
+
+def shown(text: str) -> str:
+    r"""``text`` as a terminal may print it: each character that is not printable (C0
+    and C1 controls, ESC and DEL among them; bidi overrides and other format
+    characters; line and paragraph separators; spaces other than ' ') becomes an
+    escape, as bash's ``$'...'`` reads it, and so does the backslash, so that no name
+    passes for another. Nothing printed can move the cursor, clear the screen, retitle
+    the window, reorder a line or add a row.
+
+    >>> shown("evil\x1b[2J\u202eexe")
+    'evil\\x1b[2J\\u202eexe'
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

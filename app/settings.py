@@ -23,6 +23,9 @@ The file::
     prefix = "breaker"                 # of every Redis key and of the events channel
     max_body_bytes = 10485760          # larger request bodies get 413
     max_header_bytes = 32768           # larger request heads (headers, path) get 431
+    max_head_bytes = 65536             # a head still arriving past this: connection closed
+    head_timeout = 10.0                # a head not whole within this many seconds: closed
+    max_connections = 1000             # per worker; past it, the longest idle one is closed
     retry_buffer_bytes = 65536         # bodies up to this are buffered and retried
     body_idle_timeout = 10.0           # a request body silent this long is cut: 408
     expose_instance = false            # X-Fleetbreaker-Instance: <name>/<pid> on answers
@@ -147,6 +150,10 @@ class GatewaySection(_Strict):
     prefix: str = "breaker"
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_header_bytes: PositiveInt = 32 * 1024
+    # The HTTP layer's bounds (app.connections), before any parsing.
+    max_head_bytes: PositiveInt = 64 * 1024
+    head_timeout: PositiveFloat = 10.0
+    max_connections: PositiveInt = 1000
     retry_buffer_bytes: NonNegativeInt = 64 * 1024
     # Seconds a request body may go without a byte before it is cut (408): a client
     # that trickles its upload holds an upstream connection for nothing.
@@ -254,6 +261,9 @@ class GatewayConfig:
     prefix: str
     max_body_bytes: int
     max_header_bytes: int
+    max_head_bytes: int
+    head_timeout: float
+    max_connections: int
     retry_buffer_bytes: int
     body_idle_timeout: float
     expose_instance: bool
@@ -296,6 +306,11 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         _check_redis_url(redis_url)
     elif file.gateway.require_redis:
         raise ConfigError("gateway.require_redis: true, but BREAKER_REDIS_URL is not set")
+    if file.gateway.max_head_bytes < file.gateway.max_header_bytes:
+        raise ConfigError(
+            "gateway.max_head_bytes: must be at least max_header_bytes "
+            f"({file.gateway.max_header_bytes}), so that a head over that limit gets its 431"
+        )
     token = env.admin_token.get_secret_value().strip() if env.admin_token else ""
     if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
         raise ConfigError(
@@ -315,6 +330,9 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         prefix=file.gateway.prefix,
         max_body_bytes=file.gateway.max_body_bytes,
         max_header_bytes=file.gateway.max_header_bytes,
+        max_head_bytes=file.gateway.max_head_bytes,
+        head_timeout=file.gateway.head_timeout,
+        max_connections=file.gateway.max_connections,
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
         body_idle_timeout=file.gateway.body_idle_timeout,
         expose_instance=file.gateway.expose_instance,

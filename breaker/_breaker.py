@@ -29,9 +29,9 @@ from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._fallback import FallbackGuard
 from ._keys import BreakerKeys
-from ._listeners import BreakerListener, as_listener, overrides
+from ._listeners import Listener, as_listener, overrides
 from ._local import fallback_engine, fallback_hub
-from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict, TransitionEvent
+from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict
 from ._permit import AsyncPermit, Permit
 
 P = ParamSpec("P")
@@ -67,7 +67,7 @@ class CircuitBreaker:
         *,
         redis: Any = None,
         config: BreakerConfig | None = None,
-        listeners: Iterable[BreakerListener | Callable[[TransitionEvent], None]] = (),
+        listeners: Iterable[Listener] = (),
         clock: Clock | None = None,
         **settings: Unpack[BreakerSettings],
     ) -> None:
@@ -103,12 +103,7 @@ class CircuitBreaker:
 
     # -- listeners -------------------------------------------------------------------
 
-    def add_listener(
-        self,
-        listener: BreakerListener | Callable[[TransitionEvent], None],
-        *,
-        made_here_only: bool = False,
-    ) -> None:
+    def add_listener(self, listener: Listener, *, made_here_only: bool = False) -> None:
         """Hear this breaker: a ``BreakerListener`` hears every method it overrides
         (transitions, outcomes, Redis errors and round trips, resubscriptions); a plain
         function hears transitions. ``made_here_only``: only the transitions this
@@ -131,6 +126,11 @@ class CircuitBreaker:
     def following(self) -> bool:
         """Whether this process hears the fleet's transitions now (always embedded)."""
         return self._hub.following
+
+    @property
+    def idle(self) -> bool:
+        """Closing it now loses nothing: closed, every permit settled, no counts due."""
+        return self._engine.idle
 
     # -- the permit, and the guards built on it --------------------------------------
 
@@ -277,7 +277,7 @@ class CircuitBreaker:
         if not self._backend.serves_sync:
             raise TypeError(f"breaker {self.name!r} uses an asyncio Redis client: use aclose()")
         self._closed = True
-        self._driver.run(self._engine.releasing())
+        self._driver.release()
         if release(self._backend):
             self._backend.close()
 
@@ -286,7 +286,7 @@ class CircuitBreaker:
         if self._closed:
             return
         self._closed = True
-        await self._driver.arun(self._engine.releasing())
+        await self._driver.arelease()
         if release(self._backend):
             await self._backend.aclose()
 

@@ -78,6 +78,14 @@ class BreakerCore:
         longest = config.reset_timeout_max or config.reset_timeout
         self._longest_open = longest * (1 + config.reset_timeout_jitter)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing of this view would be lost with it: it is closed (or there is none
+        yet), and no batched successes or rejections wait to be recorded."""
+        view = self.view
+        closed = view is None or view.state in ("closed", "disabled")
+        return closed and self._pending == 0 and self._rejected == 0
+
     # -- admission ---------------------------------------------------------------
 
     def admit_locally(self, epoch: int = 0) -> Ticket | None:

@@ -66,6 +66,25 @@ class Driver:
         with contextlib.suppress(BackendUnavailableError):
             await self.arun(steps)
 
+    def release(self) -> None:
+        """When the breaker closes: give back what it holds (``releasing``), then let
+        go of its hubs, which would otherwise keep its name and ticks for good."""
+        try:
+            self.run(self.engine.releasing())
+        finally:
+            self._detach()
+
+    async def arelease(self) -> None:
+        """``release``, awaited."""
+        try:
+            await self.arun(self.engine.releasing())
+        finally:
+            self._detach()
+
+    def _detach(self) -> None:
+        self.hub.remove_ticks(self)
+        self.engine.detach()
+
     def ready(self, *, sync: bool) -> None:
         """Check that the backend serves this calling style, and follow events."""
         if sync and not self.shared.serves_sync:

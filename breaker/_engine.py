@@ -134,6 +134,10 @@ class Engine:
         # this call's own transition, published before its reply came back. The reply
         # confirms it; the follower reads only if a hint is left once none is.
         self._in_flight = 0
+        # One token per permit handed out and not settled yet. ``list.append`` and
+        # ``list.pop`` are atomic: a dropped permit's finalizer gives its token back
+        # without taking a lock that its own thread may hold.
+        self._unsettled: list[None] = []
         hub.register(name, self.receive)
         local_hub.register(name, self.receive_local)
 
@@ -153,6 +157,7 @@ class Engine:
         except BackendUnavailableError:
             self._tell_outcome("rejected", None, "backend_unavailable", self.kind)
             raise
+        self._unsettled.append(None)  # until ``settling`` ends, or ``abandon``
         return ticket
 
     def _admission(self) -> Steps[Ticket]:
@@ -298,6 +303,14 @@ class Engine:
 
     # -- outcomes --------------------------------------------------------------------
 
+    def settling(self, ticket: Ticket, outcome: Outcome, reason: str = "") -> Steps[None]:
+        """Settle a permit: count how its call ended. The breaker is busy (not
+        ``idle``) until the count is recorded, or batched."""
+        try:
+            yield from self.recording(ticket, outcome, reason)
+        finally:
+            self._unsettled.pop()
+
     def recording(self, ticket: Ticket, outcome: Outcome, reason: str = "") -> Steps[None]:
         """Count how an admitted call ended."""
         core = self.local if ticket.via_fallback else self.shared
@@ -385,6 +398,7 @@ class Engine:
     def abandon(self, ticket: Ticket) -> None:
         """A permit was dropped unsettled: give its trial lease back on the next call
         (safe from a finalizer: no I/O here)."""
+        self._unsettled.pop()
         if ticket.lease_id:
             with self._lock:
                 self._abandoned.append(ticket)
@@ -397,12 +411,30 @@ class Engine:
         for ticket in abandoned:
             yield from self.recording(ticket, "ignored", "abandoned")
 
+    @property
+    def idle(self) -> bool:
+        """Closing this breaker now would lose nothing and cost no round trip: every
+        permit is settled, no round trip is under way, no dropped permit's lease waits
+        to be given back, and both views are closed with no counts waiting."""
+        return (
+            not self._unsettled
+            and self._in_flight == 0
+            and not self._abandoned
+            and self.shared.idle
+            and self.local.idle
+        )
+
     def releasing(self) -> Steps[None]:
         """When closing: give back the leases of dropped permits, and record what was
         counted locally (batched successes, rejections), which would be lost."""
         yield from self._release_abandoned()
         if not self.health.is_down(self.clock.monotonic()):
             yield from self.flushing()
+
+    def detach(self) -> None:
+        """When closing, after ``releasing``: no event of this breaker reaches it now."""
+        for hub in self._hubs.values():
+            hub.unregister(self.name, self)
 
     # -- operators -------------------------------------------------------------------
 

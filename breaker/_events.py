@@ -118,6 +118,15 @@ class EventHub:
         with self._lock:
             self._ticks.append(weakref.WeakMethod(tick))
 
+    def remove_ticks(self, owner: object) -> None:
+        """Stop calling the ticks of ``owner`` (a closed breaker's driver)."""
+        with self._lock:
+            self._ticks = [
+                ref
+                for ref in self._ticks
+                if (tick := ref()) is not None and getattr(tick, "__self__", None) is not owner
+            ]
+
     def _tick(self) -> None:
         with self._lock:
             ticks = [tick for ref in self._ticks if (tick := ref()) is not None]
@@ -133,6 +142,21 @@ class EventHub:
             alive = [ref for ref in self._receivers.get(name, []) if ref() is not None]
             alive.append(weakref.WeakMethod(receiver))
             self._receivers[name] = alive
+
+    def unregister(self, name: str, owner: object) -> None:
+        """Stop calling the receivers of ``owner`` (a closed breaker's engine) for
+        ``name``; a name left with none is forgotten, so names come and go freely."""
+        with self._lock:
+            alive = [
+                ref
+                for ref in self._receivers.get(name, [])
+                if (receiver := ref()) is not None
+                and getattr(receiver, "__self__", None) is not owner
+            ]
+            if alive:
+                self._receivers[name] = alive
+            else:
+                self._receivers.pop(name, None)
 
     def relay(self, events: tuple[TransitionEvent, ...], *, confirmed: bool = True) -> None:
         """Hand events to every receiver of their breaker in this process.

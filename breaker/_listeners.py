@@ -59,9 +59,11 @@ class _Transitions(BreakerListener):
         return f"<transition listener {self.function!r}>"
 
 
-def as_listener(
-    listener: BreakerListener | Callable[[TransitionEvent], None],
-) -> BreakerListener:
+#: What ``add_listener`` takes: a listener object, or a plain function of transitions.
+Listener = BreakerListener | Callable[[TransitionEvent], None]
+
+
+def as_listener(listener: Listener) -> BreakerListener:
     return listener if isinstance(listener, BreakerListener) else _Transitions(listener)
 
 

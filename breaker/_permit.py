@@ -80,21 +80,21 @@ class Permit(_Settling):
 
     def success(self) -> None:
         """The call succeeded."""
-        self._driver.run(self._engine.recording(self._take(), "success"))
+        self._driver.run(self._engine.settling(self._take(), "success"))
 
     def failure(self, exc: BaseException | None = None) -> None:
         """The call failed (``exc`` names why, in outcome events)."""
-        self._driver.run(self._engine.recording(self._take(), "failure", describe(exc)))
+        self._driver.run(self._engine.settling(self._take(), "failure", describe(exc)))
 
     def ignore(self) -> None:
         """The call counts as nothing (a trial lease is given back)."""
-        self._driver.run(self._engine.recording(self._take(), "ignored"))
+        self._driver.run(self._engine.settling(self._take(), "ignored"))
 
     def settle(self, exc: BaseException | None = None, result: object = None) -> Outcome:
         """Count a call that raised ``exc`` (or returned ``result``) as the breaker's
         settings judge it (``BreakerConfig.classify``); returns how it counted."""
         outcome, reason = self._judge(exc, result)
-        self._driver.run(self._engine.recording(self._take(), outcome, reason))
+        self._driver.run(self._engine.settling(self._take(), outcome, reason))
         return outcome
 
 
@@ -103,18 +103,18 @@ class AsyncPermit(_Settling):
 
     async def success(self) -> None:
         """The call succeeded."""
-        await self._driver.arun(self._engine.recording(self._take(), "success"))
+        await self._driver.arun(self._engine.settling(self._take(), "success"))
 
     async def failure(self, exc: BaseException | None = None) -> None:
         """The call failed (``exc`` names why, in outcome events)."""
-        await self._driver.arun(self._engine.recording(self._take(), "failure", describe(exc)))
+        await self._driver.arun(self._engine.settling(self._take(), "failure", describe(exc)))
 
     async def ignore(self) -> None:
         """The call counts as nothing (a trial lease is given back)."""
-        await self._driver.arun(self._engine.recording(self._take(), "ignored"))
+        await self._driver.arun(self._engine.settling(self._take(), "ignored"))
 
     async def settle(self, exc: BaseException | None = None, result: object = None) -> Outcome:
         """``Permit.settle``, awaited."""
         outcome, reason = self._judge(exc, result)
-        await self._driver.arun(self._engine.recording(self._take(), outcome, reason))
+        await self._driver.arun(self._engine.settling(self._take(), outcome, reason))
         return outcome

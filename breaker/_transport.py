@@ -6,6 +6,10 @@
 
 - One breaker per origin (``scheme://host:port``) by default, or named by a function
   of the request; a response with a 5xx status counts as a failure of its breaker.
+- At most ``max_breakers`` breakers are kept: past it, the least recently used idle
+  one is closed (``CircuitBreaker.idle``: closed, nothing under way, no counts due).
+  Breakers named by origin keep their Redis keys ``ORIGIN_KEY_TTL`` (6 hours) after
+  their last write, not the library's week, unless the config sets its own.
 - Each attempt gets the per-try timeout, within the deadline, as httpx's own timeouts,
   so a slow upstream ends in ``httpx.TimeoutException`` like any other. The async
   transport also bounds the attempt as a whole; the sync one cannot interrupt a
@@ -29,6 +33,7 @@ import contextvars
 import dataclasses
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -37,6 +42,7 @@ import httpx
 from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
+from ._exceptions import ConfigurationError
 from ._permit import AsyncPermit, Permit
 from ._policy import Attempt, RetryRules
 from ._retrying import Retrier, RetryPolicy
@@ -55,6 +61,14 @@ HTTP_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
 #: overload of one's own is no sign that the upstream is down, and a retry adds to it.
 LOCAL_HTTP_EXCEPTIONS: tuple[type[BaseException], ...] = (httpx.PoolTimeout,)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Breakers a transport keeps by default; past it, the least recently used idle one
+#: is closed. About 7 KB of memory each.
+MAX_BREAKERS = 1000
+#: How long the Redis keys of a breaker named by origin live after its last write
+#: (unless ``breaker_config`` sets a ``key_ttl`` other than the library's default):
+#: a client that met thousands of origins once leaves no week of keys behind.
+ORIGIN_KEY_TTL = 6 * 3600.0
+_LIBRARY_KEY_TTL = BreakerConfig().key_ttl
 
 
 def origin_of(request: httpx.Request) -> str:
@@ -90,7 +104,7 @@ def http_rules(policy: RetryRules) -> RetryRules:
 
 class _Resilient:
     """What both transports share: the retry policy, one breaker per name (made on
-    first use: names should be few, origins or upstreams), and closing them."""
+    first use, at most ``max_breakers`` of them kept), and closing them."""
 
     def __init__(
         self,
@@ -100,40 +114,87 @@ class _Resilient:
         name_of: Callable[[httpx.Request], str],
         clock: Clock | None,
         body_timeout: float | None,
+        max_breakers: int,
     ) -> None:
+        if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or max_breakers < 1:
+            raise ConfigurationError(
+                "max_breakers", f"must be an integer >= 1, got {max_breakers!r}"
+            )
         config = config if config is not None else BreakerConfig()
         if config.failure_predicate is None:
             config = dataclasses.replace(config, failure_predicate=is_server_error)
         local = tuple(k for k in LOCAL_HTTP_EXCEPTIONS if k not in config.ignore_exceptions)
         if local:
             config = dataclasses.replace(config, ignore_exceptions=config.ignore_exceptions + local)
+        if name_of is origin_of and config.key_ttl == _LIBRARY_KEY_TTL:
+            config = _for_origins(config)
         self.retry = http_rules(retry if retry is not None else RetryPolicy())
         self.body_timeout = body_timeout
+        self.max_breakers = max_breakers
         self._redis = redis
         self._config = config
         self._clock = clock
         self._name_of = name_of
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()  # least recent first
+        # Requests under way, per breaker name: a breaker a request holds is never
+        # evicted, not even between its lookup and its first permit.
+        self._users: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def breaker(self, name: str) -> CircuitBreaker:
-        """The breaker of ``name`` (an origin, by default), as this transport uses it."""
+        """The breaker of ``name`` (an origin, by default), as this transport uses it.
+        It stays the transport's: once idle and least recently used, with more than
+        ``max_breakers`` kept, a request for another name closes it."""
+        with self._lock:
+            return self._kept(name)
+
+    def _kept(self, name: str) -> CircuitBreaker:
+        """The breaker of ``name``, made if need be, now the most recently used."""
         breaker = self._breakers.get(name)
         if breaker is None:
-            with self._lock:
-                breaker = self._breakers.get(name)
-                if breaker is None:
-                    breaker = CircuitBreaker(
-                        name, redis=self._redis, config=self._config, clock=self._clock
-                    )
-                    self._breakers[name] = breaker
+            breaker = CircuitBreaker(
+                name, redis=self._redis, config=self._config, clock=self._clock
+            )
+            self._breakers[name] = breaker
+        else:
+            self._breakers.move_to_end(name)
         return breaker
 
-    def _route(self, request: httpx.Request) -> tuple[Retrier, bool]:
+    def _check_out(self, name: str) -> tuple[CircuitBreaker, list[CircuitBreaker]]:
+        """The breaker of ``name``, held for one request until ``_check_in``; and those
+        evicted to keep at most ``max_breakers``, which the caller closes (outside the
+        lock: the async transport awaits ``aclose``)."""
+        with self._lock:
+            breaker = self._kept(name)
+            self._users[name] = self._users.get(name, 0) + 1
+            return breaker, self._evicted()
+
+    def _check_in(self, name: str) -> None:
+        with self._lock:
+            users = self._users.pop(name) - 1
+            if users:
+                self._users[name] = users
+
+    def _evicted(self) -> list[CircuitBreaker]:
+        """Take out the least recently used idle breakers past ``max_breakers``. One
+        that is open or half-open, held by a request, or has a permit unsettled or
+        counts due is skipped: busy breakers may keep the transport over its cap."""
+        excess = len(self._breakers) - self.max_breakers
+        if excess <= 0:
+            return []
+        names: list[str] = []
+        for name, breaker in self._breakers.items():
+            if name not in self._users and breaker.idle:
+                names.append(name)
+                if len(names) == excess:
+                    break
+        return [self._breakers.pop(name) for name in names]
+
+    def _route(self, request: httpx.Request, breaker: CircuitBreaker) -> tuple[Retrier, bool]:
         """The retrier for this request (bound to its breaker), and whether the
         request may be sent again: its body can be replayed, and the caller opted it
         in or its method (or an ``Idempotency-Key``) allows it."""
-        retrier = Retrier(self.retry, self.breaker(self._name_of(request)))
+        retrier = Retrier(self.retry, breaker)
         choice = request.extensions.get(RETRY_EXTENSION)
         if choice is False or not isinstance(request.stream, httpx.ByteStream):
             return retrier, False
@@ -141,8 +202,17 @@ class _Resilient:
 
     def _take_breakers(self) -> list[CircuitBreaker]:
         with self._lock:
-            breakers, self._breakers = list(self._breakers.values()), {}
+            breakers, self._breakers = list(self._breakers.values()), OrderedDict()
         return breakers
+
+
+def _for_origins(config: BreakerConfig) -> BreakerConfig:
+    """``config`` with the key TTL of breakers named by origin, unless its window or
+    open time outlasts that (then its keys must live longer: it keeps its own)."""
+    try:
+        return dataclasses.replace(config, key_ttl=ORIGIN_KEY_TTL)
+    except ConfigurationError:
+        return config
 
 
 #: The share of an attempt's time it may spend waiting for a pooled connection: the
@@ -294,8 +364,9 @@ class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
     >>> client = httpx.AsyncClient(transport=ResilientTransport())
 
     ``redis`` is a ``redis.asyncio.Redis`` (None: the embedded backend);
-    ``breaker_config`` applies to every breaker this transport creates. Closing it
-    (``aclose``, or ``async with``) closes them and the inner transport.
+    ``breaker_config`` applies to every breaker this transport creates, and at most
+    ``max_breakers`` idle ones are kept. Closing it (``aclose``, or ``async with``)
+    closes them and the inner transport.
     """
 
     def __init__(
@@ -308,12 +379,25 @@ class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
         body_timeout: float | None = None,
+        max_breakers: int = MAX_BREAKERS,
     ) -> None:
-        super().__init__(redis, retry, breaker_config, breaker_name, clock, body_timeout)
+        super().__init__(
+            redis, retry, breaker_config, breaker_name, clock, body_timeout, max_breakers
+        )
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        retrier, repeatable = self._route(request)
+        name = self._name_of(request)
+        breaker, evicted = self._check_out(name)
+        try:
+            for old in evicted:
+                await old.aclose()  # idle: no round trip, so no wait
+            return await self._send(request, breaker)
+        finally:
+            self._check_in(name)
+
+    async def _send(self, request: httpx.Request, breaker: CircuitBreaker) -> httpx.Response:
+        retrier, repeatable = self._route(request, breaker)
         timeouts = request.extensions.get("timeout")
 
         async def attempt(attempt: Attempt) -> httpx.Response:
@@ -362,12 +446,25 @@ class SyncResilientTransport(_Resilient, httpx.BaseTransport):
         breaker_name: Callable[[httpx.Request], str] = origin_of,
         clock: Clock | None = None,
         body_timeout: float | None = None,
+        max_breakers: int = MAX_BREAKERS,
     ) -> None:
-        super().__init__(redis, retry, breaker_config, breaker_name, clock, body_timeout)
+        super().__init__(
+            redis, retry, breaker_config, breaker_name, clock, body_timeout, max_breakers
+        )
         self._inner = transport if transport is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        retrier, repeatable = self._route(request)
+        name = self._name_of(request)
+        breaker, evicted = self._check_out(name)
+        try:
+            for old in evicted:
+                old.close()  # idle: no round trip
+            return self._send(request, breaker)
+        finally:
+            self._check_in(name)
+
+    def _send(self, request: httpx.Request, breaker: CircuitBreaker) -> httpx.Response:
+        retrier, repeatable = self._route(request, breaker)
         timeouts = request.extensions.get("timeout")
 
         def attempt(attempt: Attempt) -> httpx.Response:

@@ -24,7 +24,7 @@ from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._exceptions import ConfigurationError
-from ._listeners import BreakerListener
+from ._listeners import Listener
 from ._models import TransitionEvent
 from ._policy import RetryHook
 from ._retrying import RetryPolicy
@@ -112,7 +112,7 @@ def guarded_client(
     body_timeout: float | None = None,
     clock: Clock | None = None,
     retry_hooks: tuple[RetryHook, ...] = (),
-    listeners: Iterable[BreakerListener | Callable[[TransitionEvent], None]] = (),
+    listeners: Iterable[Listener] = (),
     made_here_listeners: Iterable[Callable[[TransitionEvent], None]] = (),
 ) -> tuple[httpx.AsyncClient, CircuitBreaker]:
     """``upstream``'s guarded client on ``url`` (its ``base_url``), and its breaker.

@@ -114,6 +114,23 @@ def test_close_stops_the_events_thread_once_no_breaker_needs_it(redis_url: str) 
     client.close()
 
 
+def test_a_closed_breaker_leaves_nothing_in_the_hubs_it_heard(redis_url: str) -> None:
+    """Names come and go (a transport's origins): a hub that kept each closed
+    breaker's name and ticks would grow for as long as the process lives."""
+    client = redis.Redis.from_url(redis_url)
+    staying = CircuitBreaker("staying", redis=client, batch_interval=1.0)
+    hub, local_hub = staying._engine._hubs.values()
+    ticks = len(hub._ticks)
+    for number in range(20):
+        CircuitBreaker(f"passing-{number}", redis=client, batch_interval=1.0).close()
+    heard = {*hub._receivers, *local_hub._receivers}  # the fallback's hub is process-wide
+    assert "staying" in heard
+    assert [name for name in heard if name.startswith("passing-")] == []
+    assert len(hub._ticks) == ticks
+    staying.close()
+    client.close()
+
+
 def test_aclose_ends_the_events_task(redis_url: str) -> None:
     async def scenario() -> set[asyncio.Task[object]]:
         client = aioredis.Redis.from_url(redis_url)

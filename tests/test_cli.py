@@ -229,3 +229,83 @@ def test_status_says_when_an_open_breaker_turns_half_open(
     client.close()
     result = cli("status", "--redis-url", redis_server.url)
     assert "half-open on next call" in result.stdout
+
+
+# -- what Redis says is printed escaped ------------------------------------------------
+
+#: Breaker names a terminal would obey if they were printed raw: clear the screen and
+#: paint red; a newline that adds a row; an OSC that retitles the window; a bidi
+#: override that shows "exe.txt" as "txt.exe"; a C1 CSI (U+009B).
+HOSTILE = {
+    "evil\x1b[2J\x1b[31mPWNED": r"evil\x1b[2J\x1b[31mPWNED",
+    "fake\npayments closed": r"fake\npayments closed",
+    "title\x1b]0;owned\x07": r"title\x1b]0;owned\x07",
+    "bidi\u202etxt.exe": r"bidi\u202etxt.exe",
+    "csi\x9b2J": r"csi\x9b2J",
+}
+
+
+def is_inert(text: str) -> bool:
+    """Nothing a terminal would act on: no control, format or separator character
+    other than the newlines that end lines."""
+    return all(char.isprintable() for line in text.splitlines() for char in line)
+
+
+def test_status_prints_hostile_names_escaped(breakers: Breakers, redis_server: RedisServer) -> None:
+    for name in HOSTILE:
+        breakers(name, redis=redis_server.client()).acquire().failure()
+    result = cli("status", "--redis-url", redis_server.url)
+    assert result.returncode == 0, result.stderr
+    assert is_inert(result.stdout)
+    names = [line.split("  ")[0] for line in result.stdout.splitlines()[1:]]
+    assert sorted(names) == sorted(HOSTILE.values())  # one row each, no more
+
+
+def test_watch_prints_hostile_names_and_reasons_escaped(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    watcher = subprocess.Popen(
+        [*fleetbreaker_command(), "watch", "--redis-url", redis_server.url],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None
+        assert watcher.stdout is not None
+        assert watcher.stderr.readline().startswith("watching breaker:events")
+        forged = {  # anyone who may PUBLISH can say this
+            "name": "evil\x1b[2J",
+            "from": "closed\n12:00 payments: open",
+            "to": "open\u202e",
+            "reason": "\x1b]0;owned\x07",
+            "at": 1,
+            "created_at": 1,
+            "generation": 1,
+            "open_until": 0,
+        }
+        client = redis_server.client()
+        client.publish("breaker:events", json.dumps(forged))
+        client.close()
+        line = watcher.stdout.readline()
+        assert is_inert(line)
+        assert line.split(" ", 1)[1] == (
+            r"evil\x1b[2J: closed\n12:00 payments: open -> open\u202e (\x1b]0;owned\x07)" "\n"
+        )
+    finally:
+        watcher.kill()
+        watcher.wait(_TIMEOUT)
+
+
+def test_reset_of_an_unknown_name_lists_hostile_names_escaped(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    for name in HOSTILE:
+        breakers(name, redis=redis_server.client()).acquire().failure()
+    result = cli("reset", "nope\x1b[2J", "--redis-url", redis_server.url)
+    assert result.returncode == 2
+    assert is_inert(result.stderr)
+    assert result.stderr.count("\n") == 1  # one line, as every error
+    known = ", ".join(HOSTILE[name] for name in sorted(HOSTILE))  # the CLI sorts raw names
+    assert result.stderr == f"fleetbreaker: no breaker named 'nope\\x1b[2J' (known: {known})\n"

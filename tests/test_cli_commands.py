@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import breaker
-from app.cli import EXIT_OK, EXIT_USAGE, build_parser, local_time, main
+from app.cli import EXIT_OK, EXIT_USAGE, build_parser, local_time, main, shown
 from tests.conftest import Breakers
 
 UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))
@@ -86,3 +86,22 @@ def test_a_redis_command_without_redis_says_where_the_demos_breakers_are(
 def test_watch_times_are_iso_8601_in_the_local_zone() -> None:
     assert local_time(1795962693548, UTC_PLUS_2) == "2026-11-29T16:31:33.548+02:00"
     assert datetime.datetime.fromisoformat(local_time(0)).tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("raw", "printed"),
+    [
+        ("payments", "payments"),
+        ("café ünïcode", "café ünïcode"),  # printable: as it is
+        ("a\x1b[2Jb", r"a\x1b[2Jb"),  # ESC: a CSI that clears the screen
+        ("a\x1b]0;t\x07", r"a\x1b]0;t\x07"),  # an OSC that retitles the window
+        ("a\nb\r\t", r"a\nb\r\t"),
+        ("a\x9bb\x7f", r"a\x9bb\x7f"),  # a C1 control (CSI in one byte), DEL
+        ("a\u202eb\u2066\u200b", r"a\u202eb\u2066\u200b"),  # bidi, zero-width
+        ("a\u2028b\xa0", r"a\u2028b\xa0"),  # a line separator, a no-break space
+        ("a\U000e0041", r"a\U000e0041"),  # a tag character
+        ("a\\x1b", r"a\\x1b"),  # a backslash: never mistaken for an escape
+    ],
+)
+def test_shown_escapes_what_a_terminal_would_act_on(raw: str, printed: str) -> None:
+    assert shown(raw) == printed

@@ -271,3 +271,15 @@ def test_nginx_refuses_bodies_at_the_gateways_own_limit_with_its_json() -> None:
     assert int(size.group(1)) * 1024 * 1024 == config.max_body_bytes
     assert f"over the limit of {config.max_body_bytes} bytes" in conf
     assert re.search(r"error_page 413 @body_too_large;", conf)
+
+
+def test_nginx_bounds_request_heads_as_each_replica_does() -> None:
+    """A head that is slow or large is nginx's to refuse, at the replicas' own limits."""
+    conf = NGINX_CONF.read_text()
+    timeout = re.search(r"^\s*client_header_timeout (\d+)s;", conf, re.MULTILINE)
+    buffers = re.search(r"^\s*large_client_header_buffers (\d+) (\d+)k;", conf, re.MULTILINE)
+    assert timeout is not None
+    assert buffers is not None
+    config = load_config({"BREAKER_CONFIG": str(FLEET_CONFIG), "BREAKER_UPSTREAMS": "a=http://a"})
+    assert int(timeout.group(1)) == config.head_timeout
+    assert int(buffers.group(1)) * int(buffers.group(2)) * 1024 == config.max_header_bytes

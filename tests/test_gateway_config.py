@@ -208,6 +208,21 @@ def test_batch_interval_false_records_every_success(tmp_path: Path) -> None:
             "client.connect_timeout: Input should be greater than 0",
             id="bad-client",
         ),
+        pytest.param(
+            "[gateway]\nhead_timeout=0",
+            "gateway.head_timeout: Input should be greater than 0",
+            id="head-timeout",
+        ),
+        pytest.param(
+            "[gateway]\nmax_connections=0",
+            "gateway.max_connections: Input should be greater than 0",
+            id="max-connections",
+        ),
+        pytest.param(
+            "[gateway]\nmax_header_bytes=8192\nmax_head_bytes=4096",
+            "gateway.max_head_bytes: must be at least max_header_bytes (8192)",
+            id="head-under-header",
+        ),
     ],
 )
 def test_bad_file_is_one_line_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:

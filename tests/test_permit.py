@@ -69,6 +69,35 @@ def test_close_gives_back_the_leases_of_dropped_permits(harness: Harness) -> Non
     assert other.snapshot().half_open_leases == 0
 
 
+def test_a_breaker_with_a_permit_unsettled_is_not_idle(harness: Harness) -> None:
+    cb = harness.breaker()
+    assert cb.idle  # nothing done yet
+    permit = cb.acquire()
+    assert not cb.idle
+    permit.success()
+    assert cb.idle
+    cb.acquire()  # dropped unsettled: it counts as nothing, and holds nothing
+    gc.collect()
+    assert cb.idle
+
+
+def test_an_open_breaker_is_not_idle(harness: Harness) -> None:
+    cb = harness.breaker(failure_threshold=1, reset_timeout=5.0)
+    cb.acquire().failure()
+    assert not cb.idle
+    harness.clock.advance(5.0)
+    cb.acquire().success()  # the trial closes it
+    assert cb.idle
+
+
+def test_a_breaker_with_batched_counts_due_is_not_idle(harness: Harness) -> None:
+    cb = harness.breaker(batch_interval=5.0)
+    cb.acquire().success()  # counted here, for the next flush
+    assert not cb.idle
+    cb.flush()
+    assert cb.idle
+
+
 def test_outcome_events_tell_every_call_with_its_duration_and_reason(harness: Harness) -> None:
     cb = harness.breaker(failure_threshold=2, reset_timeout=5.0)
     heard = Outcomes()

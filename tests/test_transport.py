@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -21,9 +21,11 @@ from breaker import (
     ATTEMPTS_EXTENSION,
     RETRY_EXTENSION,
     BreakerConfig,
+    BreakerKeys,
     BreakerSnapshot,
     CircuitBreaker,
     CircuitOpenError,
+    ConfigurationError,
     ResilientTransport,
     RetryPolicy,
     SyncResilientTransport,
@@ -548,3 +550,188 @@ def test_a_half_open_trial_holds_its_lease_until_its_body_ends(
             assert trial.read() == b"trial"
         assert http.get("/t").status_code == 200  # the body ended: closed
     assert len(upstream.hits_on("/t")) == 3
+
+
+# -- many origins: at most max_breakers kept ---------------------------------------------
+
+
+def answer(request: httpx.Request) -> httpx.Response:
+    """The mocked network: ``down.test`` answers 500, every other origin 200. The body
+    is a stream, as from a socket (``content=`` would be read already, and httpx would
+    never end it: the permit would wait for the response to be collected)."""
+    status = 500 if request.url.host == "down.test" else 200
+    return httpx.Response(status, stream=httpx.ByteStream(b"ok"))
+
+
+class Origins:
+    """One resilient transport of one kind over the mocked network, driven from sync
+    code: an async kind runs each request in one asyncio.Runner's loop."""
+
+    def __init__(self, kind: str, redis_url: str | None, **settings: Any) -> None:
+        self.kind = kind
+        inner = httpx.MockTransport(answer)
+        settings.setdefault("retry", RetryPolicy(attempts=1))
+        if kind.startswith("sync"):
+            self.client: Any = redis.Redis.from_url(redis_url) if redis_url else None
+            self.transport: Any = SyncResilientTransport(inner, redis=self.client, **settings)
+            self.http: Any = httpx.Client(transport=self.transport)
+            return
+        self.runner = asyncio.Runner()
+
+        async def start() -> None:
+            self.client = aioredis.Redis.from_url(redis_url) if redis_url else None
+            self.transport = ResilientTransport(inner, redis=self.client, **settings)
+            self.http = httpx.AsyncClient(transport=self.transport)
+
+        self.runner.run(start())
+
+    def _run(self, outcome: Any) -> Any:
+        return outcome if self.kind.startswith("sync") else self.runner.run(outcome)
+
+    def get(self, url: str) -> httpx.Response:
+        return self._run(self.http.get(url))  # type: ignore[no-any-return]
+
+    def open_stream(self, url: str) -> httpx.Response:
+        """A response whose body is not read yet: its permit is still unsettled."""
+        return self._run(self.http.send(self.http.build_request("GET", url), stream=True))  # type: ignore[no-any-return]
+
+    def close_stream(self, response: httpx.Response) -> None:
+        if self.kind.startswith("sync"):
+            response.close()
+        else:
+            self.runner.run(response.aclose())
+
+    def breaker(self, url: str) -> CircuitBreaker:
+        return self.transport.breaker(origin_of(httpx.Request("GET", url)))  # type: ignore[no-any-return]
+
+    @property
+    def kept(self) -> int:
+        return len(self.transport._breakers)
+
+    def close(self) -> None:
+        if self.kind.startswith("sync"):
+            self.http.close()
+            if self.client is not None:
+                self.client.close()
+            return
+
+        async def stop() -> None:
+            await self.http.aclose()
+            if self.client is not None:
+                await self.client.aclose()
+
+        self.runner.run(stop())
+        self.runner.close()
+
+
+@pytest.fixture(params=["sync-redis", "sync-embedded", "async-redis", "async-embedded"])
+def origins(request: pytest.FixtureRequest) -> Iterator[Callable[..., Origins]]:
+    url = None
+    if request.param.endswith("redis"):
+        request.getfixturevalue("sync_redis")  # flushes the test db around the test
+        url = request.getfixturevalue("redis_url")
+    made: list[Origins] = []
+
+    def make(**settings: Any) -> Origins:
+        made.append(Origins(request.param, url, **settings))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def is_closed(cb: CircuitBreaker) -> bool:
+    """Whether ``cb`` was closed: a closed breaker refuses every call."""
+    try:
+        cb.acquire().ignore()
+    except RuntimeError as exc:
+        return "is closed" in str(exc)
+    except TypeError:  # not closed, on an asyncio client: its calls are awaited
+        return False
+    return False
+
+
+def test_many_origins_keep_at_most_max_breakers(origins: Callable[..., Origins]) -> None:
+    client = origins(max_breakers=3)
+    for number in range(25):
+        assert client.get(f"http://origin-{number}.test/").status_code == 200
+        assert client.kept <= 3
+
+
+def test_an_evicted_breaker_is_closed(origins: Callable[..., Origins]) -> None:
+    client = origins(max_breakers=3)
+    seen = []
+    for number in range(10):
+        client.get(f"http://origin-{number}.test/")
+        seen.append(client.breaker(f"http://origin-{number}.test/"))
+    assert [is_closed(cb) for cb in seen] == [True] * 7 + [False] * 3
+
+
+def test_the_most_recently_used_origin_keeps_its_breaker(origins: Callable[..., Origins]) -> None:
+    client = origins(max_breakers=3)
+    client.get("http://busy.test/")
+    busy = client.breaker("http://busy.test/")
+    for number in range(25):
+        client.get(f"http://origin-{number}.test/")
+        client.get("http://busy.test/")
+    assert client.breaker("http://busy.test/") is busy
+    assert not is_closed(busy)
+
+
+def test_a_breaker_whose_body_is_still_to_come_is_not_evicted(
+    origins: Callable[..., Origins],
+) -> None:
+    client = origins(max_breakers=2)
+    streaming = client.open_stream("http://streaming.test/")
+    held = client.breaker("http://streaming.test/")
+    for number in range(10):
+        client.get(f"http://origin-{number}.test/")
+    assert client.breaker("http://streaming.test/") is held
+    client.close_stream(streaming)  # the body ends: idle, and the least recently used
+    client.get("http://origin-10.test/")
+    client.get("http://origin-11.test/")
+    assert is_closed(held)
+
+
+def test_an_open_breaker_is_not_evicted(origins: Callable[..., Origins]) -> None:
+    client = origins(max_breakers=2, breaker_config=BreakerConfig(failure_threshold=1))
+    assert client.get("http://down.test/").status_code == 500  # opens it
+    opened = client.breaker("http://down.test/")
+    for number in range(10):
+        client.get(f"http://origin-{number}.test/")
+    assert client.breaker("http://down.test/") is opened
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "10"])
+def test_max_breakers_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        SyncResilientTransport(max_breakers=value)  # type: ignore[arg-type]
+    assert refused.value.field == "max_breakers"
+
+
+def key_hours(client: redis.Redis, name: str) -> float:
+    return client.pttl(BreakerKeys.of("breaker", name).state) / 3_600_000
+
+
+def test_only_breakers_named_by_origin_keep_their_keys_hours_not_a_week(
+    sync_redis: redis.Redis,
+) -> None:
+    inner = httpx.MockTransport(answer)
+    week = 7 * 24.0
+
+    def through(url: str, **settings: Any) -> None:
+        transport = SyncResilientTransport(inner, redis=sync_redis, **settings)
+        with httpx.Client(transport=transport) as http:
+            http.get(url)
+
+    through("http://by-origin.test/")
+    through("http://named.test/", breaker_name=lambda request: "partner")
+    through("http://set.test/", breaker_config=BreakerConfig(key_ttl=48 * 3600.0))
+    long_open = BreakerConfig(reset_timeout=60.0, reset_timeout_max=8 * 3600.0)
+    through("http://long-open.test/", breaker_config=long_open)
+    assert 5.9 < key_hours(sync_redis, "http://by-origin.test:80") <= 6.0
+    assert week - 0.1 < key_hours(sync_redis, "partner") <= week  # an upstream's, say
+    assert 47.9 < key_hours(sync_redis, "http://set.test:80") <= 48.0
+    # 6 hours would not outlive its open time: it keeps the library's week.
+    assert week - 0.1 < key_hours(sync_redis, "http://long-open.test:80") <= week
