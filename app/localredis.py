@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -52,12 +53,24 @@ HOST = "127.0.0.1"
 _T = TypeVar("_T")
 
 
+#: Every port ``free_port`` handed out in this process: a port chosen for one service
+#: but not bound yet (the fleet's replicas, its admin listeners) is never handed to
+#: another (the Cluster it starts next).
+_HANDED_OUT: set[int] = set()
+_HANDING = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process
+    has not handed out before."""
+    with _HANDING:
+        while True:
+            with socket.socket() as sock:
+                sock.bind((HOST, 0))
+                port: int = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def redis_server_command(port: int, data: Path) -> list[str]:

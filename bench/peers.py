@@ -95,6 +95,8 @@ def async_client(url: str) -> redis.asyncio.Redis:
 
 # -- fleetbreaker -------------------------------------------------------------------------
 
+_FOLLOW_WITHIN = 5.0  # a bound on a subscription, never a delay
+
 
 def _fleetbreaker_sync(batch_interval: float | None) -> Callable[[str, str, Settings], SyncGuard]:
     def make(url: str, name: str, settings: Settings) -> SyncGuard:
@@ -109,7 +111,9 @@ def _fleetbreaker_sync(batch_interval: float | None) -> Callable[[str, str, Sett
             batch_interval=batch_interval,
             prefix="fb",
         )
-        cb.follow_events()
+        # Measured as a process that has run a while: until its follower subscribes,
+        # every call asks Redis (no view decides alone while one could go unheard).
+        cb.follow_events(timeout=_FOLLOW_WITHIN)
 
         def call(fn: Callable[[], Any]) -> Any:
             try:
@@ -134,6 +138,10 @@ async def _fleetbreaker_async(url: str, name: str, settings: Settings) -> AsyncG
         prefix="fb",
     )
     cb.follow_events()
+    for _ in range(int(_FOLLOW_WITHIN / 0.005)):  # bounded: the follower subscribes soon
+        if cb.following:
+            break
+        await asyncio.sleep(0.005)
 
     async def call(fn: Callable[[], Awaitable[Any]]) -> Any:
         try:

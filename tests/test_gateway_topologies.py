@@ -294,7 +294,7 @@ def test_readyz_on_a_cluster_names_the_breakers_a_dead_primary_leaves_unserved(
 
     async def scenario() -> None:
         async with gateway_client(config) as client:
-            seen["before"] = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
+            seen["before"] = (await _poll_readyz(client, "ready")).json()  # all followed
             fresh_cluster.kill(victim)
             seen["dead"] = (await client.get(f"{ADMIN}/readyz", headers=AUTH)).json()
             seen["replaced_after"] = await asyncio.to_thread(

@@ -45,6 +45,10 @@ from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
+# The recorded tables (escapes, headers) are read after every case of them ran: the
+# module runs on one xdist worker, in its own order (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_security")
+
 MAX_HEAD = 8192
 
 
