@@ -85,6 +85,7 @@ def test_the_script_runs_every_compose_command_of_the_readme() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(_BUDGET + _STOP_GRACE + 30)
 def test_the_compose_fleet_trips_rejects_resets_and_survives_a_killed_gateway() -> None:
     output = run_compose_check()

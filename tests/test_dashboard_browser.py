@@ -26,7 +26,7 @@ from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("browser")]
 
 THRESHOLD = 3
 #: The issue's promise: a trip anywhere in the fleet shows within this, no reload.

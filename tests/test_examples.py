@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-pytestmark = pytest.mark.slow  # it sets up .venv-run, then waits out a 2 s reset timeout
+# It sets up .venv-run (building in the checkout's build/, as test_wheel does), then
+# waits out a 2 s reset timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("build")]
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "trip_and_recover.py"

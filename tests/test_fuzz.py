@@ -28,7 +28,7 @@ from tests.support.gateway_process import GatewayProcess, gateway_with_redis
 from tests.support.reliability import Reliability
 from tests.support.upstream import Upstream
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults]
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.e2e]
 
 MAX_EXAMPLES = 150
 NAMES = ("api", "plain", "missing")  # a breaker, a proxy without one, and no upstream

@@ -27,7 +27,7 @@ from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess
 from tests.support.upstream import Reply, Upstream
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("browser")]
 
 HTML = (("Content-Type", "text/html; charset=utf-8"),)
 # Reads every storage it can, then acts with what it found, on its own origin (where

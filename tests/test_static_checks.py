@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.reliability import Reliability
 
-pytestmark = pytest.mark.slow  # it runs processes
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # it runs processes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("app", "breaker", "bench")

@@ -19,7 +19,8 @@ import pytest
 
 from app.fleet import free_port, http_ok
 
-pytestmark = pytest.mark.slow
+# It builds in the checkout's build/, as scripts/setup --run (test_examples) does.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("build")]
 
 ROOT = Path(__file__).parent.parent
 PROBE = """
