@@ -287,7 +287,10 @@ def test_a_stop_with_event_streams_open_is_prompt_and_leaves_nothing_unclosed(
         process.stop()
     log = process.log()
     assert sorted(ended) == ["/admin/events"] * 2 + ["/dashboard/events"] * 2
-    assert took < 3.0, f"the stop took {took:.1f} s"  # not the graceful shutdown's 5 s
+    # The streams did not hold the stop to the graceful shutdown's time-out: uvicorn
+    # logs "timeout graceful shutdown exceeded" when it does (checked below). The time
+    # itself is only bounded loosely: on a loaded machine two workers take seconds.
+    assert took < 15.0, f"the stop took {took:.1f} s"
     for trouble in ("Traceback", "Task was destroyed", "never awaited", "graceful shutdown"):
         assert trouble not in log, log
     assert unclosed(log, process.port) == [], log

@@ -45,10 +45,6 @@ from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
-# The recorded tables (escapes, headers) are read after every case of them ran: the
-# module runs on one xdist worker, in its own order (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_security")
-
 MAX_HEAD = 8192
 
 
@@ -220,20 +216,6 @@ def test_no_path_makes_the_gateway_contact_anything_but_its_upstream(
         assert (status, json.loads(body)["error"]) == (400, "invalid_path")
 
 
-def test_the_escape_table_is_recorded(reliability: Reliability) -> None:
-    assert len(_ESCAPE_ANSWERS) == len(ESCAPES), "every case above ran first"
-    reliability.record(
-        "test_security::path_escapes",
-        f"{len(ESCAPES)} path escapes and SSRF forms (`..`, `%2e%2e`, `//host`, `http://`, "
-        "backslashes, `@`, double and triple encoding, NUL, CR/LF, an encoded upstream "
-        "name)",
-        answers=_ESCAPE_ANSWERS,
-        lost="nothing: no connection to anything but the configured upstream host; "
-        "each 200 a path under its base (`@`, `%40`, a query, a request line split at "
-        "CR/LF, the absolute form)",
-    )
-
-
 def _label(status: int, body: bytes) -> str:
     """Here a plain-text error can only be uvicorn's parser's: nothing reached an upstream
     that answers with one."""
@@ -242,6 +224,35 @@ def _label(status: int, body: bytes) -> str:
 
 _ESCAPE_ANSWERS: list[str] = []
 _HEADER_ANSWERS: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tables(reliability: Reliability) -> Iterator[None]:
+    """The escape and header tables become RELIABILITY.md rows once the module is done,
+    and only when every case of a table ran in this process (xdist may split a module
+    between workers; ``./scripts/reliability`` runs it whole)."""
+    yield
+    if len(_ESCAPE_ANSWERS) == len(ESCAPES):
+        reliability.record(
+            "test_security::path_escapes",
+            f"{len(ESCAPES)} path escapes and SSRF forms (`..`, `%2e%2e`, `//host`, "
+            "`http://`, backslashes, `@`, double and triple encoding, NUL, CR/LF, an "
+            "encoded upstream name)",
+            answers=_ESCAPE_ANSWERS,
+            lost="nothing: no connection to anything but the configured upstream host; "
+            "each 200 a path under its base (`@`, `%40`, a query, a request line split at "
+            "CR/LF, the absolute form)",
+        )
+    if len(_HEADER_ANSWERS) == len(INJECTIONS) + 3:
+        reliability.record(
+            "test_security::headers",
+            f"CR, LF, NUL and folding in headers ({len(INJECTIONS)} forms); heads over "
+            f"`max_header_bytes` ({MAX_HEAD} B in the test): one header, 100 headers, a "
+            "path",
+            answers=_HEADER_ANSWERS,
+            lost="nothing: each form was refused by the parser or forwarded with no CR, LF "
+            "or NUL in any header; oversized heads reached nothing",
+        )
 
 
 # -- headers -----------------------------------------------------------------------------
@@ -637,18 +648,6 @@ def test_a_long_path_counts_toward_the_head_limit(live: LiveGateway, upstream: U
     _HEADER_ANSWERS.append(_label(status, body))
     assert (status, json.loads(body)["error"]) == (431, "headers_too_large")
     assert upstream.hits == []
-
-
-def test_the_header_cases_are_recorded(reliability: Reliability) -> None:
-    assert len(_HEADER_ANSWERS) == len(INJECTIONS) + 3, "every case above ran first"
-    reliability.record(
-        "test_security::headers",
-        f"CR, LF, NUL and folding in headers ({len(INJECTIONS)} forms); heads over "
-        f"`max_header_bytes` ({MAX_HEAD} B in the test): one header, 100 headers, a path",
-        answers=_HEADER_ANSWERS,
-        lost="nothing: each form was refused by the parser or forwarded with no CR, LF "
-        "or NUL in any header; oversized heads reached nothing",
-    )
 
 
 def test_a_head_under_the_limit_passes(live: LiveGateway, upstream: Upstream) -> None:
