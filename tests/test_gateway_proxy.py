@@ -167,7 +167,7 @@ def test_an_upstream_slower_than_the_per_try_timeout_is_504(
     tmp_path: Path, upstream: Upstream, backend: str | None
 ) -> None:
     upstream.plan("/base/slow", Reply(delay_headers=5.0))
-    extra = "retry = { attempts = 2, per_try_timeout = 0.05 }"
+    extra = "retry = { attempts = 2, per_try_timeout = 0.5 }"
 
     async def scenario(client: httpx.AsyncClient) -> None:
         response = await client.get("/proxy/api/slow")
