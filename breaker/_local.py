@@ -211,9 +211,11 @@ class LocalEngine:
                 return value.decode("utf-8", "replace")
             if isinstance(value, float) and value.is_integer():
                 return int(value)
+            if lua.lua_type(value) == "table":  # a snapshot's settings: an object in one
+                return {plain(key): plain(item) for key, item in value.items()}
             return value
 
-        return json.dumps({plain(key): plain(value) for key, value in table.items()}).encode()
+        return json.dumps(plain(table)).encode()
 
     def _decode(self, text: bytes) -> Any:
         decoded = json.loads(text)
