@@ -252,7 +252,7 @@ class LocalEngine:
 
     def lua_global(self, name: str) -> Any:
         """A global of the library's runtime (an instrumented copy's counters)."""
-        return self._runtime.globals()[name]
+        return self._runtime.globals()[name.encode()]
 
     def clear(self) -> None:
         """Forget every key (tests start each case empty)."""

@@ -232,10 +232,12 @@ _CLUSTER = pytest.param("cluster", marks=pytest.mark.slow)
 _SENTINEL = pytest.param("sentinel", marks=pytest.mark.slow)
 
 
-def use_fallback_lane(monkeypatch: pytest.MonkeyPatch) -> LocalEngine:
-    """Breakers made without a client (``redis=None``) run on a fresh ``LocalEngine``
-    until the test ends, instead of the embedded backend."""
-    engine = LocalEngine()
+def use_fallback_lane(
+    monkeypatch: pytest.MonkeyPatch, engine: LocalEngine | None = None
+) -> LocalEngine:
+    """Breakers made without a client (``redis=None``) run on ``engine`` (a fresh
+    ``LocalEngine`` unless given) until the test ends, instead of the embedded backend."""
+    engine = LocalEngine() if engine is None else engine
     monkeypatch.setattr(backends, "_EMBEDDED", fallback_backend(engine))
     return engine
 
