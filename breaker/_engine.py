@@ -45,6 +45,7 @@ from ._wire import (
     decode_reply,
     decode_snapshot,
     record_args,
+    reply_text,
     snapshot_args,
 )
 
@@ -234,10 +235,10 @@ class Engine:
         """Run ``script`` on ``lane``, sending this breaker's settings with its first
         call there, and again if the breaker holds none (a flushed or new Redis)."""
         raw = yield Call(lane, script, args_for(not self._offered[lane]))
-        if raw[0] in (b"unconfigured", "unconfigured"):
+        if reply_text(raw, "verdict") == "unconfigured":
             raw = yield Call(lane, script, args_for(True))
         self._offered[lane] = True
-        stored = raw[9].decode() if isinstance(raw[9], bytes) else str(raw[9])
+        stored = reply_text(raw, "digest")
         if lane == "shared" and stored and stored != self._stored_digest:
             self._stored_digest = stored
             yield from self._compare_settings(stored)

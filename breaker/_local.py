@@ -189,7 +189,9 @@ class LocalEngine:
     b'closed'
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: str | None = None) -> None:
+        """``source``: the library to load, this version's unless given (the model
+        test loads a copy instrumented to count the branches it reaches)."""
         self._runtime = lua.LuaRuntime(encoding=None, unpack_returned_tuples=True)
         self._store = _Store(self._runtime)
         self._lock = threading.Lock()
@@ -201,7 +203,8 @@ class LocalEngine:
             "cjson = {encode = encode, decode = decode} end"
         )
         install(self._store.call, self._encode, self._decode)
-        self._runtime.execute(library_source().split("\n", 1)[1].encode())
+        library = library_source() if source is None else source
+        self._runtime.execute(library.split("\n", 1)[1].encode())
         functions = self._runtime.globals().FUNCTIONS
         self._functions = {name: functions[function_name(name).encode()] for name in SCRIPT_NAMES}
 
@@ -211,9 +214,11 @@ class LocalEngine:
                 return value.decode("utf-8", "replace")
             if isinstance(value, float) and value.is_integer():
                 return int(value)
+            if lua.lua_type(value) == "table":  # a snapshot's settings: an object in one
+                return {plain(key): plain(item) for key, item in value.items()}
             return value
 
-        return json.dumps({plain(key): plain(value) for key, value in table.items()}).encode()
+        return json.dumps(plain(table)).encode()
 
     def _decode(self, text: bytes) -> Any:
         decoded = json.loads(text)
@@ -238,6 +243,16 @@ class LocalEngine:
                 raise ScriptError(f"operation {name!r} failed: {exc}") from exc
         converted: list[Any] = _from_lua(reply)
         return converted
+
+    def command(self, *command: Any) -> Any:
+        """One command on the lane's keys, as a script's ``redis.call`` runs it, with
+        its reply as redis-py gives it (tests read and edit the keys with it)."""
+        with self._lock:
+            return _from_lua(self._store.call(_text(command[0]), *command[1:]))
+
+    def lua_global(self, name: str) -> Any:
+        """A global of the library's runtime (an instrumented copy's counters)."""
+        return self._runtime.globals()[name.encode()]
 
     def clear(self) -> None:
         """Forget every key (tests start each case empty)."""

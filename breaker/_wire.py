@@ -121,28 +121,54 @@ class Reply:
         return self.verdict == "unconfigured"
 
 
+#: The layout of every reply, read by name from here on: ``REPLY`` in the library
+#: (``lua/fleetbreaker.lua``), which builds every reply from it; the JSON of the call's
+#: transitions follows. ``Reply`` holds these fields, in this order, then ``events``.
+REPLY_FIELDS: tuple[str, ...] = (
+    "verdict",
+    "state",
+    "created_at",
+    "generation",
+    "open_until",
+    "now",
+    "failures",
+    "last_failure_at",
+    "extra",
+    "digest",
+)
+_AT = {field: index for index, field in enumerate(REPLY_FIELDS)}
+
+
+def reply_text(raw: list[Any], field: str) -> str:
+    """One field of a raw reply, as text, before (or without) decoding the whole."""
+    return _text(raw[_AT[field]])
+
+
 def decode_reply(raw: list[Any]) -> Reply:
     """A reply as redis-py gives it: bytes, and integers where the library answers
     with numbers."""
-    state = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
+    if len(raw) < len(REPLY_FIELDS):
+        raise ValueError(f"a reply holds {len(REPLY_FIELDS)} fields at least, got {len(raw)}")
+    named = dict(zip(REPLY_FIELDS, raw, strict=False))
+    state = _text(named["state"])
     if state not in STATES:
         raise ValueError(f"unknown breaker state in reply: {state!r}")
-    events: tuple[TransitionEvent, ...] = ()
-    if len(raw) > 10:
-        events = tuple(
-            event for event in (TransitionEvent.from_json(item) for item in raw[10:]) if event
-        )
+    events = tuple(
+        event
+        for event in (TransitionEvent.from_json(item) for item in raw[len(REPLY_FIELDS) :])
+        if event
+    )
     return Reply(
-        verdict=_text(raw[0]),
+        verdict=_text(named["verdict"]),
         state=state,  # checked above
-        created_at=int(raw[2]),
-        generation=int(raw[3]),
-        open_until=int(raw[4]),
-        now=int(raw[5]),
-        failures=int(raw[6]),
-        last_failure_at=int(raw[7]),
-        extra=_text(raw[8]),
-        digest=_text(raw[9]),
+        created_at=int(named["created_at"]),
+        generation=int(named["generation"]),
+        open_until=int(named["open_until"]),
+        now=int(named["now"]),
+        failures=int(named["failures"]),
+        last_failure_at=int(named["last_failure_at"]),
+        extra=_text(named["extra"]),
+        digest=_text(named["digest"]),
         events=events,
     )
 

@@ -20,10 +20,10 @@
 --   ARGV[3]: the caller's settings as JSON, or "". A process sends them with its first
 --            call of a breaker (the newest process's settings win, and every call
 --            runs with the stored ones), and again when the breaker has none.
--- Every reply: {verdict, state, created_at, generation, open_until, now, failures,
---               last_failure_at, extra, stored_digest, event_json...}
+-- Every reply: the fields named in REPLY, in its order, then the JSON of each
+-- transition the call made.
 --   verdict "unconfigured": the breaker holds no settings and none came; nothing was
---   done: send them. stored_digest: the settings the call ran with.
+--   done: send them. digest: of the settings the call ran with.
 --
 -- Settings live in the state hash, beside the state (durations in ms): name, channel,
 -- key_ttl, window_bucket, buckets, failure_threshold, success_threshold,
@@ -53,6 +53,12 @@ local DEFAULTS = {
 local STATE = {
   'state', 'created_at', 'generation', 'failures', 'last_failure_at', 'opened_at',
   'open_until', 'reopens', 'trial_successes',
+}
+-- The layout of every reply, written once (REPLY_FIELDS in breaker/_wire.py reads it
+-- by name; tests/test_contract.py ties the two).
+local REPLY = {
+  'verdict', 'state', 'created_at', 'generation', 'open_until', 'now', 'failures',
+  'last_failure_at', 'extra', 'digest',
 }
 
 -- Integers are written with %d: tostring() would switch to exponent notation for
@@ -318,22 +324,41 @@ local function count(c, calls, failures, slows, rejections)
   end
 end
 
--- The reply shared by every operation: the verdict, then the view every caller
--- refreshes from it, then the JSON of the transitions this call made.
-local function reply(c, verdict, extra)
-  local s = c.s
-  local r = {
-    verdict, s.state, int(s.created_at), int(s.generation), int(s.open_until),
-    int(c.now), int(s.failures), int(s.last_failure_at), extra or '', c.stored,
-  }
-  for i = 1, #c.events do
-    r[#r + 1] = c.events[i]
+-- A reply laid out as REPLY says, from its fields by name; then ``events``. Every
+-- operation answers through here, so no reply can leave a field out or move one.
+local function as_reply(fields, events)
+  local r = {}
+  for i, field in ipairs(REPLY) do
+    local value = fields[field]
+    if value == nil then
+      error('reply without ' .. field)
+    end
+    r[i] = value
+  end
+  for i = 1, #events do
+    r[#r + 1] = events[i]
   end
   return r
 end
 
+-- The reply shared by every operation: the verdict, then the view every caller
+-- refreshes from it, then the JSON of the transitions this call made.
+local function reply(c, verdict, extra)
+  local s = c.s
+  return as_reply({
+    verdict = verdict, state = s.state, created_at = int(s.created_at),
+    generation = int(s.generation), open_until = int(s.open_until), now = int(c.now),
+    failures = int(s.failures), last_failure_at = int(s.last_failure_at),
+    extra = extra or '', digest = c.stored,
+  }, c.events)
+end
+
 local function unconfigured(c)
-  return { 'unconfigured', 'closed', '0', '0', '0', int(c.now), '0', '0', '', '' }
+  return as_reply({
+    verdict = 'unconfigured', state = 'closed', created_at = '0', generation = '0',
+    open_until = '0', now = int(c.now), failures = '0', last_failure_at = '0', extra = '',
+    digest = '',
+  }, {})
 end
 
 -- acquire: asked before a call whenever the caller's local view cannot decide alone.
@@ -497,7 +522,11 @@ local function record_fast(keys, args)
     refresh_ttls({ keys = keys, cfg = { key_ttl = tonumber(more[2]) } })
   end
   local verdict = outcome == 'success' and 'counted' or 'stale'
-  return { verdict, 'closed', h[3], h[2], '0', now, failures, h[5], '', h[6] }
+  return as_reply({
+    verdict = verdict, state = 'closed', created_at = h[3], generation = h[2],
+    open_until = '0', now = now, failures = failures, last_failure_at = h[5], extra = '',
+    digest = h[6],
+  }, {})
 end
 
 -- record: the outcome of one call, and what a batching caller counted locally.

@@ -5,6 +5,9 @@
   never touched. Outside CI these cases skip when no Redis answers; with ``CI=true``
   they fail instead.
 - ``embedded``: fakeredis with lupa, running the same Lua, flushed before each test.
+- ``fallback``: the in-process fallback's engine (``LocalEngine``: the same Lua on lupa,
+  over the fallback's own store), a fresh one per test, standing in for the embedded
+  backend (tests/support/lanes.py).
 
 Time is a ``ManualClock``: tests advance it instead of sleeping.
 """
@@ -27,11 +30,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from breaker import CircuitBreaker, redis_from_url
+from breaker import _backend as backends
 from breaker._backend import embedded_backend
-from breaker._local import fallback_engine
+from breaker._local import LocalEngine, fallback_engine
 from breaker._topology import is_async_client
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
+from tests.support.lanes import EngineClient, fallback_backend
 from tests.support.reliability import Reliability, audit_dependencies, render
 from tests.support.servers import RedisServer, text_hash
 from tests.support.topology import aclose_sentinel_client, close_sentinel_client
@@ -227,7 +232,17 @@ _CLUSTER = pytest.param("cluster", marks=pytest.mark.slow)
 _SENTINEL = pytest.param("sentinel", marks=pytest.mark.slow)
 
 
-@pytest.fixture(params=["redis", _EVAL, _CLUSTER, _SENTINEL, "embedded"])
+def use_fallback_lane(
+    monkeypatch: pytest.MonkeyPatch, engine: LocalEngine | None = None
+) -> LocalEngine:
+    """Breakers made without a client (``redis=None``) run on ``engine`` (a fresh
+    ``LocalEngine`` unless given) until the test ends, instead of the embedded backend."""
+    engine = LocalEngine() if engine is None else engine
+    monkeypatch.setattr(backends, "_EMBEDDED", fallback_backend(engine))
+    return engine
+
+
+@pytest.fixture(params=["redis", _EVAL, _CLUSTER, _SENTINEL, "embedded", "fallback"])
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     closing: Callable[[], None] = lambda: None  # noqa: E731
     if request.param.startswith("redis"):
@@ -245,6 +260,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         client = sentinels.client()
         closing = functools.partial(close_sentinel_client, client)
         made = Harness("redis", ManualClock(), client, client, sentinels.url, "functions")
+    elif request.param == "fallback":
+        engine = use_fallback_lane(request.getfixturevalue("monkeypatch"))
+        made = Harness("fallback", ManualClock(), EngineClient(engine), None)
     else:
         made = Harness("embedded", ManualClock(), embedded_backend().client, None)
     yield made
