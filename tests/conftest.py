@@ -75,6 +75,19 @@ def reliability() -> Reliability:
     return _RELIABILITY
 
 
+def _weight(item: pytest.Item) -> int:
+    marks = {mark.name for mark in item.iter_markers()}
+    return 0 if marks & {"e2e", "faults"} else 1 if "slow" in marks else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first (compose, browsers, failovers, then the other processes),
+    so that xdist's workers start them at once and the short ones fill in around them,
+    rather than one long test starting last and running alone. Stable: each weight
+    keeps its modules' order (and so their module fixtures) together."""
+    items.sort(key=_weight)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--reliability-report")
     if not path:
