@@ -80,11 +80,27 @@ def _weight(item: pytest.Item) -> int:
     return 0 if marks & {"e2e", "faults"} else 1 if "slow" in marks else 2
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long tests first (compose, browsers, failovers, then the other processes),
-    so that xdist's workers start them at once and the short ones fill in around them,
+def _outside_its_lanes(item: pytest.Item) -> bool:
+    """A test marked ``lanes(...)`` runs on the harness lanes named there only."""
+    marked = item.get_closest_marker("lanes")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if marked is None:
+        return False
+    return any(
+        params[name] not in marked.args for name in ("harness", "async_harness") if name in params
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drops the lanes a module does not need (see the ``lanes`` marker), then puts
+    the long tests first (compose, browsers, failovers, then the other processes), so
+    that xdist's workers start them at once and the short ones fill in around them,
     rather than one long test starting last and running alone. Stable: each weight
     keeps its modules' order (and so their module fixtures) together."""
+    dropped = [item for item in items if _outside_its_lanes(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not _outside_its_lanes(item)]
     items.sort(key=_weight)
 
 

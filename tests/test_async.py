@@ -9,6 +9,10 @@ import pytest
 from breaker import CircuitBreaker, CircuitOpenError
 from tests.conftest import AsyncHarness
 
+# Retry, fallback, permit and async behaviour is the same on every topology: Redis and
+# the embedded backend only (the Lua and backend tests keep every topology).
+pytestmark = pytest.mark.lanes("redis", "redis-async", "embedded")
+
 
 async def fail(cb: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):

@@ -31,6 +31,10 @@ from breaker import (
 from breaker.testing import ManualClock
 from tests.conftest import AsyncHarness, Breakers, Harness
 
+# Retry, fallback, permit and async behaviour is the same on every topology: Redis and
+# the embedded backend only (the Lua and backend tests keep every topology).
+pytestmark = pytest.mark.lanes("redis", "redis-async", "embedded")
+
 NO_WAIT = RetryPolicy(attempts=3, backoff=0, budget=None)
 
 

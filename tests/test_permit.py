@@ -10,6 +10,10 @@ import pytest
 from breaker import BreakerListener, CircuitOpenError, OutcomeEvent, PermitSettledError
 from tests.conftest import AsyncHarness, Harness
 
+# Retry, fallback, permit and async behaviour is the same on every topology: Redis and
+# the embedded backend only (the Lua and backend tests keep every topology).
+pytestmark = pytest.mark.lanes("redis", "redis-async", "embedded")
+
 
 class Outcomes(BreakerListener, list[OutcomeEvent]):
     def outcome(self, event: OutcomeEvent) -> None:

@@ -21,6 +21,10 @@ from breaker import (
 from breaker.testing import ManualClock, set_testing
 from tests.conftest import AsyncHarness, Harness
 
+# Retry, fallback, permit and async behaviour is the same on every topology: Redis and
+# the embedded backend only (the Lua and backend tests keep every topology).
+pytestmark = pytest.mark.lanes("redis", "redis-async", "embedded")
+
 NO_TRIP = 1_000_000
 
 
