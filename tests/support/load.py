@@ -60,6 +60,19 @@ class Load:
             thread.start()
         return self
 
+    def wait_for(self, count: int, within: float = 15.0) -> None:
+        """Returns once ``count`` more answers came than had when called: a window of
+        load measured in requests, not in seconds a loaded machine may not keep."""
+        with self._lock:
+            target = len(self.answers) + count
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.answers) >= target:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"the load got fewer than {count} answers in {within:g} s")
+
     def stop(self) -> list[Answer]:
         self._stopped.set()
         for thread in self._threads:
