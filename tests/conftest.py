@@ -80,6 +80,17 @@ def _weight(item: pytest.Item) -> int:
     return 0 if marks & {"e2e", "faults"} else 1 if "slow" in marks else 2
 
 
+def _by_weight(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Modules by their heaviest test, each module whole: a module fixture (a fleet, a
+    gateway) is set up once per worker only while its tests run back to back."""
+    weights: dict[str, int] = {}
+    for item in items:
+        weights[item.nodeid.split("::")[0]] = min(
+            weights.get(item.nodeid.split("::")[0], 2), _weight(item)
+        )
+    return sorted(items, key=lambda item: weights[item.nodeid.split("::")[0]])
+
+
 def _outside_its_lanes(item: pytest.Item) -> bool:
     """A test marked ``lanes(...)`` runs on the harness lanes named there only."""
     marked = item.get_closest_marker("lanes")
@@ -101,7 +112,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if not _outside_its_lanes(item)]
-    items.sort(key=_weight)
+    items[:] = _by_weight(items)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

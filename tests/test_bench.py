@@ -21,7 +21,7 @@ from bench.loadgen import _asyncio_load
 from bench.peers import PEERS
 from bench.server import BenchRedis
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]  # one server, one driver
 
 
 @pytest.fixture(scope="module")

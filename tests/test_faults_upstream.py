@@ -24,7 +24,8 @@ from tests.support.gateway import AUTH
 from tests.support.gateway_process import GatewayProcess, gateway_with_redis
 from tests.support.reliability import Reliability, answer_label
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults]
+# One gateway per module fixture: its tests run on one worker, in turn.
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.xdist_group("faults_upstream")]
 
 PER_TRY = 0.5  # seconds: the per-try timeout, so that "headers never come" ends soon
 BODY_TIMEOUT = 1.0  # seconds a body may stream after its headers

@@ -25,7 +25,8 @@ from app.fleet import Fleet
 from tests.support.load import Load
 from tests.support.reliability import Reliability, answer_label
 
-pytestmark = pytest.mark.slow
+# One fleet for the module (a module fixture): its tests run on one worker, in turn.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fleet_e2e")]
 
 REPLICAS, WORKERS = 3, 2
 THRESHOLD = 5

@@ -28,7 +28,12 @@ from tests.support.gateway_process import GatewayProcess, gateway_with_redis
 from tests.support.reliability import Reliability
 from tests.support.upstream import Upstream
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.e2e]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.faults,
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("fuzz"),  # one fuzzed gateway (a module fixture)
+]
 
 MAX_EXAMPLES = 150
 NAMES = ("api", "plain", "missing")  # a breaker, a proxy without one, and no upstream
