@@ -129,6 +129,7 @@ def test_the_section_gives_the_capacity_and_links_the_plot() -> None:
     assert "![Redis load against fleet size](docs/fleet-model.png)" in text
 
 
+@pytest.mark.slow  # matplotlib: seconds to import, a minute on a machine with no font cache
 def test_the_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runs = (a_run("exact"), a_run("batched", round_trips=500, cpu_seconds=0.06))
