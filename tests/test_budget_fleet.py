@@ -72,7 +72,8 @@ def test_a_burst_on_a_dead_upstream_gets_the_ratio_plus_one_second_of_floor(
 ) -> None:
     """100 requests at one instant through 3 replicas x 2 workers, 3 attempts each,
     the default budget: at most 100 x 1.2 + one second of floor (10) reach the upstream
-    (the floor's bucket holds 2.5 tokens; the rest refills while the burst lasts).
+    (the floor's bucket holds 2.5 tokens; the rest refills while the burst lasts, so a
+    burst a loaded machine stretches gets the floor's rate for as long as it lasts).
     The floor was once a whole window's allowance (100 retries), spent at t=0."""
     upstream.plan("/down", Reply(503))
     config = f"""
@@ -98,4 +99,7 @@ def test_a_burst_on_a_dead_upstream_gets_the_ratio_plus_one_second_of_floor(
         f"\n100 requests at once on a dead upstream, 3 replicas: {hits} upstream hits, {took:.2f} s"
     )
     assert statuses == [503] * 100
-    assert 100 <= hits <= 100 * 1.2 + 10
+    # RetryBudget's promise: ratio x N + max(1, rate / 4) + rate x d retries for N first
+    # attempts failing within d seconds (+1: the limit is checked before the grant).
+    # On an idle machine the burst lasts well under a second: 100 x 1.2 + 10.
+    assert 100 <= hits <= 100 * 1.2 + 2.5 + 10 * took + 1, f"the burst took {took:.2f} s"
