@@ -137,7 +137,7 @@ def test_fail_open_serves_through_a_redis_kill_and_agrees_again_after_it(
     load.wait_for(10)
     fleet.redis.kill()
     killed_at = time.monotonic()
-    load.wait_for(10)  # served while Redis is dead
+    load.wait_for(10, after=killed_at)  # served while Redis is dead
     readiness_down = fleet.readiness()
     # Each worker's fallback breaker still trips on a failing upstream, by itself.
     fallback = [
@@ -182,7 +182,8 @@ def test_fail_closed_answers_503_while_redis_is_dead(
     load.wait_for(10)
     fleet.redis.kill()
     killed_at = time.monotonic()
-    load.wait_for(10)  # refused while Redis is dead
+    # Refused while Redis is surely dead (see settled, below).
+    load.wait_for(10, after=killed_at + BACKEND_TIMEOUT + 0.3)
     readiness_down = fleet.readiness()
     refused = httpx.get(fleet.urls("/proxy/api/ok")[0], timeout=5)
     restarting_at = time.monotonic()  # Redis may answer before start() returns

@@ -60,15 +60,23 @@ class Load:
             thread.start()
         return self
 
-    def wait_for(self, count: int, within: float = 15.0) -> None:
-        """Returns once ``count`` more answers came than had when called: a window of
-        load measured in requests, not in seconds a loaded machine may not keep."""
+    def wait_for(self, count: int, *, after: float | None = None, within: float = 15.0) -> None:
+        """Returns once ``count`` more answers came than had when called (or, with
+        ``after``, ``count`` answers to requests started after that monotonic time): a
+        window of load measured in requests, not in seconds a loaded machine may not
+        keep."""
+
+        def counted() -> int:
+            if after is None:
+                return len(self.answers)
+            return sum(1 for answer in self.answers if answer.started > after)
+
         with self._lock:
-            target = len(self.answers) + count
+            target = count + (counted() if after is None else 0)
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.answers) >= target:
+                if counted() >= target:
                     return
             time.sleep(0.01)
         raise AssertionError(f"the load got fewer than {count} answers in {within:g} s")
