@@ -17,6 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app import localredis
 from tests.support.proxy import FaultProxy
 from tests.support.servers import RedisServer
 from tests.support.topology import (
@@ -288,3 +289,13 @@ def test_close_leaves_no_thread(redis_server: RedisServer) -> None:
 
         assert sock.recv(64) == b""
     assert [t.name for t in threading.enumerate() if t.name.startswith("test-proxy-")] == []
+
+
+def test_free_ports_come_from_below_the_kernels_ephemeral_range() -> None:
+    """A port the kernel hands to outgoing connections can be taken by one between the
+    check and the server's bind (a Cluster node once failed so: its bus port in use)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [localredis.free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    if low - 10_000 >= 4096:
+        assert all(10_000 <= port < low for port in ports)
