@@ -106,7 +106,9 @@ class Upload:
         dropped = 0
         with contextlib.suppress(TimeoutError, ClientGone, BodyStalled):
             async with asyncio.timeout(DRAIN_SECONDS):
-                while not self.ended and dropped <= self.limit:
+                # As much again as the limit, counted over the whole body: a declared
+                # body up to twice the limit is read to its end, refused at byte 0 or not.
+                while not self.ended and self.size + dropped <= 2 * self.limit:
                     message = await self._message()
                     dropped += len(message.get("body", b""))
                     self.ended = not message.get("more_body", False)
