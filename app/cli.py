@@ -256,7 +256,8 @@ def _require_gateway(command: str, why: str = "") -> None:
     if missing_gateway_packages():
         raise CommandError(
             f"fleetbreaker {command}{why} needs the {GATEWAY_EXTRA} extra: "
-            f"pip install 'fleetbreaker[{GATEWAY_EXTRA}]'"
+            f"pip install 'fleetbreaker[{GATEWAY_EXTRA}]' (from a clone, as it is on no "
+            f"package index: pip install '.[{GATEWAY_EXTRA}]')"
         )
 
 

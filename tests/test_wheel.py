@@ -64,7 +64,8 @@ print(cb.snapshot().state, importlib.util.find_spec("fastapi") is None)
 """
 GATEWAY_HINT = (
     "fleetbreaker: fleetbreaker serve needs the gateway extra: "
-    "pip install 'fleetbreaker[gateway]'\n"
+    "pip install 'fleetbreaker[gateway]' (from a clone, as it is on no package index: "
+    "pip install '.[gateway]')\n"
 )
 # A user's project with a package of its own named app, as many have.
 USERS_APP = 'raise SystemExit("the user\'s own app was imported")\n'
