@@ -1,4 +1,4 @@
-# The gateway image: fleetbreaker and its dependencies in a virtual environment, no
+# The gateway image: fleetbreaker[gateway] and its dependencies in a virtual environment, no
 # compiler, no pip, no source tree, run as an unprivileged user. docker-compose.yml
 # runs it three times behind nginx, and once more as the demo upstream. Needs BuildKit
 # (the default builder of `docker build` and `docker compose` since Docker 23).
@@ -23,8 +23,9 @@ COPY pyproject.toml README.md ./
 COPY breaker breaker
 COPY lua lua
 COPY app app
-# Wheels for fleetbreaker and every dependency (all of them ship manylinux wheels).
-RUN /opt/pip/bin/pip wheel --wheel-dir /wheels .
+# Wheels for fleetbreaker and every dependency of it and of its gateway (all of them
+# ship manylinux wheels).
+RUN /opt/pip/bin/pip wheel --wheel-dir /wheels '.[gateway]'
 
 FROM ${WHEELS_IMAGE} AS wheels
 
@@ -32,7 +33,7 @@ FROM ${PYTHON_IMAGE} AS venv
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/fleetbreaker
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    /opt/fleetbreaker/bin/pip install --no-index --find-links /wheels fleetbreaker \
+    /opt/fleetbreaker/bin/pip install --no-index --find-links /wheels 'fleetbreaker[gateway]' \
     && /opt/fleetbreaker/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}

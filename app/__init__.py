@@ -5,11 +5,35 @@
 
 ``app`` is the proxy's; while it runs, it serves the admin API and the dashboard on a
 listener of their own (``[gateway] admin_host``, ``admin_port``).
+
+The names below are imported when first asked for: they need the ``gateway`` extra
+(FastAPI, pydantic-settings, ...), and the CLI of this package (``cli``) runs its
+Redis commands on an install without it.
 """
 
 from __future__ import annotations
 
-from .main import create_app
-from .settings import ConfigError, GatewayConfig, load_config
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .main import create_app
+    from .settings import ConfigError, GatewayConfig, load_config
 
 __all__ = ["ConfigError", "GatewayConfig", "create_app", "load_config"]
+
+#: Where each of ``__all__`` lives.
+_MODULE_OF = {
+    "ConfigError": ".settings",
+    "GatewayConfig": ".settings",
+    "create_app": ".main",
+    "load_config": ".settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -1,9 +1,16 @@
 """``fleetbreaker``: serve the gateway, and inspect or control breakers in Redis.
 
 Exit codes: 0 done; 1 Redis could not be reached (also ``serve`` with
-``require_redis``); 2 bad usage, bad configuration, a port in use or an unknown breaker;
-3 uvicorn could not start the server, which it logs. Errors are one line on stderr,
-never a traceback.
+``require_redis``); 2 bad usage, bad configuration, a port in use, an unknown breaker or
+a command that runs the gateway without the gateway extra installed; 3 uvicorn could not
+start the server, which it logs. Errors are one line on stderr, never a traceback.
+
+The commands that talk to Redis (``status``, ``reset``, ``open``, ``disable``,
+``watch``) need only the library: this module imports the gateway's stack (FastAPI,
+pydantic-settings, uvicorn, ...) inside the commands that run the gateway (``serve``,
+``demo-upstream``, ``fleet``) or read its configuration, so that ``pip install
+fleetbreaker`` without the ``gateway`` extra gets them, and a one-line hint from the
+others.
 
 What Redis says (breaker names, states, the reasons of transitions; anyone who may
 write a key or PUBLISH can choose them) and every error line are printed through
@@ -16,8 +23,10 @@ import argparse
 import contextlib
 import datetime
 import functools
+import importlib.metadata
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -40,11 +49,21 @@ from breaker import (
     events_channel,
 )
 
-from .preflight import listen_problem, redis_problem, unreachable_redis
-from .redisclient import REDIS_ERRORS, close, db_of, ping, reason, sync_client, topology_of
-from .settings import DEMO_UPSTREAM, ConfigError, GatewayConfig, load_config, redacted_url
+from .redisclient import (
+    REDIS_ERRORS,
+    close,
+    db_of,
+    ping,
+    reason,
+    redacted_url,
+    sync_client,
+    topology_of,
+)
 from .supervisor import SUPERVISOR_ENV
 from .tempdirs import owned_tempdir, remove_orphans
+
+if TYPE_CHECKING:
+    from .settings import GatewayConfig
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -52,6 +71,8 @@ EXIT_USAGE = 2
 #: This package's import name: ``fleetbreaker`` when installed, ``app`` in a checkout.
 #: uvicorn's import strings name it, so that a worker imports this very gateway.
 PACKAGE = __name__.rpartition(".")[0]
+#: The extra whose packages run the gateway (pyproject.toml's list of them).
+GATEWAY_EXTRA = "gateway"
 _T = TypeVar("_T")
 #: How long a command waits for any one reply of Redis.
 REDIS_TIMEOUT = 5.0
@@ -77,9 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"fleetbreaker: {shown(str(exc))}", file=sys.stderr)
         return exc.code
-    except ConfigError as exc:
-        print(f"fleetbreaker: invalid configuration: {shown(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
     return code
@@ -106,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     def command(name: str, text: str, details: str = "") -> argparse.ArgumentParser:
         return commands.add_parser(
@@ -205,10 +223,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- the gateway extra ------------------------------------------------------------------
+
+
+def missing_gateway_packages() -> list[str]:
+    """The packages of the gateway extra that are not installed, by the names
+    pyproject.toml gives them (read from this install's metadata); none in a checkout
+    that is not installed, whose imports speak for themselves."""
+    try:
+        requirements = importlib.metadata.requires("fleetbreaker") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    extra = re.compile(rf"""extra\s*==\s*["']{GATEWAY_EXTRA}["']""")
+    names = [
+        re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+        for requirement in requirements
+        if extra.search(requirement)
+    ]
+    return [name for name in names if not _installed(name)]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _require_gateway(command: str, why: str = "") -> None:
+    """One line naming what to install, when ``command`` needs the gateway's stack."""
+    if missing_gateway_packages():
+        raise CommandError(
+            f"fleetbreaker {command}{why} needs the {GATEWAY_EXTRA} extra: "
+            f"pip install 'fleetbreaker[{GATEWAY_EXTRA}]' (from a clone, as it is on no "
+            f"package index: pip install '.[{GATEWAY_EXTRA}]')"
+        )
+
+
+def _load_config(command: str, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """The gateway's configuration (the environment, ``BREAKER_CONFIG``); a bad one is
+    exit 2 in one line."""
+    _require_gateway(command, " with BREAKER_CONFIG or BREAKER_UPSTREAMS")
+    from .settings import ConfigError, load_config
+
+    try:
+        return load_config(environ)
+    except ConfigError as exc:
+        raise CommandError(f"invalid configuration: {exc}") from None
+
+
 # -- serve ----------------------------------------------------------------------------
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _require_gateway(args.command)
     import uvicorn
 
     from .connections import connection_protocol
@@ -225,7 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["BREAKER_ADMIN_HOST"] = args.admin_host
     if args.admin_port is not None:
         os.environ["BREAKER_ADMIN_PORT"] = str(args.admin_port)
-    config = load_config()  # refuse a bad configuration here, once, not in each worker
+    config = _load_config(args.command)  # refused here, once, not in each worker
     if config.admin_port == args.port:
         raise CommandError(
             f"port {args.port} is the proxy's (--port) and the admin listener's: the admin "
@@ -238,7 +307,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.demo and config.admin_token is None:
         token = secrets.token_urlsafe(18)
         os.environ["BREAKER_ADMIN_TOKEN"] = token
-        config = load_config()
+        config = _load_config(args.command)
     if config.redis_url is None and args.workers > 1:
         print(
             "fleetbreaker: warning: no BREAKER_REDIS_URL, so each of the "
@@ -267,6 +336,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_port(host: str, port: int, option: str) -> None:
+    from .preflight import listen_problem
+
     problem = listen_problem(host, port, option)
     if problem is not None:
         raise CommandError(problem)
@@ -275,6 +346,8 @@ def _check_port(host: str, port: int, option: str) -> None:
 def _check_redis(config: GatewayConfig) -> None:
     """One line when Redis does not answer at start: what the gateway does without it,
     or, with ``require_redis``, that it will not start."""
+    from .preflight import redis_problem, unreachable_redis
+
     if config.redis_url is None:
         return
     reason = redis_problem(config.redis_url)
@@ -297,6 +370,7 @@ def _url_host(host: str) -> str:
 
 
 def _demo_upstream(args: argparse.Namespace) -> int:
+    _require_gateway(args.command)
     import uvicorn
 
     from .logs import log_config
@@ -322,6 +396,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
+    _require_gateway(args.command)
     from .fleet import Fleet, FleetError
 
     remove_orphans()
@@ -385,6 +460,8 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
     token = config.admin_token
     base = public_url.rstrip("/")
     admin = admin_url(config)
+    from .settings import DEMO_UPSTREAM
+
     demo = config.upstreams[DEMO_UPSTREAM].breaker
     assert demo is not None  # the demo upstream always has its breaker
     threshold = demo.failure_threshold
@@ -456,12 +533,12 @@ def _unreachable(url: str, exc: BaseException) -> CommandError:
     )
 
 
-def _configured(redis_url: str) -> tuple[str, list[str]]:
+def _configured(command: str, redis_url: str) -> tuple[str, list[str]]:
     """The key prefix, and the names of the configured upstreams with a breaker."""
     environ = {**os.environ, "BREAKER_REDIS_URL": redis_url}
     if not environ.get("BREAKER_CONFIG") and not environ.get("BREAKER_UPSTREAMS"):
         return "breaker", []
-    config = load_config(environ)
+    config = _load_config(command, environ)
     return config.prefix, [name for name, up in config.upstreams.items() if up.breaker]
 
 
@@ -473,7 +550,7 @@ def _operator(args: argparse.Namespace) -> Iterator[tuple[BreakerOperator, list[
     url, setting = _redis_url(args)
     client = _client(url, setting)
     try:
-        prefix, configured = _configured(url)
+        prefix, configured = _configured(args.command, url)
         with _unreachable_guard(lambda: BreakerOperator(client, prefix=prefix)) as operator:
             names = _unreachable_guard(operator.names)
             yield operator, sorted(set(configured) | set(names))
@@ -560,7 +637,7 @@ def _watch(args: argparse.Namespace) -> int:
     client = _client(url, setting)
     feed: _ChannelFeed | _ShardedFeed | None = None
     try:
-        prefix, configured = _configured(url)
+        prefix, configured = _configured(args.command, url)
         topology = topology_of(client)
         if topology == "cluster":
             feed = _ShardedFeed(client, prefix, configured)

@@ -48,8 +48,8 @@ from .localredis import LocalCluster, SentinelSet, TopologyError, orphan_guard
 from .localredis import free_port as free_port  # tests and bench import it from here
 from .localredis import redis_server_command as redis_server_command
 from .preflight import redis_problem
-from .redisclient import check_url
-from .settings import MIN_ADMIN_TOKEN_LENGTH, redacted_url
+from .redisclient import check_url, redacted_url
+from .settings import MIN_ADMIN_TOKEN_LENGTH
 from .tempdirs import owned_tempdir
 
 #: The deploy files compose uses; a checkout has them next to ``app/``.

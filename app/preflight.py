@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import socket
 
-from .redisclient import REDIS_ERRORS, close, ping, reason, sync_client
-from .settings import GatewayConfig, redacted_url
+from .redisclient import REDIS_ERRORS, close, ping, reason, redacted_url, sync_client
+from .settings import GatewayConfig
 
 #: How long ``serve`` waits for its Redis to answer one PING at start.
 REDIS_CHECK_TIMEOUT = 2.0

@@ -226,3 +226,11 @@ async def _see_cluster(client: Any, per_step: float) -> RedisView:
         f": no answer from {', '.join(silent)}" if silent else ""
     )
     return RedisView("cluster", seen, problem, frozenset(unserved))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest

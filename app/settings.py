@@ -418,14 +418,6 @@ def _check_url(key: str, value: str) -> httpx.URL:
     return url
 
 
-def redacted_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
-
-
 def _check_redis_url(value: str) -> None:
     """A server, a Cluster or a Sentinel set (``redisclient``), or one line naming the
     problem; it connects to nothing."""

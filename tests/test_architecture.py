@@ -1,12 +1,16 @@
 """The shape of the library, held: no import cycles, a short facade, httpx in one
-module, nothing of the test helpers in production code, and every thread and task
-stopped by ``close``."""
+module, none of the gateway's dependencies, nothing of the test helpers in production
+code, and every thread and task stopped by ``close``."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import re
+import subprocess
+import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -76,6 +80,53 @@ def test_only_the_http_integrations_import_httpx() -> None:
     # The transports; the one builder of an upstream's client (the gateway's and the
     # FastAPI lifespan's); fastapi.py, whose dependencies hand those clients out.
     assert importers == {"_transport.py", "_upstreams.py", "fastapi.py"}
+
+
+def _gateway_modules() -> set[str]:
+    """What the gateway extra installs, as import names, and what FastAPI and
+    pydantic-settings are built on."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {
+        re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0].replace("-", "_")
+        for requirement in extras["optional-dependencies"]["gateway"]
+    }
+    return names | {"pydantic", "starlette"}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level packages ``path`` imports, wherever the import stands."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_library_imports_no_gateway_dependency_but_its_fastapi_integration() -> None:
+    # breaker.fastapi is the fastapi extra's, and imports FastAPI and its Starlette only.
+    allowed = {"fastapi.py": {"fastapi", "starlette"}}
+    gateway = _gateway_modules()
+    assert {"fastapi", "pydantic_settings", "prometheus_client", "uvicorn"} <= gateway
+    found = {
+        path.name: used
+        for path in LIBRARY.glob("*.py")
+        if (used := (_imported_packages(path) & gateway) - allowed.get(path.name, set()))
+    }
+    assert found == {}
+
+
+def test_the_library_and_the_clis_redis_commands_load_no_gateway_dependency() -> None:
+    # A fresh interpreter: this one has imported the gateway for other tests.
+    probe = (
+        "import sys, breaker, breaker.testing, app.cli\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert set(result.stdout.split()) & _gateway_modules() == set()
 
 
 def test_production_code_imports_nothing_of_the_test_helpers() -> None:

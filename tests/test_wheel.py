@@ -1,6 +1,8 @@
 """The built wheel carries the Lua scripts and runs them from an installed copy, and
 its gateway is the package ``fleetbreaker``: a user's own ``app`` package, next to it,
-is never imported in its place."""
+is never imported in its place. Installed without the ``gateway`` extra, it is the
+library: the embedded backend and the CLI's Redis commands work, FastAPI is not there,
+and ``serve`` says in one line what to install."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from app.fleet import free_port, http_ok
+from tests.conftest import Breakers
+from tests.support.servers import RedisServer
+from tests.test_cli import tripped
 
 # It builds in the checkout's build/, as scripts/setup --run (test_examples) does.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("build")]
@@ -45,6 +50,23 @@ except ConnectionError:
     pass
 print(cb.snapshot().state, breaker.__file__)
 """
+# The library alone, without Redis: the embedded backend (fakeredis and lupa).
+LIBRARY_PROBE = """
+import importlib.util
+from breaker import CircuitBreaker
+cb = CircuitBreaker("library-only", failure_threshold=1)
+try:
+    with cb:
+        raise ConnectionError
+except ConnectionError:
+    pass
+print(cb.snapshot().state, importlib.util.find_spec("fastapi") is None)
+"""
+GATEWAY_HINT = (
+    "fleetbreaker: fleetbreaker serve needs the gateway extra: "
+    "pip install 'fleetbreaker[gateway]' (from a clone, as it is on no package index: "
+    "pip install '.[gateway]')\n"
+)
 # A user's project with a package of its own named app, as many have.
 USERS_APP = 'raise SystemExit("the user\'s own app was imported")\n'
 _TIMEOUT = 60
@@ -65,23 +87,40 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """The wheel, built from this checkout and installed in a venv of its own."""
-    where = tmp_path_factory.mktemp("wheel")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from this checkout."""
+    where = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(where / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(where), str(ROOT)],
         check=True,
         capture_output=True,
     )
-    (wheel,) = (where / "dist").glob("fleetbreaker-*.whl")
-    venv.create(where / "venv", with_pip=True)
-    installed = Installed(wheel, where / "venv")
+    (built,) = where.glob("fleetbreaker-*.whl")
+    return built
+
+
+def _install(wheel: Path, where: Path, requirement: str) -> Installed:
+    """``requirement`` (the wheel, with or without extras) in a venv of its own."""
+    venv.create(where, with_pip=True)
+    installed = Installed(wheel, where)
     subprocess.run(
-        [str(installed.python), "-m", "pip", "install", "-q", str(wheel)],
+        [str(installed.python), "-m", "pip", "install", "-q", requirement],
         check=True,
         capture_output=True,
     )
     return installed
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel with the gateway extra, as ``./scripts/run`` and the image install it."""
+    return _install(wheel, tmp_path_factory.mktemp("venv"), f"{wheel}[gateway]")
+
+
+@pytest.fixture(scope="module")
+def library_only(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel alone: ``pip install fleetbreaker``, no extra."""
+    return _install(wheel, tmp_path_factory.mktemp("venv"), str(wheel))
 
 
 @pytest.fixture
@@ -211,3 +250,48 @@ def test_the_source_tree_imports_with_the_editable_install() -> None:
         [sys.executable, "-c", CHECKOUT_PROBE], check=True, capture_output=True, text=True, cwd=ROOT
     )
     assert result.stdout.split() == ["open", str(ROOT / "breaker" / "__init__.py")]
+
+
+def test_the_wheel_without_extras_runs_the_library_without_fastapi(
+    library_only: Installed, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(library_only.python), "-c", LIBRARY_PROBE],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.split() == ["open", "True"]
+
+
+def test_serve_without_the_gateway_extra_is_exit_2_naming_it_in_one_line(
+    library_only: Installed, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(library_only.fleetbreaker), "serve"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=_TIMEOUT,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", GATEWAY_HINT)
+
+
+def test_the_redis_commands_work_without_the_gateway_extra(
+    library_only: Installed, breakers: Breakers, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cb = tripped(breakers, redis_server, "payments")
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    for command, shown in ((["status"], "payments  open"), (["reset", "payments"], "closed")):
+        result = subprocess.run(
+            [str(library_only.fleetbreaker), *command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**environ, "BREAKER_REDIS_URL": redis_server.url},
+            timeout=_TIMEOUT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert shown in result.stdout
+    assert cb.snapshot().state == "closed"
