@@ -19,15 +19,20 @@ take over from a dead primary.
 from __future__ import annotations
 
 import abc
+import contextlib
+import fcntl
+import json
+import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -81,25 +86,59 @@ def _bindable(port: int) -> bool:
     return True
 
 
+#: Ports handed out on this machine by any process, for as long as a server may take to
+#: bind one: a port checked free but not bound yet is never handed to another process
+#: (xdist's workers, two fleets). One ledger per user, under a file lock.
+_LEDGER = Path(tempfile.gettempdir()) / f"fleetbreaker-ports-{os.getuid()}"
+_HOLD_SECONDS = 120.0
+
+
+@contextlib.contextmanager
+def _ledger() -> Iterator[dict[str, float] | None]:
+    """The ledger's live entries (port -> held until, epoch seconds), written back on
+    exit; None where it can't be opened (this process alone then avoids repeats)."""
+    try:
+        descriptor = os.open(_LEDGER, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield None
+        return
+    with os.fdopen(descriptor, "r+") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            stored = json.loads(file.read() or "{}")
+        except ValueError:
+            stored = {}
+        now = time.time()
+        held = {port: until for port, until in stored.items() if until > now}
+        yield held
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(held))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process
-    has not handed out before. Drawn at random below the kernel's ephemeral range where
-    there is room: a port the kernel picked (``bind(0)``) can be taken by any process's
-    next outgoing connection before the server we start binds it."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that no process
+    of this user has been handed in the last two minutes. Drawn at random below the
+    kernel's ephemeral range where there is room: a port the kernel picked
+    (``bind(0)``) can be taken by any process's next outgoing connection before the
+    server we start binds it."""
     quiet = _below_the_ephemeral_range()
-    with _HANDING:
+    with _HANDING, _ledger() as held:
         while True:
             if quiet is not None:
                 port = random.choice(quiet)  # a port, not a secret (B311 is skipped)
-                if port in _HANDED_OUT or not _bindable(port):
-                    continue
             else:
                 with socket.socket() as sock:
                     sock.bind((HOST, 0))
                     port = sock.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
+            if port in _HANDED_OUT or (held is not None and str(port) in held):
+                continue
+            if quiet is not None and not _bindable(port):
+                continue
+            _HANDED_OUT.add(port)
+            if held is not None:
+                held[str(port)] = time.time() + _HOLD_SECONDS
+            return port
 
 
 def redis_server_command(port: int, data: Path) -> list[str]:

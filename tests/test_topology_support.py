@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -299,3 +301,16 @@ def test_free_ports_come_from_below_the_kernels_ephemeral_range() -> None:
     assert len(set(ports)) == 50
     if low - 10_000 >= 4096:
         assert all(10_000 <= port < low for port in ports)
+
+
+def test_two_processes_are_never_handed_the_same_port() -> None:
+    """xdist's workers and two fleets draw ports at once: the ledger keeps a port one
+    process checked, and has not bound yet, from the other."""
+    draw = "from app import localredis; print(*(localredis.free_port() for _ in range(300)))"
+    runs = [
+        subprocess.Popen([sys.executable, "-c", draw], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    drawn = [set(map(int, run.communicate(timeout=60)[0].split())) for run in runs]
+    assert [len(ports) for ports in drawn] == [300] * 3
+    assert len(drawn[0] | drawn[1] | drawn[2]) == 900, "a port handed to two processes"
