@@ -27,6 +27,10 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
         f"""
         [client]
         body_timeout = 0.1
+        [defaults.breaker]
+        # A loaded machine must not turn a slow Redis reply into an outage: the manual
+        # clock would keep its backoff, and every scrape would miss the snapshots.
+        backend_timeout = 2.0
         [defaults.retry]
         backoff = 0
         budget = false
