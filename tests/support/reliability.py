@@ -136,24 +136,37 @@ def render(report: Reliability, *, tests_run: str) -> str:
         f"- Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}.",
         "",
-        "## Faults",
-        "",
-        "| Fault | Sent | Answers | Lost | Recovery | Test |",
-        "|---|---:|---|---|---|---|",
     ]
-    for row in report.rows:
-        answers = ", ".join(f"{label}: {count}" for label, count in row.answers.items())
-        lines.append(
-            f"| {row.fault} | {row.sent} | {answers or '-'} | {row.lost} | {row.recovery} "
-            f"| `{row.test}` |"
-        )
+    # The security tests' rows (hostile clients and neighbours) in a section of their own.
+    hostile = [row for row in report.rows if row.test.startswith(_SECURITY)]
+    for title, rows in (
+        ("Faults", [row for row in report.rows if row not in hostile]),
+        ("Security: hostile clients, upstreams and neighbours", hostile),
+    ):
+        if not rows:
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "| Fault | Sent | Answers | Lost | Recovery | Test |",
+            "|---|---:|---|---|---|---|",
+        ]
+        for row in rows:
+            answers = ", ".join(f"{label}: {count}" for label, count in row.answers.items())
+            lines.append(
+                f"| {row.fault} | {row.sent} | {answers or '-'} | {row.lost} | "
+                f"{row.recovery} | `{row.test}` |"
+            )
+        lines.append("")
     if report.checks:
-        lines += ["", "## Static and dependency checks", ""]
+        lines += ["## Static and dependency checks", ""]
         for check in report.checks:
             lines += [f"### {check.name}", "", f"`{check.command}`", "", check.result, ""]
     lines += ["", *_LIMITS]
     return "\n".join(lines).rstrip() + "\n"
 
+
+_SECURITY = ("test_security::", "test_fuzz::")
 
 _LIMITS = [
     "## What the gateway does not promise",
@@ -176,9 +189,10 @@ _LIMITS = [
     "  then its local view can miss a trip made elsewhere (the rows above measure it).",
     "- **`body_timeout` bounds a whole response body** (300 s by default), so an",
     "  upstream that serves large downloads needs a larger value.",
-    "- **Oversized heads are buffered before the 431.** uvicorn's httptools parser reads",
-    "  a request head of any size before the gateway can refuse it; the fleet's nginx",
-    "  (`large_client_header_buffers`) bounds that in front of the replicas.",
+    "- **A head is held in memory up to its bound before the 431.** The connection guard",
+    "  cuts a head past `[gateway] max_head_bytes`, or not whole within `head_timeout`,",
+    "  and a worker takes at most `max_connections`; up to those bounds heads are",
+    "  buffered. The fleet's nginx (`large_client_header_buffers`) bounds them in front.",
     "- **`pip-audit` needs PyPI's JSON API or OSV**; where neither is reachable it",
     "  audits nothing, and the section above says so.",
 ]
