@@ -579,7 +579,9 @@ def test_the_fastapi_lifespan_takes_every_url_form_the_gateway_takes(
     inventory = FastAPIUpstream(
         "inventory",
         upstream.url,
-        breaker=BreakerConfig(failure_threshold=2),
+        # 2 s: a loaded machine's slow Cluster reply must not hand the call to the
+        # per-process fallback, which has not seen the trip.
+        breaker=BreakerConfig(failure_threshold=2, backend_timeout=2.0),
         retry=RetryPolicy(attempts=1),
     )
     app = FastAPI(lifespan=lifespan(inventory, redis_url=topology.url))

@@ -290,8 +290,8 @@ def test_a_body_that_stalls_after_the_headers_is_the_callers_not_retried(
     # Once the headers are in, the response is handed over: its body is read by the
     # caller, within the attempt's timeout, and a stall there is not sent again.
     caller.upstream.plan("/stall", Reply(200, delay_body=5.0), Reply(200))
-    with pytest.raises(httpx.ReadTimeout):
-        caller.send("GET", "/stall", retry=RetryPolicy(per_try_timeout=0.05))
+    with pytest.raises(httpx.ReadTimeout):  # 0.5 s: the headers come in time when loaded
+        caller.send("GET", "/stall", retry=RetryPolicy(per_try_timeout=0.5))
     assert len(caller.upstream.hits_on("/stall")) == 1
 
 
