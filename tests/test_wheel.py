@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import venv
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,28 +85,36 @@ class Installed:
         return self.venv / "bin" / "fleetbreaker"
 
 
+def _uv(*arguments: str) -> None:
+    """Run the checkout's pinned uv (``./scripts/setup`` installs it in ``.tools/``).
+
+    uv, not pip, builds and installs here: the same wheel and the same resolution of
+    its metadata, from uv's cache, in a second or two where ``python -m build`` and
+    pip took a minute; what is checked is the wheel, not the installer."""
+    uv = ROOT / ".tools" / "bin" / "uv"
+    if not uv.is_file():
+        pytest.fail("no .tools/bin/uv: run ./scripts/setup first")
+    environ = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    result = subprocess.run(
+        [str(uv), *arguments], capture_output=True, text=True, env=environ, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from this checkout."""
     where = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(where), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
+    _uv("build", "--quiet", "--wheel", "--out-dir", str(where), str(ROOT))
     (built,) = where.glob("fleetbreaker-*.whl")
     return built
 
 
 def _install(wheel: Path, where: Path, requirement: str) -> Installed:
     """``requirement`` (the wheel, with or without extras) in a venv of its own."""
-    venv.create(where, with_pip=True)
+    _uv("venv", "--quiet", "--python", sys.executable, str(where))
     installed = Installed(wheel, where)
-    subprocess.run(
-        [str(installed.python), "-m", "pip", "install", "-q", requirement],
-        check=True,
-        capture_output=True,
-    )
+    _uv("pip", "install", "--quiet", "--python", str(installed.python), requirement)
     return installed
 
 
