@@ -137,79 +137,6 @@ def redis_ports(url: str) -> list[int]:
     return [int(host.rsplit(":", 1)[1]) for host in hosts.split(",")]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])
-def test_the_fleet_serves_then_stops_every_process_it_started(
-    running: Running, stop_signal: signal.Signals
-) -> None:
-    running.wait_for_summary()
-    [lb] = running.printed("load balancer")
-    replicas = running.printed("replicas")
-    [upstream] = running.printed("upstream")
-    [redis_url] = running.printed("redis")
-    [temporary] = running.printed("temporary")
-    [token] = running.printed("admin token")
-    admins = running.printed("admin API")
-    workdir = Path(temporary)
-    assert len(replicas) == len(admins) == 2
-
-    answer = httpx.get(f"{lb}/proxy/demo/hello", timeout=10.0)
-    assert answer.status_code == 200
-    assert answer.json()["demo"] == "ok"
-    auth = {"Authorization": f"Bearer {token}"}
-    for admin in admins:  # each replica's own admin listener, never behind nginx
-        view = httpx.get(f"{admin}/admin/breakers/demo", headers=auth, timeout=10.0)
-        assert view.json()["state"] == "closed"
-    assert httpx.get(f"{lb}/admin/breakers/demo", headers=auth, timeout=10.0).status_code == 404
-    # At least the fleet, 2 replicas of a master and 2 workers, and the upstream.
-    # redis-server and nginx write their process titles over their environment, and
-    # nginx clears its workers': that those are gone shows below, as nothing accepts
-    # on their ports any more.
-    assert len(processes_marked(running.mark)) >= 1 + 2 * 3 + 1
-    assert workdir.is_dir()
-
-    os.kill(running.process.pid, stop_signal)  # what the terminal's Ctrl-C sends
-    assert running.process.wait(_STOP_TIMEOUT) == 0
-
-    assert processes_marked(running.mark) == []
-    assert not workdir.exists()
-    for url in [lb, upstream, redis_url, *replicas, *admins]:
-        assert not accepts(url), url
-
-
-def test_killing_the_fleet_outright_still_stops_what_it_started(
-    running: Running, tmp_path: Path
-) -> None:
-    """SIGKILL leaves no handler to run: the kernel's parent-death signal (setpriv)
-    stops the children instead. Only the temporary folder is left behind, and the
-    next start of fleetbreaker removes it."""
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is needed for the fleet's orphan guard")
-    running.wait_for_summary()
-    [lb] = running.printed("load balancer")
-    [redis_url] = running.printed("redis")
-    [temporary] = running.printed("temporary")
-
-    running.process.kill()
-    running.process.wait(_STOP_TIMEOUT)
-    deadline = time.monotonic() + _STOP_TIMEOUT
-    while (processes_marked(running.mark) or accepts(lb)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-    assert processes_marked(running.mark) == []
-    assert not accepts(lb)
-    assert not accepts(redis_url)
-    try:
-        # Any start of fleetbreaker on this machine removes it: under xdist another
-        # worker's may have come first.
-        if Path(temporary).is_dir():
-            following = GatewayProcess(tmp_path, {}, workers=1)
-            following.start()
-            following.stop()
-        assert not Path(temporary).exists()
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
 def test_a_missing_program_is_named_with_how_to_install_it(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match=r"^nginx not found: install it \(apt-get"):
         find_program("nginx", "install it (apt-get install -y nginx)", str(tmp_path))
@@ -239,12 +166,34 @@ def readme_fleet_commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
-def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running) -> None:
+def test_the_native_fleet_serves_the_readme_commands_then_ctrl_c_stops_all_of_it(
+    running: Running,
+) -> None:
+    """One fleet's life as a user lives it: the printed addresses answer, the README's
+    commands work as pasted, and Ctrl-C stops every process it started (uvicorn's
+    workers included) and removes its temporary folder. SIGTERM takes the same path
+    (the Cluster test below sends it)."""
     running.wait_for_summary()
     [lb] = running.printed("load balancer")
+    replicas = running.printed("replicas")
     [upstream] = running.printed("upstream")
+    [redis_url] = running.printed("redis")
+    [temporary] = running.printed("temporary")
     [token] = running.printed("admin token")
-    admin = running.printed("admin API")[0].removeprefix("http://")
+    admins = running.printed("admin API")
+    workdir = Path(temporary)
+    assert len(replicas) == len(admins) == 2
+    auth = {"Authorization": f"Bearer {token}"}
+    for admin in admins:  # each replica's own admin listener, never behind nginx
+        seen = httpx.get(f"{admin}/admin/breakers/demo", headers=auth, timeout=10.0)
+        assert seen.json()["state"] == "closed"
+    assert httpx.get(f"{lb}/admin/breakers/demo", headers=auth, timeout=10.0).status_code == 404
+    # At least the fleet, 2 replicas of a master and 2 workers, and the upstream.
+    # redis-server and nginx write their process titles over their environment, and
+    # nginx clears its workers': that those are gone shows below, as nothing accepts
+    # on their ports any more.
+    assert len(processes_marked(running.mark)) >= 1 + 2 * 3 + 1
+    assert workdir.is_dir()
 
     def paste(command: str) -> str:
         command = command.replace("localhost:8080", lb.removeprefix("http://"))
@@ -255,7 +204,7 @@ def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running
             text=True,
             timeout=60,
             check=True,
-            env={**os.environ, "TOKEN": token, "ADMIN": admin},
+            env={**os.environ, "TOKEN": token, "ADMIN": admins[0].removeprefix("http://")},
         )
         return result.stdout
 
@@ -276,10 +225,23 @@ def test_the_readme_commands_work_as_pasted_on_the_native_fleet(running: Running
     ]
     assert "state\nclosed\n" in paste(printed_redis_cli)
 
+    os.kill(running.process.pid, signal.SIGINT)  # what the terminal's Ctrl-C sends
+    assert running.process.wait(_STOP_TIMEOUT) == 0
+
+    assert processes_marked(running.mark) == []
+    assert not workdir.exists()
+    for url in [lb, upstream, redis_url, *replicas, *admins]:
+        assert not accepts(url), url
+
 
 def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_it(
-    running_on: Running,
+    running_on: Running, tmp_path: Path
 ) -> None:
+    """The Cluster fleet is stopped by SIGTERM, as a service manager does; the Sentinel
+    fleet is killed outright (SIGKILL), which leaves no handler to run: the kernel's
+    parent-death signal (setpriv) stops its children instead, every node included, and
+    only the temporary folder is left behind, for the next start of fleetbreaker to
+    remove. (Ctrl-C is the native fleet's test above.)"""
     running_on.wait_for_summary()
     kind = running_on.options[-1]
     [lb] = running_on.printed("load balancer")
@@ -315,15 +277,41 @@ def test_the_fleet_on_its_own_cluster_or_sentinel_set_serves_then_stops_all_of_i
     assert "state\nclosed\n" in stored  # the printed redis-cli line reads the breaker
     assert all(accepts(f"http://127.0.0.1:{port}") for port in ports)
 
-    os.kill(running_on.process.pid, signal.SIGINT)
-    assert running_on.process.wait(_STOP_TIMEOUT) == 0
+    if kind == "cluster":
+        os.kill(running_on.process.pid, signal.SIGTERM)
+        assert running_on.process.wait(_STOP_TIMEOUT) == 0
+        assert processes_marked(running_on.mark) == []
+        assert not Path(temporary).exists()
+        for port in ports:
+            assert not accepts(f"http://127.0.0.1:{port}"), port
+        exits = [line for line in running_on.text().splitlines() if " exited (code" in line]
+        assert exits == []  # no node died before the fleet stopped it
+        return
 
-    assert processes_marked(running_on.mark) == []
-    assert not Path(temporary).exists()
-    for port in ports:
-        assert not accepts(f"http://127.0.0.1:{port}"), port
-    exits = [line for line in running_on.text().splitlines() if " exited (code" in line]
-    assert exits == []  # no node died before the fleet stopped it
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed for the fleet's orphan guard")
+    running_on.process.kill()
+    running_on.process.wait(_STOP_TIMEOUT)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while time.monotonic() < deadline and (
+        processes_marked(running_on.mark)
+        or accepts(lb)
+        or any(accepts(f"http://127.0.0.1:{p}") for p in ports)
+    ):
+        time.sleep(0.1)
+    try:
+        assert [p for p in ports if accepts(f"http://127.0.0.1:{p}")] == []
+        assert processes_marked(running_on.mark) == []
+        assert not accepts(lb)
+        # Any start of fleetbreaker on this machine removes it: under xdist another
+        # worker's may have come first.
+        if Path(temporary).is_dir():
+            following = GatewayProcess(tmp_path, {}, workers=1)
+            following.start()
+            following.stop()
+        assert not Path(temporary).exists()
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def test_the_fleet_refuses_its_own_cluster_and_breaker_redis_url_together(tmp_path: Path) -> None:
@@ -339,27 +327,3 @@ def test_the_fleet_refuses_its_own_cluster_and_breaker_redis_url_together(tmp_pa
         "fleetbreaker: --redis cluster starts a Redis of its own: unset BREAKER_REDIS_URL, "
         "or leave --redis out to use that one\n"
     )
-
-
-def test_killing_the_fleet_outright_stops_its_cluster_or_sentinel_set_too(
-    running_on: Running,
-) -> None:
-    """Every node runs under the orphan guard, as the other services do."""
-    running_on.wait_for_summary()
-    [redis_url] = running_on.printed("redis")
-    [temporary] = running_on.printed("temporary")
-    ports = redis_ports(redis_url)
-
-    running_on.process.kill()
-    running_on.process.wait(_STOP_TIMEOUT)
-    deadline = time.monotonic() + _STOP_TIMEOUT
-    while time.monotonic() < deadline and (
-        processes_marked(running_on.mark) or any(accepts(f"http://127.0.0.1:{p}") for p in ports)
-    ):
-        time.sleep(0.1)
-
-    try:
-        assert [p for p in ports if accepts(f"http://127.0.0.1:{p}")] == []
-        assert processes_marked(running_on.mark) == []
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)  # the next fleet would remove it
