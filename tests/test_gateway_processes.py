@@ -24,29 +24,40 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
-pytestmark = pytest.mark.slow
+# One worker holds the module's gateway; the tests on it run there, one after another.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gateway_processes")]
 
 THRESHOLD = 4
 _MAX_REQUESTS = 200  # a bound on looking for the other worker, never reached in practice
 
 
-@pytest.fixture
+#: One upstream (and so one breaker) per test on the module's gateway: a test's trips,
+#: resets and log lines are its own.
+_NAMES = [f"api{index}" for index in range(12)]
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    tmp_path: Path, redis_server: RedisServer, upstream: Upstream
+    tmp_path_factory: pytest.TempPathFactory, _upstream_server: Upstream
 ) -> Iterator[GatewayProcess]:
-    config = tmp_path / "fleetbreaker.toml"
-    config.write_text(
+    """One 2-worker gateway and its own redis-server for the module: starting one
+    costs seconds, and every test here drives a breaker of its own on it."""
+    workdir = tmp_path_factory.mktemp("gateway")
+    redis_server = RedisServer(workdir)
+    redis_server.start()
+    config = workdir / "fleetbreaker.toml"
+    upstreams = "".join(
         f"""
-        [gateway]
-        expose_instance = true
-        [upstreams.api]
-        url = "{upstream.url}"
+        [upstreams.{name}]
+        url = "{_upstream_server.url}"
         breaker = {{ failure_threshold = {THRESHOLD}, reset_timeout = 300 }}
         retry = {{ attempts = 1 }}
         """
+        for name in _NAMES
     )
+    config.write_text(f"[gateway]\nexpose_instance = true\n{upstreams}")
     process = GatewayProcess(
-        tmp_path,
+        workdir,
         {
             "BREAKER_REDIS_URL": redis_server.url,
             "BREAKER_CONFIG": str(config),
@@ -54,9 +65,21 @@ def gateway(
         },
         workers=2,
     )
-    process.start()
-    yield process
-    process.stop()
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+        redis_server.stop()
+
+
+_unused = iter(_NAMES)
+
+
+@pytest.fixture
+def api(gateway: GatewayProcess) -> str:
+    """The name of an upstream of the module's gateway no other test has touched."""
+    return next(_unused)
 
 
 def fresh(url: str, method: str, path: str, **kwargs: object) -> httpx.Response:
@@ -79,12 +102,12 @@ def until_both_workers(url: str, path: str) -> dict[str, list[httpx.Response]]:
 
 
 def test_two_workers_trip_on_the_threshold_counted_together(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     upstream.plan("/down", Reply(500))
-    failed_on = [fresh(gateway.url, "GET", "/proxy/api/down") for _ in range(THRESHOLD)]
+    failed_on = [fresh(gateway.url, "GET", f"/proxy/{api}/down") for _ in range(THRESHOLD)]
     assert [r.status_code for r in failed_on] == [500] * THRESHOLD
-    answers = until_both_workers(gateway.url, "/proxy/api/down")
+    answers = until_both_workers(gateway.url, f"/proxy/{api}/down")
     for responses in answers.values():
         for response in responses:
             assert response.status_code == 503
@@ -95,38 +118,38 @@ def test_two_workers_trip_on_the_threshold_counted_together(
 
 
 def test_each_admin_action_reaches_the_other_worker_on_its_next_request(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     upstream.plan("/x", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway.url, "GET", "/proxy/api/x")
-    until_both_workers(gateway.url, "/proxy/api/x")  # both hold the open view now
+        fresh(gateway.url, "GET", f"/proxy/{api}/x")
+    until_both_workers(gateway.url, f"/proxy/{api}/x")  # both hold the open view now
     upstream.plan("/x", Reply(200))
 
-    reset = fresh(gateway.admin_url, "POST", "/admin/breakers/api/reset", headers=AUTH)
+    reset = fresh(gateway.admin_url, "POST", f"/admin/breakers/{api}/reset", headers=AUTH)
     assert reset.json()["state"] == "closed"
-    for responses in until_both_workers(gateway.url, "/proxy/api/x").values():
+    for responses in until_both_workers(gateway.url, f"/proxy/{api}/x").values():
         assert [r.status_code for r in responses] == [200] * len(responses)
 
-    forced = fresh(gateway.admin_url, "POST", "/admin/breakers/api/open", headers=AUTH)
+    forced = fresh(gateway.admin_url, "POST", f"/admin/breakers/{api}/open", headers=AUTH)
     assert forced.json()["state"] == "forced_open"
     hits = len(upstream.hits_on("/x"))
-    for responses in until_both_workers(gateway.url, "/proxy/api/x").values():
+    for responses in until_both_workers(gateway.url, f"/proxy/{api}/x").values():
         assert [r.status_code for r in responses] == [503] * len(responses)
     assert len(upstream.hits_on("/x")) == hits
 
     upstream.plan("/x", Reply(500))
-    disabled = fresh(gateway.admin_url, "POST", "/admin/breakers/api/disable", headers=AUTH)
+    disabled = fresh(gateway.admin_url, "POST", f"/admin/breakers/{api}/disable", headers=AUTH)
     assert disabled.json()["state"] == "disabled"
-    seen = until_both_workers(gateway.url, "/proxy/api/x")
+    seen = until_both_workers(gateway.url, f"/proxy/{api}/x")
     sent = sum(len(responses) for responses in seen.values())
     for responses in seen.values():
         assert [r.status_code for r in responses] == [500] * len(responses)
     assert len(upstream.hits_on("/x")) == hits + sent
 
 
-def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -> None:
-    answers = until_both_workers(gateway.url, "/proxy/api/m")
+def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream, api: str) -> None:
+    answers = until_both_workers(gateway.url, f"/proxy/{api}/m")
     sent = sum(len(responses) for responses in answers.values())
     text = fresh(gateway.admin_url, "GET", "/metrics").text
     [line] = [
@@ -134,7 +157,7 @@ def test_metrics_sum_both_workers(gateway: GatewayProcess, upstream: Upstream) -
         for line in text.splitlines()
         if line.startswith("fleetbreaker_calls_total{")
         and 'outcome="success"' in line
-        and 'upstream="api"' in line
+        and f'upstream="{api}"' in line
     ]
     assert float(line.rpartition(" ")[2]) == sent
 
@@ -147,24 +170,24 @@ def test_both_workers_serve_the_admin_listener(gateway: GatewayProcess) -> None:
 
 
 def test_every_answered_request_is_recorded_by_the_breaker(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     # Each client closes as soon as it has the body: uvicorn then cancels the rest of
     # the response, and the breaker must still record the success.
     for _ in range(30):
-        assert fresh(gateway.url, "GET", "/proxy/api/r").status_code == 200
+        assert fresh(gateway.url, "GET", f"/proxy/{api}/r").status_code == 200
     # Successes are batched (the gateway's default): each worker flushes its own
     # within 50 ms and a poll of its events follower.
     deadline = time.monotonic() + 5.0
-    view = fresh(gateway.admin_url, "GET", "/admin/breakers/api", headers=AUTH).json()
+    view = fresh(gateway.admin_url, "GET", f"/admin/breakers/{api}", headers=AUTH).json()
     while view["window_calls"] < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
-        view = fresh(gateway.admin_url, "GET", "/admin/breakers/api", headers=AUTH).json()
+        view = fresh(gateway.admin_url, "GET", f"/admin/breakers/{api}", headers=AUTH).json()
     assert (view["window_calls"], view["failures"]) == (30, 0)
 
 
 def test_event_stream_carries_transitions_made_by_either_worker(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     events: list[dict[str, object]] = []
     subscribed = threading.Event()
@@ -180,7 +203,10 @@ def test_event_stream_carries_transitions_made_by_either_worker(
                 if line.startswith(":"):
                     subscribed.set()
                 elif line.startswith("data: "):
-                    events.append(json.loads(line[len("data: ") :]))
+                    event = json.loads(line[len("data: ") :])
+                    if event["name"] != api:  # another test's breaker
+                        continue
+                    events.append(event)
                     if events[-1]["reason"] == "reset":
                         heard_reset.set()
                         return
@@ -190,8 +216,8 @@ def test_event_stream_carries_transitions_made_by_either_worker(
     assert subscribed.wait(10.0)
     upstream.plan("/e", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway.url, "GET", "/proxy/api/e")
-    fresh(gateway.admin_url, "POST", "/admin/breakers/api/reset", headers=AUTH)
+        fresh(gateway.url, "GET", f"/proxy/{api}/e")
+    fresh(gateway.admin_url, "POST", f"/admin/breakers/{api}/reset", headers=AUTH)
     assert heard_reset.wait(10.0)
     assert [(e["from"], e["to"], e["reason"]) for e in events] == [
         ("closed", "open", "failure_threshold"),
@@ -201,19 +227,21 @@ def test_event_stream_carries_transitions_made_by_either_worker(
 
 
 def test_one_transition_is_logged_once_by_the_fleet(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     upstream.plan("/l", Reply(500))
     for _ in range(THRESHOLD):
-        fresh(gateway.url, "GET", "/proxy/api/l")
-    until_both_workers(gateway.url, "/proxy/api/l")
+        fresh(gateway.url, "GET", f"/proxy/{api}/l")
+    until_both_workers(gateway.url, f"/proxy/{api}/l")
     deadline = time.monotonic() + 5.0
     lines: list[dict[str, object]] = []
     while time.monotonic() < deadline:
         lines = [
             json.loads(line)
             for line in gateway.log().splitlines()
-            if line.startswith("{") and '"event": "transition"' in line
+            if line.startswith("{")
+            and '"event": "transition"' in line
+            and json.loads(line)["upstream"] == api
         ]
         if lines:
             break
@@ -222,19 +250,21 @@ def test_one_transition_is_logged_once_by_the_fleet(
     rejected = [
         json.loads(line)
         for line in gateway.log().splitlines()
-        if line.startswith("{") and '"event": "rejected"' in line
+        if line.startswith("{")
+        and '"event": "rejected"' in line
+        and json.loads(line)["upstream"] == api
     ]
     assert len({line["pid"] for line in rejected}) == 2
     assert TOKEN not in gateway.log()
 
 
 def test_x_forwarded_for_gains_the_peer_that_sent_the_request(
-    gateway: GatewayProcess, upstream: Upstream
+    gateway: GatewayProcess, upstream: Upstream, api: str
 ) -> None:
     """Behind a load balancer the peer is the balancer, and the client it names is
     already in the header: the gateway appends its peer, never the named client again."""
     upstream.plan("/who", Reply(200))
-    fresh(gateway.url, "GET", "/proxy/api/who", headers={"X-Forwarded-For": "203.0.113.9"})
+    fresh(gateway.url, "GET", f"/proxy/{api}/who", headers={"X-Forwarded-For": "203.0.113.9"})
     [hit] = upstream.hits_on("/who")
     assert hit.headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
