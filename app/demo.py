@@ -11,7 +11,9 @@ changes at runtime:
   stop rising while the breaker is open.
 - ``/status/<code>`` answers with that status, whatever the mode.
 - Any other path answers by the mode: ``healthy`` 200, except a ``failure_rate``
-  share of 503s; ``failing`` 503; ``slow`` 200 after ``delay`` seconds.
+  share of 503s; ``failing`` 503; ``slow`` 200 after ``delay`` seconds, or as soon
+  as the mode is changed: calls held by ``slow`` are let go by the next ``PUT /mode``,
+  so a demo (or a test) can hold the breaker's trial calls out as long as it needs.
 
 The mode and the count are per process: serve it from one process.
 """
@@ -19,6 +21,7 @@ The mode and the count are per process: serve it from one process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from typing import Literal
@@ -42,6 +45,7 @@ def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
     demo = FastAPI(title="fleetbreaker demo upstream", openapi_url=None)
     demo.state.mode = DemoMode(failure_rate=failure_rate)
     demo.state.hits = 0
+    demo.state.changed = asyncio.Event()  # set, and replaced, by every PUT /mode
 
     @demo.get("/mode")
     async def get_mode(request: Request) -> DemoMode:
@@ -51,6 +55,8 @@ def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
     @demo.put("/mode")
     async def put_mode(request: Request, mode: DemoMode) -> DemoMode:
         request.app.state.mode = mode
+        request.app.state.changed.set()
+        request.app.state.changed = asyncio.Event()
         return mode
 
     @demo.get("/hits")
@@ -71,7 +77,9 @@ def create_demo_upstream(failure_rate: float = 0.0) -> FastAPI:
         ):
             return JSONResponse({"demo": "failing", "path": path}, status_code=503)
         if mode.mode == "slow":
-            await asyncio.sleep(mode.delay)
+            changed: asyncio.Event = request.app.state.changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), mode.delay)
         return JSONResponse({"demo": "ok", "path": path, "pid": os.getpid()})
 
     return demo

@@ -4,6 +4,7 @@ the breaker tripping, and the admin view of it, on the admin listener."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.demo import create_demo_upstream
 from app.fleet import fleetbreaker_command, free_port
 from tests.support.gateway_process import GatewayProcess
 
@@ -93,3 +95,23 @@ def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.communicate(timeout=30)
+
+
+def test_a_call_held_by_slow_mode_is_let_go_by_the_next_change_of_mode() -> None:
+    """What the fleet's recovery test builds on: the trial calls are held while the
+    rest of a burst is refused, and let go when the test says so, not after a sleep."""
+    async def scenario() -> tuple[int, float, dict[str, object]]:
+        transport = httpx.ASGITransport(app=create_demo_upstream())
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            await client.put("/mode", json={"mode": "slow", "delay": 60})
+            held = asyncio.create_task(client.get("/order"))
+            await asyncio.sleep(0.05)
+            assert not held.done()
+            started = time.monotonic()
+            await client.put("/mode", json={"mode": "healthy"})
+            answer = await asyncio.wait_for(held, 10.0)
+            return answer.status_code, time.monotonic() - started, answer.json()
+
+    status, took, body = asyncio.run(scenario())
+    assert (status, body["demo"]) == (200, "ok")
+    assert took < 10.0  # let go by the change, not by the minute's delay

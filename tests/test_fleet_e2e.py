@@ -33,7 +33,7 @@ THRESHOLD = 5
 PROBES = 2
 _SURVEY_ROUNDS = 20  # rounds of concurrent requests to find every worker: a bound
 _SURVEY_WIDTH = 12
-_PROBE_DELAY = 1.5  # how long the upstream holds each trial call while others ask
+_PROBE_HOLD = 30.0  # a bound: the recovery test lets its trial calls go itself
 _LOAD_SECONDS = 3.0
 _LOAD_CLIENTS = 6
 
@@ -273,26 +273,33 @@ def test_recovery_lets_exactly_half_open_max_calls_probes_through_then_closes(
 ) -> None:
     trip(fleet, "recover")
     assert admin(fleet, 2, "GET", "/admin/breakers/recover").json()["state"] == "open"
-    # Healthy again, but each call is held long enough that the whole burst asks
-    # while the trial calls are still out.
-    set_mode(fleet, "slow", delay=_PROBE_DELAY)
+    # Healthy again, but the upstream holds every call it gets until the mode changes
+    # again: the trial calls stay out while the whole burst asks, however long a
+    # loaded machine takes to send it.
+    set_mode(fleet, "slow", delay=_PROBE_HOLD)
     before = hits(fleet)
 
     with ThreadPoolExecutor(_SURVEY_WIDTH * 2) as pool:
-        burst = list(
-            pool.map(
-                lambda i: through_lb(fleet, f"/proxy/recover/order/{i}"),
-                range(_SURVEY_WIDTH * 2),
-            )
-        )
+        sent = [
+            pool.submit(through_lb, fleet, f"/proxy/recover/order/{i}")
+            for i in range(_SURVEY_WIDTH * 2)
+        ]
+        # Every call but the trial calls is refused at once; a third call let through
+        # would be held too, and this wait would end at its bound instead.
+        deadline = time.monotonic() + _PROBE_HOLD / 2
+        while sum(f.done() for f in sent) < len(sent) - PROBES and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = len(sent) - sum(f.done() for f in sent)
+        set_mode(fleet, "healthy")  # lets the held calls go
+        burst = [f.result() for f in sent]
 
+    assert held == PROBES
     probes = [r for r in burst if r.status_code == 200]
     assert len(probes) == PROBES
     assert all(is_circuit_open(r) for r in burst if r.status_code != 200)
     assert hits(fleet) - before == PROBES
     assert admin(fleet, 3, "GET", "/admin/breakers/recover").json()["state"] == "closed"
 
-    set_mode(fleet, "healthy")
     answers = survey(fleet, "/proxy/recover/order/after")  # closed for everyone
     assert {r.status_code for responses in answers.values() for r in responses} == {200}
 
