@@ -35,7 +35,9 @@ def test_the_example_keeps_off_db_0_by_default() -> None:
 
 
 def test_the_tests_redis_is_named_by_breaker_redis_url() -> None:
-    url, notice = redis_url_for_tests({"BREAKER_REDIS_URL": "redis://r:1", "REDIS_URL": "redis://x:2"})
+    url, notice = redis_url_for_tests(
+        {"BREAKER_REDIS_URL": "redis://r:1", "REDIS_URL": "redis://x:2"}
+    )
     assert (url, notice) == ("redis://r:1", None)
 
 
