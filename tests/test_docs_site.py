@@ -99,6 +99,22 @@ def test_every_page_is_in_the_nav() -> None:
     assert "architecture.md" in listed
 
 
+@pytest.mark.slow  # it runs the console script
+def test_the_cli_reference_names_every_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetbreaker", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+        check=True,
+    )
+    listed = result.stdout.split("COMMAND\n", 1)[1].split("\n\n", 1)[0]
+    commands = re.findall(r"^    (\S+)", listed, re.MULTILINE)
+    reference = (DOCS / "reference" / "cli.md").read_text()
+    assert len(commands) >= 8
+    assert [c for c in commands if f"fleetbreaker {c} " not in reference] == []
+
+
 def test_every_metric_the_docs_name_is_exported() -> None:
     """The alerts and tables name only families of tests/golden/metrics.txt."""
     golden = (ROOT / "tests" / "golden" / "metrics.txt").read_text()
