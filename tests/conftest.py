@@ -1,9 +1,10 @@
 """Shared fixtures: every behaviour runs over every backend.
 
-- ``redis``: the real Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379``), on a
-  dedicated db (``FLEETBREAKER_TEST_DB``, default 13), flushed before each test. Db 0 is
-  never touched. Outside CI these cases skip when no Redis answers; with ``CI=true``
-  they fail instead.
+- ``redis``: the real Redis at ``BREAKER_REDIS_URL`` (default ``redis://127.0.0.1:6379``;
+  ``REDIS_URL``, its old name, still works and says so), on a dedicated db
+  (``FLEETBREAKER_TEST_DB``, default 13), flushed before each test. Db 0 is never
+  touched. Outside CI these cases skip when no Redis answers; with ``CI=true`` they
+  fail instead.
 - ``embedded``: fakeredis with lupa, running the same Lua, flushed before each test.
 - ``fallback``: the in-process fallback's engine (``LocalEngine``: the same Lua on lupa,
   over the fallback's own store), a fresh one per test, standing in for the embedded
@@ -19,7 +20,7 @@ import functools
 import os
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +43,21 @@ from tests.support.servers import RedisServer, text_hash
 from tests.support.topology import aclose_sentinel_client, close_sentinel_client
 from tests.support.upstream import Upstream
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+
+def redis_url_for_tests(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    """The Redis the tests use, and a notice when it was named the old way.
+
+    ``BREAKER_REDIS_URL``, the name the gateway, the CLI and the examples read; then
+    ``REDIS_URL``, which the suite read before (kept: scripts and shells still set it).
+    Only its server is used: the db is the test db, below."""
+    if url := environ.get("BREAKER_REDIS_URL"):
+        return url, None
+    if url := environ.get("REDIS_URL"):
+        return url, "REDIS_URL is deprecated for the tests' Redis: set BREAKER_REDIS_URL"
+    return "redis://127.0.0.1:6379", None
+
+
+REDIS_URL, _REDIS_URL_NOTICE = redis_url_for_tests(os.environ)
 # The harnesses' breakers are no test of timeouts, and their clock is a ManualClock:
 # one command slowed past the default 0.25 s by a loaded machine (a Cluster's first
 # call loads the library on every primary) would leave the backend backing off for
@@ -132,8 +147,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line(f"wrote {path} ({len(_RELIABILITY.rows)} faults)")
 
 
+def pytest_report_header() -> str | None:
+    return f"fleetbreaker: {_REDIS_URL_NOTICE}" if _REDIS_URL_NOTICE else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_inherited_redis_url() -> Iterator[None]:
+    """BREAKER_REDIS_URL names the tests' server, not a Redis for what they start: a
+    gateway, CLI or example a test runs is given its Redis (its db) by the test, and
+    must never inherit the server's bare URL, which is db 0."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("BREAKER_REDIS_URL", raising=False)
+        yield
+
+
 def _test_url() -> str:
-    """REDIS_URL with its db replaced by the dedicated test db."""
+    """The tests' server with its db replaced by the dedicated test db."""
     parts = urlsplit(REDIS_URL)
     return urlunsplit((parts.scheme, parts.netloc, f"/{TEST_DB}", parts.query, ""))
 
@@ -150,7 +179,7 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         if IN_CI:
             pytest.fail(f"CI=true but no Redis at {url}: {exc}")
-        pytest.skip(f"no Redis reachable at {url} ({exc}); set REDIS_URL to run these")
+        pytest.skip(f"no Redis reachable at {url} ({exc}); set BREAKER_REDIS_URL to run these")
     finally:
         client.close()
     return url

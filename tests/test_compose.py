@@ -1,7 +1,8 @@
 """docker-compose.yml, for real: ``scripts/compose-check`` builds the image, runs the
 compose fleet on a Docker engine (it starts dockerd when none answers), checks it end
 to end through nginx's published port as tests/test_fleet_e2e.py checks the native
-fleet, and brings it down. The README's "With Docker" commands are the ones it runs.
+fleet, and brings it down. The fleet quickstart's "With Docker" commands
+(docs/quickstart/fleet.md) are the ones it runs.
 
 Where no Docker engine can run (the script exits 3 and says why), the check skips with
 the reason, and with ``CI=true`` it fails with it.
@@ -19,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "compose-check"
-README = (ROOT / "README.md").read_text()
+#: The fleet quickstart, whose "With Docker" commands the script runs.
+FLEET_PAGE = (ROOT / "docs" / "quickstart" / "fleet.md").read_text()
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _UNAVAILABLE = 3  # compose-check's exit status when no Docker engine can run here,
@@ -28,7 +30,7 @@ _NO_ENGINE = "compose-check: no Docker engine: "  # and the line that says why
 _BUDGET = 900.0
 _STOP_GRACE = 60.0  # for its trap to bring the fleet down after SIGTERM
 
-# The README's commands as the script writes them: `compose` is its function that runs
+# The fleet quickstart's commands as the script writes them: `compose` is its function that runs
 # `docker compose` (or docker-compose 1.x) in a project of its own, and its env file
 # stands for the user's .env.
 _AS_THE_SCRIPT_WRITES_IT = [
@@ -38,7 +40,7 @@ _AS_THE_SCRIPT_WRITES_IT = [
 
 
 def run_a_fleet_section() -> str:
-    return README.split("\n## Run a fleet\n", 1)[1].split("\n## ", 1)[0]
+    return FLEET_PAGE
 
 
 def commands(block: str) -> list[str]:
@@ -50,7 +52,7 @@ def readme_compose_commands() -> list[str]:
     """The "With Docker" block, then every other `docker compose` line of the section."""
     section = run_a_fleet_section()
     with_docker = re.search(r"\nWith Docker:\n\n```bash\n(.*?)```", section, re.DOTALL)
-    assert with_docker is not None, "README: no bash block after 'With Docker:'"
+    assert with_docker is not None, "docs/quickstart/fleet.md: no bash block after 'With Docker:'"
     listed = commands(with_docker[1])
     for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
         listed += [c for c in commands(block) if c.startswith("docker compose ")]
@@ -81,7 +83,7 @@ def test_the_script_runs_every_compose_command_of_the_readme() -> None:
         for command in listed
         if not any(runs(line, as_the_script_writes_it(command)) for line in script_lines())
     ]
-    assert not missing, f"README commands that scripts/compose-check does not run: {missing}"
+    assert not missing, f"fleet.md commands that scripts/compose-check does not run: {missing}"
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ class ExampleProcess:
         self.environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
-            "REDIS_URL": redis_url,
+            "BREAKER_REDIS_URL": redis_url,
             "UPSTREAM_URL": upstream_url,
             # Unclosed sockets, clients and files warn; by default Python says nothing.
             "PYTHONWARNINGS": "always::ResourceWarning",

@@ -161,8 +161,9 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
 
 
 def readme_fleet_commands() -> list[str]:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    block = readme.split("Then, for either", 1)[1].split("```bash\n", 1)[1].split("```")[0]
+    page = Path(__file__).parent.parent / "docs" / "quickstart" / "fleet.md"
+    after = page.read_text().split("Then, for either", 1)[1]
+    block = after.split("```bash\n", 1)[1].split("```")[0]
     return [line for line in block.splitlines() if line.strip()]
 
 

@@ -20,13 +20,17 @@ Run it with 4 workers, against a Redis and the demo upstream
 
     uvicorn examples.fastapi_app:app --workers 4
 
-``REDIS_URL`` (``redis://127.0.0.1:6379/0``) and ``UPSTREAM_URL``
-(``http://127.0.0.1:9000``) say where they are.
+``BREAKER_REDIS_URL`` (default ``redis://127.0.0.1:6379/1``: db 1, as every example, to
+keep off the db 0 where a shared Redis holds everything else) and ``UPSTREAM_URL``
+(``http://127.0.0.1:9000``) say where they are. ``REDIS_URL``, the old name of the first,
+still works, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from typing import Annotated
 
 import httpx
@@ -45,6 +49,8 @@ from breaker.fastapi import (
 #: The article's settings: 3 failures open the breaker, for 10 seconds; 3 attempts.
 BREAKER = BreakerConfig(failure_threshold=3, reset_timeout=10.0)
 RETRY = RetryPolicy(attempts=3, backoff=0.5, max_backoff=4.0, deadline=10.0)
+#: The Redis of every example: db 1 of the one on this machine.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/1"
 
 UpstreamClient = Annotated[httpx.AsyncClient, Depends(upstream_client("upstream"))]
 
@@ -98,7 +104,22 @@ def relayed(answer: httpx.Response) -> Response:
     return Response(answer.content, status_code=answer.status_code, media_type=media_type)
 
 
+def redis_url_of(environ: Mapping[str, str]) -> str:
+    """``BREAKER_REDIS_URL``, the one name the gateway, the CLI and the examples read;
+    ``REDIS_URL``, its old name here, with a ``DeprecationWarning``."""
+    if url := environ.get("BREAKER_REDIS_URL"):
+        return url
+    if url := environ.get("REDIS_URL"):
+        warnings.warn(
+            "REDIS_URL is deprecated: set BREAKER_REDIS_URL, the name the gateway and the CLI read",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return url
+    return DEFAULT_REDIS_URL
+
+
 app = create_app(
-    redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    redis_url=redis_url_of(os.environ),
     upstream_url=os.environ.get("UPSTREAM_URL", "http://127.0.0.1:9000"),
 )

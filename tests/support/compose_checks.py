@@ -40,7 +40,7 @@ from tests.support.load import Load
 FLEET_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "fleet.toml"
 UPSTREAM = "demo"  # docker-compose.yml's BREAKER_UPSTREAMS
 WORKERS = 2  # per replica: docker-compose.yml's `serve --workers 2`
-TRIP_REQUESTS = 10  # the README's loop: twice the threshold
+TRIP_REQUESTS = 10  # the fleet quickstart's loop: twice the threshold
 #: The admin listener's routes, which nginx must never answer but with the proxy's 404.
 ADMIN_PATHS = ("/admin/breakers", "/dashboard", "/metrics", "/docs")
 _SURVEY_ROUNDS = 20  # rounds of concurrent requests to find every worker: a bound
