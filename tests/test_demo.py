@@ -100,6 +100,7 @@ def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:
 def test_a_call_held_by_slow_mode_is_let_go_by_the_next_change_of_mode() -> None:
     """What the fleet's recovery test builds on: the trial calls are held while the
     rest of a burst is refused, and let go when the test says so, not after a sleep."""
+
     async def scenario() -> tuple[int, float, dict[str, object]]:
         transport = httpx.ASGITransport(app=create_demo_upstream())
         async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
