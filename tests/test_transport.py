@@ -606,7 +606,7 @@ class Origins:
 
     @property
     def kept(self) -> int:
-        return len(self.transport._breakers)
+        return len(self.transport._retriers)
 
     def close(self) -> None:
         if self.kind.startswith("sync"):
