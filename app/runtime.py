@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi import Request
+from fastapi import Request, Response
 
 from breaker import (
     BackendUnavailableError,
@@ -26,6 +26,8 @@ from breaker import (
     BreakerSnapshot,
     CircuitBreaker,
     Clock,
+    Fallback,
+    FallbackReason,
     OutcomeEvent,
     RetryDetails,
     RetryHook,
@@ -53,7 +55,7 @@ from .metrics import (
 )
 from .redisclient import aclose, async_client
 from .refusals import RefusalLogger
-from .settings import GatewayConfig, Upstream
+from .settings import GatewayConfig, StaticFallback, Upstream
 
 logger = logging.getLogger("fleetbreaker.gateway")
 
@@ -123,11 +125,27 @@ _METRICS = _Metrics()
 @dataclass(frozen=True, slots=True)
 class Route:
     """One upstream of this worker: its client (guarded by its breaker, on a pool of
-    its own) and the breaker itself."""
+    its own), the breaker itself, and what answers a read while it is open."""
 
     upstream: Upstream
     client: httpx.AsyncClient
     breaker: CircuitBreaker | None  # None: ``breaker = false``
+    #: The upstream's static fallback, answering a GET or HEAD the open breaker refused.
+    fallback: Fallback | None = None
+
+    def fallback_for(self, method: str) -> Fallback | None:
+        """The fallback that answers a ``method`` request, if any: only those that read."""
+        return self.fallback if method in errors.FALLBACK_METHODS else None
+
+
+def _static_fallback(static: StaticFallback) -> Fallback:
+    """The library's fallback for an upstream's static one: it answers only when the
+    breaker refused the call, with the configured answer."""
+
+    def answer(reason: FallbackReason) -> Response:
+        return errors.static_fallback_answer(static, reason.attempts or 0)
+
+    return Fallback(answer, on="open")
 
 
 _LAG_EVERY = 0.1
@@ -194,7 +212,8 @@ class Gateway:
                 listeners=(feed.publish, _METRICS),
                 made_here_listeners=(_log_transition,),
             )
-            routes[name] = Route(upstream, client, breaker)
+            fallback = None if upstream.fallback is None else _static_fallback(upstream.fallback)
+            routes[name] = Route(upstream, client, breaker, fallback)
         if redis_client is None:
             logger.warning(
                 "no BREAKER_REDIS_URL: breakers live in this process only, "
