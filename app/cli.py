@@ -25,7 +25,9 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import logging
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -36,23 +38,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-
 from breaker import (
     BackendUnavailableError,
     BreakerOperator,
     BreakerSnapshot,
     ConfigurationError,
+    EventFollower,
     TransitionEvent,
     __version__,
-    breaker_channel,
-    events_channel,
 )
 
 from .redisclient import (
     REDIS_ERRORS,
     close,
-    db_of,
     ping,
     reason,
     redacted_url,
@@ -632,163 +630,104 @@ def _stop_on_signals() -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    """Print the fleet's transitions as the library's follower hears them. What is
+    watch's own: which breakers a Cluster has (a scan every ``RESCAN_EVERY``), what it
+    tells on stderr, and how long it waits for Redis to come back."""
     _stop_on_signals()
+    # Watch tells a lost Redis itself, on stderr: the follower's outage log would say
+    # it twice (and the library's logging is the application's to configure).
+    logging.getLogger("breaker").setLevel(logging.ERROR)
     url, setting = _redis_url(args)
     client = _client(url, setting)
-    feed: _ChannelFeed | _ShardedFeed | None = None
     try:
         prefix, configured = _configured(args.command, url)
-        topology = topology_of(client)
-        if topology == "cluster":
-            feed = _ShardedFeed(client, prefix, configured)
-        else:
-            feed = _ChannelFeed(client, prefix)
-        lost_at: float | None = None
-        while True:
-            try:
-                for data in feed.messages():
-                    _print_event(data)
-                if lost_at is not None:
-                    away = time.monotonic() - lost_at
-                    print(f"subscribed again after {away:.1f} s", file=sys.stderr, flush=True)
-                    lost_at = None
-            except REDIS_ERRORS as exc:
-                feed.drop()
-                if topology == "standalone":  # nothing will take over from it
-                    raise CommandError(f"lost Redis: {reason(exc)}", EXIT_UNREACHABLE) from None
-                now = time.monotonic()
-                if lost_at is None:
-                    lost_at = now
-                    print(
-                        f"lost Redis ({shown(reason(exc))}): subscribing again",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                elif now - lost_at > FAILOVER_WAIT:
-                    raise CommandError(
-                        f"lost Redis for {FAILOVER_WAIT:.0f} s: {reason(exc)}", EXIT_UNREACHABLE
-                    ) from None
-                time.sleep(_POLL)
+        standalone = topology_of(client) == "standalone"
+        notices: queue.SimpleQueue[Exception | None] = queue.SimpleQueue()
+        with EventFollower(
+            client,
+            prefix=prefix,
+            on_event=_print_event,
+            on_subscribed=lambda: notices.put(None),
+            on_lost=notices.put,
+        ) as follower:
+            _wait_subscribed(follower)
+            if follower.cluster:
+                _print_err(
+                    f"watching every breaker's channel {follower.channel} on the Redis "
+                    f"Cluster, looking for new breakers every {RESCAN_EVERY:g} s (Ctrl-C to stop)"
+                )
+                with BreakerOperator(client, prefix=prefix) as operator:
+                    breakers = lambda: [*configured, *operator.names()]  # noqa: E731
+                    _follow_notices(follower, notices, breakers, standalone=False)
+            else:
+                _print_err(f"watching {follower.channel} (Ctrl-C to stop)")
+                _follow_notices(follower, notices, None, standalone=standalone)
     finally:
-        if feed is not None:
-            feed.close()
         close(client)
+    return EXIT_OK
 
 
-def _print_event(data: bytes) -> None:
-    event = TransitionEvent.from_json(data)
-    if event is not None:
-        print(
-            shown(
-                f"{local_time(event.at)} {event.name}: {event.from_state} -> "
-                f"{event.to_state} ({event.reason})"
-            ),
-            flush=True,
-        )
+def _wait_subscribed(follower: EventFollower) -> None:
+    if not follower.wait_subscribed(FAILOVER_WAIT):
+        raise CommandError(f"could not subscribe in {FAILOVER_WAIT:.0f} s", EXIT_UNREACHABLE)
 
 
-class _ChannelFeed:
-    """A server's, or a Sentinel set's master's, one channel of every transition."""
+def _follow_notices(
+    follower: EventFollower,
+    notices: queue.SimpleQueue[Exception | None],
+    breakers: Callable[[], list[str]] | None,
+    *,
+    standalone: bool,
+) -> None:
+    """Until Ctrl-C: tell when the follower loses Redis and subscribes again, give up
+    when it stays away (at once on a server: nothing will take over from it), and on a
+    Cluster find the breakers to follow."""
+    followed: set[str] = set()
+    next_scan = 0.0
+    lost_at: float | None = None
+    lost: Exception | None = None
+    while True:
+        if breakers is not None and lost_at is None and time.monotonic() >= next_scan:
+            with contextlib.suppress(*REDIS_ERRORS):  # a node down: the follower says so
+                new = sorted(set(breakers()) - followed)
+                if new:
+                    follower.follow(*new)
+                    followed.update(new)
+                    follower.wait_subscribed(RESCAN_EVERY)
+                    _print_err(f"following {shown(', '.join(new))}")
+            next_scan = time.monotonic() + RESCAN_EVERY
+        try:
+            notice = notices.get(timeout=_POLL)
+        except queue.Empty:
+            away = 0.0 if lost_at is None else time.monotonic() - lost_at
+            if lost is not None and away > FAILOVER_WAIT:
+                raise CommandError(
+                    f"lost Redis for {FAILOVER_WAIT:.0f} s: {reason(lost)}", EXIT_UNREACHABLE
+                ) from None
+            continue
+        if notice is None:
+            if lost_at is not None:
+                _print_err(f"subscribed again after {time.monotonic() - lost_at:.1f} s")
+                lost_at = lost = None
+        elif standalone:
+            raise CommandError(f"lost Redis: {reason(notice)}", EXIT_UNREACHABLE) from None
+        elif lost_at is None:
+            lost_at, lost = time.monotonic(), notice
+            _print_err(f"lost Redis ({shown(reason(notice))}): subscribing again")
 
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.client = client
-        # The channel of the client's own database: pub/sub spans every database.
-        self.channel = events_channel(prefix, db_of(client))
-        self._pubsub: Any = None
-        self._subscribe()
-        print(f"watching {self.channel} (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
-    def _subscribe(self) -> None:
-        self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(self.channel)
-
-    def messages(self) -> Iterator[bytes]:
-        if self._pubsub is None:  # again, after a failover (Sentinel)
-            self._subscribe()
-        message = self._pubsub.get_message(timeout=1.0)
-        if message is not None and message["type"] == "message":
-            yield message["data"]
-
-    def drop(self) -> None:
-        if self._pubsub is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                self._pubsub.close()
-            self._pubsub = None
-
-    close = drop
+def _print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
-class _ShardedFeed:
-    """A Cluster's transitions: each breaker publishes on a channel of its own, in its
-    shard (SPUBLISH), so this finds the breakers (SCAN on every primary, and the
-    configured ones), subscribes to each channel (SSUBSCRIBE) on the primary of its
-    slot, and looks for new breakers every ``RESCAN_EVERY`` seconds. A lost node, or a
-    slot that moved, starts it over on the slot map as it is then."""
-
-    def __init__(self, client: Any, prefix: str, configured: list[str]) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.configured = configured
-        self._operator = BreakerOperator(client, prefix=prefix)
-        self._pubsubs: dict[str, Any] = {}  # by node
-        self._following: set[str] = set()
-        self._next_scan = 0.0
-        self._stale = False
-        print(
-            f"watching every breaker's channel {breaker_channel(prefix, '<name>')} on the "
-            f"Redis Cluster, looking for new breakers every {RESCAN_EVERY:g} s "
-            "(Ctrl-C to stop)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def messages(self) -> Iterator[bytes]:
-        if time.monotonic() >= self._next_scan:
-            self._follow(set(self.configured) | set(self._operator.names()))
-            self._next_scan = time.monotonic() + RESCAN_EVERY
-        if not self._pubsubs:
-            time.sleep(_POLL)
-            return
-        for pubsub in list(self._pubsubs.values()):
-            message = pubsub.get_message(timeout=_POLL / len(self._pubsubs))
-            if message is None:
-                continue
-            kind = message["type"]
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            if kind == "smessage":
-                yield message["data"]
-            elif kind == "sunsubscribe":  # the node no longer serves that slot
-                raise redis.ConnectionError("a breaker's slot moved")
-
-    def _follow(self, names: set[str]) -> None:
-        if self._stale:
-            self.client.nodes_manager.initialize()  # the slot map as it is now
-            self._stale = False
-        new = sorted(name for name in names if name not in self._following)
-        for name in new:
-            channel = breaker_channel(self.prefix, name)
-            node = self.client.get_node_from_key(channel)
-            pubsub = self._pubsubs.get(node.name)
-            if pubsub is None:
-                connection = self.client.get_redis_connection(node)
-                pubsub = self._pubsubs[node.name] = connection.pubsub()
-            pubsub.ssubscribe(channel)
-            self._following.add(name)
-        if new:
-            print(f"following {shown(', '.join(new))}", file=sys.stderr, flush=True)
-
-    def drop(self) -> None:
-        for pubsub in self._pubsubs.values():
-            with contextlib.suppress(*REDIS_ERRORS):
-                pubsub.close()
-        self._pubsubs.clear()
-        self._following.clear()
-        self._next_scan = 0.0
-        self._stale = True
-
-    def close(self) -> None:
-        self.drop()
-        self._operator.close()
+def _print_event(event: TransitionEvent) -> None:
+    print(
+        shown(
+            f"{local_time(event.at)} {event.name}: {event.from_state} -> "
+            f"{event.to_state} ({event.reason})"
+        ),
+        flush=True,
+    )
 
 
 def local_time(epoch_ms: int, zone: datetime.tzinfo | None = None) -> str:
