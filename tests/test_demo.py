@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import fleetbreaker_command, free_port
+from app.fleet import fleetbreaker_command
 from tests.support.gateway_process import GatewayProcess
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from app import load_config
-from app.fleet import free_port, http_ok
+from app.fleet import http_ok
+from tests.support.ports import free_port
 from tests.support.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow  # it runs processes

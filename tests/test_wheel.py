@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from app.fleet import free_port, http_ok
+from app.fleet import http_ok
 from tests.conftest import Breakers
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.test_cli import tripped
 

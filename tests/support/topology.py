@@ -31,12 +31,12 @@ from app.localredis import (
     TopologyError,
     accepts_writes,
     ask,
-    free_ports,
     key_in_slot,
     require_programs,
     slot_of,
     wait_for,
 )
+from tests.support.ports import free_ports
 
 __all__ = [
     "CLIENT_TIMEOUTS",
