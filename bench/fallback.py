@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from app.fleet import Service, fleetbreaker_command, free_port, http_ok, wait_ready
+from app.localfleet.fleet import Service, fleetbreaker_command, free_port, http_ok, wait_ready
 from breaker import BreakerConfig
 from breaker._backend import embedded_backend
 from breaker._local import LocalEngine

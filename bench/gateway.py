@@ -17,8 +17,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.fleet import FleetError, Service, fleetbreaker_command, free_port, http_ok, wait_ready
-from app.settings import DEFAULT_BATCH_INTERVAL
+from app.config.settings import DEFAULT_BATCH_INTERVAL
+from app.localfleet.fleet import (
+    FleetError,
+    Service,
+    fleetbreaker_command,
+    free_port,
+    http_ok,
+    wait_ready,
+)
 
 from .loadgen import Load, run_load
 

@@ -17,7 +17,7 @@ from types import TracebackType
 
 import redis
 
-from app.fleet import (
+from app.localfleet.fleet import (
     FleetError,
     Service,
     free_port,

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from app.fleet import find_program, fleetbreaker_command, free_port, http_ok, nginx_conf_for
+from app.localfleet.fleet import (
+    find_program,
+    fleetbreaker_command,
+    free_port,
+    http_ok,
+    nginx_conf_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 _NGINX_PATH = "/usr/sbin:/usr/local/sbin:/usr/bin"

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import breaker
-from app.cli import EXIT_OK, EXIT_USAGE, build_parser, local_time, main, shown
+from app.cli.command import EXIT_OK, EXIT_USAGE, build_parser, local_time, main, shown
 from tests.conftest import Breakers
 
 UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from app.fleet import Fleet
+from app.localfleet.fleet import Fleet
 from tests.support.load import Load
 from tests.support.reliability import Reliability, answer_label
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import UPSTREAM_NAME, Fleet
-from app.localredis import LocalCluster, SentinelSet
-from app.main import INSTANCE_HEADER
-from app.redisclient import close, sync_client
+from app.config.redisclient import close, sync_client
+from app.localfleet.fleet import UPSTREAM_NAME, Fleet
+from app.localfleet.nodes import LocalCluster, SentinelSet
+from app.server.main import INSTANCE_HEADER
 from breaker import BreakerKeys, BreakerOperator
 from tests.support.load import Answer
 from tests.support.reliability import Reliability, answer_label

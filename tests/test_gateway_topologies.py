@@ -32,8 +32,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from app import ConfigError
-from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
-from app.fleet import Fleet, FleetError, fleetbreaker_command
+from app.cli.command import EXIT_UNREACHABLE, EXIT_USAGE, main
+from app.localfleet.fleet import Fleet, FleetError, fleetbreaker_command
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,

@@ -670,7 +670,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(
         compared.append((given, expected))
         return real(given, expected)
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin calls hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin.api calls hmac.compare_digest
     status, _ = live.admin_get(b"/admin/breakers", b"Authorization: Bearer wrong")
     assert status == 401
     assert compared == [(b"wrong", TOKEN.encode())]

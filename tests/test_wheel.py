@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from app.fleet import http_ok
+from app.localfleet.fleet import http_ok
 from tests.conftest import Breakers
 from tests.support.ports import free_port
 from tests.support.servers import RedisServer
@@ -143,8 +143,15 @@ def test_wheel_contains_the_scripts_and_runs_them_when_installed(
     )
     assert lua == sorted(path.name for path in (ROOT / "lua").glob("*.lua"))
     assert "breaker/py.typed" in names
-    static = sorted(Path(n).name for n in names if n.startswith("fleetbreaker/static/"))
-    assert static == sorted(path.name for path in (ROOT / "app" / "static").iterdir())
+    static = sorted(Path(n).name for n in names if n.startswith("fleetbreaker/admin/static/"))
+    assert static == sorted(path.name for path in (ROOT / "app" / "admin" / "static").iterdir())
+    shipped = {str(Path(n).parent) for n in names if n.startswith("fleetbreaker/")}
+    folders = {
+        str(Path("fleetbreaker", *path.parent.relative_to(ROOT / "app").parts))
+        for path in (ROOT / "app").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert folders <= shipped, "a folder of app/ is missing from the wheel"
 
     # Run from an empty folder, so that only the installed copy can be imported.
     result = subprocess.run(

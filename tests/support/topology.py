@@ -20,8 +20,8 @@ import redis.asyncio.sentinel as async_sentinel
 import redis.cluster
 import redis.sentinel
 
-from app import localredis
-from app.localredis import (
+from app.localfleet import nodes as localredis
+from app.localfleet.nodes import (
     CLIENT_TIMEOUTS,
     HOST,
     SETTLE_TIMEOUT,

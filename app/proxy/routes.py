@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 
 from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
 
+from ..telemetry.metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .errors import (
     ATTEMPTS_HEADER,
     BodyBrokenOff,
@@ -44,7 +45,6 @@ from .forwarding import (
     split_target,
     target_url,
 )
-from .metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .runtime import Route, gateway_of
 from .upload import Upload
 

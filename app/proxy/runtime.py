@@ -37,9 +37,10 @@ from breaker import (
 from breaker._upstreams import Upstream as GuardedUpstream
 from breaker._upstreams import guarded_client, shared_client
 
-from . import errors
-from .events import EventFeed
-from .metrics import (
+from ..config.redisclient import aclose, async_client
+from ..config.settings import GatewayConfig, StaticFallback, Upstream
+from ..telemetry.events import EventFeed
+from ..telemetry.metrics import (
     BACKEND_CALL_DURATION,
     BACKEND_ERRORS,
     CALL_DURATION,
@@ -53,9 +54,8 @@ from .metrics import (
     RETRY_SUCCESSES,
     TRANSITIONS,
 )
-from .redisclient import aclose, async_client
-from .refusals import RefusalLogger
-from .settings import GatewayConfig, StaticFallback, Upstream
+from ..telemetry.refusals import RefusalLogger
+from . import errors
 
 logger = logging.getLogger("fleetbreaker.gateway")
 

@@ -48,7 +48,7 @@ from breaker import (
     __version__,
 )
 
-from .redisclient import (
+from ..config.redisclient import (
     REDIS_ERRORS,
     close,
     ping,
@@ -57,18 +57,18 @@ from .redisclient import (
     sync_client,
     topology_of,
 )
-from .supervisor import SUPERVISOR_ENV
-from .tempdirs import owned_tempdir, remove_orphans
+from ..localfleet.tempdirs import owned_tempdir, remove_orphans
+from ..server.supervisor import SUPERVISOR_ENV
 
 if TYPE_CHECKING:
-    from .settings import GatewayConfig
+    from ..config.settings import GatewayConfig
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_USAGE = 2
 #: This package's import name: ``fleetbreaker`` when installed, ``app`` in a checkout.
 #: uvicorn's import strings name it, so that a worker imports this very gateway.
-PACKAGE = __name__.rpartition(".")[0]
+PACKAGE = __name__.partition(".")[0]
 #: The extra whose packages run the gateway (pyproject.toml's list of them).
 GATEWAY_EXTRA = "gateway"
 _T = TypeVar("_T")
@@ -263,7 +263,7 @@ def _load_config(command: str, environ: dict[str, str] | None = None) -> Gateway
     """The gateway's configuration (the environment, ``BREAKER_CONFIG``); a bad one is
     exit 2 in one line."""
     _require_gateway(command, " with BREAKER_CONFIG or BREAKER_UPSTREAMS")
-    from .settings import ConfigError, load_config
+    from ..config.settings import ConfigError, load_config
 
     try:
         return load_config(environ)
@@ -278,8 +278,8 @@ def _serve(args: argparse.Namespace) -> int:
     _require_gateway(args.command)
     import uvicorn
 
-    from .connections import connection_protocol
-    from .logs import log_config
+    from ..server.connections import connection_protocol
+    from ..server.logs import log_config
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
@@ -316,7 +316,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(_demo_banner(config, os.environ["BREAKER_PUBLIC_URL"]), flush=True)
     with _workers_environment(args.workers):
         uvicorn.run(
-            f"{PACKAGE}.main:create_app",
+            f"{PACKAGE}.server.main:create_app",
             factory=True,
             host=args.host,
             port=args.port,
@@ -334,7 +334,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_port(host: str, port: int, option: str) -> None:
-    from .preflight import listen_problem
+    from ..config.preflight import listen_problem
 
     problem = listen_problem(host, port, option)
     if problem is not None:
@@ -344,7 +344,7 @@ def _check_port(host: str, port: int, option: str) -> None:
 def _check_redis(config: GatewayConfig) -> None:
     """One line when Redis does not answer at start: what the gateway does without it,
     or, with ``require_redis``, that it will not start."""
-    from .preflight import redis_problem, unreachable_redis
+    from ..config.preflight import redis_problem, unreachable_redis
 
     if config.redis_url is None:
         return
@@ -371,7 +371,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
     _require_gateway(args.command)
     import uvicorn
 
-    from .logs import log_config
+    from ..server.logs import log_config
 
     _check_port(args.host, args.port, "--port")
     print(
@@ -380,7 +380,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        f"{PACKAGE}.demo:create_demo_upstream",
+        f"{PACKAGE}.server.demo:create_demo_upstream",
         factory=True,
         host=args.host,
         port=args.port,
@@ -395,7 +395,7 @@ def _demo_upstream(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> int:
     _require_gateway(args.command)
-    from .fleet import Fleet, FleetError
+    from ..localfleet.fleet import Fleet, FleetError
 
     remove_orphans()
     stop = threading.Event()
@@ -458,7 +458,7 @@ def _demo_banner(config: GatewayConfig, public_url: str) -> str:
     token = config.admin_token
     base = public_url.rstrip("/")
     admin = admin_url(config)
-    from .settings import DEMO_UPSTREAM
+    from ..config.settings import DEMO_UPSTREAM
 
     demo = config.upstreams[DEMO_UPSTREAM].breaker
     assert demo is not None  # the demo upstream always has its breaker

@@ -44,16 +44,16 @@ import httpx
 
 from breaker import ConfigurationError
 
-from .localredis import LocalCluster, SentinelSet, TopologyError, orphan_guard
-from .localredis import free_port as free_port  # tests and bench import it from here
-from .localredis import redis_server_command as redis_server_command
-from .preflight import redis_problem
-from .redisclient import check_url, redacted_url
-from .settings import MIN_ADMIN_TOKEN_LENGTH
+from ..config.preflight import redis_problem
+from ..config.redisclient import check_url, redacted_url
+from ..config.settings import MIN_ADMIN_TOKEN_LENGTH
+from .nodes import LocalCluster, SentinelSet, TopologyError, orphan_guard
+from .nodes import free_port as free_port  # tests and bench import it from here
+from .nodes import redis_server_command as redis_server_command
 from .tempdirs import owned_tempdir
 
 #: The deploy files compose uses; a checkout has them next to ``app/``.
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NGINX_CONF = DEPLOY / "nginx.conf"
 FLEET_CONFIG = DEPLOY / "fleet.toml"
 #: The demo upstream's name, as in ``docker-compose.yml``'s ``BREAKER_UPSTREAMS``.
@@ -81,7 +81,7 @@ def fleetbreaker_command() -> list[str]:
     script = Path(sys.executable).parent / "fleetbreaker"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", __name__.rpartition(".")[0]]
+    return [sys.executable, "-m", __name__.partition(".")[0]]
 
 
 def find_program(name: str, hint: str, search_path: str | None = None) -> str:
