@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli.command import NO_REDIS
-from app.localfleet.fleet import fleetbreaker_command
+from app.cli.breakers import NO_REDIS
+from app.localfleet.services import fleetbreaker_command
 from breaker import CircuitBreaker
 from breaker.testing import ManualClock
 from tests.conftest import Breakers

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.localfleet.fleet import fleetbreaker_command
+from app.localfleet.services import fleetbreaker_command
 from tests.support.gateway_process import GatewayProcess
 from tests.support.ports import free_port
 

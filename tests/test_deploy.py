@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from app.config.settings import load_config
-from app.localfleet.fleet import FLEET_CONFIG, NGINX_CONF, UPSTREAM_NAME, FleetError, nginx_conf_for
+from app.localfleet.fleet import FLEET_CONFIG, NGINX_CONF, UPSTREAM_NAME
+from app.localfleet.nginx import nginx_conf_for
+from app.localfleet.services import FleetError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.localfleet.fleet import http_ok
+from app.localfleet.services import http_ok
 from examples.fastapi_app import BREAKER
 from tests.support.ports import free_port
 from tests.support.servers import RedisServer

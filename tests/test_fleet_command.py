@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.localfleet.fleet import FleetError, find_program, fleetbreaker_command
+from app.localfleet.services import FleetError, find_program, fleetbreaker_command
 from tests.support.gateway_process import GatewayProcess
 from tests.support.ports import free_port
 from tests.topology_fixtures import skip_without

@@ -32,8 +32,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from app import ConfigError
-from app.cli.command import EXIT_UNREACHABLE, EXIT_USAGE, main
-from app.localfleet.fleet import Fleet, FleetError, fleetbreaker_command
+from app.cli import main
+from app.cli.exits import EXIT_UNREACHABLE, EXIT_USAGE
+from app.localfleet.fleet import Fleet
+from app.localfleet.services import FleetError, fleetbreaker_command
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli.command import EXIT_UNREACHABLE, EXIT_USAGE, main
+from app.cli import main
+from app.cli.exits import EXIT_UNREACHABLE, EXIT_USAGE
 from app.config.preflight import listen_problem, redis_problem, unreachable_redis
 from tests.support.gateway import gateway_config
 from tests.support.gateway_process import GatewayProcess

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from app import load_config
-from app.localfleet.fleet import http_ok
+from app.localfleet.services import http_ok
 from tests.support.ports import free_port
 from tests.support.upstream import Reply, Upstream
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from app.localfleet.fleet import http_ok
+from app.localfleet.services import http_ok
 from tests.conftest import Breakers
 from tests.support.ports import free_port
 from tests.support.servers import RedisServer

@@ -38,7 +38,8 @@ from breaker._upstreams import Upstream as GuardedUpstream
 from breaker._upstreams import guarded_client, shared_client
 
 from ..config.redisclient import aclose, async_client
-from ..config.settings import GatewayConfig, StaticFallback, Upstream
+from ..config.settings import GatewayConfig
+from ..config.upstreams import StaticFallback, Upstream
 from ..telemetry.events import EventFeed
 from ..telemetry.metrics import (
     BACKEND_CALL_DURATION,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from app.localfleet.fleet import redis_server_command
+from app.localfleet.nodes import redis_server_command
 from tests.support.ports import free_port
 
 _START_TIMEOUT = 10.0
