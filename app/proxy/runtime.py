@@ -3,8 +3,10 @@
 The lifespan builds, once per worker: the Redis client of ``BREAKER_REDIS_URL`` (a
 server, a Cluster or a Sentinel set; or none: the embedded backend) and, per upstream,
 a ``Route``: its guarded client, built by the library's ``guarded_client`` (the one
-``breaker.fastapi`` builds too), on a pool of its own, with its breaker. The proxy
-sends a request through its route's client. Routes only read ``app.state.gateway``.
+``breaker.fastapi`` builds too), on a pool of its own, with its breaker and its static
+fallback (a ``Fallback``). The client's transport holds that breaker and its retrier,
+built here once: the proxy sends a request through its route's client, and nothing
+looks the upstream up again on the way. Routes only read ``app.state.gateway``.
 """
 
 from __future__ import annotations
