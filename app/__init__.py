@@ -17,17 +17,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .main import create_app
-    from .settings import ConfigError, GatewayConfig, load_config
+    from .config.sections import ConfigError
+    from .config.settings import GatewayConfig, load_config
+    from .server.main import create_app
 
 __all__ = ["ConfigError", "GatewayConfig", "create_app", "load_config"]
 
 #: Where each of ``__all__`` lives.
 _MODULE_OF = {
-    "ConfigError": ".settings",
-    "GatewayConfig": ".settings",
-    "create_app": ".main",
-    "load_config": ".settings",
+    "ConfigError": ".config.sections",
+    "GatewayConfig": ".config.settings",
+    "create_app": ".server.main",
+    "load_config": ".config.settings",
 }
 
 

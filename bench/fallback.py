@@ -30,7 +30,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from app.fleet import Service, fleetbreaker_command, free_port, http_ok, wait_ready
+from app.localfleet.ports import free_port
+from app.localfleet.services import Service, fleetbreaker_command, http_ok, wait_ready
 from breaker import BreakerConfig
 from breaker._backend import embedded_backend
 from breaker._local import LocalEngine

@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.fleet import FleetError, Service, fleetbreaker_command, free_port, http_ok, wait_ready
-from app.settings import DEFAULT_BATCH_INTERVAL
+from app.config.upstreams import DEFAULT_BATCH_INTERVAL
+from app.localfleet.ports import free_port
+from app.localfleet.services import FleetError, Service, fleetbreaker_command, http_ok, wait_ready
 
 from .loadgen import Load, run_load
 

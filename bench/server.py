@@ -17,14 +17,9 @@ from types import TracebackType
 
 import redis
 
-from app.fleet import (
-    FleetError,
-    Service,
-    free_port,
-    redis_answers,
-    redis_server_command,
-    wait_ready,
-)
+from app.localfleet.nodes import redis_server_command
+from app.localfleet.ports import free_port
+from app.localfleet.services import FleetError, Service, redis_answers, wait_ready
 
 # What the benchmark itself sends to read and reset the counters, and what a client
 # sends once per connection (the handshake, an events subscription): a follower that

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from app.fleet import find_program, fleetbreaker_command, free_port, http_ok, nginx_conf_for
+from app.localfleet.nginx import nginx_conf_for
+from app.localfleet.ports import free_port
+from app.localfleet.services import find_program, fleetbreaker_command, http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 _NGINX_PATH = "/usr/sbin:/usr/local/sbin:/usr/bin"

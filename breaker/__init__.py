@@ -23,6 +23,7 @@ from ._exceptions import (
     PermitSettledError,
 )
 from ._fallback import Fallback, FallbackGuard, FallbackKind, FallbackReason
+from ._follower import EventFollower
 from ._keys import BreakerKeys, breaker_channel, escape_name, events_channel, unescape_name
 from ._listeners import BreakerListener
 from ._models import (
@@ -85,6 +86,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
+    "EventFollower",
     "Fallback",
     "FallbackError",
     "FallbackGuard",

@@ -61,6 +61,9 @@ class EventHub:
         self.subscriptions = 0
         self._subscribed_listeners: list[Callable[[str], None]] = []
         self._lost_listeners: list[Callable[[str], None]] = []
+        self._event_listeners: list[Callable[[TransitionEvent], None]] = []
+        #: The error the follower last failed with (None: it never failed).
+        self.last_error: Exception | None = None
         self._following = False  # subscribed, and not lost since
         self._ticks: list[weakref.WeakMethod[Callable[[], None]]] = []
         # A dead Redis fails every reconnection: log its outage, not each attempt.
@@ -94,6 +97,12 @@ class EventHub:
         with self._lock:
             if listener not in self._lost_listeners:
                 self._lost_listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[TransitionEvent], None]) -> None:
+        """Call ``listener(event)`` with every event heard on the channel, whatever its
+        breaker: a tool that watches them all (``EventFollower``)."""
+        with self._lock:
+            self._event_listeners.append(listener)
 
     def _on_subscribed(self) -> None:
         self._following = True
@@ -179,10 +188,18 @@ class EventHub:
             logger.warning("ignoring a malformed message on %s", self.channel)
             return
         self.relay((event,), confirmed=False)
+        with self._lock:
+            listeners = list(self._event_listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("events listener %r failed", listener)
         self._tick()
 
     def _lost(self, exc: Exception) -> None:
         # The listeners first: whoever sees ``subscribed`` clear sees them done.
+        self.last_error = exc
         was_following, self._following = self._following, False
         if was_following:
             self._tell(self._lost_listeners)

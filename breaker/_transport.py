@@ -3,6 +3,8 @@
 ``ResilientTransport`` (for ``httpx.AsyncClient``) and ``SyncResilientTransport`` (for
 ``httpx.Client``) are twins, like httpx's own ``AsyncHTTPTransport`` and
 ``HTTPTransport``. Each wraps an inner transport and passes ``close`` through.
+``BreakerTransport`` is the async one for a single breaker (one upstream's client,
+``_upstreams``): it holds the breaker and its retrier, so a request is looked up nowhere.
 
 - One breaker per origin (``scheme://host:port``) by default, or named by a function
   of the request; a response with a 5xx status counts as a failure of its breaker.
@@ -16,8 +18,8 @@
   phase that keeps receiving bytes.
 - A response that counts as a success is judged again when its body ends: a body
   that breaks off (a reset, a protocol error) or outlasts ``body_timeout`` counts as
-  a failure, and a half-open trial holds its lease until then. A body its reader
-  closes or abandons early counts as the success its headers said.
+  a failure, and a half-open trial holds its lease until then (``_bodies``). A body
+  its reader closes or abandons early counts as the success its headers said.
 - A body that cannot be replayed (a generator or a file stream) is sent once.
 - ``request.extensions["fleetbreaker.retry"]``: True opts a request in whatever its
   method, False opts it out of retries.
@@ -29,16 +31,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from ._bodies import Deadline, SettledStream, SyncSettledStream
 from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
@@ -102,9 +104,34 @@ def http_rules(policy: RetryRules) -> RetryRules:
     )
 
 
+def http_config(config: BreakerConfig | None, *, by_origin: bool = False) -> BreakerConfig:
+    """``config`` as a transport's breakers use it: a 5xx answer is a failure (unless
+    it says otherwise), this side's own httpx errors (``LOCAL_HTTP_EXCEPTIONS``) never
+    are, and a breaker named by origin keeps its keys ``ORIGIN_KEY_TTL``."""
+    config = config if config is not None else BreakerConfig()
+    if config.failure_predicate is None:
+        config = dataclasses.replace(config, failure_predicate=is_server_error)
+    local = tuple(k for k in LOCAL_HTTP_EXCEPTIONS if k not in config.ignore_exceptions)
+    if local:
+        config = dataclasses.replace(config, ignore_exceptions=config.ignore_exceptions + local)
+    if by_origin and config.key_ttl == _LIBRARY_KEY_TTL:
+        config = _for_origins(config)
+    return config
+
+
+def _repeatable(request: httpx.Request, rules: RetryRules) -> bool:
+    """Whether ``request`` may be sent again: its body can be replayed, and the caller
+    opted it in (``RETRY_EXTENSION``) or its method (or an ``Idempotency-Key``) allows it."""
+    choice = request.extensions.get(RETRY_EXTENSION)
+    if choice is False or not isinstance(request.stream, httpx.ByteStream):
+        return False
+    return choice is True or rules.allows_method(request.method, request.headers)
+
+
 class _Resilient:
-    """What both transports share: the retry policy, one breaker per name (made on
-    first use, at most ``max_breakers`` of them kept), and closing them."""
+    """What both routing transports share: the retry policy, one breaker per name
+    with its retrier (made on first use, at most ``max_breakers`` kept), and closing
+    them."""
 
     def __init__(
         self,
@@ -120,22 +147,16 @@ class _Resilient:
             raise ConfigurationError(
                 "max_breakers", f"must be an integer >= 1, got {max_breakers!r}"
             )
-        config = config if config is not None else BreakerConfig()
-        if config.failure_predicate is None:
-            config = dataclasses.replace(config, failure_predicate=is_server_error)
-        local = tuple(k for k in LOCAL_HTTP_EXCEPTIONS if k not in config.ignore_exceptions)
-        if local:
-            config = dataclasses.replace(config, ignore_exceptions=config.ignore_exceptions + local)
-        if name_of is origin_of and config.key_ttl == _LIBRARY_KEY_TTL:
-            config = _for_origins(config)
         self.retry = http_rules(retry if retry is not None else RetryPolicy())
         self.body_timeout = body_timeout
         self.max_breakers = max_breakers
         self._redis = redis
-        self._config = config
+        self._config = http_config(config, by_origin=name_of is origin_of)
         self._clock = clock
         self._name_of = name_of
-        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()  # least recent first
+        # Each breaker's retrier (built once: it keeps no state of a call), least
+        # recently used first.
+        self._retriers: OrderedDict[str, Retrier] = OrderedDict()
         # Requests under way, per breaker name: a breaker a request holds is never
         # evicted, not even between its lookup and its first permit.
         self._users: dict[str, int] = {}
@@ -146,28 +167,28 @@ class _Resilient:
         It stays the transport's: once idle and least recently used, with more than
         ``max_breakers`` kept, a request for another name closes it."""
         with self._lock:
-            return self._kept(name)
+            return _breaker_of(self._kept(name))
 
-    def _kept(self, name: str) -> CircuitBreaker:
-        """The breaker of ``name``, made if need be, now the most recently used."""
-        breaker = self._breakers.get(name)
-        if breaker is None:
+    def _kept(self, name: str) -> Retrier:
+        """The retrier of ``name``'s breaker, made if need be, now the most recently used."""
+        retrier = self._retriers.get(name)
+        if retrier is None:
             breaker = CircuitBreaker(
                 name, redis=self._redis, config=self._config, clock=self._clock
             )
-            self._breakers[name] = breaker
+            retrier = self._retriers[name] = Retrier(self.retry, breaker)
         else:
-            self._breakers.move_to_end(name)
-        return breaker
+            self._retriers.move_to_end(name)
+        return retrier
 
-    def _check_out(self, name: str) -> tuple[CircuitBreaker, list[CircuitBreaker]]:
-        """The breaker of ``name``, held for one request until ``_check_in``; and those
-        evicted to keep at most ``max_breakers``, which the caller closes (outside the
-        lock: the async transport awaits ``aclose``)."""
+    def _check_out(self, name: str) -> tuple[Retrier, list[CircuitBreaker]]:
+        """The retrier of ``name``'s breaker, held for one request until ``_check_in``;
+        and the breakers evicted to keep at most ``max_breakers``, which the caller
+        closes (outside the lock: the async transport awaits ``aclose``)."""
         with self._lock:
-            breaker = self._kept(name)
+            retrier = self._kept(name)
             self._users[name] = self._users.get(name, 0) + 1
-            return breaker, self._evicted()
+            return retrier, self._evicted()
 
     def _check_in(self, name: str) -> None:
         with self._lock:
@@ -179,31 +200,26 @@ class _Resilient:
         """Take out the least recently used idle breakers past ``max_breakers``. One
         that is open or half-open, held by a request, or has a permit unsettled or
         counts due is skipped: busy breakers may keep the transport over its cap."""
-        excess = len(self._breakers) - self.max_breakers
+        excess = len(self._retriers) - self.max_breakers
         if excess <= 0:
             return []
         names: list[str] = []
-        for name, breaker in self._breakers.items():
-            if name not in self._users and breaker.idle:
+        for name, retrier in self._retriers.items():
+            if name not in self._users and _breaker_of(retrier).idle:
                 names.append(name)
                 if len(names) == excess:
                     break
-        return [self._breakers.pop(name) for name in names]
-
-    def _route(self, request: httpx.Request, breaker: CircuitBreaker) -> tuple[Retrier, bool]:
-        """The retrier for this request (bound to its breaker), and whether the
-        request may be sent again: its body can be replayed, and the caller opted it
-        in or its method (or an ``Idempotency-Key``) allows it."""
-        retrier = Retrier(self.retry, breaker)
-        choice = request.extensions.get(RETRY_EXTENSION)
-        if choice is False or not isinstance(request.stream, httpx.ByteStream):
-            return retrier, False
-        return retrier, choice is True or self.retry.allows_method(request.method, request.headers)
+        return [_breaker_of(self._retriers.pop(name)) for name in names]
 
     def _take_breakers(self) -> list[CircuitBreaker]:
         with self._lock:
-            breakers, self._breakers = list(self._breakers.values()), OrderedDict()
-        return breakers
+            retriers, self._retriers = list(self._retriers.values()), OrderedDict()
+        return [_breaker_of(retrier) for retrier in retriers]
+
+
+def _breaker_of(retrier: Retrier) -> CircuitBreaker:
+    assert retrier.breaker is not None  # every retrier of a transport has its breaker
+    return retrier.breaker
 
 
 def _for_origins(config: BreakerConfig) -> BreakerConfig:
@@ -241,120 +257,38 @@ def _bounded(request: httpx.Request, timeouts: Any, attempt: Attempt) -> None:
     }
 
 
-class _Deadline:
-    """When a response body must have ended (``body_timeout`` after its headers), and
-    the error that says it did not. Both body streams check it as each chunk comes;
-    the async one also cuts a read that stalls past it."""
+async def _asend(
+    inner: httpx.AsyncBaseTransport,
+    retrier: Retrier,
+    request: httpx.Request,
+    body_timeout: float | None,
+) -> httpx.Response:
+    """Send ``request`` on ``inner`` through ``retrier`` and its breaker."""
+    timeouts = request.extensions.get("timeout")
 
-    def __init__(self, request: httpx.Request, limit: float | None, now: float) -> None:
-        self.request = request
-        self.limit = limit
-        self.at = None if limit is None else now + limit
-
-    def passed(self, now: float) -> bool:
-        return self.at is not None and now > self.at
-
-    def error(self) -> httpx.ReadTimeout:
-        return httpx.ReadTimeout(
-            f"the response body took longer than {self.limit:g} s", request=self.request
-        )
-
-
-_RECORDING: set[asyncio.Future[Any]] = set()
-
-
-class _SettledStream(httpx.AsyncByteStream):
-    """A response body that settles its attempt's permit once, when it ends.
-
-    The rule, the same as the sync twin's: a body that ends is the success its headers
-    said; one that breaks off counts as its error does; one past ``body_timeout`` is a
-    failure (``httpx.ReadTimeout``); a reader that stops early (closes, or is
-    cancelled) leaves the headers' success standing.
-
-    It settles in the context of the attempt that got the headers (made while the
-    attempt ran), not the reader's: the breaker's listeners then see that attempt
-    (``current_attempt()``) and its trace, as they do for a call settled at once.
-    """
-
-    def __init__(
-        self, inner: httpx.AsyncByteStream, permit: AsyncPermit, deadline: _Deadline
-    ) -> None:
-        self._inner = inner
-        self._permit = permit
-        self._deadline = deadline
-        self._context = contextvars.copy_context()
-
-    async def _settle(self, error: BaseException | None) -> None:
-        """Settle the permit, once. Shielded: a reader that is being cancelled (anyio
-        cancels every await of a cancelled scope) still gets its call recorded."""
-        if self._permit.settled:
-            return
-        settle = self._permit.success() if error is None else self._permit.settle(error)
-        recording = asyncio.get_running_loop().create_task(settle, context=self._context)
-        _RECORDING.add(recording)  # a task nobody awaits must be held, or it may vanish
-        recording.add_done_callback(_RECORDING.discard)
-        await asyncio.shield(recording)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = aiter(self._inner)
+    async def attempt(attempt: Attempt) -> httpx.Response:
+        _bounded(request, timeouts, attempt)
+        if attempt.timeout is None:
+            return await inner.handle_async_request(request)
+        # httpx's timeouts bound each phase; this bounds the whole attempt, also for an
+        # upstream that trickles, or an inner transport that ignores them.
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(self._deadline.at):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                yield chunk
+            async with asyncio.timeout(attempt.timeout):
+                return await inner.handle_async_request(request)
         except TimeoutError as exc:
-            error = self._deadline.error()
-            await self._settle(error)
-            raise error from exc
-        except asyncio.CancelledError:
-            await self._settle(None)  # the reader went away: the headers' success stands
-            raise
-        except Exception as exc:
-            await self._settle(exc)
-            raise
-        await self._settle(None)
+            raise httpx.TimeoutException(
+                f"attempt {attempt.number} took longer than {attempt.timeout:g} s",
+                request=request,
+            ) from exc
 
-    async def aclose(self) -> None:
-        await self._settle(None)
-        await self._inner.aclose()
+    def hold(response: httpx.Response, permit: AsyncPermit) -> httpx.Response:
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        deadline = Deadline(request, body_timeout, asyncio.get_running_loop().time())
+        response.stream = SettledStream(response.stream, permit, deadline)
+        return response
 
-
-class _SyncSettledStream(httpx.SyncByteStream):
-    """The sync twin of ``_SettledStream``, by the same rule (and in the same
-    context). It cannot interrupt a read: a stalled body is cut by httpx's read
-    timeout, a trickling one here."""
-
-    def __init__(self, inner: httpx.SyncByteStream, permit: Permit, deadline: _Deadline) -> None:
-        self._inner = inner
-        self._permit = permit
-        self._deadline = deadline
-        self._context = contextvars.copy_context()
-
-    def _settle(self, error: BaseException | None) -> None:
-        if self._permit.settled:
-            return
-        if error is None:
-            self._context.copy().run(self._permit.success)
-        else:
-            self._context.copy().run(self._permit.settle, error)
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._inner:
-                if self._deadline.passed(time.monotonic()):
-                    raise self._deadline.error()
-                yield chunk
-        except Exception as exc:
-            self._settle(exc)
-            raise
-        self._settle(None)
-
-    def close(self) -> None:
-        self._settle(None)
-        self._inner.close()
+    repeatable = _repeatable(request, retrier.policy)
+    return await retrier.arun(attempt, repeatable=repeatable, enforce_timeout=False, hold=hold)
 
 
 class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
@@ -388,44 +322,48 @@ class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         name = self._name_of(request)
-        breaker, evicted = self._check_out(name)
+        retrier, evicted = self._check_out(name)
         try:
             for old in evicted:
                 await old.aclose()  # idle: no round trip, so no wait
-            return await self._send(request, breaker)
+            return await _asend(self._inner, retrier, request, self.body_timeout)
         finally:
             self._check_in(name)
-
-    async def _send(self, request: httpx.Request, breaker: CircuitBreaker) -> httpx.Response:
-        retrier, repeatable = self._route(request, breaker)
-        timeouts = request.extensions.get("timeout")
-
-        async def attempt(attempt: Attempt) -> httpx.Response:
-            _bounded(request, timeouts, attempt)
-            if attempt.timeout is None:
-                return await self._inner.handle_async_request(request)
-            # httpx's timeouts bound each phase; this bounds the whole attempt, also
-            # for an upstream that trickles, or an inner transport that ignores them.
-            try:
-                async with asyncio.timeout(attempt.timeout):
-                    return await self._inner.handle_async_request(request)
-            except TimeoutError as exc:
-                raise httpx.TimeoutException(
-                    f"attempt {attempt.number} took longer than {attempt.timeout:g} s",
-                    request=request,
-                ) from exc
-
-        def hold(response: httpx.Response, permit: AsyncPermit) -> httpx.Response:
-            assert isinstance(response.stream, httpx.AsyncByteStream)
-            deadline = _Deadline(request, self.body_timeout, asyncio.get_running_loop().time())
-            response.stream = _SettledStream(response.stream, permit, deadline)
-            return response
-
-        return await retrier.arun(attempt, repeatable=repeatable, enforce_timeout=False, hold=hold)
 
     async def aclose(self) -> None:
         for breaker in self._take_breakers():
             await breaker.aclose()
+        await self._inner.aclose()
+
+
+class BreakerTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncClient`` transport of one breaker, such as one upstream's:
+    the breaker and its retrier are built with it, so a request goes through them
+    with no lookup. Closing it closes the breaker and the inner transport."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        name: str,
+        *,
+        redis: Any,
+        retry: RetryRules,
+        breaker_config: BreakerConfig | None = None,
+        clock: Clock | None = None,
+        body_timeout: float | None = None,
+    ) -> None:
+        self.breaker = CircuitBreaker(
+            name, redis=redis, config=http_config(breaker_config), clock=clock
+        )
+        self.body_timeout = body_timeout
+        self._retrier = Retrier(http_rules(retry), self.breaker)
+        self._inner = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await _asend(self._inner, self._retrier, request, self.body_timeout)
+
+    async def aclose(self) -> None:
+        await self.breaker.aclose()
         await self._inner.aclose()
 
 
@@ -455,16 +393,15 @@ class SyncResilientTransport(_Resilient, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         name = self._name_of(request)
-        breaker, evicted = self._check_out(name)
+        retrier, evicted = self._check_out(name)
         try:
             for old in evicted:
                 old.close()  # idle: no round trip
-            return self._send(request, breaker)
+            return self._send(request, retrier)
         finally:
             self._check_in(name)
 
-    def _send(self, request: httpx.Request, breaker: CircuitBreaker) -> httpx.Response:
-        retrier, repeatable = self._route(request, breaker)
+    def _send(self, request: httpx.Request, retrier: Retrier) -> httpx.Response:
         timeouts = request.extensions.get("timeout")
 
         def attempt(attempt: Attempt) -> httpx.Response:
@@ -473,11 +410,11 @@ class SyncResilientTransport(_Resilient, httpx.BaseTransport):
 
         def hold(response: httpx.Response, permit: Permit) -> httpx.Response:
             assert isinstance(response.stream, httpx.SyncByteStream)
-            deadline = _Deadline(request, self.body_timeout, time.monotonic())
-            response.stream = _SyncSettledStream(response.stream, permit, deadline)
+            deadline = Deadline(request, self.body_timeout, time.monotonic())
+            response.stream = SyncSettledStream(response.stream, permit, deadline)
             return response
 
-        return retrier.run(attempt, repeatable=repeatable, hold=hold)
+        return retrier.run(attempt, repeatable=_repeatable(request, retrier.policy), hold=hold)
 
     def close(self) -> None:
         for breaker in self._take_breakers():

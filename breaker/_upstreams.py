@@ -4,7 +4,8 @@
 An upstream (``Upstream``) is a name (its breaker's, in Redis), a base URL, breaker
 settings and a retry policy. Its client is an ``httpx.AsyncClient`` with a pool of its
 own (so that one upstream's slow callers never take another's connections), a
-``ResilientTransport`` bound to the upstream's one breaker, and the defaults a shared
+``BreakerTransport`` that holds the upstream's one breaker and its retrier, and the
+defaults a shared
 client needs: no cookie jar (a cookie set for one caller must never ride on another's
 request), no proxy from the environment (it would reroute upstream calls), no
 redirects followed.
@@ -28,7 +29,7 @@ from ._listeners import Listener
 from ._models import TransitionEvent
 from ._policy import RetryHook
 from ._retrying import RetryPolicy
-from ._transport import ResilientTransport
+from ._transport import BreakerTransport
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,26 +123,19 @@ def guarded_client(
     breaker follows the fleet's transitions from now on, so a worker hears that
     another opened it before its own next call; closing the client closes it.
     """
-    guard = ResilientTransport(
+    guard = BreakerTransport(
         transport if transport is not None else httpx.AsyncHTTPTransport(retries=0),
+        upstream.name,
         redis=redis,
         retry=upstream.retry.replace(hooks=retry_hooks) if retry_hooks else upstream.retry,
         breaker_config=upstream.breaker,
-        breaker_name=_named(upstream.name),
         clock=clock,
         body_timeout=body_timeout,
     )
-    breaker = guard.breaker(upstream.name)
+    breaker = guard.breaker
     for listener in listeners:
         breaker.add_listener(listener)
     for listener in made_here_listeners:
         breaker.add_listener(listener, made_here_only=True)
     breaker.follow_events()
     return shared_client(guard, base_url=upstream.url, timeout=timeout), breaker
-
-
-def _named(name: str) -> Callable[[httpx.Request], str]:
-    def name_of(request: httpx.Request) -> str:
-        return name
-
-    return name_of

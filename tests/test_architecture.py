@@ -77,9 +77,10 @@ def test_only_the_http_integrations_import_httpx() -> None:
         if (isinstance(node, ast.Import) and any(a.name == "httpx" for a in node.names))
         or (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("httpx"))
     }
-    # The transports; the one builder of an upstream's client (the gateway's and the
-    # FastAPI lifespan's); fastapi.py, whose dependencies hand those clients out.
-    assert importers == {"_transport.py", "_upstreams.py", "fastapi.py"}
+    # The transports and their response bodies; the one builder of an upstream's client
+    # (the gateway's and the FastAPI lifespan's); fastapi.py, whose dependencies hand
+    # those clients out.
+    assert importers == {"_transport.py", "_bodies.py", "_upstreams.py", "fastapi.py"}
 
 
 def _gateway_modules() -> set[str]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from app.fleet import free_port
 from bench import calls, report
 from bench.fleet import FleetRun
 from bench.loadgen import _asyncio_load
 from bench.peers import PEERS
 from bench.server import BenchRedis
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]  # one server, one driver
 

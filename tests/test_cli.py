@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import NO_REDIS
-from app.fleet import fleetbreaker_command, free_port
+from app.cli.breakers import NO_REDIS
+from app.localfleet.services import fleetbreaker_command
 from breaker import CircuitBreaker
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.test_round_trips import fail
 

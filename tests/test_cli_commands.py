@@ -12,7 +12,10 @@ import pytest
 import redis
 
 import breaker
-from app.cli import EXIT_OK, EXIT_USAGE, build_parser, local_time, main, shown
+from app.cli import main
+from app.cli.command import build_parser
+from app.cli.exits import EXIT_OK, EXIT_USAGE
+from app.cli.terminal import local_time, shown
 from tests.conftest import Breakers
 
 UTC_PLUS_2 = datetime.timezone(datetime.timedelta(hours=2))

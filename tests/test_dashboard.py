@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import dashboard
+from app.admin import dashboard
 from breaker.testing import ManualClock
 from tests.support.gateway import ADMIN, Scenario, gateway_client, gateway_config
 from tests.support.upstream import Reply, Upstream

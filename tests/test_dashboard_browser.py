@@ -19,10 +19,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from app.fleet import NGINX_CONF, free_port, http_ok, nginx_conf_for
+from app.localfleet.fleet import NGINX_CONF
+from app.localfleet.nginx import nginx_conf_for
+from app.localfleet.services import http_ok
 from tests.support.browser import Console, chromium
 from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess, replicas_of
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 

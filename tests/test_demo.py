@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.demo import create_demo_upstream
-from app.fleet import fleetbreaker_command, free_port
+from app.localfleet.services import fleetbreaker_command
+from app.server.demo import create_demo_upstream
 from tests.support.gateway_process import GatewayProcess
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from app.fleet import FLEET_CONFIG, NGINX_CONF, UPSTREAM_NAME, FleetError, nginx_conf_for
-from app.settings import load_config
+from app.config.settings import load_config
+from app.localfleet.fleet import FLEET_CONFIG, NGINX_CONF, UPSTREAM_NAME
+from app.localfleet.nginx import nginx_conf_for
+from app.localfleet.services import FleetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,7 +195,7 @@ def test_the_dockerfile_copies_every_package_the_wheel_is_built_from() -> None:
 
     def source_of(package: str) -> str:
         """Its folder as setuptools finds it: by its own package-dir entry, or its
-        nearest parent's (fleetbreaker.static is in app/, as fleetbreaker is)."""
+        nearest parent's (fleetbreaker.admin is in app/, as fleetbreaker is)."""
         parts = package.split(".")
         for end in range(len(parts), 0, -1):
             mapped = package_dir.get(".".join(parts[:end]))

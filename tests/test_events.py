@@ -18,6 +18,7 @@ from breaker import (
     BreakerListener,
     CircuitBreaker,
     CircuitOpenError,
+    EventFollower,
     TransitionEvent,
     events_channel,
 )
@@ -350,3 +351,23 @@ def test_no_view_keeps_a_call_out_longer_than_its_settings_can_open_it() -> None
     core.apply(Reply("reject", "open", 1, 1, 9_000_000_000_000, 0, 0, 0, "", "", ()))
     assert core.view is not None
     assert core.view.open_until - ManualClock().monotonic() <= 15.0
+
+
+def test_the_event_follower_hands_over_every_breakers_transitions(
+    breakers: Breakers, sync_redis: redis.Redis
+) -> None:
+    heard: list[tuple[str, str]] = []
+    arrived = threading.Event()
+
+    def on_event(event: TransitionEvent) -> None:
+        heard.append((event.name, event.to_state))
+        if len(heard) == 2:
+            arrived.set()
+
+    with EventFollower(sync_redis, on_event=on_event) as follower:
+        assert follower.channel == events_channel("breaker", TEST_DB)
+        assert follower.wait_subscribed(_DELIVERY_TIMEOUT)
+        for name in ("payments", "search"):
+            fail(breakers(name, redis=sync_redis, failure_threshold=1))
+        assert arrived.wait(_DELIVERY_TIMEOUT)
+    assert heard == [("payments", "open"), ("search", "open")]

@@ -12,7 +12,6 @@ import httpx
 import pytest
 import redis
 
-from app.fleet import free_port
 from breaker import (
     STOPPED_EXTENSION,
     BackendUnavailableError,
@@ -30,6 +29,7 @@ from breaker import (
 )
 from breaker.testing import ManualClock
 from tests.conftest import AsyncHarness, Breakers, Harness
+from tests.support.ports import free_port
 
 # Retry, fallback, permit and async behaviour is the same on every topology: Redis and
 # the embedded backend only (the Lua and backend tests keep every topology).

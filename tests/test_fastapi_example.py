@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import httpx
 import pytest
 
-from app.fleet import free_port
 from breaker.testing import set_testing
 from examples.fastapi_app import create_app
+from tests.support.ports import free_port
 from tests.support.upstream import Reply, Upstream
 from tests.test_fastapi_integration import served
 

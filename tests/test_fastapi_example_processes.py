@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import free_port, http_ok
+from app.localfleet.services import http_ok
 from examples.fastapi_app import BREAKER
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 

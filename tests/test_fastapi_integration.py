@@ -16,7 +16,6 @@ import redis
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 
-from app.fleet import free_port
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,
@@ -34,6 +33,7 @@ from breaker.fastapi import (
     upstream_breaker,
     upstream_client,
 )
+from tests.support.ports import free_port
 from tests.support.upstream import Reply
 from tests.support.upstream import Upstream as UpstreamServer
 

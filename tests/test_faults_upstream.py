@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import free_port
 from tests.support.faulty import FaultyUpstream
 from tests.support.gateway import AUTH
 from tests.support.gateway_process import GatewayProcess, gateway_with_redis
+from tests.support.ports import free_port
 from tests.support.reliability import Reliability, answer_label
 
 # One gateway per module fixture: its tests run on one worker, in turn.

@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import FleetError, find_program, fleetbreaker_command, free_port
+from app.localfleet.services import FleetError, find_program, fleetbreaker_command
 from tests.support.gateway_process import GatewayProcess
+from tests.support.ports import free_port
 from tests.topology_fixtures import skip_without
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """The fleet, end to end: 3 replicas x 2 workers of ``fleetbreaker serve`` behind nginx
-(``deploy/nginx.conf``), a real Redis and the demo upstream, started by ``app.fleet``
+(``deploy/nginx.conf``), a real Redis and the demo upstream, started by ``app.localfleet.fleet``
 exactly as ``fleetbreaker fleet`` starts them. Every client request goes through nginx.
 
 Which process answered is read from ``X-Fleetbreaker-Instance`` (``gateway-<n>/<pid>``), and
@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from app.fleet import Fleet
+from app.localfleet.fleet import Fleet
 from tests.support.load import Load
 from tests.support.reliability import Reliability, answer_label
 

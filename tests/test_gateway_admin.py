@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app import GatewayConfig
-from app.refusals import RefusalLog, RefusalLogger
+from app.telemetry.refusals import RefusalLog, RefusalLogger
 from breaker.testing import ManualClock
 from tests.support.gateway import (
     ADMIN,

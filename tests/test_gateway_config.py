@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from app import ConfigError
-from app.fleet import fleetbreaker_command
-from app.settings import DEFAULT_BATCH_INTERVAL
+from app.config.upstreams import DEFAULT_BATCH_INTERVAL
+from app.localfleet.services import fleetbreaker_command
 from tests.support.gateway import gateway_config
 
 

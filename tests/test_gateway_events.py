@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 
-from app.events import EventFeed, sse_message, stream
+from app.telemetry.events import EventFeed, sse_message, stream
 from breaker import TransitionEvent
 
 

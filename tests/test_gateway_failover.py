@@ -1,4 +1,4 @@
-"""The gateway fleet through a Redis failover: the native fleet (``app.fleet.Fleet``,
+"""The gateway fleet through a Redis failover: the native fleet (``app.localfleet.fleet.Fleet``,
 as ``fleetbreaker fleet --redis cluster|sentinel`` starts it: 3 replicas x 2 workers
 behind nginx, ``deploy/fleet.toml``, the demo upstream) under steady load through
 nginx, while the Redis holding the upstream's breaker dies:
@@ -26,10 +26,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.fleet import UPSTREAM_NAME, Fleet
-from app.localredis import LocalCluster, SentinelSet
-from app.main import INSTANCE_HEADER
-from app.redisclient import close, sync_client
+from app.config.redisclient import close, sync_client
+from app.localfleet.cluster import LocalCluster
+from app.localfleet.fleet import UPSTREAM_NAME, Fleet
+from app.localfleet.sentinel import SentinelSet
+from app.server.main import INSTANCE_HEADER
 from breaker import BreakerKeys, BreakerOperator
 from tests.support.load import Answer
 from tests.support.reliability import Reliability, answer_label

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.errors import BadRequest, UnsafePath
-from app.forwarding import (
+from app.proxy.errors import BadRequest, UnsafePath
+from app.proxy.forwarding import (
     check_tail,
     declared_length,
     request_headers,

@@ -32,8 +32,10 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from app import ConfigError
-from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
-from app.fleet import Fleet, FleetError, fleetbreaker_command, free_port
+from app.cli import main
+from app.cli.exits import EXIT_UNREACHABLE, EXIT_USAGE
+from app.localfleet.fleet import Fleet
+from app.localfleet.services import FleetError, fleetbreaker_command
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,
@@ -45,6 +47,7 @@ from breaker import (
 from breaker.fastapi import Upstream as FastAPIUpstream
 from breaker.fastapi import lifespan, resilience_of
 from tests.support.gateway import ADMIN, AUTH, gateway_client, gateway_config
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.support.topology import LocalCluster, SentinelSet, close_topology_client
 from tests.support.upstream import Reply, Upstream

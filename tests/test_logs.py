@@ -6,8 +6,8 @@ import json
 import logging
 import sys
 
-from app.errors import BodyBrokenOff
-from app.logs import DropBrokenBodies, JsonFormatter, RedactTokens, log_config, redact_query
+from app.proxy.errors import BodyBrokenOff
+from app.server.logs import DropBrokenBodies, JsonFormatter, RedactTokens, log_config, redact_query
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:

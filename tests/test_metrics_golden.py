@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import BodyBrokenOff
+from app.proxy.errors import BodyBrokenOff
 from breaker.testing import ManualClock
 from tests.support.exposition import Family, exported, pinned
 from tests.support.gateway import ADMIN, gateway_client, gateway_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.fleet import http_ok
+from app.localfleet.services import http_ok
 from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow

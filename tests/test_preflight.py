@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import EXIT_UNREACHABLE, EXIT_USAGE, main
-from app.fleet import free_port
-from app.preflight import listen_problem, redis_problem, unreachable_redis
+from app.cli import main
+from app.cli.exits import EXIT_UNREACHABLE, EXIT_USAGE
+from app.config.preflight import listen_problem, redis_problem, unreachable_redis
 from tests.support.gateway import gateway_config
 from tests.support.gateway_process import GatewayProcess
+from tests.support.ports import free_port
 from tests.support.servers import Refuser
 
 

@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from app import load_config
-from app.fleet import free_port, http_ok
+from app.localfleet.services import http_ok
+from tests.support.ports import free_port
 from tests.support.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.slow  # it runs processes

@@ -28,7 +28,6 @@ import redis
 import uvicorn
 
 from app import GatewayConfig, create_app
-from app.fleet import free_port
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,
@@ -41,6 +40,7 @@ from breaker._keys import BreakerKeys
 from tests.conftest import Harness
 from tests.support.gateway import AUTH, TOKEN, gateway_config
 from tests.support.gateway_process import GatewayProcess
+from tests.support.ports import free_port
 from tests.support.reliability import Reliability, answer_label
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
@@ -670,7 +670,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(
         compared.append((given, expected))
         return real(given, expected)
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin calls hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # app.admin.api calls hmac.compare_digest
     status, _ = live.admin_get(b"/admin/breakers", b"Authorization: Bearer wrong")
     assert status == 401
     assert compared == [(b"wrong", TOKEN.encode())]

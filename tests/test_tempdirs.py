@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.tempdirs import owned_tempdir, owner_of, remove_orphans
+from app.localfleet.tempdirs import owned_tempdir, owner_of, remove_orphans
 
 
 def test_a_folder_is_named_after_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ The failover tests print what they measured: ``pytest -rP`` shows it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -19,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app import localredis
+from app.localfleet import ports as product_ports
+from tests.support import ports
 from tests.support.proxy import FaultProxy
 from tests.support.servers import RedisServer
 from tests.support.topology import (
@@ -297,7 +299,7 @@ def test_free_ports_come_from_below_the_kernels_ephemeral_range() -> None:
     """A port the kernel hands to outgoing connections can be taken by one between the
     check and the server's bind (a Cluster node once failed so: its bus port in use)."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports = [localredis.free_port() for _ in range(50)]
+    ports = [product_ports.free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     if low - 10_000 >= 4096:
         assert all(10_000 <= port < low for port in ports)
@@ -306,7 +308,7 @@ def test_free_ports_come_from_below_the_kernels_ephemeral_range() -> None:
 def test_two_processes_are_never_handed_the_same_port() -> None:
     """xdist's workers and two fleets draw ports at once: the ledger keeps a port one
     process checked, and has not bound yet, from the other."""
-    draw = "from app import localredis; print(*(localredis.free_port() for _ in range(300)))"
+    draw = "from app.localfleet import ports; print(*(ports.free_port() for _ in range(300)))"
     runs = [
         subprocess.Popen([sys.executable, "-c", draw], stdout=subprocess.PIPE, text=True)
         for _ in range(3)
@@ -314,3 +316,21 @@ def test_two_processes_are_never_handed_the_same_port() -> None:
     drawn = [set(map(int, run.communicate(timeout=60)[0].split())) for run in runs]
     assert [len(ports) for ports in drawn] == [300] * 3
     assert len(drawn[0] | drawn[1] | drawn[2]) == 900, "a port handed to two processes"
+
+
+def test_the_tests_and_the_product_draw_ports_from_one_ledger() -> None:
+    """A test's servers take ports from ``tests.support.ports``, a fleet's from the
+    product: drawn at once, the two never hand out the same port."""
+    draws = [
+        "from app.localfleet import ports; print(*(ports.free_port() for _ in range(300)))",
+        "from tests.support import ports; print(*ports.free_ports(300))",
+    ]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", draw], stdout=subprocess.PIPE, text=True)
+        for draw in draws
+    ]
+    drawn = [set(map(int, run.communicate(timeout=60)[0].split())) for run in runs]
+    assert [len(ports) for ports in drawn] == [300, 300]
+    assert not drawn[0] & drawn[1], "a port handed to a test's server and to a fleet's"
+    held = json.loads(ports.LEDGER.read_text())
+    assert {str(port) for port in drawn[0] | drawn[1]} <= held.keys()

@@ -33,6 +33,7 @@ from breaker import (
     origin_of,
     redis_from_url,
 )
+from breaker._transport import BreakerTransport
 from breaker.testing import ManualClock, set_testing
 from tests.conftest import Harness
 from tests.support.faulty import FaultyUpstream
@@ -606,7 +607,7 @@ class Origins:
 
     @property
     def kept(self) -> int:
-        return len(self.transport._breakers)
+        return len(self.transport._retriers)
 
     def close(self) -> None:
         if self.kind.startswith("sync"):
@@ -735,3 +736,31 @@ def test_only_breakers_named_by_origin_keep_their_keys_hours_not_a_week(
     assert 47.9 < key_hours(sync_redis, "http://set.test:80") <= 48.0
     # 6 hours would not outlive its open time: it keeps the library's week.
     assert week - 0.1 < key_hours(sync_redis, "http://long-open.test:80") <= week
+
+
+def test_one_breakers_transport_counts_each_concurrent_requests_own_attempts() -> None:
+    """``BreakerTransport`` builds its retrier once, with its breaker: requests under way
+    at once each get their own attempts (the retrier keeps nothing of a call)."""
+    seen: dict[str, int] = {}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.001)  # the requests interleave
+        path = request.url.path
+        seen[path] = seen.get(path, 0) + 1
+        failures = int(path.rsplit("/", 1)[1])
+        return httpx.Response(503 if seen[path] <= failures else 200)
+
+    async def main() -> list[httpx.Response]:
+        transport = BreakerTransport(
+            httpx.MockTransport(answer),
+            "concurrent",
+            redis=None,
+            retry=RetryPolicy(attempts=4, backoff=0, budget=None),
+            breaker_config=NO_TRIP,
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://upstream") as http:
+            return await asyncio.gather(*(http.get(f"/{n}/{n % 4}") for n in range(40)))
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [200] * 40
+    assert [attempts_of(r) for r in responses] == [n % 4 + 1 for n in range(40)]

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import httpx
 
-from app.errors import ATTEMPTS_HEADER
-from app.main import INSTANCE_HEADER
+from app.proxy.errors import ATTEMPTS_HEADER
+from app.server.main import INSTANCE_HEADER
 from tests.support.load import Load
 
 FLEET_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "fleet.toml"

@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 
-from app.fleet import free_port
+from tests.support.ports import free_port
 
 _TRICKLE_FOR = 20.0
 _CHUNK = b"\0" * 65536

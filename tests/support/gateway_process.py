@@ -10,8 +10,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.fleet import fleetbreaker_command, free_port, http_ok
+from app.localfleet.services import fleetbreaker_command, http_ok
 from tests.support.gateway import TOKEN
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 
 _START_TIMEOUT = 30.0

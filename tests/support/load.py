@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.main import INSTANCE_HEADER
+from app.server.main import INSTANCE_HEADER
 from tests.support.reliability import answer_label
 
 

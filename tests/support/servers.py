@@ -12,7 +12,8 @@ from pathlib import Path
 
 import redis
 
-from app.fleet import free_port, redis_server_command
+from app.localfleet.nodes import redis_server_command
+from tests.support.ports import free_port
 
 _START_TIMEOUT = 10.0
 

@@ -1,7 +1,7 @@
 """Real local Redis topologies that a test starts, breaks and stops: a Redis Cluster
 (``LocalCluster``) and a Sentinel set (``SentinelSet``).
 
-Starting, waiting for, killing and stopping them is ``app.localredis``'s, which
+Starting, waiting for, killing and stopping them is ``app.localfleet``'s, which
 ``fleetbreaker fleet --redis cluster|sentinel`` runs too; this module adds what only
 tests do: clients with the tests' timeouts, emptying a topology between tests, a
 graceful failover and a restart of a killed node. Its names are those the tests
@@ -20,23 +20,22 @@ import redis.asyncio.sentinel as async_sentinel
 import redis.cluster
 import redis.sentinel
 
-from app import localredis
-from app.localredis import (
+from app.localfleet import cluster, sentinel
+from app.localfleet.cluster import ClusterEntry, ClusterView
+from app.localfleet.nodes import (
     CLIENT_TIMEOUTS,
-    HOST,
     SETTLE_TIMEOUT,
-    ClusterEntry,
-    ClusterView,
     Node,
     TopologyError,
     accepts_writes,
     ask,
-    free_ports,
     key_in_slot,
     require_programs,
     slot_of,
     wait_for,
 )
+from app.localfleet.ports import HOST
+from tests.support.ports import free_ports
 
 __all__ = [
     "CLIENT_TIMEOUTS",
@@ -58,8 +57,8 @@ __all__ = [
 ]
 
 
-class LocalCluster(localredis.LocalCluster):
-    """``app.localredis.LocalCluster``, with what tests add: clients, ``flush()``
+class LocalCluster(cluster.LocalCluster):
+    """``app.localfleet.cluster.LocalCluster``, with what tests add: clients, ``flush()``
     between tests, a graceful ``failover()`` and the ``restart()`` of a killed node."""
 
     def client(self, **options: Any) -> redis.cluster.RedisCluster:
@@ -149,8 +148,8 @@ class LocalCluster(localredis.LocalCluster):
         return found
 
 
-class SentinelSet(localredis.SentinelSet):
-    """``app.localredis.SentinelSet``, with clients and ``flush()`` between tests."""
+class SentinelSet(sentinel.SentinelSet):
+    """``app.localfleet.sentinel.SentinelSet``, with clients and ``flush()`` between tests."""
 
     def client(self, **options: Any) -> redis.Redis:
         """``Sentinel(...).master_for(name)``: it follows failovers. Close it with

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from app.fleet import free_port
+from tests.support.ports import free_port
 
 _START_TIMEOUT = 10.0
 

@@ -3,7 +3,7 @@
 - **Redis:** the one at ``BREAKER_REDIS_URL``, or one of its own, persisting nothing:
   a ``redis-server`` on a free port; with ``redis="cluster"`` a Redis Cluster of 3
   primaries and 3 replicas, with ``redis="sentinel"`` a Sentinel set (a master, 2
-  replicas, 3 sentinels), started and stopped by ``app.localredis``.
+  replicas, 3 sentinels), started and stopped by ``cluster`` and ``sentinel``.
 - **The demo upstream** (``fleetbreaker demo-upstream``), on a free port.
 - **N gateway replicas x W workers** (``fleetbreaker serve``), on free ports, each
   with ``deploy/fleet.toml``, the shared Redis and one admin token, and each with an
@@ -25,197 +25,46 @@ the temporary folder it left (``tempdirs``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import httpx
-
 from breaker import ConfigurationError
 
-from .localredis import LocalCluster, SentinelSet, TopologyError, orphan_guard
-from .localredis import free_port as free_port  # tests and bench import it from here
-from .localredis import redis_server_command as redis_server_command
-from .preflight import redis_problem
-from .redisclient import check_url, redacted_url
-from .settings import MIN_ADMIN_TOKEN_LENGTH
+from ..config.preflight import redis_problem
+from ..config.redisclient import check_url, redacted_url
+from ..config.settings import MIN_ADMIN_TOKEN_LENGTH
+from .cluster import LocalCluster
+from .nginx import NGINX_PATH, nginx_conf_for
+from .nodes import TopologyError, redis_server_command
+from .ports import free_port
+from .sentinel import SentinelSet
+from .services import (
+    FleetError,
+    Service,
+    find_program,
+    fleetbreaker_command,
+    http_ok,
+    port_is_free,
+    redis_answers,
+    wait_ready,
+)
 from .tempdirs import owned_tempdir
 
 #: The deploy files compose uses; a checkout has them next to ``app/``.
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 NGINX_CONF = DEPLOY / "nginx.conf"
 FLEET_CONFIG = DEPLOY / "fleet.toml"
 #: The demo upstream's name, as in ``docker-compose.yml``'s ``BREAKER_UPSTREAMS``.
 UPSTREAM_NAME = "demo"
 
-_REPLICA_MARK = "# fleet: one line per replica"
-_LISTEN_MARK = "# fleet: the load balancer's address"
-_COMPOSE_SERVER = "gateway:8000"
-_COMPOSE_LISTEN = "listen 8080;"
-# nginx lives in sbin, which a user's PATH often leaves out.
-_NGINX_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-_START_TIMEOUT = 60.0
-_STOP_TIMEOUT = 15.0
-_POLL = 0.05
 #: What ``--redis`` can start: the topologies of ``/readyz``.
 REDIS_KINDS = ("standalone", "cluster", "sentinel")
-
-
-class FleetError(Exception):
-    """The fleet cannot start; the message says what is missing or what failed."""
-
-
-def fleetbreaker_command() -> list[str]:
-    """The ``fleetbreaker`` console script next to this Python, else the module."""
-    script = Path(sys.executable).parent / "fleetbreaker"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", __name__.rpartition(".")[0]]
-
-
-def find_program(name: str, hint: str, search_path: str | None = None) -> str:
-    """The executable ``name`` on ``search_path``, or a ``FleetError`` saying how to get it."""
-    found = shutil.which(name, path=search_path)
-    if found is None:
-        raise FleetError(f"{name} not found: {hint}")
-    return found
-
-
-def nginx_conf_for(template: str, lb_port: int, replica_ports: list[int]) -> str:
-    """``deploy/nginx.conf`` with compose's addresses swapped for local ones; nothing else
-    changes. Refuses a file whose marked lines are missing."""
-    lines = template.splitlines(keepends=True)
-    if sum(_REPLICA_MARK in line for line in lines) != 1:
-        raise FleetError(f"nginx.conf: needs exactly one line marked {_REPLICA_MARK!r}")
-    if sum(_LISTEN_MARK in line for line in lines) != 1:
-        raise FleetError(f"nginx.conf: needs exactly one line marked {_LISTEN_MARK!r}")
-    rewritten = []
-    for line in lines:
-        if _REPLICA_MARK in line and _COMPOSE_SERVER in line:
-            rewritten += [
-                line.replace(_COMPOSE_SERVER, f"127.0.0.1:{port}") for port in replica_ports
-            ]
-        elif _LISTEN_MARK in line and _COMPOSE_LISTEN in line:
-            rewritten.append(line.replace(_COMPOSE_LISTEN, f"listen 127.0.0.1:{lb_port};"))
-        elif _REPLICA_MARK in line or _LISTEN_MARK in line:
-            raise FleetError(f"nginx.conf: the marked line {line.strip()!r} has no address")
-        else:
-            rewritten.append(line)
-    return "".join(rewritten)
-
-
-@dataclass
-class Service:
-    """One process of the fleet, in a session of its own, its output prefixed."""
-
-    name: str
-    argv: list[str]
-    environ: dict[str, str]
-    ready: Callable[[], bool]
-    process: subprocess.Popen[bytes] | None = None
-    answered: bool = False
-    reported_exit: bool = False
-    _pump: threading.Thread | None = field(default=None, repr=False)
-
-    def start(self, output: TextIO, lock: threading.Lock) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports  # nosec B603
-            [*orphan_guard(), *self.argv],
-            env=self.environ,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C is ours to relay, in order
-        )
-        self._pump = threading.Thread(
-            target=_pump, args=(self.name, self.process, output, lock), daemon=True
-        )
-        self._pump.start()
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once: a crash, as tests need one."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(_STOP_TIMEOUT)
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # The leader is gone; no worker of its group may outlive it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        if self._pump is not None:
-            self._pump.join(_STOP_TIMEOUT)
-
-
-def wait_ready(
-    services: list[Service], cancelled: threading.Event | None = None, where_output: str = ""
-) -> None:
-    """Wait until each service answers; ``FleetError`` if one exits (``where_output``
-    says where its output went), if they take over ``_START_TIMEOUT``, or if
-    ``cancelled`` is set meanwhile."""
-    deadline = time.monotonic() + _START_TIMEOUT
-    waiting = list(services)
-    while waiting:
-        if cancelled is not None and cancelled.is_set():
-            raise FleetError("stopped while starting")
-        for service in list(waiting):
-            if not service.alive:
-                code = service.process.returncode if service.process else None
-                raise FleetError(
-                    f"{service.name} exited while starting (code {code}){where_output}"
-                )
-            if service.ready():
-                service.answered = True
-                waiting.remove(service)
-        if waiting and time.monotonic() > deadline:
-            names = ", ".join(s.name for s in waiting)
-            raise FleetError(f"{names} did not answer within {_START_TIMEOUT:.0f} s")
-        if waiting:
-            time.sleep(_POLL)
-
-
-def http_ok(url: str) -> bool:
-    """Whether ``url`` answers 200 within a second."""
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _pump(
-    name: str, process: subprocess.Popen[bytes], output: TextIO, lock: threading.Lock
-) -> None:
-    assert process.stdout is not None
-    with process.stdout:
-        for raw in process.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            with lock:
-                output.write(f"{name:<10} | {line}\n")
-                output.flush()
 
 
 class Fleet:
@@ -346,7 +195,7 @@ class Fleet:
             raise
 
     def _check_prerequisites(self) -> None:
-        self.nginx = find_program("nginx", "install it (apt-get install -y nginx)", _NGINX_PATH)
+        self.nginx = find_program("nginx", "install it (apt-get install -y nginx)", NGINX_PATH)
         if self.own_redis:
             programs = (
                 ("redis-server", "redis-cli") if self.redis == "cluster" else ("redis-server",)
@@ -369,7 +218,7 @@ class Fleet:
             if not path.is_file():
                 raise FleetError(f"{path} not found: run from a checkout of fleetbreaker")
         for port, option in ((self.lb_port, "--port"), (self.upstream_port, "--upstream-port")):
-            if not _port_is_free(port):
+            if not port_is_free(port):
                 raise FleetError(f"port {port} is in use: pick another with {option}")
 
     def _start_topology(self) -> None:
@@ -564,17 +413,3 @@ class Fleet:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-
-def redis_answers(url: str) -> bool:
-    """Whether the Redis at ``url`` answers PING within a second."""
-    return redis_problem(url, timeout=1.0) is None
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

@@ -24,9 +24,9 @@ from starlette.background import BackgroundTask
 
 from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
 
+from ..telemetry.metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .errors import (
     ATTEMPTS_HEADER,
-    FALLBACK_METHODS,
     BodyBrokenOff,
     BodyStalled,
     BodyTooLarge,
@@ -36,7 +36,6 @@ from .errors import (
     ProxyFailure,
     ServiceWorkerRefused,
     failure_code,
-    static_fallback_answer,
 )
 from .forwarding import (
     check_segment,
@@ -46,7 +45,6 @@ from .forwarding import (
     split_target,
     target_url,
 )
-from .metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .runtime import Route, gateway_of
 from .upload import Upload
 
@@ -142,7 +140,6 @@ async def _forward(
     upload: Upload,
 ) -> Response:
     gateway = gateway_of(request)
-    name = route.upstream.name
     content = await upload.content(gateway.config.retry_buffer_bytes)
     client = request.client
     # A request of its own, not the client's ``build_request``: that would add
@@ -155,19 +152,25 @@ async def _forward(
         ),
         content=content,
     )
+    fallback = route.fallback_for(request.method)
+    try:
+        if fallback is not None:
+            answer: Response = await fallback.call(_answer, request, route, outgoing)
+            return answer
+        return await _answer(request, route, outgoing)
+    except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
+        raise ProxyFailure(route.upstream.name, exc, attempts_of(exc) or _sent_once(route)) from exc
+
+
+async def _answer(request: Request, route: Route, outgoing: httpx.Request) -> Response:
+    """The upstream's answer, streamed back as it comes. A call that ended in an error
+    is accounted, and the error raised as it is: the route's fallback answers for it
+    where it covers it."""
     try:
         upstream_response = await route.client.send(outgoing, stream=True)
     except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
-        attempts = attempts_of(exc) or _sent_once(route)
-        _account(route, request, exc, attempts)
-        fallback = route.upstream.fallback
-        if (
-            isinstance(exc, CircuitOpenError)
-            and fallback is not None
-            and request.method in FALLBACK_METHODS
-        ):
-            return static_fallback_answer(fallback, attempts)
-        raise ProxyFailure(name, exc, attempts) from exc
+        _account(route, request, exc, attempts_of(exc) or _sent_once(route))
+        raise
     attempts = attempts_of(upstream_response) or _sent_once(route)
     _account(route, request, upstream_response, attempts)
     headers = response_headers(upstream_response.headers.raw)

@@ -1,6 +1,6 @@
 """``/dashboard``: every breaker of the fleet at a glance, live, in one page.
 
-The page is static (``app/static/``: HTML, CSS and plain JavaScript, shipped in the
+The page is static (``app/admin/static/``: HTML, CSS and plain JavaScript, shipped in the
 wheel, nothing from a CDN) and every URL it uses is relative, so it works behind a
 load balancer, under any prefix. It reads two routes here, which need no token:
 
@@ -29,10 +29,10 @@ from pydantic import BaseModel
 
 from breaker import BreakerSnapshot
 
-from .admin import HEARTBEAT
-from .errors import ErrorBody, TooManyStreams, UnknownAsset
-from .events import stream
-from .runtime import Gateway, gateway_of
+from ..proxy.errors import ErrorBody, TooManyStreams, UnknownAsset
+from ..proxy.runtime import Gateway, gateway_of
+from ..telemetry.events import stream
+from .api import HEARTBEAT
 
 router = APIRouter(tags=["dashboard"])
 

@@ -55,7 +55,7 @@ def check_segment(raw: bytes, name: str) -> None:
     >>> check_segment(b"pay%6Dents", "payments")
     Traceback (most recent call last):
     ...
-    app.errors.UnsafePath: the upstream's name must be sent as it is, not percent-encoded
+    app.proxy.errors.UnsafePath: the upstream's name must be sent as it is, not percent-encoded
     """
     if raw == name.encode():
         return
@@ -71,7 +71,7 @@ def check_tail(raw: bytes) -> None:
     >>> check_tail(b"..%2Fadmin")
     Traceback (most recent call last):
     ...
-    app.errors.UnsafePath: the path climbs out of the upstream's base ('..')
+    app.proxy.errors.UnsafePath: the path climbs out of the upstream's base ('..')
     """
     try:
         text = raw.decode("ascii")

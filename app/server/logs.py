@@ -36,7 +36,7 @@ class DropBrokenBodies(logging.Filter):
     (``BodyBrokenOff``): the gateway logged that already, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from .errors import BodyBrokenOff
+        from ..proxy.errors import BodyBrokenOff
 
         error = record.exc_info[1] if record.exc_info else None
         return not isinstance(error, BodyBrokenOff)
@@ -59,7 +59,7 @@ def redact_query(target: str) -> str:
     >>> redact_query("/admin/breakers?token=s3cret&x=1")
     '/admin/breakers?token=[redacted]&x=1'
     """
-    from .admin import TOKEN_PARAMETERS
+    from ..admin.api import TOKEN_PARAMETERS
 
     path, mark, query = target.partition("?")
     if not mark:

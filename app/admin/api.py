@@ -22,9 +22,9 @@ from pydantic import BaseModel
 
 from breaker import BreakerSnapshot
 
-from .errors import AdminDisabled, BadRequest, ErrorBody, Unauthorized
-from .events import stream
-from .runtime import Gateway, gateway_of
+from ..proxy.errors import AdminDisabled, BadRequest, ErrorBody, Unauthorized
+from ..proxy.runtime import Gateway, gateway_of
+from ..telemetry.events import stream
 
 logger = logging.getLogger("fleetbreaker.gateway")
 

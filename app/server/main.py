@@ -23,11 +23,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from breaker import Clock, __version__
 
-from . import admin, dashboard, demo, docs, errors, ops, proxy
-from .forwarding import has_control_character
+from ..admin import api as admin
+from ..admin import dashboard, docs, ops
+from ..config.settings import GatewayConfig, load_config
+from ..proxy import errors
+from ..proxy import routes as proxy
+from ..proxy.forwarding import has_control_character
+from ..proxy.runtime import Gateway
+from . import demo
 from .listener import Listener
-from .runtime import Gateway
-from .settings import GatewayConfig, load_config
 from .supervisor import stop_when_orphaned, supervisor_of
 
 #: With ``[gateway] expose_instance = true``: which process answered,

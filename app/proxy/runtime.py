@@ -3,8 +3,10 @@
 The lifespan builds, once per worker: the Redis client of ``BREAKER_REDIS_URL`` (a
 server, a Cluster or a Sentinel set; or none: the embedded backend) and, per upstream,
 a ``Route``: its guarded client, built by the library's ``guarded_client`` (the one
-``breaker.fastapi`` builds too), on a pool of its own, with its breaker. The proxy
-sends a request through its route's client. Routes only read ``app.state.gateway``.
+``breaker.fastapi`` builds too), on a pool of its own, with its breaker and its static
+fallback (a ``Fallback``). The client's transport holds that breaker and its retrier,
+built here once: the proxy sends a request through its route's client, and nothing
+looks the upstream up again on the way. Routes only read ``app.state.gateway``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi import Request
+from fastapi import Request, Response
 
 from breaker import (
     BackendUnavailableError,
@@ -26,6 +28,8 @@ from breaker import (
     BreakerSnapshot,
     CircuitBreaker,
     Clock,
+    Fallback,
+    FallbackReason,
     OutcomeEvent,
     RetryDetails,
     RetryHook,
@@ -35,9 +39,11 @@ from breaker import (
 from breaker._upstreams import Upstream as GuardedUpstream
 from breaker._upstreams import guarded_client, shared_client
 
-from . import errors
-from .events import EventFeed
-from .metrics import (
+from ..config.redisclient import aclose, async_client
+from ..config.settings import GatewayConfig
+from ..config.upstreams import StaticFallback, Upstream
+from ..telemetry.events import EventFeed
+from ..telemetry.metrics import (
     BACKEND_CALL_DURATION,
     BACKEND_ERRORS,
     CALL_DURATION,
@@ -51,9 +57,8 @@ from .metrics import (
     RETRY_SUCCESSES,
     TRANSITIONS,
 )
-from .redisclient import aclose, async_client
-from .refusals import RefusalLogger
-from .settings import GatewayConfig, Upstream
+from ..telemetry.refusals import RefusalLogger
+from . import errors
 
 logger = logging.getLogger("fleetbreaker.gateway")
 
@@ -123,11 +128,27 @@ _METRICS = _Metrics()
 @dataclass(frozen=True, slots=True)
 class Route:
     """One upstream of this worker: its client (guarded by its breaker, on a pool of
-    its own) and the breaker itself."""
+    its own), the breaker itself, and what answers a read while it is open."""
 
     upstream: Upstream
     client: httpx.AsyncClient
     breaker: CircuitBreaker | None  # None: ``breaker = false``
+    #: The upstream's static fallback, answering a GET or HEAD the open breaker refused.
+    fallback: Fallback | None = None
+
+    def fallback_for(self, method: str) -> Fallback | None:
+        """The fallback that answers a ``method`` request, if any: only those that read."""
+        return self.fallback if method in errors.FALLBACK_METHODS else None
+
+
+def _static_fallback(static: StaticFallback) -> Fallback:
+    """The library's fallback for an upstream's static one: it answers only when the
+    breaker refused the call, with the configured answer."""
+
+    def answer(reason: FallbackReason) -> Response:
+        return errors.static_fallback_answer(static, reason.attempts or 0)
+
+    return Fallback(answer, on="open")
 
 
 _LAG_EVERY = 0.1
@@ -194,7 +215,8 @@ class Gateway:
                 listeners=(feed.publish, _METRICS),
                 made_here_listeners=(_log_transition,),
             )
-            routes[name] = Route(upstream, client, breaker)
+            fallback = None if upstream.fallback is None else _static_fallback(upstream.fallback)
+            routes[name] = Route(upstream, client, breaker, fallback)
         if redis_client is None:
             logger.warning(
                 "no BREAKER_REDIS_URL: breakers live in this process only, "

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 
 from breaker import BackendUnavailableError, CircuitOpenError
 
-from .settings import StaticFallback
+from ..config.upstreams import StaticFallback
 
 logger = logging.getLogger("fleetbreaker.gateway")
 

@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .settings import GatewayConfig
+from ..config.settings import GatewayConfig
 
 
 @dataclass(frozen=True, slots=True)

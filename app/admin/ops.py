@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 
-from .admin import BEARER, check_admin_token, wants_admin
-from .errors import ErrorBody
-from .metrics import CONTENT_TYPE, exposition
-from .redisclient import see
-from .runtime import Gateway, gateway_of
+from ..config.redisclient import see
+from ..proxy.errors import ErrorBody
+from ..proxy.runtime import Gateway, gateway_of
+from ..telemetry.metrics import CONTENT_TYPE, exposition
+from .api import BEARER, check_admin_token, wants_admin
 
 #: The admin listener's.
 router = APIRouter(tags=["operations"])

@@ -1,0 +1,165 @@
+"""The processes of a local fleet: each a ``Service`` in a session of its own, its output
+shown prefixed with its name, waited for until it answers, stopped by its process
+group; and the programs they run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from ..config.preflight import redis_problem
+from .nodes import orphan_guard
+
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 15.0
+_POLL = 0.05
+
+
+class FleetError(Exception):
+    """The fleet cannot start; the message says what is missing or what failed."""
+
+
+def fleetbreaker_command() -> list[str]:
+    """The ``fleetbreaker`` console script next to this Python, else the module."""
+    script = Path(sys.executable).parent / "fleetbreaker"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", __name__.partition(".")[0]]
+
+
+def find_program(name: str, hint: str, search_path: str | None = None) -> str:
+    """The executable ``name`` on ``search_path``, or a ``FleetError`` saying how to get it."""
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        raise FleetError(f"{name} not found: {hint}")
+    return found
+
+
+@dataclass
+class Service:
+    """One process of the fleet, in a session of its own, its output prefixed."""
+
+    name: str
+    argv: list[str]
+    environ: dict[str, str]
+    ready: Callable[[], bool]
+    process: subprocess.Popen[bytes] | None = None
+    answered: bool = False
+    reported_exit: bool = False
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, output: TextIO, lock: threading.Lock) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - argv is ours: fixed programs, our ports  # nosec B603
+            [*orphan_guard(), *self.argv],
+            env=self.environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C is ours to relay, in order
+        )
+        self._pump = threading.Thread(
+            target=_pump, args=(self.name, self.process, output, lock), daemon=True
+        )
+        self._pump.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: a crash, as tests need one."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(_STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # The leader is gone; no worker of its group may outlive it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        if self._pump is not None:
+            self._pump.join(_STOP_TIMEOUT)
+
+
+def wait_ready(
+    services: list[Service], cancelled: threading.Event | None = None, where_output: str = ""
+) -> None:
+    """Wait until each service answers; ``FleetError`` if one exits (``where_output``
+    says where its output went), if they take over ``_START_TIMEOUT``, or if
+    ``cancelled`` is set meanwhile."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    waiting = list(services)
+    while waiting:
+        if cancelled is not None and cancelled.is_set():
+            raise FleetError("stopped while starting")
+        for service in list(waiting):
+            if not service.alive:
+                code = service.process.returncode if service.process else None
+                raise FleetError(
+                    f"{service.name} exited while starting (code {code}){where_output}"
+                )
+            if service.ready():
+                service.answered = True
+                waiting.remove(service)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(s.name for s in waiting)
+            raise FleetError(f"{names} did not answer within {_START_TIMEOUT:.0f} s")
+        if waiting:
+            time.sleep(_POLL)
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second."""
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _pump(
+    name: str, process: subprocess.Popen[bytes], output: TextIO, lock: threading.Lock
+) -> None:
+    assert process.stdout is not None
+    with process.stdout:
+        for raw in process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            with lock:
+                output.write(f"{name:<10} | {line}\n")
+                output.flush()
+
+
+def redis_answers(url: str) -> bool:
+    """Whether the Redis at ``url`` answers PING within a second."""
+    return redis_problem(url, timeout=1.0) is None
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
