@@ -7,7 +7,6 @@ The failover tests print what they measured: ``pytest -rP`` shows it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
@@ -332,5 +331,5 @@ def test_the_tests_and_the_product_draw_ports_from_one_ledger() -> None:
     drawn = [set(map(int, run.communicate(timeout=60)[0].split())) for run in runs]
     assert [len(ports) for ports in drawn] == [300, 300]
     assert not drawn[0] & drawn[1], "a port handed to a test's server and to a fleet's"
-    held = json.loads(ports.LEDGER.read_text())
+    held = ports.held_ports()
     assert {str(port) for port in drawn[0] | drawn[1]} <= held.keys()

@@ -58,6 +58,13 @@ def free_port() -> int:
             return port
 
 
+def held_ports() -> dict[str, float]:
+    """The ledger's live entries, read under its lock: a read without it can meet
+    another process's write between its truncate and its write (an empty file)."""
+    with _ledger() as held:
+        return dict(held or {})
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports."""
     return [free_port() for _ in range(count)]
