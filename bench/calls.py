@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from breaker._scripts import function_name, script_source
+from breaker._store.scripts import function_name, script_source
 
 from .peers import AsyncGuard, Peer, Rejected, Settings, SyncGuard, UpstreamDown
 from .server import BenchRedis
@@ -301,7 +301,7 @@ def _record_call(client: redis.Redis) -> tuple[list[str], list[str | int]]:
     """The keys and arguments of a closed+success ``record`` on a live breaker, as the
     library sends them (its private wire module: this is a measurement)."""
     from breaker import CircuitBreaker
-    from breaker._wire import Wired, record_args
+    from breaker._store.wire import Wired, record_args
 
     cb = CircuitBreaker("bench-breakdown", redis=client, failure_threshold=10_000)
     cb.call(ok)

@@ -33,10 +33,10 @@ import redis
 from app.localfleet.ports import free_port
 from app.localfleet.services import Service, fleetbreaker_command, http_ok, wait_ready
 from breaker import BreakerConfig
-from breaker._backend import embedded_backend
-from breaker._local import LocalEngine
-from breaker._scripts import function_name, library_source
-from breaker._wire import Wired, record_args
+from breaker._store.backend import embedded_backend
+from breaker._store.local import LocalEngine
+from breaker._store.scripts import function_name, library_source
+from breaker._store.wire import Wired, record_args
 
 from .loadgen import Load, run_load
 from .server import BenchRedis

@@ -10,10 +10,9 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._breaker import CircuitBreaker
-from ._budget import RetryBudget
 from ._clock import Clock
 from ._config import BreakerConfig, BreakerSettings
-from ._delivery import ATTEMPTS_EXTENSION, STOPPED_EXTENSION, attempts_of
+from ._decisions.permit import AsyncPermit, Permit
 from ._exceptions import (
     BackendUnavailableError,
     BreakerError,
@@ -23,7 +22,6 @@ from ._exceptions import (
     PermitSettledError,
 )
 from ._fallback import Fallback, FallbackGuard, FallbackKind, FallbackReason
-from ._follower import EventFollower
 from ._keys import BreakerKeys, breaker_channel, escape_name, events_channel, unescape_name
 from ._listeners import BreakerListener
 from ._models import (
@@ -34,8 +32,9 @@ from ._models import (
     TransitionEvent,
 )
 from ._operator import BreakerOperator
-from ._permit import AsyncPermit, Permit
-from ._policy import (
+from ._retry.budget import RetryBudget
+from ._retry.delivery import ATTEMPTS_EXTENSION, STOPPED_EXTENSION, attempts_of
+from ._retry.rules import (
     IDEMPOTENT_METHODS,
     RETRY_EXCEPTIONS,
     RETRY_STATUSES,
@@ -44,7 +43,9 @@ from ._policy import (
     RetryHook,
     parse_retry_after,
 )
-from ._retrying import Retrier, RetryPolicy, current_attempt
+from ._retry.runner import Retrier, RetryPolicy, current_attempt
+from ._store.follower import EventFollower
+from ._store.urls import redis_from_url
 from ._transport import (
     HTTP_RETRY_EXCEPTIONS,
     RETRY_EXTENSION,
@@ -54,7 +55,6 @@ from ._transport import (
     origin_of,
 )
 from ._types import STATES, CallOutcome, Outcome, State
-from ._urls import redis_from_url
 
 try:  # one source of truth: pyproject.toml's, as installed
     __version__ = _metadata.version("fleetbreaker")

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from ._permit import AsyncPermit, Permit
+from ._decisions.permit import AsyncPermit, Permit
 
 
 class Deadline:

@@ -19,20 +19,20 @@ from collections.abc import Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
-from ._backend import open_backend, release
-from ._budget import RetryBudget, spending
 from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
+from ._decisions.drive import Driver
+from ._decisions.engine import Engine, Steps
+from ._decisions.permit import AsyncPermit, Permit
 from ._decorating import decorate
-from ._drive import Driver
-from ._engine import Engine, Steps
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._fallback import FallbackGuard
 from ._keys import BreakerKeys
 from ._listeners import Listener, as_listener, overrides
-from ._local import fallback_engine, fallback_hub
 from ._models import BreakerSnapshot, BudgetVerdict, SettingsConflict
-from ._permit import AsyncPermit, Permit
+from ._retry.budget import RetryBudget, spending
+from ._store.backend import open_backend, release
+from ._store.local import fallback_engine, fallback_hub
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -43,13 +43,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, get_args, overload
 
 from ._decorating import decorate
-from ._delivery import attempts_of, stopped_by_of
 from ._exceptions import (
     BackendUnavailableError,
     CircuitOpenError,
     ConfigurationError,
     FallbackError,
 )
+from ._retry.delivery import attempts_of, stopped_by_of
 
 P = ParamSpec("P")
 T = TypeVar("T")

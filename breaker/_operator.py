@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._backend import open_backend, release
 from ._config import BreakerConfig
 from ._keys import BreakerKeys, name_of_state_key, state_key_pattern
 from ._models import BreakerSnapshot
+from ._store.backend import open_backend, release
+from ._store.wire import OPERATOR, control_args, decode_reply, decode_snapshot, snapshot_args
 from ._types import ControlAction
-from ._wire import OPERATOR, control_args, decode_reply, decode_snapshot, snapshot_args
 
 
 class BreakerOperator:

@@ -44,10 +44,10 @@ from ._bodies import Deadline, SettledStream, SyncSettledStream
 from ._breaker import CircuitBreaker
 from ._clock import Clock
 from ._config import BreakerConfig
+from ._decisions.permit import AsyncPermit, Permit
 from ._exceptions import ConfigurationError
-from ._permit import AsyncPermit, Permit
-from ._policy import Attempt, RetryRules
-from ._retrying import Retrier, RetryPolicy
+from ._retry.rules import Attempt, RetryRules
+from ._retry.runner import Retrier, RetryPolicy
 
 #: A request extension: True retries the request whatever its method, False never.
 RETRY_EXTENSION = "fleetbreaker.retry"

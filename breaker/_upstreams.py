@@ -27,8 +27,8 @@ from ._config import BreakerConfig
 from ._exceptions import ConfigurationError
 from ._listeners import Listener
 from ._models import TransitionEvent
-from ._policy import RetryHook
-from ._retrying import RetryPolicy
+from ._retry.rules import RetryHook
+from ._retry.runner import RetryPolicy
 from ._transport import BreakerTransport
 
 

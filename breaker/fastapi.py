@@ -54,8 +54,8 @@ from starlette.responses import Response
 
 from ._breaker import CircuitBreaker
 from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
+from ._store.urls import aclose_redis, redis_from_url
 from ._upstreams import Upstream, guarded_client
-from ._urls import aclose_redis, redis_from_url
 
 __all__ = [
     "STATE_ATTRIBUTE",

@@ -31,10 +31,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from breaker import CircuitBreaker, redis_from_url
-from breaker import _backend as backends
-from breaker._backend import embedded_backend
-from breaker._local import LocalEngine, fallback_engine
-from breaker._topology import is_async_client
+from breaker._store import backend as backends
+from breaker._store.backend import embedded_backend
+from breaker._store.local import LocalEngine, fallback_engine
+from breaker._store.topology import is_async_client
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
 from tests.support.lanes import EngineClient, fallback_backend

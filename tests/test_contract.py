@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from breaker import BreakerConfig, BreakerSettings
-from breaker._local import LocalEngine
-from breaker._wire import REPLY_FIELDS, Reply, Wired, decode_reply, snapshot_args
+from breaker._store.local import LocalEngine
+from breaker._store.wire import REPLY_FIELDS, Reply, Wired, decode_reply, snapshot_args
 
 LIBRARY = (Path(__file__).parent.parent / "lua" / "fleetbreaker.lua").read_text()
 

@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.sentinel import Sentinel
 
-from breaker._topology import CONNECTION_SETTINGS, POOL_OWNED, SET_BY_BREAKER, derive_client
+from breaker._store.topology import CONNECTION_SETTINGS, POOL_OWNED, SET_BY_BREAKER, derive_client
 
 
 def test_copy_keeps_the_server_and_bounds_the_timeouts() -> None:

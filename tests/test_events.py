@@ -343,8 +343,8 @@ def test_no_view_keeps_a_call_out_longer_than_its_settings_can_open_it() -> None
     """A store (or a message) naming an open time past the breaker's longest one is
     capped: reset_timeout (or its max) plus the jitter's share."""
     from breaker._config import BreakerConfig
-    from breaker._core import BreakerCore
-    from breaker._wire import Reply
+    from breaker._decisions.core import BreakerCore
+    from breaker._store.wire import Reply
 
     config = BreakerConfig(reset_timeout=10.0, reset_timeout_jitter=0.5)
     core = BreakerCore("demo", config, ManualClock(), fallback=False)

@@ -33,7 +33,7 @@ THRESHOLD = 3
 BACKEND_TIMEOUT = 0.2  # seconds a Redis command may take before the policy applies
 # After Redis returns, a process tries it again when its backoff ends, and its events
 # follower resubscribes when its own backoff ends (each at most 5 s: _BACKOFF_MAX in
-# breaker._backend and breaker._events); the fleet must agree again within this.
+# breaker._store.backend and breaker._store.events); the fleet must agree again within this.
 AGREE_WITHIN = 8.0
 _ROUND_REQUESTS = 12
 

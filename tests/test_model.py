@@ -55,9 +55,9 @@ from hypothesis.stateful import (
 )
 
 from breaker import BreakerSettings, CircuitBreaker, CircuitOpenError, Permit, RetryBudget
-from breaker._backend import embedded_backend
-from breaker._local import LocalEngine
-from breaker._scripts import library_source
+from breaker._store.backend import embedded_backend
+from breaker._store.local import LocalEngine
+from breaker._store.scripts import library_source
 from breaker.testing import ManualClock
 from tests.conftest import HARNESS_BACKEND_TIMEOUT, following, use_fallback_lane
 from tests.support.luacover import instrument

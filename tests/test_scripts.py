@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from breaker import CircuitBreaker
-from breaker._scripts import function_name, library_name, library_source, script_source
+from breaker._store.scripts import function_name, library_name, library_source, script_source
 from breaker._types import SCRIPT_NAMES
 from breaker.testing import ManualClock
 from tests.conftest import Breakers, Harness

@@ -31,7 +31,7 @@ from breaker import (
     CircuitBreaker,
     OutcomeEvent,
 )
-from breaker._topology import REDIS_ERRORS
+from breaker._store.topology import REDIS_ERRORS
 from tests.support.failover_worker import NAME, Log, Workers
 from tests.support.reliability import Reliability
 from tests.support.topology import LocalCluster, SentinelSet, close_sentinel_client

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from breaker import BreakerConfig, TransitionEvent
-from breaker._wire import (
+from breaker._store.wire import (
     OPERATOR,
     Batch,
     Wired,

@@ -35,10 +35,10 @@ from breaker import BreakerKeys, redis_from_url
 # The library's own list of what redis-py raises when Redis cannot answer (a Cluster
 # without a node to ask raises an exception that is no RedisError), and its name for
 # what a client reaches: not in its public API yet.
-from breaker._topology import REDIS_ERRORS as REDIS_ERRORS
-from breaker._topology import db_of as db_of
-from breaker._topology import topology_of as topology_of
-from breaker._urls import aclose_redis, close_redis
+from breaker._store.topology import REDIS_ERRORS as REDIS_ERRORS
+from breaker._store.topology import db_of as db_of
+from breaker._store.topology import topology_of as topology_of
+from breaker._store.urls import aclose_redis, close_redis
 
 #: The setting the gateway reads its Redis from, named in every error about it.
 URL_SETTING = "BREAKER_REDIS_URL"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from breaker._backend import Backend
-from breaker._local import LocalEngine
+from breaker._store.backend import Backend
+from breaker._store.local import LocalEngine
 from breaker._types import SCRIPT_NAMES
 
 

@@ -30,8 +30,8 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 
-from ._exceptions import ConfigurationError
-from ._topology import no_retry
+from .._exceptions import ConfigurationError
+from .topology import no_retry
 
 _SCHEMES = "redis://, rediss://, unix://, redis+cluster://, redis+sentinel:// (or rediss+...)"
 #: How long a sentinel may take to name its master.

@@ -13,11 +13,11 @@ import contextlib
 import time
 from typing import Any, TypeVar
 
-from ._backend import Backend
-from ._engine import Call, Engine, Steps
-from ._events import EventHub
-from ._exceptions import BackendUnavailableError
-from ._local import LocalEngine
+from .._exceptions import BackendUnavailableError
+from .._store.backend import Backend
+from .._store.events import EventHub
+from .._store.local import LocalEngine
+from .engine import Call, Engine, Steps
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, cast, get_args
 
-from ._policy import StopReason
+from .rules import StopReason
 
 #: Where a response carries the number of attempts made for it.
 ATTEMPTS_EXTENSION = "fleetbreaker.attempts"

@@ -21,7 +21,7 @@ from functools import cache
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from ._types import SCRIPT_NAMES, ScriptName
+from .._types import SCRIPT_NAMES, ScriptName
 
 LIBRARY_FILE = "fleetbreaker.lua"
 _MARKER = "-- registrations"
@@ -35,7 +35,7 @@ def lua_folder() -> Traversable:
     try:
         return importlib.resources.files("breaker._lua")
     except ModuleNotFoundError:
-        checkout = Path(__file__).resolve().parent.parent / "lua"
+        checkout = Path(__file__).resolve().parents[2] / "lua"
         if not (checkout / LIBRARY_FILE).is_file():
             raise
         return checkout

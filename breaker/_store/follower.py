@@ -12,11 +12,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from ._events import EventHub
-from ._keys import breaker_channel, check_prefix, events_channel
-from ._models import TransitionEvent
-from ._sharded import ShardedHub
-from ._topology import db_of, is_async_client, topology_of
+from .._keys import breaker_channel, check_prefix, events_channel
+from .._models import TransitionEvent
+from .events import EventHub
+from .sharded import ShardedHub
+from .topology import db_of, is_async_client, topology_of
 
 
 class EventFollower:

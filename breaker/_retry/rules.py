@@ -30,9 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol, Self
 
-from ._budget import RetryBudget
-from ._config import check_seconds
-from ._exceptions import BreakerError, ConfigurationError
+from .._config import check_seconds
+from .._exceptions import BreakerError, ConfigurationError
+from .budget import RetryBudget
 
 #: RFC 9110 section 9.2.2: a repeat of these has the same effect as one request.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

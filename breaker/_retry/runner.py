@@ -22,14 +22,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from ._breaker import CircuitBreaker
-from ._clock import Clock, SystemClock
-from ._decorating import decorate
-from ._delivery import mark
-from ._exceptions import CircuitOpenError
-from ._fallback import Fallback, FallbackReason, as_fallback, reason_for
-from ._permit import AsyncPermit, Permit
-from ._policy import Attempt, RetryDetails, RetryRules, StopReason, request_of
+from .._breaker import CircuitBreaker
+from .._clock import Clock, SystemClock
+from .._decisions.permit import AsyncPermit, Permit
+from .._decorating import decorate
+from .._exceptions import CircuitOpenError
+from .._fallback import Fallback, FallbackReason, as_fallback, reason_for
+from .delivery import mark
+from .rules import Attempt, RetryDetails, RetryRules, StopReason, request_of
 
 logger = logging.getLogger("breaker.retry")
 

@@ -22,8 +22,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from ._events import _POLL, EventHub
-from ._topology import CONNECTION_SETTINGS, no_retry
+from .events import _POLL, EventHub
+from .topology import CONNECTION_SETTINGS, no_retry
 
 #: How long the follower waits to connect to a node: a dead one must not hold back
 #: the subscriptions on the live ones for long.

@@ -25,12 +25,13 @@ import redis
 import redis.asyncio
 from redis.crc import key_slot
 
-from ._events import EventHub
-from ._exceptions import BackendUnavailableError
-from ._keys import breaker_channel, events_channel
-from ._scripts import function_name, library_source, script_source
-from ._sharded import ShardedHub
-from ._topology import (
+from .._exceptions import BackendUnavailableError
+from .._keys import breaker_channel, events_channel
+from .._types import BackendKind, ScriptMode, ScriptName
+from .events import EventHub
+from .scripts import function_name, library_source, script_source
+from .sharded import ShardedHub
+from .topology import (
     CLIENT_TYPES,
     REDIS_ERRORS,
     db_of,
@@ -40,7 +41,6 @@ from ._topology import (
     resolve,
     topology_of,
 )
-from ._types import BackendKind, ScriptMode, ScriptName
 
 logger = logging.getLogger("breaker")
 

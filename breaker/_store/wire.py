@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import BreakerConfig
-from ._keys import events_channel
-from ._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
-from ._types import STATES, BackendKind, ControlAction, Outcome, State
+from .._config import BreakerConfig
+from .._keys import events_channel
+from .._models import BreakerSnapshot, BudgetVerdict, TransitionEvent
+from .._types import STATES, BackendKind, ControlAction, Outcome, State
 
 
 def _ms(seconds: float) -> int:

@@ -26,9 +26,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ._models import TransitionEvent
-from ._outage import OutageLog
-from ._topology import REDIS_ERRORS, resolve
+from .._models import TransitionEvent
+from .._outage import OutageLog
+from .topology import REDIS_ERRORS, resolve
 
 logger = logging.getLogger("breaker")
 

@@ -12,12 +12,12 @@ import threading
 from collections import deque
 from dataclasses import dataclass, replace
 
-from ._clock import Clock
-from ._config import BreakerConfig
-from ._exceptions import CircuitOpenError
-from ._models import TransitionEvent
-from ._types import State
-from ._wire import Batch, Reply, Version
+from .._clock import Clock
+from .._config import BreakerConfig
+from .._exceptions import CircuitOpenError
+from .._models import TransitionEvent
+from .._store.wire import Batch, Reply, Version
+from .._types import State
 
 #: How often a process that rejects calls (and so sends nothing) reports how many.
 REJECTIONS_EVERY = 1.0

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._engine import Engine, Steps
-from ._exceptions import BackendUnavailableError, ConfigurationError
-from ._models import BudgetVerdict
-from ._wire import budget_args, decode_budget
+from .._decisions.engine import Engine, Steps
+from .._exceptions import BackendUnavailableError, ConfigurationError
+from .._models import BudgetVerdict
+from .._store.wire import budget_args, decode_budget
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import threading
 
-from ._core import Ticket
-from ._drive import Driver
-from ._engine import Engine, describe
-from ._exceptions import PermitSettledError
-from ._types import Outcome
+from .._exceptions import PermitSettledError
+from .._types import Outcome
+from .core import Ticket
+from .drive import Driver
+from .engine import Engine, describe
 
 
 class _Settling:

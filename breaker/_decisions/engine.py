@@ -25,17 +25,15 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from ._clock import Clock
-from ._config import BreakerConfig
-from ._core import BreakerCore, Ticket
-from ._events import EventHub
-from ._exceptions import BackendUnavailableError, CircuitOpenError
-from ._keys import BreakerKeys
-from ._listeners import BreakerListener, overrides
-from ._models import BreakerSnapshot, OutcomeEvent, SettingsConflict, TransitionEvent
-from ._outage import OutageLog
-from ._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
-from ._wire import (
+from .._clock import Clock
+from .._config import BreakerConfig
+from .._exceptions import BackendUnavailableError, CircuitOpenError
+from .._keys import BreakerKeys
+from .._listeners import BreakerListener, overrides
+from .._models import BreakerSnapshot, OutcomeEvent, SettingsConflict, TransitionEvent
+from .._outage import OutageLog
+from .._store.events import EventHub
+from .._store.wire import (
     Batch,
     Reply,
     Version,
@@ -48,6 +46,8 @@ from ._wire import (
     reply_text,
     snapshot_args,
 )
+from .._types import BackendKind, CallOutcome, ControlAction, Outcome, ScriptName
+from .core import BreakerCore, Ticket
 
 logger = logging.getLogger("breaker")
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import lupa.lua51 as lua
 
-from ._events import EventHub
-from ._scripts import function_name, library_source
-from ._types import SCRIPT_NAMES, ScriptName
+from .._types import SCRIPT_NAMES, ScriptName
+from .events import EventHub
+from .scripts import function_name, library_source
 
 Value = bytes | int | float | bool | None
 
