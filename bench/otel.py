@@ -26,7 +26,7 @@ from collections.abc import Callable
 import redis
 
 from breaker import CircuitBreaker, RetryPolicy
-from breaker._retry.runner import set_operation_tracer
+from breaker._retry.operation import set_operation_tracer
 from breaker.otel import BreakerTracing
 
 from .server import BenchRedis

@@ -34,6 +34,7 @@ from ._models import (
 from ._operator import BreakerOperator
 from ._retry.budget import RetryBudget
 from ._retry.delivery import ATTEMPTS_EXTENSION, STOPPED_EXTENSION, attempts_of
+from ._retry.operation import current_attempt
 from ._retry.rules import (
     IDEMPOTENT_METHODS,
     RETRY_EXCEPTIONS,
@@ -43,7 +44,7 @@ from ._retry.rules import (
     RetryHook,
     parse_retry_after,
 )
-from ._retry.runner import Retrier, RetryPolicy, current_attempt
+from ._retry.runner import Retrier, RetryPolicy
 from ._store.follower import EventFollower
 from ._store.urls import redis_from_url
 from ._transport import (

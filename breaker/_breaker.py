@@ -22,8 +22,9 @@ from typing import Any, ParamSpec, TypeVar, Unpack, overload
 from ._clock import Clock, SystemClock
 from ._config import BreakerConfig, BreakerSettings, make_config
 from ._decisions.drive import Driver
-from ._decisions.engine import Engine, Steps
+from ._decisions.engine import Engine
 from ._decisions.permit import AsyncPermit, Permit
+from ._decisions.steps import Steps
 from ._decorating import decorate
 from ._exceptions import CircuitOpenError, ConfigurationError
 from ._fallback import FallbackGuard
@@ -205,7 +206,7 @@ class CircuitBreaker:
 
     def settings_conflict(self, snapshot: BreakerSnapshot) -> SettingsConflict | None:
         """How the settings ``snapshot`` read differ from this object's, or None."""
-        return self._engine.conflict_in(snapshot)
+        return self._engine.settings.conflict_in(snapshot)
 
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone."""

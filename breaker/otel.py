@@ -41,7 +41,7 @@ from ._breaker import CircuitBreaker
 from ._exceptions import CircuitOpenError
 from ._listeners import BreakerListener
 from ._models import OutcomeEvent, TransitionEvent
-from ._retry.runner import current_attempt, set_operation_tracer
+from ._retry.operation import current_attempt, set_operation_tracer
 
 #: Attribute names: OpenTelemetry's where one exists, fleetbreaker's otherwise.
 NAME = "fleetbreaker.breaker.name"

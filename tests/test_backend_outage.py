@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from breaker import BackendUnavailableError, BreakerListener, CircuitBreaker, CircuitOpenError
-from breaker._store.backend import BackendHealth
+from breaker._store.connections import BackendHealth
 from breaker.testing import ManualClock
 from tests.conftest import Breakers
 from tests.support.servers import BlackHole, RedisServer

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from breaker import RetryPolicy
-from breaker._retry.runner import _Discard, _operation, _Outcome, _Try, _Wait
+from breaker._retry.operation import _Discard, _operation, _Outcome, _Try, _Wait
 from breaker.testing import ManualClock
 
 REQUEST = httpx.Request("GET", "http://upstream.test/")

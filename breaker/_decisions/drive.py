@@ -17,7 +17,8 @@ from .._exceptions import BackendUnavailableError
 from .._store.backend import Backend
 from .._store.events import EventHub
 from .._store.local import LocalEngine
-from .engine import Call, Engine, Steps
+from .engine import Engine
+from .steps import Call, Steps
 
 T = TypeVar("T")
 

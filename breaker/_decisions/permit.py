@@ -29,7 +29,8 @@ from .._exceptions import PermitSettledError
 from .._types import Outcome
 from .core import Ticket
 from .drive import Driver
-from .engine import Engine, describe
+from .engine import Engine
+from .telling import describe
 
 
 class _Settling:

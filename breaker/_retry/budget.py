@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._decisions.engine import Engine, Steps
+from .._decisions.engine import Engine
+from .._decisions.steps import Steps
 from .._exceptions import BackendUnavailableError, ConfigurationError
 from .._models import BudgetVerdict
 from .._store.wire import budget_args, decode_budget
@@ -60,9 +61,9 @@ def spending(engine: Engine, budget: RetryBudget) -> Steps[BudgetVerdict]:
         )
 
     try:
-        raw = yield from engine.ask("shared", "budget", args)
+        raw = yield from engine.settings.ask("shared", "budget", args)
     except BackendUnavailableError:
         if engine.config.on_backend_error == "fail_closed":
             return BudgetVerdict(granted=False, retries=0, requests=0, limit=0.0, tokens=0.0)
-        raw = yield from engine.ask("local", "budget", args)
+        raw = yield from engine.settings.ask("local", "budget", args)
     return decode_budget(raw)
