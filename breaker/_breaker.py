@@ -1,8 +1,8 @@
 """``CircuitBreaker``: one breaker per name, shared through Redis by every process.
 
-A short facade over the permit (``_permit``): every way of guarding code here takes a
-permit and settles it. What the breaker decides lives in ``_engine`` (no I/O) and in
-the Lua scripts; ``_drive`` runs it, blocking or awaited.
+A short facade over the permit (``_decisions.permit``): every way of guarding code here takes a
+permit and settles it. What the breaker decides lives in ``_decisions.engine`` (no I/O) and in
+the Lua scripts; ``_decisions.drive`` runs it, blocking or awaited.
 
 A guarded call costs, in Redis round trips:
 
@@ -136,7 +136,7 @@ class CircuitBreaker:
     # -- the permit, and the guards built on it --------------------------------------
 
     def acquire(self) -> Permit:
-        """A permit for one call, or ``CircuitOpenError``; settle it once (``_permit``)."""
+        """A permit for one call, or ``CircuitOpenError``; settle it once."""
         self._check(sync=True)
         return Permit(self._engine, self._driver, self._driver.run(self._engine.admission()))
 

@@ -87,7 +87,7 @@ class FallbackReason:
 
 def reason_for(error: Exception, name: str) -> FallbackReason:
     """The reason a call that raised ``error`` ended: the breaker's refusal, Redis, a
-    retrier that gave up on it (it says so on the error, ``_delivery``), or the error."""
+    retrier that gave up on it (it says so on the error, ``_retry.delivery``), or the error."""
     kind: FallbackKind = "error"
     if isinstance(error, CircuitOpenError | BackendUnavailableError):
         kind = "open" if isinstance(error, CircuitOpenError) else "backend_unavailable"

@@ -23,9 +23,29 @@ ROOT = Path(__file__).parent.parent
 LIBRARY = ROOT / "breaker"
 
 
-def _imports(path: Path) -> set[str]:
-    """The library modules ``path`` imports at run time, wherever the import stands
-    (a function-level import is a run-time edge too); TYPE_CHECKING blocks excluded."""
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+#: The largest a module may grow, and how many modules breaker/'s top may hold.
+MAX_LINES = 450
+MAX_TOP_MODULES = 20
+
+
+def _module_name(path: Path, root: Path) -> str:
+    """``_store.backend`` for breaker/_store/backend.py; a package by its own name,
+    the root's ``__init__`` as ``__init__``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    return {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+
+
+def _imports(path: Path, root: Path) -> set[str]:
+    """The modules of ``root``'s package that ``path`` imports at run time, wherever
+    the import stands (a function-level import is a run-time edge too); TYPE_CHECKING
+    blocks excluded."""
     tree = ast.parse(path.read_text())
     skipped = {
         id(node)
@@ -34,19 +54,108 @@ def _imports(path: Path) -> set[str]:
         for statement in block.body
         for node in ast.walk(statement)
     }
+    package = list(path.relative_to(root).parent.parts)
+    top = root.name if root.name != "app" else "fleetbreaker"
+    known = _modules(root)
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
+        if id(node) in skipped or not isinstance(node, ast.ImportFrom):
             continue
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-            found.add(node.module.split(".")[0])
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("breaker."):
-            found.add(node.module.split(".")[1])
+        if node.level:
+            base = package[: len(package) - (node.level - 1)]
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            names = [".".join([*target, alias.name]) for alias in node.names]
+        elif node.module and node.module.split(".")[0] in (root.name, top):
+            target = node.module.split(".")[1:]
+            names = [".".join([*target, alias.name]) for alias in node.names]
+        else:
+            continue
+        # ``from . import demo`` names a module; ``from .x import y`` names y of x.
+        found |= {name for name in names if name in known}
+        if ".".join(target) in known:
+            found.add(".".join(target))
     return found
 
 
+def _drawing(name: str) -> list[tuple[str, list[str]]]:
+    """The layers of the ``layers <name>`` block of docs/architecture.md, lowest
+    first: (layer, the modules it names; ``pkg.*`` is every module of pkg)."""
+    text = ARCHITECTURE.read_text()
+    found = re.search(rf"```layers {name}\n(.*?)```", text, re.DOTALL)
+    assert found is not None, f"docs/architecture.md draws no layers for {name}"
+    layers = []
+    for line in found[1].strip().splitlines():
+        layer, _, members = line.partition(":")
+        layers.append((layer.strip(), members.split()))
+    return layers[::-1]
+
+
+def _layer_of(name: str, root: Path) -> dict[str, int]:
+    """Every module of ``root`` by the number of its layer (0 the lowest); each in
+    exactly one, and every name drawn is a module."""
+    modules = _modules(root)
+    layer_of: dict[str, int] = {}
+    for number, (layer, members) in enumerate(_drawing(name)):
+        for member in members:
+            if member.endswith(".*"):
+                package = member[:-2]
+                matched = [m for m in modules if m == package or m.startswith(package + ".")]
+            else:
+                matched = [member] if member in modules else []
+            assert matched, f"the {name} drawing's layer {layer!r} names {member}: no module"
+            for module in matched:
+                assert module not in layer_of, f"{module} is drawn in two layers"
+                layer_of[module] = number
+    assert set(modules) - set(layer_of) == set(), "modules the drawing leaves out"
+    return layer_of
+
+
+def _package_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_library_module_imports_only_its_layer_and_those_below() -> None:
+    layer_of = _layer_of("breaker", LIBRARY)
+    upward = [
+        f"{module} -> {imported}"
+        for module, path in _modules(LIBRARY).items()
+        for imported in sorted(_imports(path, LIBRARY))
+        if layer_of[imported] > layer_of[module]
+    ]
+    assert upward == []
+
+
+def test_every_gateway_package_imports_only_the_packages_drawn_below_it() -> None:
+    gateway = ROOT / "app"
+    drawn = {
+        member: number for number, (_, members) in enumerate(_drawing("app")) for member in members
+    }
+    modules = _modules(gateway)
+    assert {_package_of(module) for module in modules} == set(drawn)
+    upward = sorted(
+        {
+            f"{_package_of(module)} -> {_package_of(imported)}"
+            for module, path in modules.items()
+            for imported in _imports(path, gateway)
+            if drawn[_package_of(imported)] > drawn[_package_of(module)]
+        }
+    )
+    assert upward == []
+
+
+def test_no_module_is_over_450_lines_and_the_librarys_top_holds_at_most_20() -> None:
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for folder in ("breaker", "app")
+        for path in (ROOT / folder).rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
+    assert len(list(LIBRARY.glob("*.py"))) <= MAX_TOP_MODULES
+
+
 def test_no_import_cycle_among_the_library_modules() -> None:
-    graph = {path.stem: _imports(path) for path in LIBRARY.glob("*.py")}
+    graph = {module: _imports(path, LIBRARY) for module, path in _modules(LIBRARY).items()}
     state: dict[str, str] = {}
 
     def visit(module: str, trail: list[str]) -> None:
@@ -62,6 +171,14 @@ def test_no_import_cycle_among_the_library_modules() -> None:
             visit(module, [module])
 
 
+def test_importing_the_library_loads_no_embedded_backend_until_one_is_used() -> None:
+    probe = "import sys, breaker; print('fakeredis' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.stdout.split() == ["False"]
+
+
 def test_circuit_breaker_is_a_short_facade() -> None:
     tree = ast.parse((LIBRARY / "_breaker.py").read_text())
     [facade] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CircuitBreaker"]
@@ -72,7 +189,7 @@ def test_circuit_breaker_is_a_short_facade() -> None:
 def test_only_the_http_integrations_import_httpx() -> None:
     importers = {
         path.name
-        for path in LIBRARY.glob("*.py")
+        for path in LIBRARY.rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if (isinstance(node, ast.Import) and any(a.name == "httpx" for a in node.names))
         or (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("httpx"))
@@ -112,7 +229,7 @@ def test_the_library_imports_no_gateway_dependency_but_its_fastapi_integration()
     assert {"fastapi", "pydantic_settings", "prometheus_client", "uvicorn"} <= gateway
     found = {
         path.name: used
-        for path in LIBRARY.glob("*.py")
+        for path in LIBRARY.rglob("*.py")
         if (used := (_imported_packages(path) & gateway) - allowed.get(path.name, set()))
     }
     assert found == {}

@@ -7,6 +7,7 @@ and ``serve`` says in one line what to install."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def _uv(*arguments: str) -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from this checkout."""
     where = tmp_path_factory.mktemp("dist")
+    # setuptools builds in ./build and would ship what an older build left there (a
+    # module since moved, say), as scripts/setup --run knows too.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     _uv("build", "--quiet", "--wheel", "--out-dir", str(where), str(ROOT))
     (built,) = where.glob("fleetbreaker-*.whl")
     return built
@@ -189,6 +193,11 @@ def test_the_wheel_installs_the_gateway_as_fleetbreaker_and_no_top_level_app(
     gateway = {n for n in names if n.startswith("fleetbreaker/") and n.endswith(".py")}
     source = ROOT / "app"
     assert gateway == {f"fleetbreaker/{path.relative_to(source)}" for path in source.rglob("*.py")}
+    library = {
+        n for n in names if n.startswith("breaker/") and n.endswith(".py") and "/_lua/" not in n
+    }
+    source = ROOT / "breaker"
+    assert library == {f"breaker/{path.relative_to(source)}" for path in source.rglob("*.py")}
 
 
 @pytest.mark.parametrize("how", ["script", "module"])

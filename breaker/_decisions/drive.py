@@ -1,6 +1,6 @@
 """The drivers: the only code that runs an operation's calls, blocking or awaited.
 
-``run`` and ``arun`` take the same steps (``_engine.Steps``) and differ only in how
+``run`` and ``arun`` take the same steps (``_decisions.engine.Steps``) and differ only in how
 they reach the shared lane: a blocking call, or an await (the embedded backend then
 runs on a thread of its own). The local lane is the in-process fallback, whose
 scripts take tens of microseconds: both call it directly.

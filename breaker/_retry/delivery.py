@@ -1,6 +1,6 @@
 """What a retrier writes on the outcome it hands back, and how others read it.
 
-The retrier returns the last real outcome as it was (``_retrying``); on it, it notes
+The retrier returns the last real outcome as it was (``_retry.runner``); on it, it notes
 how many attempts it took and, when it gave up on an outcome it wanted to try again,
 why (``attempts``, ``deadline`` or ``budget``). An exception carries both as
 attributes (and a note for tracebacks), a response in its ``extensions``. Fallbacks

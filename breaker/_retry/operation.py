@@ -204,7 +204,7 @@ def _describe(cause: Any) -> str:
 
 def _ending(done: StopIteration) -> tuple[_Outcome, int, StopReason | None]:
     """The operation's end, its outcome marked with the attempts it took and, if
-    retries ran out on it, why (``_delivery``)."""
+    retries ran out on it, why (``_retry.delivery``)."""
     outcome, attempts, stopped_by = done.value
     mark(outcome.error if outcome.error is not None else outcome.value, attempts, stopped_by)
     return outcome, attempts, stopped_by

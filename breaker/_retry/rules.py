@@ -1,6 +1,6 @@
 """Retry rules: what is retried, when, and how long to wait. Values and pure decisions.
 
-Nothing here does I/O or reads a clock: the runner (``_retrying``) passes time in, so
+Nothing here does I/O or reads a clock: the runner (``_retry.runner``) passes time in, so
 every decision is tested as a plain function. Nothing here knows an HTTP library
 either: a status is any result's ``status_code``, a ``Retry-After`` its
 ``headers``; the httpx transports add httpx's own network errors

@@ -7,7 +7,7 @@ every attempt is counted fleet-wide, and an open breaker ends the operation at o
 
 What comes back is the last real outcome: the exception is re-raised as it was, the
 response returned as it was, with the number of attempts attached (``attempts_of``)
-and, when retries ran out, why (``_delivery``). With a fallback (``with_fallback``),
+and, when retries ran out, why (``_retry.delivery``). With a fallback (``with_fallback``),
 an outcome it covers is answered by it instead (``_fallback``).
 """
 

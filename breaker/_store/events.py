@@ -5,7 +5,7 @@ without waiting for a call.
 One hub per backend and channel. Events in a script's reply are handed to the other
 breaker objects of this process at once, as confirmed. Events of other processes
 arrive through the Redis channel as hints, which a breaker confirms with Redis before
-it acts on them (``_engine``). The channel is followed by a daemon thread (sync
+it acts on them (``_decisions.engine``). The channel is followed by a daemon thread (sync
 client) or a task in the running loop (asyncio client), started by the first breaker
 that needs it. It reconnects with backoff; while it is not subscribed, no view is
 trusted to decide alone (``following``), so missed events cost round trips, never

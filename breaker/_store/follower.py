@@ -1,8 +1,8 @@
 """The public face of the event follower: every transition the fleet publishes, handed
 to a function, for a tool that watches all the breakers (``fleetbreaker watch``).
 
-It runs the very follower the breakers use (``_events.EventHub``, or on a Cluster
-``_sharded.ShardedHub``): the same subscription, the same reconnection with backoff,
+It runs the very follower the breakers use (``_store.events.EventHub``, or on a Cluster
+``_store.sharded.ShardedHub``): the same subscription, the same reconnection with backoff,
 the same outage log. It lives apart from both because it picks one of them.
 """
 
