@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import re
 import subprocess
 import sys
@@ -38,7 +39,10 @@ def _module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache
 def _modules(root: Path) -> dict[str, Path]:
+    """Every module under ``root`` by its dotted name (read once: each file's imports
+    are matched against it)."""
     return {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
 
 

@@ -371,7 +371,7 @@ class Engine:
         """A reply to this breaker's own call: refresh the view, tell the transitions
         it made to the made-here listeners (once in the fleet) and to this process's
         other breakers of the same name, and confirm the hints it covers."""
-        if not core.fallback:
+        if not core.fallback and self.unreachable.ongoing:
             self.unreachable.recovered(self.clock.monotonic())
         core.apply(reply, self._epoch_of(core))
         if not core.fallback and self.hints:

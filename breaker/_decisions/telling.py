@@ -128,8 +128,11 @@ class Unreachable:
             )
             logger.warning("%s; %s until Redis answers", line, instead)
 
+    @property
+    def ongoing(self) -> bool:
+        return self._log.ongoing
+
     def recovered(self, now: float) -> None:
-        if self._log.ongoing:
-            back = self._log.recovered(now)
-            if back is not None:
-                logger.info("%s; deciding with the fleet again", back)
+        back = self._log.recovered(now)
+        if back is not None:
+            logger.info("%s; deciding with the fleet again", back)
