@@ -10,12 +10,17 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._breaker import CircuitBreaker
+from ._bulkhead.bulkhead import Bulkhead
+from ._bulkhead.config import AdaptiveLimit, BulkheadConfig
+from ._bulkhead.lease import Lease
+from ._bulkhead.wire import BulkheadSnapshot
 from ._clock import Clock
 from ._config import BreakerConfig, BreakerSettings
 from ._decisions.permit import AsyncPermit, Permit
 from ._exceptions import (
     BackendUnavailableError,
     BreakerError,
+    BulkheadFullError,
     CircuitOpenError,
     ConfigurationError,
     FallbackError,
@@ -71,6 +76,7 @@ __all__ = [
     "RETRY_STATUSES",
     "STATES",
     "STOPPED_EXTENSION",
+    "AdaptiveLimit",
     "AsyncPermit",
     "Attempt",
     "BackendUnavailableError",
@@ -82,6 +88,10 @@ __all__ = [
     "BreakerSettings",
     "BreakerSnapshot",
     "BudgetVerdict",
+    "Bulkhead",
+    "BulkheadConfig",
+    "BulkheadFullError",
+    "BulkheadSnapshot",
     "CallOutcome",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -93,6 +103,7 @@ __all__ = [
     "FallbackGuard",
     "FallbackKind",
     "FallbackReason",
+    "Lease",
     "Outcome",
     "OutcomeEvent",
     "Permit",

@@ -35,16 +35,39 @@ class CircuitOpenError(BreakerError):
         self.state = state
 
 
+class BulkheadFullError(BreakerError):
+    """The bulkhead held its limit of leases: the call was not made.
+
+    ``retry_after`` is a hint, in seconds: when a lease is likely to come back (the
+    mean time a lease is held, over the limit)."""
+
+    def __init__(self, name: str, retry_after: float, *, in_use: int, limit: int) -> None:
+        super().__init__(
+            f"bulkhead {name!r} is full ({in_use} of {limit} leases held); "
+            f"retry after {retry_after:.3f}s"
+        )
+        self.name = name
+        self.retry_after = retry_after
+        self.in_use = in_use
+        self.limit = limit
+
+
 class BackendUnavailableError(BreakerError):
     """Redis could not be reached in time. ``refused_call``: a guarded call was refused
     for it (the policy is ``fail_closed``); else an operation that has no fallback (a
-    snapshot, an operator's action, a retry budget) could not be done."""
+    snapshot, an operator's action, a retry budget) could not be done. ``sent``: the
+    command may have gone out with no reply coming back (a timeout, a connection
+    lost or refused): Redis may have done it; False when it was never sent (backing
+    off)."""
 
-    def __init__(self, name: str, reason: str, *, refused_call: bool = False) -> None:
+    def __init__(
+        self, name: str, reason: str, *, refused_call: bool = False, sent: bool = False
+    ) -> None:
         super().__init__(f"breaker backend unavailable for {name!r}: {reason}")
         self.name = name
         self.reason = reason
         self.refused_call = refused_call
+        self.sent = sent
 
 
 class ConfigurationError(BreakerError, ValueError):

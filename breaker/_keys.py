@@ -22,6 +22,13 @@ key                                 type    content
                                             ``floor:tokens``, ``floor:at``: the retry
                                             budget's floor bucket
 ``<prefix>:{<name>}:leases``        zset    half-open trial lease ids, scored by expiry (ms)
+``<prefix>:{<name>}:slots``         zset    a bulkhead's leases, scored by expiry (ms)
+``<prefix>:{<name>}:bulkhead``      hash    a bulkhead's ``limit`` and ``hold_ms``
+``<prefix>:{<name>}:slots:procs``   zset    the processes that used the bulkhead lately
+``<prefix>:{<name>}:slots:waiters`` zset    the callers waiting for a lease, by deadline
+``<prefix>:slots:db<N>``            pubsub  a bulkhead's name, when a lease comes back
+                                            and someone waits (``<prefix>:{<name>}:slots``
+                                            on a Cluster: SPUBLISH, in its shard)
 ``<prefix>:events``                 pubsub  JSON transition events of every breaker
                                             on db 0 (PUBLISH; standalone Redis and
                                             Sentinel); ``<prefix>:events:db<N>`` on db N:
@@ -130,6 +137,46 @@ class BreakerKeys:
 
     def as_list(self) -> list[str]:
         return [self.state, self.window, self.leases]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadKeys:
+    """The Redis keys of one bulkhead, in the order the scripts take them as KEYS: in
+    the hash tag of the breaker of the same name, so one upstream's keys share a slot.
+
+    >>> BulkheadKeys.of("breaker", "payments").slots
+    'breaker:{payments}:slots'
+    """
+
+    slots: str
+    bulkhead: str
+    processes: str
+    waiters: str
+
+    @classmethod
+    def of(cls, prefix: str, name: str) -> BulkheadKeys:
+        base = f"{prefix}:{{{escape_name(name)}}}"
+        return cls(
+            slots=f"{base}:slots",
+            bulkhead=f"{base}:bulkhead",
+            processes=f"{base}:slots:procs",
+            waiters=f"{base}:slots:waiters",
+        )
+
+    def as_list(self) -> list[str]:
+        return [self.slots, self.bulkhead, self.processes, self.waiters]
+
+
+def slots_channel(prefix: str, name: str, *, db: int = 0, cluster: bool = False) -> str:
+    """Where a given-back lease is announced to the fleet's waiting callers: one channel
+    per database (its message: the bulkhead's name), or on a Cluster the bulkhead's own.
+
+    >>> slots_channel("breaker", "payments", db=3)
+    'breaker:slots:db3'
+    >>> slots_channel("breaker", "payments", cluster=True)
+    'breaker:{payments}:slots'
+    """
+    return BulkheadKeys.of(prefix, name).slots if cluster else f"{prefix}:slots:db{db}"
 
 
 def events_channel(prefix: str, db: int = 0) -> str:

@@ -40,12 +40,13 @@ from typing import Any
 
 import httpx
 
-from ._bodies import Deadline, SettledStream, SyncSettledStream
+from ._bodies import Deadline, SettledStream, SyncSettledStream, leased
 from ._breaker import CircuitBreaker
+from ._bulkhead.bulkhead import Bulkhead
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._decisions.permit import AsyncPermit, Permit
-from ._exceptions import ConfigurationError
+from ._exceptions import BulkheadFullError, ConfigurationError
 from ._retry.rules import Attempt, RetryRules
 from ._retry.runner import Retrier, RetryPolicy
 
@@ -58,10 +59,11 @@ HTTP_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
-#: httpx's errors that say this side failed, not the upstream: waiting for a
-#: connection of an exhausted pool. Never a failure of a breaker, never retried: an
-#: overload of one's own is no sign that the upstream is down, and a retry adds to it.
-LOCAL_HTTP_EXCEPTIONS: tuple[type[BaseException], ...] = (httpx.PoolTimeout,)
+#: The errors that say this side held the call back, not the upstream: waiting for a
+#: connection of an exhausted pool, a bulkhead at its limit. Never a failure of a
+#: breaker, never retried: an overload of one's own is no sign that the upstream is
+#: down, and a retry adds to it.
+LOCAL_HTTP_EXCEPTIONS: tuple[type[BaseException], ...] = (httpx.PoolTimeout, BulkheadFullError)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Breakers a transport keeps by default; past it, the least recently used idle one
 #: is closed. About 7 KB of memory each.
@@ -262,8 +264,12 @@ async def _asend(
     retrier: Retrier,
     request: httpx.Request,
     body_timeout: float | None,
+    bulkhead: Bulkhead | None = None,
 ) -> httpx.Response:
-    """Send ``request`` on ``inner`` through ``retrier`` and its breaker."""
+    """Send ``request`` on ``inner`` through ``retrier`` and its breaker, each attempt
+    holding a lease of ``bulkhead`` (if any) until its body ends: the breaker decides
+    first (an open one holds no lease), and an attempt that gets no lease is not sent
+    (``BulkheadFullError``: never a failure, never retried)."""
     timeouts = request.extensions.get("timeout")
 
     async def attempt(attempt: Attempt) -> httpx.Response:
@@ -287,8 +293,9 @@ async def _asend(
         response.stream = SettledStream(response.stream, permit, deadline)
         return response
 
+    send = attempt if bulkhead is None else leased(bulkhead, attempt)
     repeatable = _repeatable(request, retrier.policy)
-    return await retrier.arun(attempt, repeatable=repeatable, enforce_timeout=False, hold=hold)
+    return await retrier.arun(send, repeatable=repeatable, enforce_timeout=False, hold=hold)
 
 
 class ResilientTransport(_Resilient, httpx.AsyncBaseTransport):
@@ -351,19 +358,25 @@ class BreakerTransport(httpx.AsyncBaseTransport):
         breaker_config: BreakerConfig | None = None,
         clock: Clock | None = None,
         body_timeout: float | None = None,
+        bulkhead: Bulkhead | None = None,
     ) -> None:
         self.breaker = CircuitBreaker(
             name, redis=redis, config=http_config(breaker_config), clock=clock
         )
+        #: Each attempt's lease, held until its body ends (None: no limit). Closed
+        #: with the transport.
+        self.bulkhead = bulkhead
         self.body_timeout = body_timeout
         self._retrier = Retrier(http_rules(retry), self.breaker)
         self._inner = transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await _asend(self._inner, self._retrier, request, self.body_timeout)
+        return await _asend(self._inner, self._retrier, request, self.body_timeout, self.bulkhead)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()
+        if self.bulkhead is not None:
+            await self.bulkhead.aclose()
         await self._inner.aclose()
 
 

@@ -3,7 +3,7 @@ nothing of the library."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
 #: Every state a breaker can be in, in the order they are listed to operators.
@@ -21,8 +21,22 @@ BackendErrorPolicy = Literal["fail_open", "fail_closed"]
 #: (fakeredis), or the per-process fallback used while Redis cannot be reached.
 BackendKind = Literal["redis", "embedded", "fallback"]
 
-ScriptName = Literal["acquire", "budget", "control", "record", "snapshot"]
-SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "budget", "control", "record", "snapshot")
+#: The library's operations: a breaker's five, then a bulkhead's five.
+ScriptName = Literal[
+    "acquire",
+    "budget",
+    "control",
+    "record",
+    "snapshot",
+    "take",
+    "give",
+    "renew",
+    "tune",
+    "occupancy",
+]
+SCRIPT_NAMES: tuple[ScriptName, ...] = get_args(ScriptName)
+#: The operations that only read: FCALL_RO (a replica may answer them, in a cluster).
+READ_ONLY_SCRIPTS: frozenset[ScriptName] = frozenset({"snapshot", "occupancy"})
 
 #: How a server runs the library: as FUNCTIONs (Redis 7), as EVALSHA scripts, or
 #: functions unless the server refuses them.

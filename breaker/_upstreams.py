@@ -17,11 +17,13 @@ import http.cookiejar
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from ._breaker import CircuitBreaker
+from ._bulkhead.bulkhead import Bulkhead
+from ._bulkhead.config import BulkheadConfig
 from ._clock import Clock
 from ._config import BreakerConfig
 from ._exceptions import ConfigurationError
@@ -51,6 +53,9 @@ class Upstream:
     _: KW_ONLY
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: A fleet-wide limit of calls in flight to it (None: no limit): each attempt
+    #: holds a lease until its body ends.
+    bulkhead: BulkheadConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -66,6 +71,8 @@ class Upstream:
             raise ConfigurationError(f"{key}.breaker", "must be a BreakerConfig")
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"{key}.retry", "must be a RetryPolicy")
+        if self.bulkhead is not None and not isinstance(self.bulkhead, BulkheadConfig):
+            raise ConfigurationError(f"{key}.bulkhead", "must be a BulkheadConfig or None")
 
 
 class _NoCookies(http.cookiejar.CookiePolicy):
@@ -104,6 +111,14 @@ def shared_client(
     )
 
 
+class Guarded(NamedTuple):
+    """An upstream's client and what guards it; closing the client closes them."""
+
+    client: httpx.AsyncClient
+    breaker: CircuitBreaker
+    bulkhead: Bulkhead | None
+
+
 def guarded_client(
     upstream: Upstream,
     *,
@@ -115,14 +130,30 @@ def guarded_client(
     retry_hooks: tuple[RetryHook, ...] = (),
     listeners: Iterable[Listener] = (),
     made_here_listeners: Iterable[Callable[[TransitionEvent], None]] = (),
-) -> tuple[httpx.AsyncClient, CircuitBreaker]:
-    """``upstream``'s guarded client on ``url`` (its ``base_url``), and its breaker.
+) -> Guarded:
+    """``upstream``'s guarded client on ``url`` (its ``base_url``), its breaker and its
+    bulkhead (None without ``upstream.bulkhead``).
 
     ``transport``: the client's own pool (default: one of httpx's, which retries
     nothing itself); ``redis``: an asyncio client (None: the embedded backend). The
     breaker follows the fleet's transitions from now on, so a worker hears that
     another opened it before its own next call; closing the client closes it.
     """
+    limit = upstream.bulkhead
+    bulkhead = (
+        None
+        if limit is None
+        else Bulkhead(
+            upstream.name,
+            redis=redis,
+            limit=limit.limit,
+            lease_ttl=limit.lease_ttl,
+            max_wait=limit.max_wait,
+            prefix=upstream.breaker.prefix,
+            backend_timeout=upstream.breaker.backend_timeout,
+            clock=clock,
+        )
+    )
     guard = BreakerTransport(
         transport if transport is not None else httpx.AsyncHTTPTransport(retries=0),
         upstream.name,
@@ -131,6 +162,7 @@ def guarded_client(
         breaker_config=upstream.breaker,
         clock=clock,
         body_timeout=body_timeout,
+        bulkhead=bulkhead,
     )
     breaker = guard.breaker
     for listener in listeners:
@@ -138,4 +170,4 @@ def guarded_client(
     for listener in made_here_listeners:
         breaker.add_listener(listener, made_here_only=True)
     breaker.follow_events()
-    return shared_client(guard, base_url=upstream.url, timeout=timeout), breaker
+    return Guarded(shared_client(guard, base_url=upstream.url, timeout=timeout), breaker, bulkhead)

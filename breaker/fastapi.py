@@ -10,7 +10,7 @@
     from breaker.fastapi import Upstream, add_exception_handlers, lifespan, upstream_client
 
     inventory = Upstream("inventory", "http://inventory.internal:8080")
-    app = FastAPI(lifespan=lifespan(inventory, redis_url="redis://redis:6379/0"))
+    app = FastAPI(lifespan=lifespan(inventory, redis_url="redis://redis:6379/1"))
     add_exception_handlers(app)  # an open breaker: 503, Retry-After, a JSON body
 
     @app.get("/stock/{sku}")
@@ -53,7 +53,12 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from ._breaker import CircuitBreaker
-from ._exceptions import BackendUnavailableError, CircuitOpenError, ConfigurationError
+from ._exceptions import (
+    BackendUnavailableError,
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigurationError,
+)
 from ._store.urls import aclose_redis, redis_from_url
 from ._upstreams import Upstream, guarded_client
 
@@ -74,7 +79,7 @@ logger = logging.getLogger("breaker.fastapi")
 
 #: The attribute of ``app.state`` that holds the app's ``Resilience``.
 STATE_ATTRIBUTE = "fleetbreaker"
-Refusal = CircuitOpenError | BackendUnavailableError
+Refusal = CircuitOpenError | BulkheadFullError | BackendUnavailableError
 
 
 class Resilience:
@@ -102,9 +107,8 @@ class Resilience:
         built = cls(redis_client, clients, breakers)
         try:
             for upstream in upstreams:
-                clients[upstream.name], breakers[upstream.name] = guarded_client(
-                    upstream, redis=redis_client
-                )
+                guarded = guarded_client(upstream, redis=redis_client)
+                clients[upstream.name], breakers[upstream.name] = guarded.client, guarded.breaker
         except BaseException:
             await built.aclose()
             raise
@@ -210,6 +214,16 @@ def error_body(error: Refusal) -> dict[str, Any]:
             "retry_after": retry_after_header(error.retry_after),
             "detail": f"the circuit of {error.name!r} is {error.state}; it was not called",
         }
+    if isinstance(error, BulkheadFullError):
+        return {
+            "error": "bulkhead_full",
+            "upstream": error.name,
+            "retry_after": retry_after_header(error.retry_after),
+            "detail": (
+                f"{error.in_use} of {error.limit} calls to {error.name!r} are in flight "
+                "across the fleet; it was not called"
+            ),
+        }
     why = (
         "and the breaker is fail_closed: the call was not made"
         if error.refused_call
@@ -228,26 +242,28 @@ def add_exception_handlers(
     status_code: int = 503,
     body: Callable[[Refusal], Any] = error_body,
 ) -> None:
-    """Answer ``CircuitOpenError`` and ``BackendUnavailableError`` raised by any route,
-    from any breaker, with ``status_code`` and ``body(error)``: JSON content, or a
-    whole ``Response`` to send as it is. An open breaker's answer carries
-    ``Retry-After`` (whole seconds, rounded up, at least 1)."""
+    """Answer ``CircuitOpenError``, ``BulkheadFullError`` and ``BackendUnavailableError``
+    raised by any route, from any breaker or bulkhead, with ``status_code`` and
+    ``body(error)``: JSON content, or a whole ``Response`` to send as it is. An open
+    breaker's and a full bulkhead's answers carry ``Retry-After`` (whole seconds,
+    rounded up, at least 1)."""
     if isinstance(status_code, bool) or not isinstance(status_code, int):
         raise ConfigurationError("status_code", f"must be an HTTP status, got {status_code!r}")
     if not 100 <= status_code <= 599:
         raise ConfigurationError("status_code", f"must be 100..599, got {status_code}")
 
     async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CircuitOpenError | BackendUnavailableError)
+        assert isinstance(exc, Refusal)
         content = body(exc)
         if isinstance(content, Response):
             return content
         headers = {}
-        if isinstance(exc, CircuitOpenError):
+        if isinstance(exc, CircuitOpenError | BulkheadFullError):
             headers["Retry-After"] = str(retry_after_header(exc.retry_after))
         return JSONResponse(jsonable_encoder(content), status_code=status_code, headers=headers)
 
     app.add_exception_handler(CircuitOpenError, refused)
+    app.add_exception_handler(BulkheadFullError, refused)
     app.add_exception_handler(BackendUnavailableError, refused)
 
 

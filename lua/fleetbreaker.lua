@@ -326,9 +326,9 @@ end
 
 -- A reply laid out as REPLY says, from its fields by name; then ``events``. Every
 -- operation answers through here, so no reply can leave a field out or move one.
-local function as_reply(fields, events)
+local function as_reply(fields, events, layout)
   local r = {}
-  for i, field in ipairs(REPLY) do
+  for i, field in ipairs(layout or REPLY) do
     local value = fields[field]
     if value == nil then
       error('reply without ' .. field)
@@ -680,6 +680,185 @@ local function budget(keys, args)
   }))
 end
 
+-- The bulkhead: a limit on the calls in flight to one upstream, shared by the fleet.
+-- KEYS (every bulkhead operation):
+--   KEYS[1]: slots zset     <prefix>:{<name>}:slots          lease id -> expiry (ms)
+--   KEYS[2]: bulkhead hash  <prefix>:{<name>}:bulkhead       limit (the last a taker
+--            asked for), hold_ms (how long a lease is held, smoothed); an adaptive
+--            limit's alimit, base_ms, tuned_at (see tune)
+--   KEYS[3]: processes zset <prefix>:{<name>}:slots:procs    process id -> last seen
+--            + 3 lease TTLs (ms)
+--   KEYS[4]: waiters zset   <prefix>:{<name>}:slots:waiters  waiter id -> the end of
+--            its wait (ms)
+-- ARGV (every bulkhead operation; its own start at ARGV[4]):
+--   ARGV[1]: now in epoch ms, or "" for Redis TIME
+--   ARGV[2]: the calling process's id
+--   ARGV[3]: the lease TTL in ms
+-- Every reply: the fields named in SLOTS_REPLY, in its order.
+-- A lease is a member of the slots zset scored by its expiry on Redis's clock: a
+-- holder that dies stops renewing, and its lease is gone lease_ttl later, whatever
+-- it did. Expired leases, processes and waiters are removed by the next operation,
+-- before it counts.
+local SLOTS_REPLY = {
+  'verdict', 'in_use', 'limit', 'retry_after', 'processes', 'count',
+}
+
+local function slots_begin(keys, args)
+  local b = { keys = keys, now = time_now(args[1]), ttl = tonumber(args[3]) }
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', b.now)
+  redis.call('ZREMRANGEBYSCORE', keys[3], '-inf', b.now)
+  redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', b.now)
+  redis.call('ZADD', keys[3], b.now + 3 * b.ttl, args[2])
+  return b
+end
+
+-- The reply; every key is kept for one TTL past the last lease, process or waiter.
+local function slots_end(b, verdict, retry_after, count)
+  local keys = b.keys
+  local horizon = 3 * b.ttl
+  local last = redis.call('ZRANGE', keys[4], -1, -1, 'WITHSCORES')
+  if last[2] then
+    horizon = math.max(horizon, tonumber(last[2]) - b.now)
+  end
+  for i = 1, 4 do
+    redis.call('PEXPIRE', keys[i], int(horizon + b.ttl))
+  end
+  return as_reply({
+    verdict = verdict, in_use = redis.call('ZCARD', keys[1]),
+    limit = tonumber(redis.call('HGET', keys[2], 'limit')) or 0,
+    retry_after = math.floor(retry_after), processes = redis.call('ZCARD', keys[3]),
+    count = count,
+  }, {}, SLOTS_REPLY)
+end
+
+-- take: one lease, if fewer than the limit are held.
+-- ARGV[4]: the limit (an adaptive one: the first, until the fleet learnt one);
+-- ARGV[5]: the lease id; ARGV[6]: a waiter id, or "" (the caller will not wait);
+-- ARGV[7]: how long it waits at most (ms); ARGV[8]: "1" for an adaptive limit (the
+-- one tune stored, rounded down), "" for a fixed one
+-- verdict "granted"; or "full", with retry_after: the ms until a lease is likely to
+-- come free (the mean hold over the limit, as leases end about limit / hold_ms per
+-- ms; a quarter of the TTL before any lease was given back). A refused waiter is kept
+-- until the end of its wait: a lease given back meanwhile is published for it.
+local function take(keys, args)
+  local b = slots_begin(keys, args)
+  local limit = tonumber(args[4])
+  if args[8] == '1' then
+    limit = math.floor(tonumber(redis.call('HGET', keys[2], 'alimit')) or limit)
+  end
+  local waiter = args[6]
+  redis.call('HSET', keys[2], 'limit', int(limit))
+  if redis.call('ZCARD', keys[1]) < limit then
+    redis.call('ZADD', keys[1], b.now + b.ttl, args[5])
+    if waiter ~= '' then
+      redis.call('ZREM', keys[4], waiter)
+    end
+    return slots_end(b, 'granted', 0, 1)
+  end
+  if waiter ~= '' then
+    redis.call('ZADD', keys[4], b.now + tonumber(args[7]), waiter)
+  end
+  local hold = tonumber(redis.call('HGET', keys[2], 'hold_ms'))
+  local retry_after = b.ttl / 4
+  if hold then
+    retry_after = math.max(1, hold / math.max(1, limit))
+  end
+  return slots_end(b, 'full', retry_after, 0)
+end
+
+-- give: leases back, each at most once (a lease already expired is not counted).
+-- ARGV[4]: the channel that wakes waiters ("" for none: the embedded backend and the
+-- fallback lane, whose waiters are all in this process); ARGV[5]: the bulkhead's name
+-- (the message); ARGV[6..]: pairs of a lease id and how long it was held (ms)
+-- verdict "given"; count: the leases that were still held.
+local function give(keys, args)
+  local b = slots_begin(keys, args)
+  local given = 0
+  for i = 6, #args, 2 do
+    if redis.call('ZREM', keys[1], args[i]) == 1 then
+      given = given + 1
+      local held = tonumber(args[i + 1])
+      local hold = tonumber(redis.call('HGET', keys[2], 'hold_ms'))
+      if hold then
+        held = 0.8 * hold + 0.2 * held
+      end
+      redis.call('HSET', keys[2], 'hold_ms', string.format('%.17g', held))
+    end
+  end
+  local channel = args[4]
+  if given > 0 and channel ~= '' and redis.call('ZCARD', keys[4]) > 0 then
+    if string.find(channel, '{', 1, true) then
+      redis.call('SPUBLISH', channel, args[5])
+    else
+      redis.call('PUBLISH', channel, args[5])
+    end
+  end
+  return slots_end(b, 'given', 0, given)
+end
+
+-- renew: every lease a process holds, TTL from now, in one call.
+-- ARGV[4..]: lease ids
+-- verdict "renewed"; count: the leases renewed (those missing had expired: lost).
+local function renew(keys, args)
+  local b = slots_begin(keys, args)
+  local renewed = 0
+  for i = 4, #args do
+    if redis.call('ZSCORE', keys[1], args[i]) then
+      redis.call('ZADD', keys[1], b.now + b.ttl, args[i])
+      renewed = renewed + 1
+    end
+  end
+  return slots_end(b, 'renewed', 0, renewed)
+end
+
+-- tune: one process's latest latencies, folded into the fleet's adaptive limit (a
+-- gradient rule after Netflix's concurrency-limits Gradient and Gradient2): the
+-- limit moves towards limit x gradient + queue, where gradient = tolerance x base /
+-- mean, kept within [0.5, 1]: 1 while calls take no longer than tolerance x the least
+-- latency seen (the limit grows by queue), less as they queue up at the upstream.
+-- Smoothed (the limit moves a share of the way each time), kept within [min, max],
+-- and never grown while fewer than half of it are in flight (the callers, not the
+-- upstream, hold it back).
+-- ARGV[4]: min; ARGV[5]: max; ARGV[6]: the first limit; ARGV[7]: tolerance;
+-- ARGV[8]: smoothing; ARGV[9]: queue; ARGV[10]: the samples' mean latency (ms);
+-- ARGV[11]: the least of them (ms)
+-- Stored in the bulkhead hash: alimit (the limit, fractional), base_ms (the least
+-- latency seen, rising by 1 % a second so that an upstream grown slower for good is
+-- learnt), tuned_at (ms). verdict "tuned"; count: the limit, rounded down.
+local function tune(keys, args)
+  local b = slots_begin(keys, args)
+  local stored = redis.call('HMGET', keys[2], 'alimit', 'base_ms', 'tuned_at')
+  local limit = tonumber(stored[1]) or tonumber(args[6])
+  local mean, least = tonumber(args[10]), tonumber(args[11])
+  local base = least
+  if stored[2] then
+    local drift = 1 + 0.01 * math.max(0, b.now - tonumber(stored[3])) / 1000
+    base = math.min(tonumber(stored[2]) * drift, least)
+  end
+  local gradient = math.max(0.5, math.min(1, tonumber(args[7]) * base / mean))
+  local target = limit * gradient + tonumber(args[9])
+  if redis.call('ZCARD', keys[1]) < limit / 2 then
+    target = math.min(target, limit)
+  end
+  local smoothing = tonumber(args[8])
+  limit = limit * (1 - smoothing) + target * smoothing
+  limit = math.max(tonumber(args[4]), math.min(tonumber(args[5]), limit))
+  redis.call('HSET', keys[2], 'alimit', string.format('%.17g', limit),
+    'base_ms', string.format('%.17g', base), 'tuned_at', int(b.now), 'limit', int(limit))
+  return slots_end(b, 'tuned', 0, math.floor(limit))
+end
+
+-- occupancy: the leases held, the limit and the processes seen, changing nothing.
+-- verdict "occupancy"; retry_after and count 0.
+local function occupancy(keys, args)
+  local now = time_now(args[1])
+  return as_reply({
+    verdict = 'occupancy', in_use = redis.call('ZCOUNT', keys[1], '(' .. int(now), '+inf'),
+    limit = tonumber(redis.call('HGET', keys[2], 'limit')) or 0, retry_after = 0,
+    processes = redis.call('ZCOUNT', keys[3], '(' .. int(now), '+inf'), count = 0,
+  }, {}, SLOTS_REPLY)
+end
+
 -- registrations (the loader cuts here for the EVALSHA path; VERSION is its hash)
 redis.register_function('fb_VERSION_acquire', acquire)
 redis.register_function('fb_VERSION_record', record)
@@ -688,3 +867,10 @@ redis.register_function{
   function_name = 'fb_VERSION_snapshot', callback = snapshot, flags = { 'no-writes' },
 }
 redis.register_function('fb_VERSION_budget', budget)
+redis.register_function('fb_VERSION_take', take)
+redis.register_function('fb_VERSION_give', give)
+redis.register_function('fb_VERSION_renew', renew)
+redis.register_function('fb_VERSION_tune', tune)
+redis.register_function{
+  function_name = 'fb_VERSION_occupancy', callback = occupancy, flags = { 'no-writes' },
+}

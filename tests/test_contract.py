@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from breaker import BreakerConfig, BreakerSettings
+from breaker._bulkhead.wire import SLOTS_REPLY, BulkheadSnapshot
 from breaker._store.local import LocalEngine
 from breaker._store.wire import REPLY_FIELDS, Reply, Wired, decode_reply, snapshot_args
 
@@ -85,8 +86,15 @@ def test_lua_and_python_lay_replies_out_alike() -> None:
 def test_every_reply_is_built_from_the_one_layout() -> None:
     """No operation lists a reply's fields itself: each answers through ``as_reply``."""
     builders = re.findall(r"as_reply\(\{", LIBRARY)
-    assert len(builders) == 3  # reply, unconfigured, record_fast
-    assert not re.search(r"return \{ *'", LIBRARY), "a reply built by position"
+    # reply, unconfigured, record_fast; the bulkhead's slots_end and occupancy
+    assert len(builders) == 5
+    assert not re.search(r"return \{\s*'", LIBRARY), "a reply built by position"
+
+
+def test_lua_and_python_lay_bulkhead_replies_out_alike() -> None:
+    assert lua_list("SLOTS_REPLY") == list(SLOTS_REPLY)
+    assert [f.name for f in fields(BulkheadSnapshot)] == list(SLOTS_REPLY)
+    assert LIBRARY.count("}, {}, SLOTS_REPLY)") == 2  # slots_end, occupancy
 
 
 def test_a_reply_decodes_field_by_field() -> None:

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from breaker import (
     BackendUnavailableError,
     BreakerConfig,
+    BulkheadConfig,
     CircuitBreaker,
     CircuitOpenError,
     ConfigurationError,
@@ -47,6 +48,7 @@ def shop(
     *,
     breaker: BreakerConfig | None = None,
     handlers: dict[str, Any] | None = None,
+    bulkhead: BulkheadConfig | None = None,
 ) -> FastAPI:
     """A user's app: a route that calls the inventory upstream through its guarded
     client, and one that reads the upstream's breaker."""
@@ -55,6 +57,7 @@ def shop(
         f"{upstream_url}/base",
         breaker=breaker or BreakerConfig(failure_threshold=2, reset_timeout=30.0),
         retry=NO_WAIT,
+        bulkhead=bulkhead,
     )
     app = FastAPI(lifespan=lifespan(inventory, redis_url=redis_url))
     add_exception_handlers(app, **(handlers or {}))
@@ -140,6 +143,24 @@ def test_an_open_breaker_answers_503_with_retry_after_and_a_json_body(
 
     run(shop(upstream.url, backend), scenario)
     assert len(upstream.hits_on("/base/stock/9")) == 2
+
+
+def test_a_full_bulkhead_answers_503_with_retry_after_without_calling_the_upstream(
+    upstream: UpstreamServer, backend: str | None
+) -> None:
+    upstream.plan("/base/stock/5", Reply(200, delay_headers=1.0, body=b"5"))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        answers = await asyncio.gather(*(client.get("/stock/5") for _ in range(3)))
+        assert sorted(answer.status_code for answer in answers) == [200, 200, 503]
+        (refused,) = [answer for answer in answers if answer.status_code == 503]
+        assert refused.headers["retry-after"] == str(refused.json()["retry_after"])
+        assert refused.json()["error"] == "bulkhead_full"
+        assert refused.json()["upstream"] == "inventory"
+        assert (await client.get("/state")).json()["failures"] == 0
+
+    run(shop(upstream.url, backend, bulkhead=BulkheadConfig(limit=2)), scenario)
+    assert len(upstream.hits_on("/base/stock/5")) == 2
 
 
 def test_the_answer_to_a_refusal_can_be_changed(

@@ -5,17 +5,21 @@ gateway's retry-success count and the OpenTelemetry spans read the attempt there
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 
 from breaker import (
     BreakerListener,
+    BulkheadConfig,
     OutcomeEvent,
     ResilientTransport,
     RetryPolicy,
     SyncResilientTransport,
     current_attempt,
 )
+from breaker._upstreams import Upstream as GuardedUpstream
+from breaker._upstreams import guarded_client
 from breaker.testing import ManualClock
 from tests.support.upstream import Reply, Upstream
 
@@ -58,4 +62,36 @@ def test_the_sync_transport_settles_a_body_in_its_attempts_context(upstream: Ups
         with client.stream("GET", f"{upstream.url}/flaky") as response:
             assert current_attempt() is None
             response.read()
+    assert listener.heard == [("failure", 1), ("success", 2)]
+
+
+def test_a_leased_body_settles_in_its_attempts_context_beside_its_give(
+    upstream: Upstream,
+) -> None:
+    """With a bulkhead the body's end sends the record and the give together: the
+    record still runs in the attempt's context, not the reader's (seen in CI: the
+    gateway's retry successes went uncounted for an upstream with ``max_concurrent``)."""
+    upstream.plan("/flaky", Reply(503), Reply(200, body=b"x" * 100_000))
+    listener = _Attempts()
+
+    async def scenario() -> None:
+        guarded = guarded_client(
+            GuardedUpstream(
+                f"leased-{uuid.uuid4().hex[:8]}",
+                upstream.url,
+                retry=NO_WAIT,
+                bulkhead=BulkheadConfig(limit=2),
+            ),
+            redis=None,
+            clock=ManualClock(),
+            listeners=[listener],
+        )
+        async with (
+            guarded.client as client,
+            client.stream("GET", "/flaky") as response,
+        ):
+            assert current_attempt() is None
+            await response.aread()
+
+    asyncio.run(scenario())
     assert listener.heard == [("failure", 1), ("success", 2)]

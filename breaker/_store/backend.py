@@ -22,7 +22,7 @@ from redis.crc import key_slot
 
 from .._exceptions import BackendUnavailableError
 from .._keys import breaker_channel, events_channel
-from .._types import BackendKind, ScriptMode, ScriptName
+from .._types import READ_ONLY_SCRIPTS, BackendKind, ScriptMode, ScriptName
 from .connections import AsyncConnections, BackendHealth, Connections
 from .events import EventHub
 from .scripts import function_name, library_source, script_source
@@ -105,6 +105,12 @@ class Backend:
         """The breaker's own client (made now if it is a ``Deferred`` not made yet:
         raises what redis-py raises when no node answers)."""
         return resolve(self._client)
+
+    @property
+    def subscriber(self) -> Any:
+        """The client a follower subscribes with (no timeout); None when no other
+        process can publish (the embedded backend)."""
+        return self._subscribe_client
 
     def health_of(self, key: str) -> BackendHealth:
         """The health that decides for ``key``: the backend's, or on a Cluster, that
@@ -322,7 +328,7 @@ class Backend:
     ) -> BackendUnavailableError:
         reason = f"{type(exc).__name__}: {exc}"
         health.failed(reason, now)
-        return BackendUnavailableError(name, reason)
+        return BackendUnavailableError(name, reason, sent=True)
 
     def _refused(self, exc: redis.ResponseError) -> bool:
         """A server that refuses FUNCTION: "auto" turns to EVALSHA for good."""
@@ -343,7 +349,7 @@ class Backend:
 
 def _command(script: ScriptName) -> str:
     """A snapshot only reads: FCALL_RO (a replica may answer it, in a cluster)."""
-    return "FCALL_RO" if script == "snapshot" else "FCALL"
+    return "FCALL_RO" if script in READ_ONLY_SCRIPTS else "FCALL"
 
 
 def _not_loaded(exc: redis.ResponseError) -> bool:

@@ -90,6 +90,9 @@ class _Store:
         found = self._live(key) or {}
         return self._table([item for pair in found.items() for item in pair])
 
+    def _hget(self, key: bytes, field: bytes) -> Any:
+        return (self._live(key) or {}).get(field, False)
+
     def _hmget(self, key: bytes, *fields: bytes) -> Any:
         found = self._live(key) or {}
         return self._table([found.get(field, False) for field in fields])
@@ -128,6 +131,10 @@ class _Store:
 
     def _zrem(self, key: bytes, *members: bytes) -> int:
         return self._hdel(key, *members)
+
+    def _zscore(self, key: bytes, member: bytes) -> Any:
+        score = (self._live(key) or {}).get(member)
+        return False if score is None else _text(score)
 
     def _zcard(self, key: bytes) -> int:
         return len(self._live(key) or {})
