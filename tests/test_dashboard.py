@@ -30,6 +30,7 @@ def run(tmp_path: Path, scenario: Scenario, upstream: Upstream, backend: str | N
         [upstreams.api]
         url = "{upstream.url}/secret-base"
         breaker = {{ failure_threshold = 5, window = 30 }}
+        max_concurrent = 5
         [upstreams.plain]
         url = "{upstream.url}/plain"
         breaker = false
@@ -129,6 +130,9 @@ def test_the_fleet_view_lists_every_upstream_without_a_token_or_a_url(
         assert (by_name["api"]["guarded"], by_name["api"]["state"]) == (True, "closed")
         assert by_name["api"]["window"] == 30
         assert (by_name["plain"]["guarded"], by_name["plain"]["state"]) == (False, None)
+        # The bulkhead: in flight fleet-wide, and its limit.
+        assert (by_name["api"]["in_flight"], by_name["api"]["max_concurrent"]) == (0, 5)
+        assert by_name["plain"]["max_concurrent"] is None
 
     run(tmp_path, scenario, upstream, backend)
 

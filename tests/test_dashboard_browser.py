@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from app.localfleet.fleet import NGINX_CONF
 from app.localfleet.nginx import nginx_conf_for
 from app.localfleet.services import http_ok
+from tests.support import web
 from tests.support.browser import Console, chromium
 from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess, replicas_of
@@ -54,6 +54,7 @@ def fleet(
         breaker = {{ failure_threshold = {THRESHOLD}, reset_timeout = 300 }}
         [upstreams.search]
         url = "{_upstream_server.url}"
+        max_concurrent = 7
         [upstreams.static]
         url = "{_upstream_server.url}"
         breaker = false
@@ -140,12 +141,12 @@ def page(
 
 
 def admin(replica: GatewayProcess, name: str, action: str) -> None:
-    response = httpx.post(f"{replica.admin_url}/admin/breakers/{name}/{action}", headers=AUTH)
+    response = web.post(f"{replica.admin_url}/admin/breakers/{name}/{action}", headers=AUTH)
     response.raise_for_status()
 
 
 def state_of(replica: GatewayProcess, name: str) -> str:
-    response = httpx.get(f"{replica.admin_url}/admin/breakers/{name}", headers=AUTH)
+    response = web.get(f"{replica.admin_url}/admin/breakers/{name}", headers=AUTH)
     state: str = response.json()["state"]
     return state
 
@@ -157,13 +158,15 @@ def card(name: str) -> str:
 def trip(replica: GatewayProcess, upstream: Upstream) -> None:
     upstream.plan("/down", Reply(500))
     for _ in range(THRESHOLD):
-        assert httpx.get(f"{replica.url}/proxy/api/down").status_code == 500
+        assert web.get(f"{replica.url}/proxy/api/down").status_code == 500
 
 
 def test_the_page_lists_every_configured_upstream(page: Page, console: Console) -> None:
     for name, state in [("api", "closed"), ("search", "closed"), ("static", "no breaker")]:
         expect(page.locator(f"{card(name)} .state")).to_have_text(state)
     expect(page.locator(f"{card('static')} .controls")).to_be_hidden()
+    expect(page.locator(f"{card('search')} .in-flight")).to_have_text("0 / 7")
+    expect(page.locator(f"{card('api')} .bulkhead")).to_be_hidden()
     assert console.errors == []
 
 
@@ -256,7 +259,7 @@ def test_a_trip_through_the_fleets_nginx_shows_live_on_a_replicas_page(
     expect(page.locator(card("api"))).to_have_attribute("data-state", "closed")
     upstream.plan("/down", Reply(500))
     for _ in range(THRESHOLD):
-        httpx.get(f"{balancer}/proxy/api/down")
+        web.get(f"{balancer}/proxy/api/down")
     expect(page.locator("#transitions li").first).to_contain_text(
         "api: closed → open", timeout=SHOWN_WITHIN * 1000
     )
@@ -304,13 +307,13 @@ def test_every_replica_shows_the_same_fleet_figures(
 ) -> None:
     upstream.plan("/down", Reply(500))
     for _ in range(2):
-        httpx.get(f"{replicas[0].url}/proxy/api/down")
-        httpx.get(f"{replicas[1].url}/proxy/api/fine")
+        web.get(f"{replicas[0].url}/proxy/api/down")
+        web.get(f"{replicas[1].url}/proxy/api/fine")
     # The gateway batches successes (batch_interval 0.05 s): the last "fine" reaches
     # Redis within an interval and a follower poll, so read until it has (bounded).
     deadline = time.monotonic() + 5.0
     while True:
-        views = [httpx.get(f"{replica.admin_url}/dashboard/fleet").json() for replica in replicas]
+        views = [web.get(f"{replica.admin_url}/dashboard/fleet").json() for replica in replicas]
         for view in views:
             for entry in view["upstreams"]:
                 entry.pop("retry_after")  # seconds left, read at two moments

@@ -1,6 +1,6 @@
 """The metrics the gateway exports are pinned: every family's name, type and labels
 (``tests/golden/metrics.txt``), as scraped from a gateway that went through every
-case that makes a series (retries, a trip, a rejection, a broken body, Redis lost)."""
+case that makes a series (retries, a trip, a rejection, a broken body, a bulkhead, Redis lost)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
         [upstreams.api]
         url = "{upstream.url}"
         breaker = {{ failure_threshold = 5, reset_timeout = 30 }}
+        max_concurrent = 5
         [upstreams.other]
         url = "{upstream.url}"
         """,

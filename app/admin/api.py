@@ -84,6 +84,14 @@ _UNKNOWN: dict[int | str, dict[str, Any]] = {
 }
 
 
+class BulkheadView(BaseModel):
+    """An upstream's bulkhead (``max_concurrent``), as Redis holds it now."""
+
+    in_use: int
+    limit: int
+    processes: int
+
+
 class BreakerView(BaseModel):
     """One upstream's breaker. Times are epoch milliseconds of the Redis clock (0: never)."""
 
@@ -108,15 +116,18 @@ class BreakerView(BaseModel):
     #: app, or a replica of another version, stored them; every call runs with them):
     #: ``{setting: {"stored": ..., "here": ...}}``, durations in ms; None: none differ.
     settings_conflict: dict[str, dict[str, Any]] | None = None
+    #: The fleet's leases in use and its limit of calls in flight; None: no
+    #: ``max_concurrent`` (or its backend did not answer).
+    bulkhead: BulkheadView | None = None
 
 
 class BreakerList(BaseModel):
     breakers: list[BreakerView]
 
 
-def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
+async def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
     url = str(gateway.route(snapshot.name).upstream.url)
-    own = ("url", "settings_conflict")
+    own = ("url", "settings_conflict", "bulkhead")
     fields = {name: getattr(snapshot, name) for name in BreakerView.model_fields if name not in own}
     conflict = gateway.breaker(snapshot.name).settings_conflict(snapshot)
     differences = None
@@ -125,20 +136,28 @@ def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
             setting: {"stored": stored, "here": here}
             for setting, (stored, here) in conflict.differences.items()
         }
-    return BreakerView(url=url, settings_conflict=differences, **fields)
+    occupancy = await gateway.occupancy(snapshot.name)
+    bulkhead = (
+        None
+        if occupancy is None
+        else BulkheadView(
+            in_use=occupancy.in_use, limit=occupancy.limit, processes=occupancy.processes
+        )
+    )
+    return BreakerView(url=url, settings_conflict=differences, bulkhead=bulkhead, **fields)
 
 
 @router.get("/breakers", summary="Every upstream's breaker")
 async def list_breakers(request: Request) -> BreakerList:
     gateway = gateway_of(request)
-    views = [_view(gateway, await gateway.snapshot(name)) for name in gateway.breakers]
+    views = [await _view(gateway, await gateway.snapshot(name)) for name in gateway.breakers]
     return BreakerList(breakers=views)
 
 
 @router.get("/breakers/{name}", summary="One upstream's breaker", responses=_UNKNOWN)
 async def get_breaker(request: Request, name: str) -> BreakerView:
     gateway = gateway_of(request)
-    return _view(gateway, await gateway.snapshot(name))
+    return await _view(gateway, await gateway.snapshot(name))
 
 
 Action = Literal["reset", "open", "disable"]
@@ -167,7 +186,7 @@ async def _act(request: Request, name: str, action: Action) -> BreakerView:
             }
         },
     )
-    return _view(gateway, await breaker.asnapshot())
+    return await _view(gateway, await breaker.asnapshot())
 
 
 @router.post(

@@ -97,6 +97,10 @@ class BreakerFigures(BaseModel):
     window_slow_calls: int = 0
     window_rejections: int = 0
     backend: Literal["redis", "embedded", "fallback"] | None = None
+    #: Calls in flight fleet-wide, and the most let through (``max_concurrent``; the
+    #: learnt limit for an adaptive one); None without a bulkhead, or unread.
+    in_flight: int | None = None
+    max_concurrent: int | None = None
 
 
 class Fleet(BaseModel):
@@ -143,12 +147,17 @@ async def static(name: str) -> Response:
 async def fleet(request: Request, response: Response) -> Fleet:
     gateway = gateway_of(request)
     snapshots = await gateway.snapshots()
+    occupancies = await gateway.occupancies()
     upstreams = [
         _figures(gateway, name, snapshots[name])
         if name in snapshots
         else BreakerFigures(name=name, guarded=False)
         for name in gateway.routes
     ]
+    for figures in upstreams:
+        occupancy = occupancies.get(figures.name)
+        if occupancy is not None:
+            figures.in_flight, figures.max_concurrent = occupancy.in_use, occupancy.limit
     response.headers["Cache-Control"] = "no-store"
     return Fleet(upstreams=upstreams)
 

@@ -129,4 +129,7 @@ async def metrics(request: Request) -> Response:
         for name, snapshot in snapshots.items()
         if snapshot is not None
     }
-    return Response(exposition(snapshots, backend_up, conflicts), media_type=CONTENT_TYPE)
+    occupancies = await gateway.occupancies()
+    return Response(
+        exposition(snapshots, backend_up, conflicts, occupancies), media_type=CONTENT_TYPE
+    )

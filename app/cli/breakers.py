@@ -42,7 +42,7 @@ REDIS_TIMEOUT = 5.0
 NO_REDIS = (
     "no Redis to talk to: pass --redis-url or set BREAKER_REDIS_URL (a gateway without "
     "Redis, like the demo, keeps its breakers inside its own process, where this command "
-    "can't see them: start it with BREAKER_REDIS_URL=redis://127.0.0.1:6379/0, or ask "
+    "can't see them: start it with BREAKER_REDIS_URL=redis://127.0.0.1:6379/1, or ask "
     "its admin API, GET /admin/breakers on its admin listener)"
 )
 

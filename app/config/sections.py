@@ -120,6 +120,9 @@ class UpstreamSection(_Strict):
     # to prevent, no retries: each request is sent once.
     breaker: dict[str, Any] | Literal[False] = {}
     fallback: FallbackSection | None = None
+    # The fleet's limit of calls in flight: a number, or a table (limit, lease_ttl,
+    # max_wait); checked by config.upstreams, which names the key of any problem.
+    max_concurrent: Any = None
 
 
 class ConfigFile(_Strict):

@@ -13,7 +13,15 @@ from typing import Any
 
 import httpx
 
-from breaker import BreakerConfig, ConfigurationError, RetryBudget, RetryPolicy, is_server_error
+from breaker import (
+    AdaptiveLimit,
+    BreakerConfig,
+    BulkheadConfig,
+    ConfigurationError,
+    RetryBudget,
+    RetryPolicy,
+    is_server_error,
+)
 
 from .sections import ConfigError, FallbackSection, PolicySection, UpstreamSection
 
@@ -58,6 +66,8 @@ class Upstream:
     breaker: BreakerConfig | None  # None: ``breaker = false``, sent once, unguarded
     retry: RetryPolicy
     fallback: StaticFallback | None = None
+    #: The fleet's limit of calls in flight to it (``max_concurrent``); None: none.
+    bulkhead: BulkheadConfig | None = None
 
 
 def _check_url(key: str, value: str) -> httpx.URL:
@@ -89,6 +99,10 @@ def upstream(name: str, section: UpstreamSection, defaults: PolicySection, prefi
             raise ConfigError(f"{key}.retry: retries need the breaker, and breaker = false")
         if section.fallback is not None:
             raise ConfigError(f"{key}.fallback: answers an open breaker, and breaker = false")
+        if section.max_concurrent is not None:
+            raise ConfigError(
+                f"{key}.max_concurrent: its leases ride on the breaker's calls, and breaker = false"
+            )
         return Upstream(name=name, url=url, breaker=None, retry=RetryPolicy(attempts=1))
     breaker_values = _merged("breaker", _BREAKER_KEYS, key, defaults.breaker, section.breaker)
     statuses = breaker_values.pop("failure_statuses", ["5xx"])
@@ -119,7 +133,50 @@ def upstream(name: str, section: UpstreamSection, defaults: PolicySection, prefi
     except TypeError as exc:
         raise ConfigError(f"{key}.retry: {exc}") from None
     fallback = None if section.fallback is None else static_fallback(key, section.fallback)
-    return Upstream(name=name, url=url, breaker=breaker, retry=retry, fallback=fallback)
+    bulkhead = bulkhead_config(key, section.max_concurrent)
+    return Upstream(
+        name=name, url=url, breaker=breaker, retry=retry, fallback=fallback, bulkhead=bulkhead
+    )
+
+
+_BULKHEAD_KEYS = frozenset({"limit", "lease_ttl", "max_wait"})
+_ADAPTIVE_KEYS = frozenset(
+    {"adaptive", "min", "max", "initial", "tolerance", "smoothing", "queue", "interval"}
+)
+
+
+def bulkhead_config(key: str, value: object) -> BulkheadConfig | None:
+    """``max_concurrent``: a limit (``20``), a table of the bulkhead's settings
+    (``{ limit = 20, lease_ttl = 2.0, max_wait = 0.0 }``), or an adaptive limit
+    (``{ adaptive = true, min = 4, max = 200, initial = 20 }``, with lease_ttl and
+    max_wait too)."""
+    key = f"{key}.max_concurrent"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}: must be an integer >= 1, or a table, got {value!r}")
+        return BulkheadConfig(limit=value)
+    adaptive = "adaptive" in value
+    if adaptive and value["adaptive"] is not True:
+        raise ConfigError(f"{key}.adaptive: must be true (or left out, with a limit)")
+    known = (_ADAPTIVE_KEYS | _BULKHEAD_KEYS) - {"limit"} if adaptive else _BULKHEAD_KEYS
+    unknown = sorted(set(value) - known)
+    if unknown:
+        why = "an adaptive limit learns it" if unknown[0] == "limit" else "unknown key"
+        raise ConfigError(f"{key}.{unknown[0]}: {why}")
+    if not adaptive and "limit" not in value:
+        raise ConfigError(f"{key}.limit: missing (the most calls in flight, fleet-wide)")
+    settings = {name: value[name] for name in value if name in ("lease_ttl", "max_wait")}
+    try:
+        if adaptive:
+            learnt = {
+                name: item for name, item in value.items() if name in _ADAPTIVE_KEYS - {"adaptive"}
+            }
+            return BulkheadConfig(limit=AdaptiveLimit(**learnt), **settings)
+        return BulkheadConfig(limit=value["limit"], **settings)
+    except ConfigurationError as exc:
+        raise ConfigError(f"{key}.{exc.field}: {exc.problem}") from None
 
 
 # Framing and connection headers are the server's to write, never a configuration's.

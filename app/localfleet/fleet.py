@@ -52,6 +52,7 @@ from .services import (
     http_ok,
     port_is_free,
     redis_answers,
+    serve_command,
     wait_ready,
 )
 from .tempdirs import owned_tempdir
@@ -282,16 +283,7 @@ class Fleet:
         admin = self.admin_urls[index - 1]
         return Service(
             name=f"gateway-{index}",
-            argv=[
-                *fleetbreaker_command(),
-                "serve",
-                "--port",
-                str(port),
-                "--admin-port",
-                str(self.admin_ports[index - 1]),
-                "--workers",
-                str(self.workers),
-            ],
+            argv=serve_command(port, self.admin_ports[index - 1], workers=self.workers),
             environ=self._environ(
                 BREAKER_REDIS_URL=self.redis_url,
                 BREAKER_CONFIG=str(self.config),

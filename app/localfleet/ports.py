@@ -1,8 +1,8 @@
 """Ports for the servers the local fleet starts (gateways, nginx, the demo upstream, its
 Redis nodes): drawn below the kernel's ephemeral range, and kept in a per-user ledger
 under a file lock, so two processes (two fleets, a fleet and a test) are never handed
-the same port before its server binds it. The tests keep the same protocol in
-``tests/support/ports.py``."""
+the same port before its server binds it. The tests draw theirs here too
+(``tests/support/ports.py``), on the same ledger."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def free_port() -> int:
             if held is not None:
                 held[str(port)] = time.time() + _HOLD_SECONDS
             return port
+
+
+def held_ports() -> dict[str, float]:
+    """The ledger's live entries, read under its lock: a read without it can meet
+    another process's write between its truncate and its write (an empty file)."""
+    with _ledger() as held:
+        return dict(held or {})
 
 
 def free_ports(count: int) -> list[int]:

@@ -5,6 +5,7 @@ group; and the programs they run."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -38,6 +39,16 @@ def fleetbreaker_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", __name__.partition(".")[0]]
+
+
+def serve_command(
+    port: int, admin_port: int, *, workers: int = 1, log_level: str | None = None
+) -> list[str]:
+    """``fleetbreaker serve`` with its proxy on ``port`` and its admin API on
+    ``admin_port``: how the native fleet, the benches and the tests start a gateway."""
+    argv = [*fleetbreaker_command(), "serve", "--port", str(port)]
+    argv += ["--admin-port", str(admin_port), "--workers", str(workers)]
+    return argv if log_level is None else [*argv, "--log-level", log_level]
 
 
 def find_program(name: str, hint: str, search_path: str | None = None) -> str:
@@ -131,10 +142,27 @@ def wait_ready(
             time.sleep(_POLL)
 
 
+def one_shot_client(timeout: float) -> httpx.Client:
+    """A client to keep, whose every request still opens a connection of its own (no
+    keep-alive), so that no request lands on a worker because an earlier one did.
+    ``httpx.get()`` builds a client, and an SSL context that loads the CA bundle, per
+    call: about 29 ms of CPU on a 2-core machine, against 1.5 ms on a kept client. For
+    local processes only: no proxy from the environment."""
+    return httpx.Client(
+        timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0), trust_env=False
+    )
+
+
+@functools.cache
+def _prober() -> httpx.Client:
+    """The readiness probes' one client, kept for the process."""
+    return one_shot_client(1.0)
+
+
 def http_ok(url: str) -> bool:
     """Whether ``url`` answers 200 within a second."""
     try:
-        return httpx.get(url, timeout=1.0).status_code == 200
+        return _prober().get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

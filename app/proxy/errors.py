@@ -23,6 +23,9 @@ Bodies are JSON, ``{"error": <code>, "detail": <text>, ...}``; never a traceback
     ProxyFailure                      the upstream call ended without a response
     ├── CircuitOpenError     503      circuit_open (Retry-After); for a GET or HEAD, the
     │                                 upstream's static fallback instead, if it has one
+    ├── BulkheadFullError    503      bulkhead_full (Retry-After): the fleet's limit of
+    │                                 calls in flight to the upstream is reached; not
+    │                                 called, not counted by its breaker, not retried
     ├── BackendUnavailable   503      backend_unavailable
     ├── httpx.PoolTimeout    503      overloaded (this worker's connections to the
     │                                 upstream are all busy: local, not counted)
@@ -46,7 +49,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from breaker import BackendUnavailableError, CircuitOpenError
+from breaker import BackendUnavailableError, BulkheadFullError, CircuitOpenError
 
 from ..config.upstreams import StaticFallback
 
@@ -191,6 +194,8 @@ def failure_code(cause: Exception) -> tuple[int, str]:
     """The status and error code of a proxied call that ended in ``cause``."""
     if isinstance(cause, CircuitOpenError):
         return 503, "circuit_open"
+    if isinstance(cause, BulkheadFullError):
+        return 503, "bulkhead_full"
     if isinstance(cause, BackendUnavailableError):
         return 503, "backend_unavailable"
     if isinstance(cause, httpx.PoolTimeout):
@@ -212,6 +217,15 @@ def proxy_failure_answer(failure: ProxyFailure) -> tuple[int, ErrorBody, dict[st
         detail = f"the circuit of {upstream!r} is {cause.state}; the upstream was not called"
         if attempts:
             detail = f"the circuit of {upstream!r} opened after {attempts} attempt(s)"
+    elif isinstance(cause, BulkheadFullError):
+        retry_after = retry_after_header(cause.retry_after)
+        headers["Retry-After"] = str(retry_after)
+        detail = (
+            f"{cause.in_use} of {cause.limit} calls to {upstream!r} are in flight across "
+            "the fleet (max_concurrent); the upstream was not called"
+        )
+        if attempts:
+            detail = f"{detail} again after {attempts} attempt(s)"
     elif isinstance(cause, BackendUnavailableError):
         detail = "the breaker's Redis is unreachable and this upstream is fail_closed"
     elif isinstance(cause, httpx.PoolTimeout):

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from breaker import BackendUnavailableError, CircuitOpenError, attempts_of
+from breaker import BackendUnavailableError, BulkheadFullError, CircuitOpenError, attempts_of
 
 from ..telemetry.metrics import BODIES_BROKEN, REQUEST_ATTEMPTS, REQUESTS, result_of
 from .errors import (
@@ -49,6 +49,9 @@ from .runtime import Route, gateway_of
 from .upload import Upload
 
 logger = logging.getLogger("fleetbreaker.gateway")
+
+#: How a proxied call ends without a response from the upstream.
+_NO_RESPONSE = (CircuitOpenError, BulkheadFullError, BackendUnavailableError, httpx.TransportError)
 
 router = APIRouter(tags=["proxy"])
 
@@ -158,7 +161,7 @@ async def _forward(
             answer: Response = await fallback.call(_answer, request, route, outgoing)
             return answer
         return await _answer(request, route, outgoing)
-    except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
+    except _NO_RESPONSE as exc:
         raise ProxyFailure(route.upstream.name, exc, attempts_of(exc) or _sent_once(route)) from exc
 
 
@@ -168,7 +171,7 @@ async def _answer(request: Request, route: Route, outgoing: httpx.Request) -> Re
     where it covers it."""
     try:
         upstream_response = await route.client.send(outgoing, stream=True)
-    except (CircuitOpenError, BackendUnavailableError, httpx.TransportError) as exc:
+    except _NO_RESPONSE as exc:
         _account(route, request, exc, attempts_of(exc) or _sent_once(route))
         raise
     attempts = attempts_of(upstream_response) or _sent_once(route)
@@ -256,7 +259,7 @@ def _account(
     REQUESTS.labels(name, result_of(status, code)).inc()
     if route.breaker is not None:
         REQUEST_ATTEMPTS.labels(name).observe(attempts)
-    if attempts > 1 or isinstance(error, CircuitOpenError):
+    if attempts > 1 or isinstance(error, CircuitOpenError | BulkheadFullError):
         logger.info(
             "%s %s via %s: %s after %d attempt(s)",
             request.method,
@@ -266,7 +269,11 @@ def _account(
             attempts,
             extra={
                 "fields": {
-                    "event": "rejected" if isinstance(error, CircuitOpenError) else "retried",
+                    "event": (
+                        "rejected"
+                        if isinstance(error, CircuitOpenError | BulkheadFullError)
+                        else "retried"
+                    ),
                     "upstream": name,
                     "method": request.method,
                     "path": request.url.path,

@@ -26,6 +26,8 @@ from breaker import (
     BackendUnavailableError,
     BreakerListener,
     BreakerSnapshot,
+    Bulkhead,
+    BulkheadSnapshot,
     CircuitBreaker,
     Clock,
     Fallback,
@@ -135,6 +137,9 @@ class Route:
     breaker: CircuitBreaker | None  # None: ``breaker = false``
     #: The upstream's static fallback, answering a GET or HEAD the open breaker refused.
     fallback: Fallback | None = None
+    #: The fleet's limit of calls in flight to it (``max_concurrent``), held by the
+    #: client's transport: each attempt takes a lease after the breaker let it through.
+    bulkhead: Bulkhead | None = None
 
     def fallback_for(self, method: str) -> Fallback | None:
         """The fallback that answers a ``method`` request, if any: only those that read."""
@@ -202,9 +207,13 @@ class Gateway:
                 upstream.breaker,
                 ignore_exceptions=(*upstream.breaker.ignore_exceptions, errors.ClientSide),
             )
-            client, breaker = guarded_client(
+            client, breaker, bulkhead = guarded_client(
                 GuardedUpstream(
-                    name, str(upstream.url), breaker=breaker_config, retry=upstream.retry
+                    name,
+                    str(upstream.url),
+                    breaker=breaker_config,
+                    retry=upstream.retry,
+                    bulkhead=upstream.bulkhead,
                 ),
                 redis=redis_client,
                 transport=pool,
@@ -216,7 +225,7 @@ class Gateway:
                 made_here_listeners=(_log_transition,),
             )
             fallback = None if upstream.fallback is None else _static_fallback(upstream.fallback)
-            routes[name] = Route(upstream, client, breaker, fallback)
+            routes[name] = Route(upstream, client, breaker, fallback, bulkhead)
         if redis_client is None:
             logger.warning(
                 "no BREAKER_REDIS_URL: breakers live in this process only, "
@@ -258,6 +267,25 @@ class Gateway:
             except BackendUnavailableError:
                 result[name] = None
         return result
+
+    async def occupancy(self, name: str) -> BulkheadSnapshot | None:
+        """The fleet's leases in use on upstream ``name``'s bulkhead, and its limit;
+        None without one (or while its backend cannot answer)."""
+        bulkhead = self.route(name).bulkhead
+        if bulkhead is None:
+            return None
+        try:
+            return await bulkhead.asnapshot()
+        except BackendUnavailableError:
+            return None
+
+    async def occupancies(self) -> dict[str, BulkheadSnapshot | None]:
+        """Every bulkhead's occupancy, by upstream (None: its backend did not answer)."""
+        return {
+            name: await self.occupancy(name)
+            for name, route in self.routes.items()
+            if route.bulkhead is not None
+        }
 
     async def aclose(self) -> None:
         self.refusals.close()

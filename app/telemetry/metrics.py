@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from breaker import STATES, BreakerSnapshot
+from breaker import STATES, BreakerSnapshot, BulkheadSnapshot
 
 # A ``_created`` gauge per counter and histogram child: not part of the text format's
 # conventions, absent in multiprocess mode anyway; one worker or many export the same.
@@ -131,10 +131,12 @@ class _Scraped(Collector):
         snapshots: dict[str, BreakerSnapshot | None],
         backend_up: bool,
         conflicts: dict[str, bool],
+        occupancies: dict[str, BulkheadSnapshot | None],
     ) -> None:
         self._snapshots = snapshots
         self._backend_up = backend_up
         self._conflicts = conflicts
+        self._occupancies = occupancies
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
@@ -160,17 +162,34 @@ class _Scraped(Collector):
                 state.add_metric([name, each], 1.0 if snapshot.state == each else 0.0)
             failures.add_metric([name], float(snapshot.failures))
             conflict.add_metric([name], 1.0 if self._conflicts.get(name) else 0.0)
+        leases = GaugeMetricFamily(
+            "fleetbreaker_bulkhead_leases",
+            "Calls in flight to the upstream across the fleet: its bulkhead's leases "
+            "(read from its backend when scraped).",
+            labels=["upstream"],
+        )
+        limit = GaugeMetricFamily(
+            "fleetbreaker_bulkhead_limit",
+            "The most calls in flight the upstream's bulkhead lets through, fleet-wide.",
+            labels=["upstream"],
+        )
+        for name, occupancy in self._occupancies.items():
+            if occupancy is None:
+                continue
+            leases.add_metric([name], float(occupancy.in_use))
+            limit.add_metric([name], float(occupancy.limit))
         up = GaugeMetricFamily(
             "fleetbreaker_backend_up", "1 when the breakers' backend answered the scrape."
         )
         up.add_metric([], 1.0 if self._backend_up else 0.0)
-        yield from (state, failures, conflict, up)
+        yield from (state, failures, conflict, leases, limit, up)
 
 
 def exposition(
     snapshots: dict[str, BreakerSnapshot | None],
     backend_up: bool,
     conflicts: dict[str, bool] | None = None,
+    occupancies: dict[str, BulkheadSnapshot | None] | None = None,
 ) -> bytes:
     """The text of ``/metrics``: this worker's (or every worker's) counters, and gauges
     of the fleet's breakers (``conflicts``: which hold settings not this replica's)."""
@@ -180,7 +199,7 @@ def exposition(
     else:
         counters = REGISTRY
     scraped = CollectorRegistry()
-    scraped.register(_Scraped(snapshots, backend_up, conflicts or {}))
+    scraped.register(_Scraped(snapshots, backend_up, conflicts or {}, occupancies or {}))
     return generate_latest(counters) + generate_latest(scraped)
 
 

@@ -97,6 +97,11 @@
       ".rate",
       upstream.window_calls ? percent(upstream.window_failures / upstream.window_calls) : "–",
     );
+    const bulkhead = element.querySelector(".bulkhead");
+    bulkhead.hidden = upstream.max_concurrent == null;
+    if (!bulkhead.hidden) {
+      figure(".in-flight", `${upstream.in_flight} / ${upstream.max_concurrent}`);
+    }
     const where = upstream.backend ? ` · ${upstream.backend}` : " · store unreachable";
     figure(".window", `fleet-wide, last ${upstream.window} s${where}`);
     card.history.push([upstream.window_calls, upstream.window_failures]);
