@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import calls, fleet, gateway, model, report, scale
+from . import bulkhead, calls, fleet, gateway, model, report, scale
 from .peers import PEERS
 from .server import BenchRedis
 
@@ -36,11 +36,51 @@ class Profile:
     gateway_rounds: int
     model_processes: tuple[int, ...]
     model_seconds: float
+    bulkhead_calls: int
+    bulkhead_cancel: int
+    bulkhead_adaptive: float
+    bulkhead_fleet: float
 
 
-FULL = Profile(200, 3, 9, 500, 3, 2.5, 5, 1000, 10_000, 5, 5.0, 3, model.PROCESSES, model.SECONDS)
+FULL = Profile(
+    200,
+    3,
+    9,
+    500,
+    3,
+    2.5,
+    5,
+    1000,
+    10_000,
+    5,
+    5.0,
+    3,
+    model.PROCESSES,
+    model.SECONDS,
+    5_000,
+    100_000,
+    30.0,
+    10.0,
+)
 QUICK = Profile(
-    100, 1, 5, 200, 1, 1.0, 1, 1000, 1_000, 2, 2.0, 1, model.QUICK_PROCESSES, model.QUICK_SECONDS
+    100,
+    1,
+    5,
+    200,
+    1,
+    1.0,
+    1,
+    1000,
+    1_000,
+    2,
+    2.0,
+    1,
+    model.QUICK_PROCESSES,
+    model.QUICK_SECONDS,
+    1_000,
+    10_000,
+    12.0,
+    4.0,
 )
 #: The peers that take part in the multi-process and scale scenarios.
 FLEET_PEERS = [name for name in PEERS if name != "fleetbreaker async"]
@@ -102,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         _say("8. gateway throughput")
         results.gateway = gateway.throughput(
             server.url, profile.gateway_seconds, profile.gateway_rounds
+        )
+        server.flush()
+        _say("8b. bulkhead")
+        results.bulkhead = bulkhead.section(
+            server,
+            profile.bulkhead_calls,
+            profile.bulkhead_cancel,
+            profile.bulkhead_adaptive,
+            profile.bulkhead_fleet,
         )
         server.flush()
         _say("9. fleet-scale model")

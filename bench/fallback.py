@@ -31,7 +31,7 @@ import httpx
 import redis
 
 from app.localfleet.ports import free_port
-from app.localfleet.services import Service, fleetbreaker_command, http_ok, wait_ready
+from app.localfleet.services import Service, http_ok, serve_command, wait_ready
 from breaker import BreakerConfig
 from breaker._store.backend import embedded_backend
 from breaker._store.local import LocalEngine
@@ -143,16 +143,7 @@ def _lag_of(
     port, admin_port = free_port(), free_port()
     gateway = Service(
         name="gateway",
-        argv=[
-            *fleetbreaker_command(),
-            "serve",
-            "--port",
-            str(port),
-            "--admin-port",
-            str(admin_port),
-            "--log-level",
-            "warning",
-        ],
+        argv=serve_command(port, admin_port, log_level="warning"),
         environ={
             "PATH": "/usr/bin:/bin",
             "BREAKER_REDIS_URL": redis_url,

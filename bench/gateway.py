@@ -19,7 +19,7 @@ from pathlib import Path
 
 from app.config.upstreams import DEFAULT_BATCH_INTERVAL
 from app.localfleet.ports import free_port
-from app.localfleet.services import FleetError, Service, fleetbreaker_command, http_ok, wait_ready
+from app.localfleet.services import FleetError, Service, http_ok, serve_command, wait_ready
 
 from .loadgen import Load, run_load
 
@@ -90,18 +90,7 @@ def throughput(redis_url: str, seconds: float, rounds: int) -> Throughput:
             ),
             Service(
                 name="gateway",
-                argv=[
-                    *fleetbreaker_command(),
-                    "serve",
-                    "--port",
-                    str(gateway_port),
-                    "--admin-port",
-                    str(free_port()),
-                    "--workers",
-                    "2",
-                    "--log-level",
-                    "warning",
-                ],
+                argv=serve_command(gateway_port, free_port(), workers=2, log_level="warning"),
                 environ={
                     "PATH": "/usr/bin:/bin",
                     "BREAKER_REDIS_URL": redis_url,

@@ -37,6 +37,7 @@ class Results:
     gateway: Throughput | None = None
     fleet: model.Measured | None = None
     fleet_plot: str | None = None  # the plot's path, relative to the report
+    bulkhead: list[str] = field(default_factory=list)  # its section, as bench.bulkhead wrote it
     seconds: float = 0.0
 
 
@@ -163,6 +164,7 @@ def render(results: Results) -> str:
     lines += _breakdown(results)
     lines += _server_time(results)
     lines += _gateway(results)
+    lines += results.bulkhead
     if results.fleet is not None:
         lines += model.section(results.fleet, results.fleet_plot)
     lines += _setup(results)

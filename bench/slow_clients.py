@@ -24,7 +24,7 @@ import httpx
 
 from app.localfleet.nginx import nginx_conf_for
 from app.localfleet.ports import free_port
-from app.localfleet.services import find_program, fleetbreaker_command, http_ok
+from app.localfleet.services import find_program, fleetbreaker_command, http_ok, serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 _NGINX_PATH = "/usr/sbin:/usr/local/sbin:/usr/bin"
@@ -66,8 +66,7 @@ def measure(buffering: str, slow: int) -> Outcome:
     nginx = find_program("nginx", "apt-get install -y nginx", _NGINX_PATH)
     commands = [
         [*fleetbreaker_command(), "demo-upstream", "--port", str(upstream)],
-        [*fleetbreaker_command(), "serve", "--port", str(gateway), "--admin-port",
-         str(free_port())],
+        serve_command(gateway, free_port()),
         [nginx, "-p", f"{work}/", "-c", str(work / "nginx.conf"), "-e", "stderr", "-g",
          f"daemon off; pid {work}/nginx.pid;"],
     ]  # fmt: skip

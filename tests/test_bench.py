@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import calls, report
+from bench import bulkhead_fleet, calls, report
 from bench.fleet import FleetRun
 from bench.loadgen import _asyncio_load
 from bench.peers import PEERS
@@ -113,5 +113,32 @@ def test_the_report_renders_targets_from_partial_results(
         [PEERS["fleetbreaker"]], server, driver, calls=10, probes=0
     )
     text = report.render(results)
-    assert "| closed + success: ≤ 1.0 round trips per call | 1.00 | **met** |" in text
+    # The figure is measured (1.00 on a quiet machine; a Redis reply slower than
+    # backend_timeout under the suite's load sends a call to the fallback lane, and
+    # test_round_trips.py holds the count itself): here, the row it renders.
+    measured = results.counts["fleetbreaker"].cases["closed + success"].round_trips
+    verdict = "**met**" if measured <= 1.0 else "**not met**"
+    assert f"| closed + success: ≤ 1.0 round trips per call | {measured:.2f} | {verdict} |" in text
     assert "## How each contender is configured" in text
+
+
+def test_the_fleet_bulkheads_figures_come_from_the_upstreams_timeline() -> None:
+    """bench.bulkhead_fleet's arithmetic, on a timeline made by hand: the count in
+    flight at the window's start carries in, the median is weighted by time, and
+    only answers that ended inside the window count."""
+    timeline = [(0.0, 1), (1.0, 3), (2.0, 2), (4.0, 0)]
+    assert bulkhead_fleet._in_flight(timeline, 1.5, 3.0) == [3, 2]
+    # Over [0, 4): 1 for 1 s, 3 for 1 s, 2 for 2 s: half the time is at 2 or less.
+    assert bulkhead_fleet._weighted_median(timeline, 0.0, 4.0) == 2.0
+    answers = [
+        bulkhead_fleet.Answer(0.9, 0.99, 200),  # ended before the window
+        bulkhead_fleet.Answer(1.0, 1.004, 503),
+        bulkhead_fleet.Answer(1.5, 1.52, 503),
+        bulkhead_fleet.Answer(2.0, 2.1, 0),
+        bulkhead_fleet.Answer(3.9, 4.2, 200),  # ended after the window
+    ]
+    phase = bulkhead_fleet._phase(answers, timeline, 1.0, 4.0)
+    assert (phase.answered, phase.refused, phase.other) == (0, 2, {0: 1})
+    assert phase.most_in_flight == 3
+    assert phase.refusal_ms["max"] == pytest.approx(20.0)
+    assert bulkhead_fleet.render(bulkhead_fleet.Fleet("eager", phase, None))[0].startswith("| 3 ")
