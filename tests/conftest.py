@@ -37,7 +37,7 @@ from breaker._store.local import LocalEngine, fallback_engine
 from breaker._store.topology import is_async_client
 from breaker.testing import ManualClock
 from tests.support.faulty import FaultyUpstream
-from tests.support.lanes import EngineClient, fallback_backend
+from tests.support.lanes import HARNESS_BACKEND_TIMEOUT, EngineClient, fallback_backend
 from tests.support.reliability import Reliability, audit_dependencies, render
 from tests.support.servers import RedisServer, text_hash
 from tests.support.topology import aclose_sentinel_client, close_sentinel_client
@@ -58,11 +58,6 @@ def redis_url_for_tests(environ: Mapping[str, str]) -> tuple[str, str | None]:
 
 
 REDIS_URL, _REDIS_URL_NOTICE = redis_url_for_tests(os.environ)
-# The harnesses' breakers are no test of timeouts, and their clock is a ManualClock:
-# one command slowed past the default 0.25 s by a loaded machine (a Cluster's first
-# call loads the library on every primary) would leave the backend backing off for
-# the rest of the test, since that clock never moves on its own.
-HARNESS_BACKEND_TIMEOUT = 5.0
 # Each pytest-xdist worker takes a db of its own below the base (gw0 the base, gw1 one
 # below, ...): its keys, and since the events channel names its db, its events too.
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
@@ -204,6 +199,7 @@ class Harness:
     client: Any
     url: str | None = None  # of the Redis, for the asyncio clients a test makes
     script_mode: str = "auto"  # how Redis runs the library: FUNCTIONs, or EVALSHA
+    lane: str = ""  # the matrix's id of it: redis, redis-eval, cluster, sentinel, ...
     breakers: list[CircuitBreaker] = field(default_factory=list)
 
     def breaker(self, name: str = "payments", **settings: Any) -> CircuitBreaker:
@@ -334,6 +330,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         made = Harness("fallback", ManualClock(), EngineClient(engine), None)
     else:
         made = Harness("embedded", ManualClock(), embedded_backend().client, None)
+    made.lane = request.param
     yield made
     for breaker in made.breakers:
         breaker.close()

@@ -83,7 +83,7 @@ def test_a_redis_command_without_redis_says_where_the_demos_breakers_are(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("fleetbreaker: no Redis to talk to: pass --redis-url")
     assert "inside its own process" in line
-    assert "BREAKER_REDIS_URL=redis://127.0.0.1:6379/0" in line
+    assert "BREAKER_REDIS_URL=redis://127.0.0.1:6379/1" in line
 
 
 def test_watch_times_are_iso_8601_in_the_local_zone() -> None:

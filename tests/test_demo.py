@@ -20,6 +20,7 @@ import pytest
 
 from app.localfleet.services import fleetbreaker_command
 from app.server.demo import create_demo_upstream
+from tests.support import web
 from tests.support.gateway_process import GatewayProcess
 from tests.support.ports import free_port
 
@@ -67,7 +68,7 @@ def test_the_banner_names_the_dashboard_on_its_own_listener(demo: GatewayProcess
     [line] = [line for line in demo.log().splitlines() if line.startswith("Dashboard: ")]
     url = line.split()[1]
     assert url == f"{demo.admin_url}/dashboard"
-    assert httpx.get(url, timeout=5).status_code == 200
+    assert web.get(url, timeout=5).status_code == 200
 
 
 def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:
@@ -88,7 +89,7 @@ def test_the_demo_upstream_prints_its_address_and_answers_there() -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                assert httpx.get(f"{url}/mode", timeout=1.0).json()["mode"] == "healthy"
+                assert web.get(f"{url}/mode", timeout=1.0).json()["mode"] == "healthy"
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline

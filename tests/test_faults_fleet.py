@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import web
 from tests.support.gateway import AUTH
 from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.reliability import Reliability, answer_label
@@ -74,7 +75,7 @@ def test_a_probe_holder_killed_mid_call_does_not_wedge_the_breaker(
     holder, survivor = lease_fleet
     # Trip; then the trial call hangs in the upstream; then every call is quick.
     upstream.plan("/p", Reply(500), Reply(200, delay_headers=30.0), Reply(200))
-    answers = [label(httpx.get(f"{holder.url}/proxy/api/p", timeout=5))]
+    answers = [label(web.get(f"{holder.url}/proxy/api/p", timeout=5))]
     time.sleep(0.25)  # the configured 0.2 s open time
     probe = threading.Thread(
         target=lambda: answers.append(_sent(f"{holder.url}/proxy/api/p")), daemon=True
@@ -89,16 +90,16 @@ def test_a_probe_holder_killed_mid_call_does_not_wedge_the_breaker(
     killed_at = time.monotonic()
     probe.join(10)
 
-    held = label(httpx.get(f"{survivor.url}/proxy/api/p", timeout=5))
+    held = label(web.get(f"{survivor.url}/proxy/api/p", timeout=5))
     recovered_after = None
     while time.monotonic() - killed_at < _POLL_FOR:
-        answer = label(httpx.get(f"{survivor.url}/proxy/api/p", timeout=5))
+        answer = label(web.get(f"{survivor.url}/proxy/api/p", timeout=5))
         answers.append(answer)
         if answer == "200":
             recovered_after = time.monotonic() - killed_at
             break
         time.sleep(0.02)
-    view = httpx.get(f"{survivor.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json()
+    view = web.get(f"{survivor.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json()
 
     assert held == "503 circuit_open"  # the dead worker's lease still holds the trial
     assert recovered_after is not None, "the next trial never went through"
@@ -116,7 +117,7 @@ def test_a_probe_holder_killed_mid_call_does_not_wedge_the_breaker(
 
 def _sent(url: str) -> str:
     try:
-        return label(httpx.get(url, timeout=10))
+        return label(web.get(url, timeout=10))
     except httpx.TransportError as exc:
         return f"connection error: {type(exc).__name__}"
 
@@ -156,12 +157,11 @@ def _trip_and_reopen(
     served again (seconds after the trip)."""
     hits_before = len(upstream.hits_on("/fail"))
     order = [(tripper - SKEW_THRESHOLD + 1 + n) % 3 for n in range(SKEW_THRESHOLD)]
-    answers = [label(httpx.get(f"{fleet[i].url}/proxy/api/fail", timeout=5)) for i in order]
+    answers = [label(web.get(f"{fleet[i].url}/proxy/api/fail", timeout=5)) for i in order]
     tripped_at = time.monotonic()
     assert len(upstream.hits_on("/fail")) - hits_before == SKEW_THRESHOLD  # counted together
     views = [
-        httpx.get(f"{r.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json()
-        for r in fleet
+        web.get(f"{r.admin_url}/admin/breakers/api", headers=AUTH, timeout=5).json() for r in fleet
     ]
     # A replica that read the open time off its own clock would let a trial call in
     # early (+1 h) or keep refusing for ten minutes (-10 min).
@@ -170,7 +170,7 @@ def _trip_and_reopen(
     while len(served_after) < 2 and time.monotonic() - tripped_at < OPEN_FOR + _POLL_FOR:
         for index in others:
             if index not in served_after:
-                answer = label(httpx.get(f"{fleet[index].url}/proxy/api/ok", timeout=5))
+                answer = label(web.get(f"{fleet[index].url}/proxy/api/ok", timeout=5))
                 answers.append(answer)
                 if answer == "200":
                     served_after[index] = time.monotonic() - tripped_at
@@ -183,7 +183,7 @@ def test_replicas_with_skewed_clocks_trip_together_and_open_for_the_same_time(
 ) -> None:
     now = time.time()
     clocks = [
-        parsedate_to_datetime(httpx.get(f"{r.url}/healthz", timeout=5).headers["date"])
+        parsedate_to_datetime(web.get(f"{r.url}/healthz", timeout=5).headers["date"])
         for r in skewed_fleet
     ]
     offsets = [round((clock.timestamp() - now) / 60) for clock in clocks]

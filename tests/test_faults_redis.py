@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from breaker import CircuitBreaker
+from tests.support import web
 from tests.support.gateway import AUTH, TOKEN, metric
 from tests.support.gateway_process import GatewayProcess, replicas_of
 from tests.support.load import Answer, Load, burst
@@ -48,17 +49,21 @@ class Fleet:
         return [f"{replica.url}{path}" for replica in self.replicas]
 
     def load(self, path: str = "/proxy/api/ok") -> Load:
-        return Load(self.urls(path), clients=4, max_requests=4000, max_seconds=30.0).start()
+        # 4 x 25 requests a second, each on a new connection: steady, with the cores
+        # left to the gateways under test.
+        return Load(
+            self.urls(path), clients=4, max_requests=4000, max_seconds=30.0, rate=25.0
+        ).start()
 
     def readiness(self) -> list[tuple[int, str]]:
-        answers = [httpx.get(url, timeout=5) for url in self.urls("/readyz")]
+        answers = [web.get(url, timeout=5) for url in self.urls("/readyz")]
         return [(answer.status_code, answer.json()["status"]) for answer in answers]
 
     def trips_together(self) -> bool:
         """Whether the fleet, from a reset, trips ``flaky`` after exactly THRESHOLD
         upstream failures counted across both replicas, and then refuses everywhere."""
         try:
-            reset = httpx.post(
+            reset = web.post(
                 f"{self.replicas[0].admin_url}/admin/breakers/flaky/reset", headers=AUTH, timeout=5
             )
         except httpx.TransportError:
@@ -69,7 +74,7 @@ class Fleet:
         labels = [
             answer_label(answer.status_code, answer.content)
             for answer in (
-                httpx.get(self.urls("/proxy/flaky/fail")[n % 2], timeout=5)
+                web.get(self.urls("/proxy/flaky/fail")[n % 2], timeout=5)
                 for n in range(_ROUND_REQUESTS)
             )
         ]
@@ -142,7 +147,7 @@ def test_fail_open_serves_through_a_redis_kill_and_agrees_again_after_it(
     # Each worker's fallback breaker still trips on a failing upstream, by itself.
     fallback = [
         answer_label(answer.status_code, answer.content)
-        for answer in (httpx.get(fleet.urls("/proxy/flaky/fail")[n % 2]) for n in range(40))
+        for answer in (web.get(fleet.urls("/proxy/flaky/fail")[n % 2]) for n in range(40))
     ]
     load.wait_for(10)
     fleet.redis.start()  # empty: nothing persisted
@@ -185,12 +190,12 @@ def test_fail_closed_answers_503_while_redis_is_dead(
     # Refused while Redis is surely dead (see settled, below).
     load.wait_for(10, after=killed_at + BACKEND_TIMEOUT + 0.3)
     readiness_down = fleet.readiness()
-    refused = httpx.get(fleet.urls("/proxy/api/ok")[0], timeout=5)
+    refused = web.get(fleet.urls("/proxy/api/ok")[0], timeout=5)
     restarting_at = time.monotonic()  # Redis may answer before start() returns
     fleet.redis.start()
     serving_after = until(
         lambda: all(
-            httpx.get(url, timeout=5).status_code == 200 for url in fleet.urls("/proxy/api/ok")
+            web.get(url, timeout=5).status_code == 200 for url in fleet.urls("/proxy/api/ok")
         ),
         AGREE_WITHIN,
     )
@@ -365,7 +370,7 @@ def test_a_redis_restarted_between_bursts_costs_no_stale_connection(
 
 
 def _backend_errors(url: str) -> float:
-    return metric(httpx.get(f"{url}/metrics", timeout=5).text, "fleetbreaker_backend_errors_total")
+    return metric(web.get(f"{url}/metrics", timeout=5).text, "fleetbreaker_backend_errors_total")
 
 
 # -- a Redis shared with another environment, or with a careless neighbour -------------
@@ -432,7 +437,7 @@ def test_a_trip_in_another_database_refuses_nothing_here(
         answers = [_fresh(process, "/proxy/pricing/ok") for _ in range(40)]
         assert [a.status_code for a in answers] == [200] * 40
         assert len({a.headers["x-fleetbreaker-instance"] for a in answers}) == 2
-        view = httpx.get(f"{process.admin_url}/admin/breakers/pricing", headers=AUTH).json()
+        view = web.get(f"{process.admin_url}/admin/breakers/pricing", headers=AUTH).json()
         assert (view["state"], view["generation"]) == ("closed", 0)
     finally:
         process.stop()
@@ -457,7 +462,7 @@ def test_a_forged_event_on_the_channel_refuses_nothing(
     publisher = redis_server.client()
     try:
         _both_workers(process, "/proxy/demo/ok")
-        before = httpx.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
+        before = web.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
         created_at = int(publisher.hget("breaker:{demo}", "created_at") or 0)
         forged = {
             "name": "demo",
@@ -475,7 +480,7 @@ def test_a_forged_event_on_the_channel_refuses_nothing(
             answers += [_fresh(process, "/proxy/demo/ok") for _ in range(4)]
             time.sleep(0.2)
         assert [a.status_code for a in answers] == [200] * len(answers)
-        after = httpx.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
+        after = web.get(f"{process.admin_url}/admin/breakers/demo", headers=AUTH).json()
         assert (after["state"], after["generation"]) == ("closed", before["generation"])
         assert "does not hold" in process.log()
     finally:

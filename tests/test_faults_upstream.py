@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import web
 from tests.support.faulty import FaultyUpstream
 from tests.support.gateway import AUTH
 from tests.support.gateway_process import GatewayProcess, gateway_with_redis
@@ -33,7 +34,10 @@ HUGE_MIB = 256
 
 
 def _gateway(
-    tmp_path_factory: pytest.TempPathFactory, faulty: FaultyUpstream, body_timeout: float
+    tmp_path_factory: pytest.TempPathFactory,
+    faulty: FaultyUpstream,
+    body_timeout: float,
+    per_try: float = PER_TRY,
 ) -> Iterator[GatewayProcess]:
     config = f"""
         [client]
@@ -43,7 +47,7 @@ def _gateway(
         reset_timeout = 300
         [defaults.retry]
         attempts = 1
-        per_try_timeout = {PER_TRY}
+        per_try_timeout = {per_try}
         [upstreams.broken]
         url = "{faulty.url}"
         [upstreams.refused]
@@ -64,19 +68,20 @@ def gateway(
 def roomy_gateway(
     tmp_path_factory: pytest.TempPathFactory, faulty: FaultyUpstream
 ) -> Iterator[GatewayProcess]:
-    """A gateway whose body_timeout leaves a huge body the time it needs."""
-    yield from _gateway(tmp_path_factory, faulty, 120.0)
+    """A gateway whose timeouts leave a huge body the time it needs, and its first
+    request too (a loaded machine took longer than PER_TRY to answer it: a 504)."""
+    yield from _gateway(tmp_path_factory, faulty, 120.0, per_try=10.0)
 
 
 def failures(gateway: GatewayProcess, name: str) -> int:
-    answer = httpx.get(f"{gateway.admin_url}/admin/breakers/{name}", headers=AUTH, timeout=5)
+    answer = web.get(f"{gateway.admin_url}/admin/breakers/{name}", headers=AUTH, timeout=5)
     answer.raise_for_status()
     count: int = answer.json()["failures"]
     return count
 
 
 def reset(gateway: GatewayProcess, name: str) -> None:
-    httpx.post(
+    web.post(
         f"{gateway.admin_url}/admin/breakers/{name}/reset", headers=AUTH, timeout=5
     ).raise_for_status()
 
@@ -100,7 +105,7 @@ def test_an_upstream_that_gives_no_response_is_a_json_error_and_a_failure(
 ) -> None:
     reset(gateway, upstream)
     started = time.monotonic()
-    answer = httpx.get(f"{gateway.url}/proxy/{upstream}{path}", timeout=10)
+    answer = web.get(f"{gateway.url}/proxy/{upstream}{path}", timeout=10)
     took = time.monotonic() - started
     assert (answer.status_code, answer.json()["error"]) == (status, error)
     assert answer.json()["upstream"] == upstream
@@ -117,7 +122,7 @@ def test_an_upstream_that_gives_no_response_is_a_json_error_and_a_failure(
 
 def broken_bodies(gateway: GatewayProcess) -> float:
     """``fleetbreaker_bodies_broken_total`` of upstream ``broken``, all errors."""
-    metrics = httpx.get(f"{gateway.admin_url}/metrics", timeout=5).text
+    metrics = web.get(f"{gateway.admin_url}/metrics", timeout=5).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
@@ -130,7 +135,7 @@ def _cut_short(gateway: GatewayProcess, path: str) -> tuple[int, int, str, float
     ended, and how long it took."""
     received = 0
     started = time.monotonic()
-    with httpx.stream("GET", f"{gateway.url}/proxy/broken{path}", timeout=10) as answer:
+    with web.stream("GET", f"{gateway.url}/proxy/broken{path}", timeout=10) as answer:
         try:
             for chunk in answer.iter_raw():
                 received += len(chunk)
@@ -189,7 +194,7 @@ def test_a_huge_body_streams_through_with_flat_memory(
     gateway = roomy_gateway
     reset(gateway, "broken")
     pid = _worker_pid(gateway)
-    assert httpx.get(f"{gateway.url}/proxy/broken/ok", timeout=5).status_code == 200  # warm
+    assert web.get(f"{gateway.url}/proxy/broken/ok", timeout=5).status_code == 200  # warm
     before = _rss_kib(pid)
     peak = before
     done = threading.Event()
@@ -205,7 +210,7 @@ def test_a_huge_body_streams_through_with_flat_memory(
     received = 0
     started = time.monotonic()
     try:
-        with httpx.stream("GET", f"{gateway.url}/proxy/broken/huge/{HUGE_MIB}", timeout=30) as r:
+        with web.stream("GET", f"{gateway.url}/proxy/broken/huge/{HUGE_MIB}", timeout=30) as r:
             status = r.status_code
             for chunk in r.iter_raw(1024 * 1024):
                 received += len(chunk)
@@ -228,9 +233,9 @@ def test_a_huge_body_streams_through_with_flat_memory(
 
 def test_a_healthy_answer_after_the_faults_is_a_success(gateway: GatewayProcess) -> None:
     reset(gateway, "broken")
-    httpx.get(f"{gateway.url}/proxy/broken/garbage", timeout=5)
+    web.get(f"{gateway.url}/proxy/broken/garbage", timeout=5)
     assert failures(gateway, "broken") == 1
-    answer = httpx.get(f"{gateway.url}/proxy/broken/ok", timeout=5)
+    answer = web.get(f"{gateway.url}/proxy/broken/ok", timeout=5)
     assert (answer.status_code, answer.text) == (200, "ok")
     # The success is batched (the gateway's default): it ends the streak in Redis
     # when its worker flushes it, within 50 ms and a poll of its events follower.
@@ -238,4 +243,4 @@ def test_a_healthy_answer_after_the_faults_is_a_success(gateway: GatewayProcess)
     while failures(gateway, "broken") != 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert failures(gateway, "broken") == 0
-    assert json.loads(httpx.get(f"{gateway.url}/readyz", timeout=5).text)["status"] == "ready"
+    assert json.loads(web.get(f"{gateway.url}/readyz", timeout=5).text)["status"] == "ready"

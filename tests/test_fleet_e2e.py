@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from app.localfleet.fleet import Fleet
+from tests.support import web
 from tests.support.load import Load
 from tests.support.reliability import Reliability, answer_label
 
@@ -89,21 +90,21 @@ def healthy(fleet: Fleet) -> None:
 
 
 def set_mode(fleet: Fleet, mode: str, delay: float = 0.0) -> None:
-    response = httpx.put(
+    response = web.put(
         f"{fleet.upstream_url}/mode", json={"mode": mode, "delay": delay}, timeout=5.0
     )
     response.raise_for_status()
 
 
 def hits(fleet: Fleet) -> int:
-    count: int = httpx.get(f"{fleet.upstream_url}/hits", timeout=5.0).json()["hits"]
+    count: int = web.get(f"{fleet.upstream_url}/hits", timeout=5.0).json()["hits"]
     return count
 
 
 def admin(fleet: Fleet, replica: int, method: str, path: str) -> httpx.Response:
     """An admin call sent to one replica's admin listener, as an operator would: it is
     never behind the load balancer."""
-    response = httpx.request(
+    response = web.request(
         method,
         f"{fleet.admin_urls[replica - 1]}{path}",
         headers={"Authorization": f"Bearer {fleet.admin_token}"},
@@ -434,9 +435,9 @@ def test_nginx_serves_none_of_the_admin_listeners_routes(fleet: Fleet, path: str
     """deploy/nginx.conf reaches the replicas' proxy ports only: the dashboard and the
     admin API must not share an origin with what upstreams serve through /proxy."""
     auth = {"Authorization": f"Bearer {fleet.admin_token}"}
-    answer = httpx.get(f"{fleet.lb_url}{path}", headers=auth, timeout=10.0)
+    answer = web.get(f"{fleet.lb_url}{path}", headers=auth, timeout=10.0)
     assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
     alive = [url for index, url in enumerate(fleet.admin_urls, 1) if fleet.replica(index).alive]
     assert alive  # a test above may have killed one replica, never all
     for replica in alive:
-        assert httpx.get(f"{replica}{path}", headers=auth, timeout=10.0).status_code == 200
+        assert web.get(f"{replica}{path}", headers=auth, timeout=10.0).status_code == 200

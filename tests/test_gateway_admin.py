@@ -18,18 +18,14 @@ from tests.support.gateway import (
     AUTH,
     Scenario,
     config_for,
-    gateway_client,
     gateway_config,
+    run_with_gateway,
 )
 from tests.support.upstream import Reply, Upstream
 
 
 def run(config: GatewayConfig, scenario: Scenario) -> None:
-    async def main() -> None:
-        async with gateway_client(config, ManualClock()) as client:
-            await scenario(client)
-
-    asyncio.run(main())
+    run_with_gateway(config, scenario, ManualClock())
 
 
 ADMIN_ROUTES = [

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.support import web
 from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow  # each test runs the gateway as a process
@@ -87,7 +87,7 @@ def still_open(sock: socket.socket) -> bool:
 
 def healthy(gateway: GatewayProcess) -> bool:
     """``/healthz`` on a fresh connection answers 200."""
-    return httpx.get(f"{gateway.url}/healthz", timeout=_BOUND).status_code == 200
+    return web.get(f"{gateway.url}/healthz", timeout=_BOUND).status_code == 200
 
 
 def rss_bytes(pid: int) -> int:

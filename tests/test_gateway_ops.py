@@ -4,7 +4,6 @@ listener answers each (the proxy's: ``/proxy``, ``/healthz``, a status-only
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from pathlib import Path
@@ -18,20 +17,16 @@ from tests.support.gateway import (
     AUTH,
     Scenario,
     config_for,
-    gateway_client,
     gateway_config,
     metric,
+    run_with_gateway,
 )
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
 
 def run(config: GatewayConfig, scenario: Scenario) -> None:
-    async def main() -> None:
-        async with gateway_client(config, ManualClock()) as client:
-            await scenario(client)
-
-    asyncio.run(main())
+    run_with_gateway(config, scenario, ManualClock())
 
 
 def test_healthz_is_ok_on_either_listener(tmp_path: Path) -> None:

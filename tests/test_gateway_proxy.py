@@ -3,24 +3,15 @@ both backends. Time is a ManualClock: no test waits for a breaker to reopen."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app import GatewayConfig
 from breaker.testing import ManualClock
-from tests.support.gateway import Scenario, config_for, gateway_client
+from tests.support.gateway import config_for
+from tests.support.gateway import run_with_gateway as run
 from tests.support.upstream import Reply, Upstream
-
-
-def run(config: GatewayConfig, scenario: Scenario, clock: ManualClock | None = None) -> None:
-    async def main() -> None:
-        async with gateway_client(config, clock) as client:
-            await scenario(client)
-
-    asyncio.run(main())
 
 
 def test_request_is_forwarded_with_method_path_query_headers_and_body(

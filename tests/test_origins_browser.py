@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
+from tests.support import web
 from tests.support.browser import chromium
 from tests.support.gateway import AUTH, TOKEN
 from tests.support.gateway_process import GatewayProcess
@@ -95,7 +95,7 @@ def browser() -> Iterator[Browser]:
 
 
 def state_of(gateway: GatewayProcess, name: str) -> str:
-    response = httpx.get(f"{gateway.admin_url}/admin/breakers/{name}", headers=AUTH, timeout=5)
+    response = web.get(f"{gateway.admin_url}/admin/breakers/{name}", headers=AUTH, timeout=5)
     state: str = response.json()["state"]
     return state
 

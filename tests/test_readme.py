@@ -97,7 +97,7 @@ def run_block(
 
 
 def test_the_pages_have_the_blocks_these_tests_expect() -> None:
-    assert len(BLOCKS) == 8
+    assert len(BLOCKS) == 10
     assert len(TOMLS) == 2
 
 

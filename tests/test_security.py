@@ -38,6 +38,7 @@ from breaker import (
 )
 from breaker._keys import BreakerKeys
 from tests.conftest import Harness
+from tests.support import web
 from tests.support.gateway import AUTH, TOKEN, gateway_config
 from tests.support.gateway_process import GatewayProcess
 from tests.support.ports import free_port
@@ -701,19 +702,17 @@ def test_the_token_never_reaches_the_logs(
     )
     process.start()
     try:
-        import httpx
-
         admin = process.admin_url
         answers = [
-            httpx.get(f"{admin}/admin/breakers", headers=AUTH, timeout=5),
-            httpx.get(
+            web.get(f"{admin}/admin/breakers", headers=AUTH, timeout=5),
+            web.get(
                 f"{admin}/admin/breakers",
                 headers={"Authorization": f"Bearer {wrong}"},
                 timeout=5,
             ),
-            httpx.get(f"{admin}/admin/breakers?token={TOKEN}", timeout=5),
-            httpx.get(f"{admin}/admin/breakers?access_token={wrong}", timeout=5),
-            httpx.get(f"{process.url}/proxy/api/x", headers=AUTH, timeout=5),
+            web.get(f"{admin}/admin/breakers?token={TOKEN}", timeout=5),
+            web.get(f"{admin}/admin/breakers?access_token={wrong}", timeout=5),
+            web.get(f"{process.url}/proxy/api/x", headers=AUTH, timeout=5),
         ]
     finally:
         process.stop()
@@ -766,9 +765,9 @@ def test_hostile_breaker_names_only_ever_touch_their_own_keys(
     assert present <= own_keys
     assert {BreakerKeys.of("breaker", name).state for name in HOSTILE_NAMES} <= present
     reliability.record(
-        f"test_security::breaker_names[{harness.kind}]",
+        f"test_security::breaker_names[{harness.lane}]",
         f"{len(HOSTILE_NAMES)} hostile breaker names through the library API "
-        f"(`}}`, `{{...}}`, `*`, another breaker's key, CR/LF, NUL), {harness.kind} backend",
+        f"(`}}`, `{{...}}`, `*`, another breaker's key, CR/LF, NUL), {harness.lane} lane",
         answers=["own keys only"] * len(HOSTILE_NAMES),
         lost="nothing: every key written is the name's own (escaped inside its hash tag); "
         "the victim breaker's state is unchanged",

@@ -37,9 +37,10 @@ from breaker._transport import BreakerTransport
 from breaker.testing import ManualClock, set_testing
 from tests.conftest import Harness
 from tests.support.faulty import FaultyUpstream
+from tests.support.lanes import harness_config
 from tests.support.upstream import Reply, Upstream
 
-NO_TRIP = BreakerConfig(failure_threshold=1_000_000)
+NO_TRIP = harness_config(failure_threshold=1_000_000)
 ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 # A request waits at most this long for a pooled connection: a response left open
 # by a retry would hold the only one.
@@ -346,7 +347,7 @@ def test_retry_after_is_capped(caller: Caller) -> None:
 
 def test_an_open_breaker_stops_the_retries_and_spares_the_upstream(caller: Caller) -> None:
     caller.upstream.plan("/down", Reply(503))
-    config = BreakerConfig(failure_threshold=2)
+    config = harness_config(failure_threshold=2)
     with pytest.raises(CircuitOpenError) as caught:
         caller.send("GET", "/down", retry=RetryPolicy(attempts=5), config=config)
     assert (len(caller.upstream.hits_on("/down")), attempts_of(caught.value)) == (2, 2)
@@ -361,7 +362,7 @@ def test_each_origin_has_its_own_breaker(caller: Caller) -> None:
     other.start()
     try:
         caller.upstream.plan("/x", Reply(500))
-        config = BreakerConfig(failure_threshold=1)
+        config = harness_config(failure_threshold=1)
         caller.send("GET", "/x", config=config)
         with pytest.raises(CircuitOpenError):
             caller.send("GET", "/x", config=config)
@@ -384,7 +385,7 @@ def test_a_naming_function_can_share_one_breaker_across_origins(upstream: Upstre
     try:
         upstream.plan("/x", Reply(500))
         transport = SyncResilientTransport(
-            breaker_config=BreakerConfig(failure_threshold=1),
+            breaker_config=harness_config(failure_threshold=1),
             breaker_name=lambda request: "partner-api",
             clock=ManualClock(),
         )
@@ -495,7 +496,7 @@ def test_a_stalled_body_is_cut_by_the_async_deadline_or_the_sync_read_timeout(
 def test_a_reader_that_stops_early_leaves_the_headers_success_standing(
     harness: Harness, faulty: FaultyUpstream
 ) -> None:
-    config = BreakerConfig(failure_threshold=1)
+    config = harness_config(failure_threshold=1)
     transport = SyncResilientTransport(redis=harness.client, breaker_config=config)
     with (
         httpx.Client(transport=transport, timeout=POOL_WAIT) as http,
@@ -534,7 +535,7 @@ def test_a_half_open_trial_holds_its_lease_until_its_body_ends(
     harness: Harness, upstream: Upstream
 ) -> None:
     upstream.plan("/t", Reply(500), Reply(200, body=b"trial"), Reply(200))
-    config = BreakerConfig(failure_threshold=1, reset_timeout=1.0, half_open_max_calls=1)
+    config = harness_config(failure_threshold=1, reset_timeout=1.0, half_open_max_calls=1)
     transport = SyncResilientTransport(
         redis=harness.client,
         retry=RetryPolicy(attempts=1),
@@ -696,7 +697,7 @@ def test_a_breaker_whose_body_is_still_to_come_is_not_evicted(
 
 
 def test_an_open_breaker_is_not_evicted(origins: Callable[..., Origins]) -> None:
-    client = origins(max_breakers=2, breaker_config=BreakerConfig(failure_threshold=1))
+    client = origins(max_breakers=2, breaker_config=harness_config(failure_threshold=1))
     assert client.get("http://down.test/").status_code == 500  # opens it
     opened = client.breaker("http://down.test/")
     for number in range(10):
@@ -728,8 +729,8 @@ def test_only_breakers_named_by_origin_keep_their_keys_hours_not_a_week(
 
     through("http://by-origin.test/")
     through("http://named.test/", breaker_name=lambda request: "partner")
-    through("http://set.test/", breaker_config=BreakerConfig(key_ttl=48 * 3600.0))
-    long_open = BreakerConfig(reset_timeout=60.0, reset_timeout_max=8 * 3600.0)
+    through("http://set.test/", breaker_config=harness_config(key_ttl=48 * 3600.0))
+    long_open = harness_config(reset_timeout=60.0, reset_timeout_max=8 * 3600.0)
     through("http://long-open.test/", breaker_config=long_open)
     assert 5.9 < key_hours(sync_redis, "http://by-origin.test:80") <= 6.0
     assert week - 0.1 < key_hours(sync_redis, "partner") <= week  # an upstream's, say

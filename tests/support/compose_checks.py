@@ -35,6 +35,7 @@ import httpx
 
 from app.proxy.errors import ATTEMPTS_HEADER
 from app.server.main import INSTANCE_HEADER
+from tests.support import web
 from tests.support.load import Load
 
 FLEET_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "fleet.toml"
@@ -73,7 +74,7 @@ class Fleet:
             return client.get(path)
 
     def admin(self, method: str, path: str) -> httpx.Response:
-        return httpx.request(
+        return web.request(
             method,
             f"{self.admin_url}{path}",
             headers={"Authorization": f"Bearer {self.token}"},
@@ -81,13 +82,13 @@ class Fleet:
         )
 
     def set_mode(self, mode: str, delay: float = 0.0) -> None:
-        response = httpx.put(
+        response = web.put(
             f"{self.upstream}/mode", json={"mode": mode, "delay": delay}, timeout=_TIMEOUT
         )
         response.raise_for_status()
 
     def hits(self) -> int:
-        count: int = httpx.get(f"{self.upstream}/hits", timeout=_TIMEOUT).json()["hits"]
+        count: int = web.get(f"{self.upstream}/hits", timeout=_TIMEOUT).json()["hits"]
         return count
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.localfleet.services import fleetbreaker_command, http_ok
+from app.localfleet.services import http_ok, serve_command
 from tests.support.gateway import TOKEN
 from tests.support.ports import free_port
 from tests.support.servers import RedisServer
@@ -62,14 +62,7 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 [
                     *self.prefix,
-                    *fleetbreaker_command(),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--admin-port",
-                    str(self.admin_port),
-                    "--workers",
-                    str(self.workers),
+                    *serve_command(self.port, self.admin_port, workers=self.workers),
                     *self.extra_args,
                 ],
                 env=self.environ,

@@ -15,9 +15,24 @@ from typing import Any
 
 import pytest
 
+from breaker import BreakerConfig
 from breaker._store.backend import Backend
 from breaker._store.local import LocalEngine
 from breaker._types import SCRIPT_NAMES
+
+#: The harnesses' breakers (library and gateway) are no test of timeouts, and their
+#: clock is a ManualClock: one command slowed past the default 0.25 s by a loaded
+#: machine (a Cluster's first call loads the library on every primary) would leave
+#: the backend backing off for the rest of the test, since that clock never moves
+#: on its own.
+HARNESS_BACKEND_TIMEOUT = 5.0
+
+
+def harness_config(**settings: Any) -> BreakerConfig:
+    """A ``BreakerConfig`` as the harness's breakers get theirs: ``backend_timeout`` is
+    ``HARNESS_BACKEND_TIMEOUT`` unless the test sets one (a test of timeouts does)."""
+    settings.setdefault("backend_timeout", HARNESS_BACKEND_TIMEOUT)
+    return BreakerConfig(**settings)
 
 
 class EngineClient:

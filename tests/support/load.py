@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 
 from app.server.main import INSTANCE_HEADER
+from tests.support import web
 from tests.support.reliability import answer_label
 
 
@@ -32,7 +33,9 @@ class Load:
     """``clients`` threads, each sending GETs to ``urls`` in turn, until ``stop()``,
     ``max_requests`` in all, or ``max_seconds``. Each request goes on a fresh
     connection (so the kernel spreads them over a replica's workers), or with
-    ``keep_alive`` each thread keeps one client (as behind a load balancer)."""
+    ``keep_alive`` each thread keeps one client (as behind a load balancer). With
+    ``rate``, each thread sends at most that many requests a second: steady traffic
+    through a fault, without taking the cores its gateways need."""
 
     def __init__(
         self,
@@ -43,8 +46,10 @@ class Load:
         max_seconds: float = 30.0,
         timeout: float = 10.0,
         keep_alive: bool = False,
+        rate: float | None = None,
     ) -> None:
         self.urls = urls
+        self._interval = 0.0 if rate is None else 1.0 / rate
         self._keep_alive = keep_alive
         self.answers: list[Answer] = []
         self._clients = clients
@@ -88,7 +93,13 @@ class Load:
         return sorted(self.answers, key=lambda answer: answer.started)
 
     def _run(self, number: int) -> None:
-        with httpx.Client(timeout=self._timeout) as kept:
+        # Each thread's own clients: one keeps its connection, one opens a new one
+        # per request (web.fresh_client; httpx.get() would build an SSL context each
+        # time, most of a core at this pace).
+        with (
+            httpx.Client(timeout=self._timeout) as kept,
+            web.fresh_client(self._timeout) as fresh,
+        ):
             sent = 0
             while not self._stopped.is_set() and time.monotonic() < self._ends:
                 with self._lock:
@@ -96,10 +107,11 @@ class Load:
                         return
                 url = self.urls[(number + sent) % len(self.urls)]
                 sent += 1
-                self._send(kept.get if self._keep_alive else self._fresh_get, url)
-
-    def _fresh_get(self, url: str) -> httpx.Response:
-        return httpx.get(url, timeout=self._timeout)
+                started = time.monotonic()
+                self._send(kept.get if self._keep_alive else fresh.get, url)
+                pause = started + self._interval - time.monotonic()
+                if pause > 0:
+                    self._stopped.wait(pause)
 
     def _send(self, get: Callable[[str], httpx.Response], url: str) -> None:
         started = time.monotonic()

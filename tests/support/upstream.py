@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class Upstream:
     def __init__(self) -> None:
         self.port = free_port()
         self.hits: list[Hit] = []
+        #: Requests it is answering now, and the most it ever answered at once.
+        self.in_flight = 0
+        self.most_in_flight = 0
         self._plans: dict[str, list[Reply]] = {}
         self._served: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -76,6 +80,7 @@ class Upstream:
             self.hits.clear()
             self._plans.clear()
             self._served.clear()
+            self.in_flight = self.most_in_flight = 0
         if self._server is None:
             self.start()
 
@@ -135,6 +140,26 @@ class Upstream:
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        answering = [True]
+
+        def done() -> None:
+            # Once, and before the last bytes go: a client may have them, and send
+            # its next request, before a send() that wrote them returns here.
+            if answering.pop() if answering else False:
+                with self._lock:
+                    self.in_flight -= 1
+
+        try:
+            await self._answer(scope, receive, send, done)
+        finally:
+            done()
+
+    async def _answer(
+        self, scope: dict[str, Any], receive: Any, send: Any, done: Callable[[], None]
+    ) -> None:
         body = b""
         while True:
             message = await receive()
@@ -171,4 +196,5 @@ class Upstream:
             {"type": "http.response.start", "status": reply.status, "headers": response_headers}
         )
         await self._pause(reply.delay_body)
+        done()
         await send({"type": "http.response.body", "body": reply.body})
