@@ -169,19 +169,22 @@ def test_made_here_listener_hears_only_this_objects_transitions(
     made_here: list[str] = []
     made_there: list[str] = []
     heard_there: list[str] = []
+    tripped = threading.Event()
     done = threading.Event()
     here.add_listener(lambda event: made_here.append(event.reason), made_here_only=True)
     there.add_listener(lambda event: made_there.append(event.reason), made_here_only=True)
 
     def hear(event: TransitionEvent) -> None:
         heard_there.append(event.reason)
-        if event.reason == "reset":
-            done.set()
+        (done if event.reason == "reset" else tripped).set()
 
     there.add_listener(hear)
     there.follow_events()
     assert there.follow_events(timeout=_DELIVERY_TIMEOUT)
     fail(here)  # here opens it
+    # there hears the trip through the channel: a reset made before it arrives would
+    # make it stale (listeners hear each version once, the newest first), so wait.
+    assert tripped.wait(_DELIVERY_TIMEOUT)
     there.reset()  # there closes it
     assert done.wait(_DELIVERY_TIMEOUT)
     assert made_here == ["failure_threshold"]

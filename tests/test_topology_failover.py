@@ -40,11 +40,14 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 3
 RATE = 70.0  # calls per second per worker: about 200 for the three
-LOAD_SECONDS = 9.0
+LOAD_SECONDS = 9.0  # the load's least length (a slow failover makes it longer)
+LOAD_CEILING = LOAD_SECONDS + 30.0  # and its most
 FAULT_AFTER = 2.0  # seconds of load before the fault
 # The backend's backoff is capped at 1 s: after the new primary answers, each
 # process asks again within a second (and a call interval).
 BACKOFF_BOUND = 1.0 + 1.0 / RATE
+#: Seconds of load after that bound: every call decided with Redis again.
+AFTER_RECOVERY = 1.0
 # A window longer than the whole test: counts compared before and after the load must
 # not lose the load's first buckets as they slide out (the default window is 10 s).
 SETTINGS: dict[str, Any] = {
@@ -60,6 +63,7 @@ class Run:
     logs: list[Log]
     fault_at: float
     answered_after: float  # seconds from the fault until the new primary answered
+    loaded_for: float  # seconds the load ran
 
     @property
     def labels(self) -> list[str]:
@@ -91,16 +95,20 @@ def workers_on() -> Iterator[Callable[[str], Workers]]:
 
 def under_load(workers: Workers, fault: Callable[[], float]) -> Run:
     """Load on every worker; ``fault`` after FAULT_AFTER s returns the seconds until
-    the new primary answered."""
+    the new primary answered. The load runs LOAD_SECONDS at least, and until
+    AFTER_RECOVERY s past the bound on coming back (BACKOFF_BOUND after the new
+    primary answered): a slow failover is loaded to its end, so the bound is checked
+    and the calls that follow find every process on Redis."""
     workers.ask_all("calls", 5)  # connected, subscribed, the library loaded
-    workers.send_all("load", LOAD_SECONDS, RATE)
-    deadline = time.monotonic() + FAULT_AFTER
-    while time.monotonic() < deadline:  # the load runs meanwhile; nothing to wait for
-        time.sleep(0.05)
+    started = time.monotonic()
+    workers.send_all("load", LOAD_CEILING, RATE)
+    time.sleep(FAULT_AFTER)  # the load runs meanwhile; nothing to wait for
     fault_at = time.monotonic()
     answered_after = fault()
-    logs = workers.receive_all()
-    return Run(logs, fault_at, answered_after)
+    recovered = fault_at + answered_after + BACKOFF_BOUND + AFTER_RECOVERY
+    time.sleep(max(0.0, max(started + LOAD_SECONDS, recovered) - time.monotonic()))
+    logs = workers.ask_all("stop_load")
+    return Run(logs, fault_at, answered_after, time.monotonic() - started)
 
 
 def exact_afterwards(workers: Workers, store: Any) -> None:
@@ -122,6 +130,8 @@ def check(run: Run) -> None:
     assert not errors, errors
     assert all(log.versions_monotone for log in run.logs)
     assert sum(log.calls for log in run.logs) >= 0.9 * WORKERS * RATE * LOAD_SECONDS
+    # The load outlasted the failover: each process's last calls were decided with Redis.
+    assert [log.last for log in run.logs] == ["redis"] * WORKERS, run.logs
 
 
 def test_a_graceful_cluster_failover_decides_every_call_with_redis(

@@ -35,6 +35,7 @@ class Log:
     first_alone: float | None = None
     last_alone: float | None = None
     versions_monotone: bool = True
+    last: str = ""  # how the last call was decided
     errors: list[str] = field(default_factory=list)
 
 
@@ -59,7 +60,7 @@ def serve(conn: Connection, url: str, settings: dict[str, Any]) -> None:
             conn.send("bye")
             return
         if command == "load":
-            conn.send(_load(cb, decided, *args))
+            conn.send(_load(cb, decided, *args, stop=conn))
         elif command == "calls":
             for _ in range(args[0]):
                 with cb:
@@ -81,16 +82,21 @@ def serve(conn: Connection, url: str, settings: dict[str, Any]) -> None:
             conn.send("ok")
 
 
-def _load(cb: CircuitBreaker, decided: _Decided, seconds: float, rate: float) -> Log:
-    """Calls at ``rate`` per second for ``seconds`` (bounded in count and time)."""
+def _load(
+    cb: CircuitBreaker, decided: _Decided, seconds: float, rate: float, *, stop: Connection
+) -> Log:
+    """Calls at ``rate`` per second for at most ``seconds`` (bounded in count and
+    time), or until a ``("stop_load",)`` arrives on ``stop``."""
     log = Log()
     interval = 1.0 / rate
     started = time.monotonic()
     last_version: tuple[int, int] = (-1, -1)
     for index in range(int(seconds * rate)):
         due = started + index * interval
-        if (wait := due - time.monotonic()) > 0:
-            time.sleep(wait)
+        if stop.poll(max(0.0, due - time.monotonic())):
+            command = stop.recv()
+            assert command == ("stop_load",), command
+            break
         if time.monotonic() - started > seconds + 5.0:
             break  # a slow machine: bounded in time too
         try:
@@ -103,6 +109,7 @@ def _load(cb: CircuitBreaker, decided: _Decided, seconds: float, rate: float) ->
             decided.last = "error"
         log.calls += 1
         log.by[decided.last] = log.by.get(decided.last, 0) + 1
+        log.last = decided.last
         if decided.last != "redis":
             now = time.monotonic()
             log.first_alone = log.first_alone or now
