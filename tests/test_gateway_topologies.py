@@ -47,6 +47,7 @@ from breaker import (
 from breaker.fastapi import Upstream as FastAPIUpstream
 from breaker.fastapi import lifespan, resilience_of
 from tests.support.gateway import ADMIN, AUTH, gateway_client, gateway_config
+from tests.support.lanes import HARNESS_BACKEND_TIMEOUT
 from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.support.topology import LocalCluster, SentinelSet, close_topology_client
@@ -178,9 +179,13 @@ def _readyz(url: str, toml: str, tmp_path: Path) -> httpx.Response:
     return answers[0]
 
 
-FAIL_CLOSED = """
+# A roomy backend_timeout: /readyz asks Redis within it, and beside the full parallel
+# suite the default 0.25 s once expired on a healthy server (a test of what readyz
+# says, not of how fast).
+FAIL_CLOSED = f"""
 [defaults.breaker]
 on_backend_error = "fail_closed"
+backend_timeout = {HARNESS_BACKEND_TIMEOUT}
 [upstreams.api]
 url = "http://127.0.0.1:9"
 """

@@ -116,9 +116,13 @@ def exact_afterwards(workers: Workers, store: Any) -> None:
     operator = BreakerOperator(store)
     try:
         before = operator.snapshot(NAME)
-        assert workers.ask_all("calls", 20) == [20] * WORKERS
+        assert workers.ask_all("calls", 20) == [{"redis": 20}] * WORKERS
         after = operator.snapshot(NAME)
-        assert after.window_calls - before.window_calls == 20 * WORKERS
+        counted = after.window_calls - before.window_calls
+        if counted != 20 * WORKERS:  # which server each process reaches, and the store's
+            reached = workers.ask_all("server")
+            port = store.config_get("port")["port"]
+            raise AssertionError(f"{counted} counted; processes reach {reached}, store {port}")
         views = workers.ask_all("view")
         assert views == [("closed", (after.created_at, after.generation))] * WORKERS
     finally:

@@ -53,6 +53,9 @@ from .wire import (
 
 logger = logging.getLogger("breaker")
 
+#: The gives of leases granted to cancelled takers, while they run.
+_ORPHANS: set[asyncio.Task[None]] = set()
+
 
 class Bulkhead:
     """A fleet-wide limit on the calls in flight through it.
@@ -314,7 +317,9 @@ class Bulkhead:
         lane, occupancy = task.result()
         if occupancy.granted:
             lease = self._holding(lease_id, lane)
-            task.get_loop().create_task(lease.arelease())
+            giving = task.get_loop().create_task(lease.arelease())
+            _ORPHANS.add(giving)  # held until done: the loop keeps weak references only
+            giving.add_done_callback(_ORPHANS.discard)
 
     def _renew(self) -> None:
         self._drive(self._renewing())

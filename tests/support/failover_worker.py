@@ -48,7 +48,8 @@ class _Decided(BreakerListener):
 
 
 def serve(conn: Connection, url: str, settings: dict[str, Any]) -> None:
-    cb = CircuitBreaker(NAME, redis=redis_from_url(url), **settings)
+    client = redis_from_url(url)
+    cb = CircuitBreaker(NAME, redis=client, **settings)
     decided = _Decided()
     cb.add_listener(decided)
     cb.follow_events(timeout=10.0)
@@ -61,11 +62,18 @@ def serve(conn: Connection, url: str, settings: dict[str, Any]) -> None:
             return
         if command == "load":
             conn.send(_load(cb, decided, *args, stop=conn))
-        elif command == "calls":
+        elif command == "calls":  # answers how each was decided: {"redis": n, ...}
+            by: dict[str, int] = {}
             for _ in range(args[0]):
                 with cb:
                     pass
-            conn.send(args[0])
+                by[decided.last] = by.get(decided.last, 0) + 1
+            conn.send(by)
+        elif command == "server":  # the port of the server this process's client reaches
+            try:
+                conn.send(int(client.config_get("port")["port"]))
+            except Exception as exc:  # a diagnosis: whatever it is, said
+                conn.send(f"{type(exc).__name__}: {exc}")
         elif command == "view":
             view = cb._engine.shared.view  # the process's local view: what it decides by
             conn.send(None if view is None else (view.state, view.version))
