@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -76,6 +78,14 @@ class BreakerConfig:
     prefix: str = "breaker"
     #: Seconds every key lives after its last write, so abandoned breakers vanish.
     key_ttl: float = 7 * 24 * 3600.0
+    #: Distinct voters (instances) whose failures a trip needs besides its condition:
+    #: an integer >= 1, or a fraction in (0, 1), that share of the voters live in the
+    #: window, rounded up. 1: no quorum (any process's failures count alone). With a
+    #: quorum, a process whose own failures alone would trip isolates itself instead.
+    quorum: float = 1
+    #: This process's voter: its instance, shared by the workers of one replica so
+    #: that one node never makes a quorum by itself. None: the host name.
+    voter: str | None = None
 
     def __post_init__(self) -> None:
         _at_least("failure_threshold", self.failure_threshold, 1)
@@ -132,6 +142,9 @@ class BreakerConfig:
         if self.failure_predicate is not None and not callable(self.failure_predicate):
             raise ConfigurationError("failure_predicate", "must be callable")
         check_prefix(self.prefix)
+        check_quorum(self.quorum)
+        if self.voter is not None:
+            check_voter(self.voter)
 
     def classify(self, error: BaseException | None, result: object = None) -> Outcome:
         """How a call that raised ``error`` (or returned ``result``) counts: success,
@@ -185,6 +198,8 @@ class BreakerSettings(TypedDict, total=False):
     batch_interval: Seconds | None
     prefix: str
     key_ttl: Seconds
+    quorum: float
+    voter: str | None
 
 
 def make_config(settings: BreakerSettings) -> BreakerConfig:
@@ -219,6 +234,37 @@ def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
         kind = "a number of seconds >= 0" if zero else "a positive number of seconds"
         raise ConfigurationError(name, f"must be {kind}, got {value!r}")
     return float(value)
+
+
+def check_quorum(value: object) -> None:
+    """An integer >= 1 (a float that is one too), or a fraction strictly between 0 and 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (0 < value < 1 or (value >= 1 and value == int(value)))
+    ):
+        raise ConfigurationError(
+            "quorum", f"must be an integer >= 1 or a fraction between 0 and 1, got {value!r}"
+        )
+
+
+_VOTER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_voter(value: object) -> str:
+    """A voter id: 1 to 64 letters, digits, '.', '_' or '-' (a host or instance name)."""
+    if not isinstance(value, str) or not _VOTER.fullmatch(value):
+        raise ConfigurationError(
+            "voter", f"must be 1 to 64 letters, digits, '.', '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def host_voter() -> str:
+    """The host name as a voter id (characters a voter cannot hold become '-')."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "host"
 
 
 def _rate(name: str, value: object, *, allow_zero: bool) -> None:

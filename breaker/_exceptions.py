@@ -28,11 +28,21 @@ class CircuitOpenError(BreakerError):
     ``reset_timeout``, a hint, since only a reset ends that state.
     """
 
-    def __init__(self, name: str, retry_after: float, *, state: str = "open") -> None:
-        super().__init__(f"circuit {name!r} is {state}; retry after {retry_after:.3f}s")
+    def __init__(
+        self, name: str, retry_after: float, *, state: str = "open", reason: str = ""
+    ) -> None:
+        why = (
+            " (this process isolated itself: its own failures alone would trip)"
+            if (reason == "isolated")
+            else ""
+        )
+        super().__init__(f"circuit {name!r} is {state}{why}; retry after {retry_after:.3f}s")
         self.name = name
         self.retry_after = retry_after
         self.state = state
+        #: "isolated": the fleet's breaker is closed, but this process refuses its own
+        #: calls (quorum); "" otherwise.
+        self.reason = reason
 
 
 class BulkheadFullError(BreakerError):

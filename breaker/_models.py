@@ -150,6 +150,11 @@ class BreakerSnapshot:
     #: a rate of -1: off); the digest of the process that stored them is ``digest``.
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
     digest: str = ""
+    #: Under a quorum: the voters of the current failure streak, the voters live in
+    #: the window, and the processes isolated now (process id -> until, epoch ms).
+    streak_voters: tuple[str, ...] = ()
+    live_voters: int = 0
+    isolated: dict[str, int] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -30,7 +30,17 @@
 -- failure_rate_threshold and slow_call_rate_threshold (-1: off), slow_call_duration
 -- (0: off), minimum_calls, reset_timeout, reset_timeout_max (0: no growth),
 -- reset_timeout_multiplier, reset_timeout_jitter, half_open_max_calls,
--- half_open_lease, settings (their digest) and settings_at (when stored).
+-- half_open_lease, quorum, settings (their digest) and settings_at (when stored).
+--
+-- Quorum (a setting): a trip needs its condition and votes from at least `quorum`
+-- distinct voters (instances) among the failures it counts; a fraction below 1 is that
+-- share of the voters live in the window, rounded up, at least 1. 1 (the default) is
+-- no quorum: no vote is kept. Votes: the current streak's voters in the state hash
+-- (`voters`, comma-separated), and per bucket in the window hash ("<bucket>:F:<voter>"
+-- for a failure, "<bucket>:S:<voter>" for a slow call), expiring with their bucket.
+-- Liveness: "live:<voter>" in the state hash, the epoch ms of the voter's last
+-- heartbeat (sent with calls it makes anyway). "isolated:<process>": until when a
+-- process refuses its own calls, its own failures alone being enough to trip.
 --
 -- TTLs: every key expires key_ttl after it was last refreshed, and keys are refreshed
 -- when the state changes and on the first call of each window bucket: a key expires
@@ -41,18 +51,18 @@ local SETTINGS = {
   'success_threshold', 'failure_rate_threshold', 'slow_call_rate_threshold',
   'slow_call_duration', 'minimum_calls', 'reset_timeout', 'reset_timeout_max',
   'reset_timeout_multiplier', 'reset_timeout_jitter', 'half_open_max_calls',
-  'half_open_lease',
+  'half_open_lease', 'quorum',
 }
 local DEFAULTS = {
   name = '', channel = '', key_ttl = 604800000, window_bucket = 1000, buckets = 10,
   failure_threshold = 5, success_threshold = 1, failure_rate_threshold = -1,
   slow_call_rate_threshold = -1, slow_call_duration = 0, minimum_calls = 10,
   reset_timeout = 10000, reset_timeout_max = 0, reset_timeout_multiplier = 2,
-  reset_timeout_jitter = 0, half_open_max_calls = 1, half_open_lease = 10000,
+  reset_timeout_jitter = 0, half_open_max_calls = 1, half_open_lease = 10000, quorum = 1,
 }
 local STATE = {
   'state', 'created_at', 'generation', 'failures', 'last_failure_at', 'opened_at',
-  'open_until', 'reopens', 'trial_successes',
+  'open_until', 'reopens', 'trial_successes', 'voters',
 }
 -- The layout of every reply, written once (REPLY_FIELDS in breaker/_wire.py reads it
 -- by name; tests/test_contract.py ties the two).
@@ -96,6 +106,7 @@ local function state_from(h, now)
     open_until = tonumber(h.open_until) or 0,
     reopens = tonumber(h.reopens) or 0,
     trial_successes = tonumber(h.trial_successes) or 0,
+    voters = h.voters or '',
   }
 end
 
@@ -122,6 +133,7 @@ local function load(c)
     h[flat[i]] = flat[i + 1]
   end
   c.existed = #flat > 0
+  c.h = h
   c.s = state_from(h, c.now)
   c.loaded = {}
   for field, value in pairs(c.s) do
@@ -133,6 +145,9 @@ local function load(c)
     local pairs_out = { 'settings', c.digest, 'settings_at', int(c.now) }
     for _, field in ipairs(SETTINGS) do
       local value = offered[field]
+      if value == nil then
+        value = DEFAULTS[field]  -- left out at its default (quorum): the digest is older
+      end
       h[field] = type(value) == 'number' and string.format('%.17g', value) or value
       pairs_out[#pairs_out + 1] = field
       pairs_out[#pairs_out + 1] = h[field]
@@ -173,7 +188,8 @@ local function save(c)
     local flat = {}
     for _, field in ipairs(STATE) do
       flat[#flat + 1] = field
-      flat[#flat + 1] = field == 'state' and c.s.state or int(c.s[field])
+      local value = c.s[field]
+      flat[#flat + 1] = type(value) == 'string' and value or int(value)
     end
     redis.call('HSET', c.keys[1], unpack(flat))
     c.refresh = true
@@ -262,6 +278,7 @@ end
 local function to_closed(c, reason)
   local s = c.s
   s.failures = 0
+  s.voters = ''
   s.reopens = 0
   s.trial_successes = 0
   s.open_until = 0
@@ -280,7 +297,7 @@ end
 -- "floor:*") are no counters and are left alone.
 local function window_sums(key, current, buckets, prune)
   local flat = redis.call('HGETALL', key)
-  local sums = { c = 0, f = 0, s = 0, r = 0, t = 0, d = 0, x = 0 }
+  local sums = { c = 0, f = 0, s = 0, r = 0, t = 0, d = 0, x = 0, F = {}, S = {} }
   local expired = {}
   local oldest = current - buckets + 1
   for i = 1, #flat, 2 do
@@ -292,7 +309,12 @@ local function window_sums(key, current, buckets, prune)
       expired[#expired + 1] = flat[i]
     else
       local kind = string.sub(flat[i], sep + 1)
-      sums[kind] = sums[kind] + tonumber(flat[i + 1])
+      local voted = string.sub(kind, 2, 2) == ':'
+      if voted then
+        sums[string.sub(kind, 1, 1)][string.sub(kind, 3)] = true
+      else
+        sums[kind] = sums[kind] + tonumber(flat[i + 1])
+      end
     end
   end
   if prune and #expired > 0 then
@@ -321,6 +343,97 @@ local function count(c, calls, failures, slows, rejections)
   end
   if rejections > 0 and redis.call('HINCRBY', key, prefix .. 'x', rejections) == rejections then
     c.refresh = true
+  end
+end
+
+-- The voters live in the window (a heartbeat within it), and the "live:" fields of
+-- those that are not (to delete, where the call may write).
+local function live_voters(c)
+  local live, stale = 0, {}
+  local horizon = c.now - c.cfg.buckets * c.cfg.window_bucket
+  for field, value in pairs(c.h) do
+    if string.sub(field, 1, 5) == 'live:' then
+      if tonumber(value) > horizon then
+        live = live + 1
+      else
+        stale[#stale + 1] = field
+      end
+    end
+  end
+  return live, stale
+end
+
+local function size(set)
+  local n = 0
+  for _ in pairs(set) do
+    n = n + 1
+  end
+  return n
+end
+
+local function streak_voters(voters)
+  local set = {}
+  for voter in string.gmatch(voters, '[^,]+') do
+    set[voter] = true
+  end
+  return set
+end
+
+-- Whether ``votes`` distinct voters are a quorum now. A fraction counts the live
+-- voters, and forgets those no longer live.
+local function quorate(c, votes)
+  local q = c.cfg.quorum
+  if q == 1 then
+    return true
+  elseif q > 1 then
+    return votes >= q
+  end
+  local live, stale = live_voters(c)
+  if #stale > 0 then
+    redis.call('HDEL', c.keys[1], unpack(stale))
+  end
+  return votes >= math.max(1, math.ceil(q * live - 1e-9))
+end
+
+-- A failure or a slow call of ``voter``, kept where a quorum reads it: the streak's
+-- voters and the current bucket. Nothing is kept without a quorum.
+local function vote(c, voter, failed, slow)
+  if c.cfg.quorum == 1 or voter == '' then
+    return
+  end
+  local prefix = int(math.floor(c.now / c.cfg.window_bucket)) .. ':'
+  if failed then
+    redis.call('HSET', c.keys[2], prefix .. 'F:' .. voter, 1)
+    if not streak_voters(c.s.voters)[voter] then
+      c.s.voters = c.s.voters == '' and voter or (c.s.voters .. ',' .. voter)
+    end
+  end
+  if slow == 1 then
+    redis.call('HSET', c.keys[2], prefix .. 'S:' .. voter, 1)
+  end
+end
+
+-- "<process>=<ms>": the process isolates itself for that long from now; "<process>=0":
+-- it ended its isolation. Isolations that ended are forgotten on the way.
+local function isolation(c, marker)
+  if marker == '' then
+    return
+  end
+  local process, lasts = string.match(marker, '^(.+)=(%d+)$')
+  local untill = c.now + tonumber(lasts)
+  local gone = {}
+  for field, value in pairs(c.h) do
+    if string.sub(field, 1, 9) == 'isolated:' and tonumber(value) <= c.now then
+      gone[#gone + 1] = field
+    end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', c.keys[1], unpack(gone))
+  end
+  if untill > c.now then
+    redis.call('HSET', c.keys[1], 'isolated:' .. process, int(untill))
+  else
+    redis.call('HDEL', c.keys[1], 'isolated:' .. process)
   end
 end
 
@@ -406,7 +519,7 @@ local function acquire(keys, args)
 end
 
 -- The counting of a whole record call, on the full state.
-local function record_full(c, generation, lease_id, outcome, duration, batch)
+local function record_full(c, generation, lease_id, outcome, duration, batch, voter)
   local s, cfg = c.s, c.cfg
   local slow = (cfg.slow_call_duration > 0 and duration >= cfg.slow_call_duration) and 1 or 0
   local counting = s.state == 'closed' or s.state == 'disabled'
@@ -427,6 +540,7 @@ local function record_full(c, generation, lease_id, outcome, duration, batch)
     count(c, successes, 0, 0, 0)
     if s.last_failure_at == seen then
       s.failures = 0
+      s.voters = ''
     end
   end
 
@@ -455,25 +569,35 @@ local function record_full(c, generation, lease_id, outcome, duration, batch)
     if outcome == 'success' then
       count(c, 1, 0, slow, 0)
       s.failures = 0
+      s.voters = ''
     else
       count(c, 1, 1, slow, 0)
       s.failures = s.failures + 1
       s.last_failure_at = c.now
     end
+    vote(c, voter, outcome == 'failure', slow)
     if s.state == 'closed' then
-      if s.failures >= cfg.failure_threshold then
-        to_open(c, 'failure_threshold')
+      -- Each condition must hold with a quorum of its own voters; without a quorum
+      -- (quorate is then always true) the first that holds trips, as it always did.
+      local reason = nil
+      if s.failures >= cfg.failure_threshold and quorate(c, size(streak_voters(s.voters))) then
+        reason = 'failure_threshold'
       elseif cfg.failure_rate_threshold >= 0 or cfg.slow_call_rate_threshold >= 0 then
         local current = math.floor(c.now / cfg.window_bucket)
         local sums = window_sums(c.keys[2], current, cfg.buckets, false)
         if sums.c >= cfg.minimum_calls then
-          if cfg.failure_rate_threshold >= 0 and sums.f >= cfg.failure_rate_threshold * sums.c then
-            to_open(c, 'failure_rate')
+          if cfg.failure_rate_threshold >= 0 and sums.f >= cfg.failure_rate_threshold * sums.c
+              and quorate(c, size(sums.F)) then
+            reason = 'failure_rate'
           elseif cfg.slow_call_rate_threshold >= 0
-              and sums.s >= cfg.slow_call_rate_threshold * sums.c then
-            to_open(c, 'slow_call_rate')
+              and sums.s >= cfg.slow_call_rate_threshold * sums.c
+              and quorate(c, size(sums.S)) then
+            reason = 'slow_call_rate'
           end
         end
+      end
+      if reason then
+        to_open(c, reason)
       end
     end
   end
@@ -485,8 +609,9 @@ end
 -- them alone (a flush), in a closed breaker at the caller's version, its settings
 -- stored. Nil when the call needs the full path.
 local function record_fast(keys, args)
-  local outcome, batch = args[6], args[8]
-  if args[5] ~= '' or args[3] ~= '' or (outcome ~= 'success' and outcome ~= 'none') then
+  local outcome, batch, voter = args[6], args[8], args[9] or ''
+  if args[5] ~= '' or args[3] ~= '' or (outcome ~= 'success' and outcome ~= 'none')
+      or (args[10] or '') ~= '' then
     return nil
   end
   local successes, seen = outcome == 'success' and 1 or 0, nil
@@ -499,7 +624,7 @@ local function record_fast(keys, args)
   end
   local h = redis.call('HMGET', keys[1], 'state', 'generation', 'created_at', 'failures',
     'last_failure_at', 'settings', 'window_bucket', 'slow_call_duration',
-    'failure_rate_threshold', 'slow_call_rate_threshold')
+    'failure_rate_threshold', 'slow_call_rate_threshold', 'voters')
   -- With a rate threshold, a success may trip too (the window slid, or reached
   -- minimum_calls): the full path weighs the window.
   if h[1] ~= 'closed' or not h[6] or h[3] .. ':' .. h[2] ~= args[4]
@@ -512,8 +637,15 @@ local function record_fast(keys, args)
   -- after the last one its process had seen.
   local failures = h[4]
   if failures ~= '0' and (outcome == 'success' or h[5] == seen) then
-    redis.call('HSET', keys[1], 'failures', '0')
+    if h[11] and h[11] ~= '' then
+      redis.call('HSET', keys[1], 'failures', '0', 'voters', '')
+    else
+      redis.call('HSET', keys[1], 'failures', '0')
+    end
     failures = '0'
+  end
+  if voter ~= '' then  -- a heartbeat, due: a fractional quorum counts the live voters
+    redis.call('HSET', keys[1], 'live:' .. voter, int(now))
   end
   local current = math.floor(now / tonumber(h[7]))
   if successes > 0 and redis.call('HINCRBY', keys[2], current .. ':c', successes) == successes then
@@ -539,6 +671,11 @@ end
 --          unused) | "none" (only the batch)
 -- ARGV[7]: the call's duration in ms (slow from slow_call_duration on)
 -- ARGV[8]: the batch, "<successes>:<rejections>:<last_failure_at seen>", or ""
+-- ARGV[9]: the caller's voter id, or "": given with failures and slow calls (its
+--          votes, under a quorum) and with a call when its heartbeat is due (its
+--          liveness, under a fractional quorum); optional
+-- ARGV[10]: "<process>=<ms>" when the caller isolates itself for that long,
+--          "<process>=0" when it ends its isolation, or ""; optional
 -- verdict "counted", "released" or "stale"; extra ""
 --
 -- A fast success in a closed breaker, the common case, and a flush of batched ones
@@ -561,7 +698,14 @@ local function record(keys, args)
   elseif tonumber(created_at) ~= c.s.created_at then
     generation = -1  -- admitted under another incarnation of the hash: stale
   end
-  return record_full(c, tonumber(generation), args[5], args[6], tonumber(args[7]), args[8])
+  local voter = args[9] or ''
+  if voter ~= '' and c.cfg.quorum < 1 then
+    redis.call('HSET', keys[1], 'live:' .. voter, int(c.now))
+    c.h['live:' .. voter] = int(c.now)
+  end
+  isolation(c, args[10] or '')
+  return record_full(
+    c, tonumber(generation), args[5], args[6], tonumber(args[7]), args[8], voter)
 end
 
 -- control: an operator action, seen by every process on its next call (and at once by
@@ -583,6 +727,15 @@ local function control(keys, args)
   local action = args[4]
   local targets = { force_open = 'forced_open', disable = 'disabled' }
   if action == 'reset' then
+    local isolated = {}
+    for field in pairs(c.h) do
+      if string.sub(field, 1, 9) == 'isolated:' then
+        isolated[#isolated + 1] = field
+      end
+    end
+    if #isolated > 0 then
+      redis.call('HDEL', keys[1], unpack(isolated))  -- every process hears the reset
+    end
     to_closed(c, 'reset')
   elseif targets[action] == nil then
     return redis.error_reply('unknown control action: ' .. action)
@@ -603,19 +756,30 @@ end
 -- open breaker whose open_until has passed still reads "open" (with nothing left to
 -- wait): it turns half_open on the next call.
 -- verdict "snapshot"; extra: the JSON object {opened_at, reopens, trial_successes,
--- leases, calls, failed, slow, retries, refused, rejected, settings}, the six counts
--- summed over the live window; settings: the ones every call runs with, as stored
--- (defaults where none is)
+-- leases, calls, failed, slow, retries, refused, rejected, settings, voters, live,
+-- isolated, failure_voters, slow_voters}, the six counts summed over the live window;
+-- settings: the ones every call runs with, as stored (defaults where none is);
+-- voters: the current streak's, comma-separated; live: the voters live in the window;
+-- isolated: {process: until ms} of the processes isolated now; failure_voters and
+-- slow_voters: distinct voters of the window's failures and slow calls
 local function snapshot(keys, args)
   local c = begin(keys, { args[1], '', '' })
   load(c)
   local s, cfg = c.s, c.cfg
   local sums = window_sums(keys[2], math.floor(c.now / cfg.window_bucket), cfg.buckets, false)
   local leases = redis.call('ZCOUNT', keys[3], '(' .. int(c.now), '+inf')
+  local isolated = {}
+  for field, value in pairs(c.h) do
+    if string.sub(field, 1, 9) == 'isolated:' and tonumber(value) > c.now then
+      isolated[string.sub(field, 10)] = tonumber(value)
+    end
+  end
   return reply(c, 'snapshot', cjson.encode({
     opened_at = s.opened_at, reopens = s.reopens, trial_successes = s.trial_successes,
     leases = leases, calls = sums.c, failed = sums.f, slow = sums.s,
     retries = sums.r, refused = sums.d, rejected = sums.x, settings = cfg,
+    voters = s.voters, live = (live_voters(c)), isolated = isolated,
+    failure_voters = size(sums.F), slow_voters = size(sums.S),
   }))
 end
 

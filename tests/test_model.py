@@ -37,9 +37,11 @@ each.
 
 from __future__ import annotations
 
+import math
+import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import pytest
@@ -89,9 +91,22 @@ FAST: BreakerSettings = {
 }
 #: Closed successes counted in the process and recorded together (record_fast's batch).
 BATCHED: BreakerSettings = {**FAST, "batch_interval": 2.0}
-CONFIGS = {"with_rate": WITH_RATE, "fast": FAST, "batched": BATCHED}
+#: A quorum of two voters, on the full path (rates too); this process votes "a", a
+#: newcomer "b": on the lanes without newcomers, one voter never makes it, and the
+#: process isolates itself.
+QUORUM: BreakerSettings = {**WITH_RATE, "quorum": 2, "voter": "a"}
+#: Half of the voters live in the window, on record_fast (heartbeats, streak ends).
+FRACTION: BreakerSettings = {**FAST, "quorum": 0.5, "voter": "a"}
+CONFIGS = {
+    "with_rate": WITH_RATE,
+    "fast": FAST,
+    "batched": BATCHED,
+    "quorum": QUORUM,
+    "fraction": FRACTION,
+}
 #: The configurations whose outcome hangs on no background thread (see above).
-EVERY_LANE = ("with_rate", "fast")
+EVERY_LANE = ("with_rate", "fast", "quorum", "fraction")
+WINDOW_MS = 10_000
 # Ratios whose multiples are exact: Redis's cjson writes a reply's numbers to 14 digits.
 BUDGETS = [
     RetryBudget(ratio=0.5, min_retries_per_second=2.0),
@@ -129,6 +144,7 @@ class Store:
     slow_rate: float | None
     slow_ms: int
     grows: bool
+    quorum: float = 1
     exists: bool = False
     created_at: int = 0
     state: str = "closed"
@@ -143,6 +159,9 @@ class Store:
     # bucket -> kind ("c", "f", "s", "r", "t", "d", "x") -> count
     window: dict[int, dict[str, int]] = field(default_factory=dict)
     floor: tuple[float, int] | None = None  # the budget's tokens, and when refilled
+    voters: list[str] = field(default_factory=list)  # the streak's, in order
+    live: dict[str, int] = field(default_factory=dict)  # voter -> last heartbeat
+    isolated: dict[str, int] = field(default_factory=dict)  # process -> until
     events: list[Transition] = field(default_factory=list)  # of the current operation
     moves: int = 0  # transitions ever made, across losses (for the visited set)
 
@@ -151,7 +170,9 @@ class Store:
         return (self.created_at, self.generation)
 
     def lose(self) -> None:
-        fresh = Store(self.rate, self.slow_rate, self.slow_ms, self.grows, moves=self.moves)
+        fresh = Store(
+            self.rate, self.slow_rate, self.slow_ms, self.grows, self.quorum, moves=self.moves
+        )
         self.__dict__.update(fresh.__dict__)
 
     def _begin(self, now: int) -> bool:
@@ -184,6 +205,7 @@ class Store:
 
     def _close(self) -> None:
         self.failures = self.reopens = self.trial_successes = self.open_until = 0
+        self.voters = []
         self.window.clear()
         self.floor = None  # the budget's bucket lives in the window's hash
         self.leases.clear()
@@ -192,15 +214,52 @@ class Store:
     def _count(self, now: int, **kinds: int) -> None:
         bucket = self.window.setdefault(now // 1000, {})
         for kind, n in kinds.items():
-            bucket[kind] = bucket.get(kind, 0) + n
+            bucket[kind] = n if ":" in kind else bucket.get(kind, 0) + n
 
     def sums(self, now: int) -> dict[str, int]:
-        totals = dict.fromkeys("cfsrtdx", 0)
+        """The window's counts, and its distinct voters of failures ("F") and of slow
+        calls ("S")."""
+        totals = dict.fromkeys("cfsrtdxFS", 0)
+        voted: dict[str, set[str]] = {"F": set(), "S": set()}
         for b, counts in self.window.items():
             if b >= now // 1000 - 9:
                 for kind, n in counts.items():
-                    totals[kind] += n
+                    if kind[1:2] == ":":
+                        voted[kind[0]].add(kind[2:])
+                    else:
+                        totals[kind] += n
+        totals["F"], totals["S"] = len(voted["F"]), len(voted["S"])
         return totals
+
+    def live_voters(self, now: int) -> int:
+        return sum(1 for at in self.live.values() if at > now - WINDOW_MS)
+
+    def _quorate(self, now: int, votes: int) -> bool:
+        if self.quorum == 1:
+            return True
+        if self.quorum > 1:
+            return votes >= self.quorum
+        return votes >= max(1, math.ceil(self.quorum * self.live_voters(now) - 1e-9))
+
+    def _vote(self, now: int, voter: str, failed: bool, slow: int) -> None:
+        if self.quorum == 1 or not voter:
+            return
+        if failed:
+            self._count(now, **{f"F:{voter}": 1})
+            if voter not in self.voters:
+                self.voters.append(voter)
+        if slow:
+            self._count(now, **{f"S:{voter}": 1})
+
+    def _isolation(self, now: int, marker: str) -> None:
+        if not marker:
+            return
+        process, lasts = marker.rsplit("=", 1)
+        self.isolated = {p: until for p, until in self.isolated.items() if until > now}
+        if int(lasts) > 0:
+            self.isolated[process] = now + int(lasts)
+        else:
+            self.isolated.pop(process, None)
 
     def acquire(self, now: int, seen: Version | None, lease_id: str) -> str:
         self._begin(now)
@@ -229,9 +288,14 @@ class Store:
         outcome: str | None,
         duration_ms: int,
         batch: Batch,
+        voter: str = "",
+        isolation: str = "",
     ) -> None:
         existed = self._begin(now)
         self._advance(version)
+        if voter and self.quorum < 1:
+            self.live[voter] = now
+        self._isolation(now, isolation)
         if not existed:
             generation = self.generation  # a new hash: counted there
         elif version[0] != self.created_at:
@@ -247,6 +311,7 @@ class Store:
             self._count(now, c=batch.successes)
             if self.last_failure_at == batch.seen:
                 self.failures = 0
+                self.voters = []
         if lease_id:
             held = self.leases.pop(lease_id, None) is not None
             if not (held and self.state == "half_open" and current):
@@ -267,17 +332,22 @@ class Store:
         self._count(now, c=1, f=int(outcome == "failure"), s=slow)
         if outcome == "success":
             self.failures = 0
+            self.voters = []
         else:
             self.failures += 1
             self.last_failure_at = now
+        self._vote(now, voter, outcome == "failure", slow)
         if self.state == "closed":
             sums = self.sums(now)
-            if self.failures >= 3:
+            if self.failures >= 3 and self._quorate(now, len(self.voters)):
                 self._open(now)
             elif sums["c"] >= 4:
                 failing = self.rate is not None and sums["f"] >= self.rate * sums["c"]
                 slow_ = self.slow_rate is not None and sums["s"] >= self.slow_rate * sums["c"]
-                if failing or slow_:
+                # Each condition with a quorum of its own voters (the Lua's elseif).
+                if (failing and self._quorate(now, sums["F"])) or (
+                    slow_ and self._quorate(now, sums["S"])
+                ):
                     self._open(now)
 
     def control(self, now: int, action: str, seen: Version | None) -> None:
@@ -285,6 +355,7 @@ class Store:
         self._advance(seen)
         if action == "reset":
             self.last_failure_at = self.opened_at = 0  # a reset forgets when it failed
+            self.isolated.clear()
             self._close()
             return
         target = {"force_open": "forced_open", "disable": "disabled"}[action]
@@ -332,6 +403,86 @@ class Ticket:
     version: Version
     lease_id: str
     started: int
+    isolation_trial: bool = False
+
+
+@dataclass
+class Isolated:
+    """One process's own calls under a quorum (``_decisions.isolation``), plainly."""
+
+    quorum: float
+    voter: str
+    rate: float | None
+    slow_rate: float | None
+    streak: int = 0
+    window: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # calls, failed, slow
+    until: int = 0
+    trial: bool = False
+    next_heartbeat: int = 0
+
+    @property
+    def process(self) -> str:
+        return f"{self.voter}/{os.getpid()}"
+
+    def admit(self, now: int) -> bool | None:
+        """True: the trial; False: not isolated; None: refused."""
+        if not self.until:
+            return False
+        if now >= self.until and not self.trial:
+            self.trial = True
+            return True
+        return None
+
+    def note(self, outcome: str, slow: bool, trial: bool, now: int) -> str | None:
+        if self.quorum == 1 or outcome == "release":
+            if trial:
+                self.trial = False
+            return None
+        failed = outcome == "failure"
+        if trial:
+            self.trial = False
+            if not failed:
+                self.until, self.streak = 0, 0
+                self.window.clear()
+                return "ended"
+            self.until = now + RESET_MS
+            return "isolated"
+        self.streak = self.streak + 1 if failed else 0
+        calls, failures, slows = self.window.get(now // 1000, (0, 0, 0))
+        self.window[now // 1000] = (calls + 1, failures + failed, slows + slow)
+        self.window = {b: n for b, n in self.window.items() if b > now // 1000 - 10}
+        if self.until or not self._would_trip():
+            return None
+        self.until = now + RESET_MS
+        return "isolated"
+
+    def _would_trip(self) -> bool:
+        if self.streak >= 3:
+            return True
+        calls = sum(n[0] for n in self.window.values())
+        if calls < 4:
+            return False
+        failed = sum(n[1] for n in self.window.values())
+        slow = sum(n[2] for n in self.window.values())
+        return (self.rate is not None and failed >= self.rate * calls) or (
+            self.slow_rate is not None and slow >= self.slow_rate * calls
+        )
+
+    def extras(self, outcome: str, slow: bool, trial: bool, now: int) -> tuple[str, str]:
+        if self.quorum == 1:
+            return "", ""
+        changed = self.note(outcome, slow, trial, now)
+        voter = ""
+        if outcome == "failure" or slow or (self.quorum < 1 and now >= self.next_heartbeat):
+            voter = self.voter
+            self.next_heartbeat = now + WINDOW_MS // 4
+        if changed is None:
+            return voter, ""
+        return voter, f"{self.process}={self.until - now if changed == 'isolated' else 0}"
+
+    def clear(self) -> None:
+        self.until, self.trial, self.streak = 0, False, 0
+        self.window.clear()
 
 
 @dataclass
@@ -339,6 +490,7 @@ class Process:
     """One process's view of the breaker (``_core.BreakerCore``), written plainly."""
 
     batch_ms: int | None
+    isolation: Isolated
     view: View | None = None
     pending: int = 0
     pending_version: Version = (-1, -1)
@@ -399,10 +551,15 @@ class Fleet:
     batch_ms: int | None
     processes: list[Process] = field(default_factory=list)
 
-    def process(self) -> Process:
-        made = Process(self.batch_ms)
+    def process(self, voter: str = "a") -> Process:
+        made = self.detached(voter)
         self.processes.append(made)
         return made
+
+    def detached(self, voter: str) -> Process:
+        """A process that hears no other's transitions (a newcomer that closes)."""
+        store = self.store
+        return Process(self.batch_ms, Isolated(store.quorum, voter, store.rate, store.slow_rate))
 
     def _heard(self, process: Process, now: int) -> None:
         process.apply(self.store, now)
@@ -411,7 +568,21 @@ class Fleet:
                 other.apply_event(event, now)
 
     def admission(self, process: Process, now: int, lease_id: str) -> Ticket | None:
-        """A ticket, or None: rejected (from the view, or by the store)."""
+        """A ticket, or None: rejected (by the process's isolation, its view, or the
+        store)."""
+        trial = process.isolation.admit(now)
+        if trial is None:
+            self._count_rejection(process, now)
+            return None
+        ticket = self._admission(process, now, lease_id)
+        if not trial:
+            return ticket
+        if ticket is None:
+            process.isolation.trial = False  # no trial went out
+            return None
+        return replace(ticket, isolation_trial=True)
+
+    def _admission(self, process: Process, now: int, lease_id: str) -> Ticket | None:
         view = process.view
         if view is not None:
             if view.state in ("closed", "disabled") and now < view.trusted_until:
@@ -447,21 +618,24 @@ class Fleet:
         outcome: str | None,
         duration_ms: int,
         batch: Batch,
+        extras: tuple[str, str] = ("", ""),
     ) -> None:
-        self.store.record(now, version, lease_id, outcome, duration_ms, batch)
+        self.store.record(now, version, lease_id, outcome, duration_ms, batch, *extras)
         self._heard(process, now)
 
     def settle(self, process: Process, ticket: Ticket, outcome: str, now: int) -> None:
         duration = now - ticket.started
         slow = self.store.slow_ms > 0 and duration >= self.store.slow_ms
+        extras = process.isolation.extras(outcome, slow, ticket.isolation_trial, now)
+        told = extras != ("", "")
         absorbed = outcome == "success" and not slow and process.absorb(ticket, now)
-        if absorbed and not (process.pending > 0 and now >= process.next_flush):
+        if absorbed and not (process.pending > 0 and now >= process.next_flush) and not told:
             return
         batch = process.take_batch(ticket.version, now)
         sent = None if absorbed else outcome
-        if sent in (None, "release") and not ticket.lease_id and batch.empty:
+        if sent in (None, "release") and not ticket.lease_id and batch.empty and not told:
             return
-        self._record(process, now, ticket.version, ticket.lease_id, sent, duration, batch)
+        self._record(process, now, ticket.version, ticket.lease_id, sent, duration, batch, extras)
 
     def flush(self, process: Process, now: int) -> None:
         """``close``: what the process counted by itself is recorded."""
@@ -473,6 +647,9 @@ class Fleet:
 
     def control(self, process: Process, action: str, now: int) -> None:
         self.store.control(now, action, process.view.version if process.view else None)
+        if action == "reset":  # every process hears it: each ends its isolation
+            for each in self.processes:
+                each.isolation.clear()
         self._heard(process, now)
 
 
@@ -499,14 +676,15 @@ class BreakerMachine(RuleBasedStateMachine):
             config.slow_call_rate_threshold,
             int(slow * 1000) if slow else 0,
             grows=bool(config.reset_timeout_max),
+            quorum=config.quorum,
         )
         self.model = Fleet(store, int(batch * 1000) if batch else None)
         self.main = self.model.process()
         # Each call in flight: its permit, and its ticket in the model.
         self.calls: list[tuple[Permit, Ticket]] = []
 
-    def breaker(self) -> CircuitBreaker:
-        return type(self).make(self.name, clock=self.clock, **self.config)
+    def breaker(self, **overrides: Any) -> CircuitBreaker:
+        return type(self).make(self.name, clock=self.clock, **{**self.config, **overrides})
 
     @property
     def in_process(self) -> bool:
@@ -643,10 +821,10 @@ class BreakerMachine(RuleBasedStateMachine):
         the breaker, so its first call asks the store; then it closes."""
         if roll:
             return
-        process = Process(self.model.batch_ms)
+        process = self.model.detached("b")
         state = self.model.store.state
         before = self.model.store.moves
-        cb = self.breaker()
+        cb = self.breaker(voter="b")
         try:
             now = self.clock.epoch_ms()
             expected = self.model.admission(process, now, uuid.uuid4().hex)
@@ -702,6 +880,15 @@ class BreakerMachine(RuleBasedStateMachine):
             snapshot.window_retries_refused,
             snapshot.window_rejections,
         ) == (sums["c"], sums["f"], sums["s"], sums["r"], sums["d"], sums["x"])
+        assert (snapshot.streak_voters, snapshot.live_voters, snapshot.isolated) == (
+            tuple(store.voters),
+            store.live_voters(now),
+            {process: until for process, until in store.isolated.items() if until > now},
+        )
+        refusal = self.cb.would_reject()
+        isolated = refusal is not None and refusal.reason == "isolated"
+        main = self.main.isolation
+        assert isolated == bool(main.until and (now < main.until or main.trial))
 
 
 def settle(permit: Permit, outcome: str) -> None:

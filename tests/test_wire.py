@@ -30,7 +30,7 @@ def _declared(operation: str) -> int:
     return max(numbers, default=3)
 
 
-def test_record_takes_at_most_eight_arguments_and_matches_its_contract() -> None:
+def test_record_takes_eight_arguments_without_a_quorum_and_matches_its_contract() -> None:
     args = record_args(
         Wired.of(BreakerConfig(), "payments"),
         version=(1700000000000, 3),
@@ -40,8 +40,22 @@ def test_record_takes_at_most_eight_arguments_and_matches_its_contract() -> None
         batch=None,
         now_ms=None,
     )
-    assert len(args) == _declared("record") <= 8
+    assert len(args) == 8
     assert args[3:] == ["1700000000000:3", "", "failure", 12, ""]
+    # Under a quorum, a vote and an isolation ride along: the two optional ones.
+    voting = record_args(
+        Wired.of(BreakerConfig(quorum=2), "payments"),
+        version=(1700000000000, 3),
+        lease_id="",
+        outcome="failure",
+        duration_ms=12,
+        batch=None,
+        now_ms=None,
+        voter="node-a",
+        isolation="node-a/7=10000",
+    )
+    assert len(voting) == _declared("record") == 10
+    assert voting[8:] == ["node-a", "node-a/7=10000"]
 
 
 def test_every_operation_matches_its_contract() -> None:

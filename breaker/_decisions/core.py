@@ -55,6 +55,8 @@ class Ticket:
     lease_id: str
     started: float
     via_fallback: bool
+    #: The one call an isolated process lets through when its isolation ends (quorum).
+    isolation_trial: bool = False
 
 
 class BreakerCore:

@@ -18,6 +18,7 @@ settings apart.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -44,8 +45,10 @@ from .._store.wire import (
     snapshot_args,
 )
 from .._types import BackendKind, ControlAction, Outcome
+from .confirming import Confirming
 from .core import BreakerCore, Ticket
 from .hints import Hints
+from .isolation import Isolation
 from .settings import StoredSettings
 from .steps import Call, Health, Steps
 from .telling import Hearing, Unreachable
@@ -53,7 +56,7 @@ from .telling import Hearing, Unreachable
 logger = logging.getLogger("breaker")
 
 
-class Engine:
+class Engine(Confirming):
     """One breaker's decisions: its local views on both lanes, the steps of each
     operation, the fallback policy, and its listeners."""
 
@@ -75,11 +78,16 @@ class Engine:
         self.kind = kind
         self.keys = BreakerKeys.of(config.prefix, name)
         self.wired = Wired.of(config, name, channel)
+        # The fallback decides alone: no quorum, it trips on this process's failures.
+        self._wired_alone = Wired.of(dataclasses.replace(config, quorum=1), name, channel)
         self.health = health
         self.shared = BreakerCore(name, config, clock, fallback=False)
         self.local = BreakerCore(name, config, clock, fallback=True)
         self._hubs = {False: hub, True: local_hub}
         self.hearing = Hearing()
+        self.isolation = Isolation(name, config, clock)
+        if self.isolation.enabled:
+            self.hearing.add(self.isolation, made_here_only=False)  # it hears resets
         self.settings = StoredSettings(name, self.wired, clock, kind, self.hearing)
         self._abandoned: list[Ticket] = []
         self._lock = threading.Lock()
@@ -103,7 +111,9 @@ class Engine:
         except CircuitOpenError as rejection:
             down = self.health.is_down(self.clock.monotonic())
             backend: BackendKind = "fallback" if down else self.kind
-            self.hearing.outcome(self.name, "rejected", None, rejection.state, backend)
+            self.hearing.outcome(
+                self.name, "rejected", None, rejection.reason or rejection.state, backend
+            )
             raise
         except BackendUnavailableError:
             self.hearing.outcome(self.name, "rejected", None, "backend_unavailable", self.kind)
@@ -119,6 +129,20 @@ class Engine:
         # while the events channel is not followed: a transition made elsewhere would
         # go unheard, so the view could be wrong without knowing it.
         trusted = not self.health.is_suspect() and self._hubs[False].following
+        try:
+            trial = self.isolation.admit()  # this process may have isolated itself
+        except CircuitOpenError:
+            yield from self._count_rejection(self.shared)
+            raise
+        ticket = None
+        try:
+            ticket = yield from self._admit_shared(trusted)
+        finally:
+            if trial and (ticket is None or ticket.via_fallback):  # no trial went out
+                self.isolation.note("ignored", False, trial=trial)
+        return dataclasses.replace(ticket, isolation_trial=True) if trial else ticket
+
+    def _admit_shared(self, trusted: bool) -> Steps[Ticket]:
         try:
             ticket = self.shared.admit_locally(self._epoch) if trusted else None
         except CircuitOpenError:
@@ -153,7 +177,8 @@ class Engine:
     def _acquire_args(self, core: BreakerCore, lease_id: str) -> Callable[[bool], list[Any]]:
         now = self.clock.epoch_ms()
         seen = core.view.version if core.view is not None else None
-        return lambda offer: acquire_args(self.wired, lease_id, now, seen=seen, offer=offer)
+        wired = self._wired_alone if core.fallback else self.wired
+        return lambda offer: acquire_args(wired, lease_id, now, seen=seen, offer=offer)
 
     def _admitted(self, core: BreakerCore, raw: list[Any], lease_id: str) -> Steps[Ticket]:
         reply = decode_reply(raw)
@@ -181,11 +206,13 @@ class Engine:
 
     def would_reject(self) -> CircuitOpenError | None:
         """The ``CircuitOpenError`` a call would get now, by this process's view alone
-        (no round trip)."""
+        (no round trip; reason "isolated" while it refuses its own calls, a quorum)."""
         # Only a hint to stop retrying early: the view is used even while the channel
         # is not followed (the next call's admission asks Redis then).
         core = self.local if self.health.is_down(self.clock.monotonic()) else self.shared
         try:
+            if core is self.shared:
+                self.isolation.refusal()
             core.admit_locally(self._epoch_of(core))
         except CircuitOpenError as rejection:
             return rejection
@@ -209,7 +236,9 @@ class Engine:
         slow = core.is_slow(ticket)
         backend: BackendKind = "fallback" if ticket.via_fallback else self.kind
         self.hearing.outcome(self.name, outcome, duration, reason, backend)
-        args = self._record_args(core, ticket, outcome, slow, duration)
+        fallback, trial = ticket.via_fallback, ticket.isolation_trial
+        extras = ("", "") if fallback else self.isolation.record_extras(outcome, slow, trial=trial)
+        args = self._record_args(core, ticket, outcome, slow, duration, extras)
         if args is None:
             return
         if ticket.via_fallback:
@@ -232,23 +261,35 @@ class Engine:
             ticket = yield from self._admit_locally(None)
         except CircuitOpenError:
             return
-        args = self._record_call(ticket.version, ticket.lease_id, outcome, duration, None)
+        args = self._record_call(
+            ticket.version, ticket.lease_id, outcome, duration, None, fallback=True
+        )
         self._heard(
             self.local, decode_reply((yield from self.settings.ask("local", "record", args)))
         )
 
     def _record_args(
-        self, core: BreakerCore, ticket: Ticket, outcome: Outcome, slow: bool, duration: float
+        self,
+        core: BreakerCore,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        duration: float,
+        extras: tuple[str, str],
     ) -> Callable[[bool], list[Any]] | None:
-        """The ``record`` arguments for this outcome, or None when no round trip is due."""
+        """The ``record`` arguments for this outcome, or None when no round trip is due.
+        ``extras``: the voter and the isolation the record carries (quorum), if any."""
+        told = extras != ("", "")
         absorbed = outcome == "success" and not slow and core.absorb_success(ticket)
-        if absorbed and not core.flush_due():
+        if absorbed and not core.flush_due() and not told:
             return None
         batch = core.take_batch(ticket.version)
         sent: Outcome | None = None if absorbed else outcome
-        if sent in (None, "ignored") and not ticket.lease_id and batch.empty:
+        if sent in (None, "ignored") and not ticket.lease_id and batch.empty and not told:
             return None
-        return self._record_call(ticket.version, ticket.lease_id, sent, duration, batch)
+        return self._record_call(
+            ticket.version, ticket.lease_id, sent, duration, batch, core.fallback, extras
+        )
 
     def _record_call(
         self,
@@ -257,11 +298,14 @@ class Engine:
         outcome: Outcome | None,
         duration: float,
         batch: Batch | None,
+        fallback: bool = False,
+        extras: tuple[str, str] = ("", ""),
     ) -> Callable[[bool], list[Any]]:
         now = self.clock.epoch_ms()
         duration_ms = round(duration * 1000)
+        voter, isolation = extras
         return lambda offer: record_args(
-            self.wired,
+            self._wired_alone if fallback else self.wired,
             version=version,
             lease_id=lease_id,
             outcome=outcome,
@@ -269,6 +313,8 @@ class Engine:
             batch=batch,
             now_ms=now,
             offer=offer,
+            voter=voter,
+            isolation=isolation,
         )
 
     def flushing(self) -> Steps[None]:
@@ -400,47 +446,5 @@ class Engine:
             self._confirm_hints(event.version, self.hints.latest)
         self.hearing.transition(core, event)
 
-    # -- hints: what the channel says, confirmed with Redis before it counts -----------
 
-    def _hint(self, event: TransitionEvent) -> None:
-        """A message on the channel says the breaker moved on. Anyone who may PUBLISH
-        can write one, and it never moves the view, its version or its open time:
-        the view stops deciding alone, and the follower reads the breaker (one round
-        trip per transition per process) or the next call's reply confirms it."""
-        view = self.shared.view
-        if view is not None and event.version <= view.version:
-            self.hearing.transition(self.shared, event)  # Redis had told of it already
-            return
-        self.hints.heard(event)
-        self.shared.distrust()
-
-    def calling(self, started: bool) -> None:
-        """The driver starts (``started``) or has finished a round trip of this breaker."""
-        self.hints.calling(started)
-
-    @property
-    def confirm_pending(self) -> bool:
-        """A hint waits for a read, and no round trip of this breaker would tell."""
-        return self.hints.pending
-
-    def confirming(self) -> Steps[None]:
-        """Read the breaker once for the hints heard so far: the view becomes what
-        Redis holds, and the listeners hear the hinted transitions it confirms."""
-        asked = self.hints.asking()
-        if asked is None:
-            return
-        epoch = self._epoch
-        raw = yield Call("shared", "snapshot", snapshot_args(self.clock.epoch_ms()))
-        reply = decode_reply(raw)
-        self.shared.apply(reply, epoch)
-        self._confirm_hints(reply.version, asked)
-        yield from self.settings.read(reply.digest, raw)
-
-    def _confirm_hints(self, stored: Version, asked: int) -> None:
-        """Tell the hints Redis holds (their version is not past ``stored``)."""
-        for event in self.hints.confirm(stored, asked):
-            self.hearing.transition(self.shared, event)
-
-
-#: The version of a breaker no process has heard of yet: no store holds it.
-_NO_VERSION: Version = (0, 0)
+_NO_VERSION: Version = (0, 0)  # of a breaker no process has heard of yet: no store holds it

@@ -62,6 +62,11 @@ class Wired:
             "half_open_max_calls": config.half_open_max_calls,
             "half_open_lease": _ms(config.half_open_lease),
         }
+        if config.quorum != 1:
+            # Left out at its default, so that a breaker without a quorum keeps the
+            # digest of the versions before quorums (no settings conflict while a
+            # rolling upgrade runs both); the library stores the default for it.
+            settings["quorum"] = float(config.quorum)
         payload = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16]
         return cls(name, digest, payload)
@@ -241,8 +246,13 @@ def record_args(
     batch: Batch | None,
     now_ms: int | None,
     offer: bool = False,
+    voter: str = "",
+    isolation: str = "",
 ) -> list[str | int]:
-    return [
+    """``voter``: the caller's, with a vote or a heartbeat ("" for none);
+    ``isolation``: ``isolation_arg``'s, or "". Both travel only when one is given: a
+    call without a quorum sends what it always did."""
+    args: list[str | int] = [
         *_common(wired, now_ms, offer),
         version_arg(version),
         lease_id,
@@ -250,6 +260,15 @@ def record_args(
         duration_ms,
         batch.encoded() if batch is not None else "",
     ]
+    if voter or isolation:
+        args += [voter, isolation]
+    return args
+
+
+def isolation_arg(process: str, for_ms: int) -> str:
+    """A process isolated for ``for_ms`` from now (on the store's clock), or no
+    longer (0)."""
+    return f"{process}={for_ms}"
 
 
 def control_args(
@@ -320,4 +339,7 @@ def decode_snapshot(name: str, raw: list[Any], backend: BackendKind) -> BreakerS
         backend=backend,
         settings=dict(detail.get("settings") or {}),
         digest=reply.digest,
+        streak_voters=tuple(voter for voter in str(detail.get("voters", "")).split(",") if voter),
+        live_voters=int(detail.get("live", 0)),
+        isolated={process: int(until) for process, until in (detail.get("isolated") or {}).items()},
     )
