@@ -79,8 +79,9 @@ class OutcomeEvent:
     (``duration`` is how long it took, in seconds), or ``rejected`` for one the breaker
     refused (``duration`` is None). ``reason`` says why: the exception's type, the
     result's status (``status 503``), ``body_broken``, or for a rejection the state
-    (``open``, ``half_open``, ``forced_open``) or ``backend_unavailable``. ``backend``
-    is where the decision was made: ``fallback`` while Redis cannot be reached.
+    (``open``, ``half_open``, ``forced_open``), ``isolated`` (this process refuses its
+    own calls, under a quorum) or ``backend_unavailable``. ``backend`` is where the
+    decision was made: ``fallback`` while Redis cannot be reached.
     """
 
     name: str
@@ -88,6 +89,28 @@ class OutcomeEvent:
     duration: float | None
     reason: str
     backend: BackendKind
+
+    @property
+    def local_origin(self) -> bool:
+        """A failure at the connection level: refused, reset before the request was
+        written, a connect time-out, a failed DNS lookup. The request never reached
+        the upstream: when one process alone sees these, its path is broken, not the
+        upstream (a quorum then isolates that process). It still counts as a failure."""
+        return self.outcome == "failure" and self.reason in LOCAL_ORIGIN_ERRORS
+
+
+#: The exceptions (by type name: httpx's, the standard library's) of a request that
+#: never reached its upstream.
+LOCAL_ORIGIN_ERRORS = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "WriteError",
+        "ConnectionRefusedError",
+        "gaierror",
+        "NameResolutionError",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from app.proxy.errors import BodyBrokenOff
 from breaker.testing import ManualClock
 from tests.support.exposition import Family, exported, pinned
 from tests.support.gateway import ADMIN, gateway_client, gateway_config
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
 from tests.support.upstream import Reply, Upstream
 
@@ -22,6 +23,7 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
     upstream.plan("/flaky", Reply(503), Reply(200))
     upstream.plan("/trickle", Reply(200, delay_body=1.0))
     upstream.plan("/down", Reply(503))
+    closed_port = free_port()  # nothing listens there
     config = gateway_config(
         tmp_path,
         f"""
@@ -40,6 +42,9 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
         max_concurrent = 5
         [upstreams.other]
         url = "{upstream.url}"
+        [upstreams.unreachable]
+        url = "http://127.0.0.1:{closed_port}"
+        retry = {{ attempts = 1 }}
         """,
         redis_url=redis_server.url,
     )
@@ -53,6 +58,7 @@ def _scrapes(tmp_path: Path, redis_server: RedisServer, upstream: Upstream) -> l
             await client.get("/proxy/api/down")  # fails 3 times: no attempts left
             await client.get("/proxy/api/down")  # the 5th failure in a row opens it
             await client.get("/proxy/api/down")  # rejected
+            await client.get("/proxy/unreachable/x")  # refused: a local-origin failure
             texts.append((await client.get(f"{ADMIN}/metrics")).text)
             redis_server.kill()
             await client.get("/proxy/other/x")  # decided by the fallback breaker

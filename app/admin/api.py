@@ -119,6 +119,12 @@ class BreakerView(BaseModel):
     #: The fleet's leases in use and its limit of calls in flight; None: no
     #: ``max_concurrent`` (or its backend did not answer).
     bulkhead: BulkheadView | None = None
+    #: Under a quorum: the voters (instances) of the current failure streak, the
+    #: voters live in the window, and the processes (``<instance>/<pid>``) that
+    #: isolated themselves, with when each isolation ends (epoch ms).
+    streak_voters: list[str] = []
+    live_voters: int = 0
+    isolated: dict[str, int] = {}
 
 
 class BreakerList(BaseModel):
@@ -129,6 +135,7 @@ async def _view(gateway: Gateway, snapshot: BreakerSnapshot) -> BreakerView:
     url = str(gateway.route(snapshot.name).upstream.url)
     own = ("url", "settings_conflict", "bulkhead")
     fields = {name: getattr(snapshot, name) for name in BreakerView.model_fields if name not in own}
+    fields["streak_voters"] = list(snapshot.streak_voters)
     conflict = gateway.breaker(snapshot.name).settings_conflict(snapshot)
     differences = None
     if conflict is not None:

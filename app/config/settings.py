@@ -85,7 +85,7 @@ from .sections import (
     UpstreamSection,
     first_error,
 )
-from .upstreams import Upstream, upstream
+from .upstreams import Upstream, instance_voter, upstream
 
 #: Upstream names are URL path segments and Redis hash tags: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -164,9 +164,11 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
             f"got {len(token)} (make one: python3 -c 'import secrets; "
             "print(secrets.token_urlsafe(24))')"
         )
+    instance = env.instance_name or socket.gethostname()
+    voter = instance_voter(instance)
     return GatewayConfig(
         upstreams={
-            name: upstream(name, section, file.defaults, file.gateway.prefix)
+            name: upstream(name, section, file.defaults, file.gateway.prefix, voter)
             for name, section in upstreams.items()
         },
         redis_url=redis_url,
@@ -182,7 +184,7 @@ def load_config(environ: dict[str, str] | None = None) -> GatewayConfig:
         retry_buffer_bytes=min(file.gateway.retry_buffer_bytes, file.gateway.max_body_bytes),
         body_idle_timeout=file.gateway.body_idle_timeout,
         expose_instance=file.gateway.expose_instance,
-        instance_name=env.instance_name or socket.gethostname(),
+        instance_name=instance,
         require_redis=file.gateway.require_redis,
         client=file.client,
         demo=demo,

@@ -28,7 +28,7 @@ from .sections import ConfigError, FallbackSection, PolicySection, UpstreamSecti
 # Settings that a TOML file cannot express (code), or that are gateway-wide (prefix).
 _BREAKER_KEYS = (
     frozenset(field.name for field in fields(BreakerConfig))
-    - {"record_exceptions", "ignore_exceptions", "failure_predicate", "prefix"}
+    - {"record_exceptions", "ignore_exceptions", "failure_predicate", "prefix", "voter"}
 ) | {"failure_statuses"}
 _RETRY_KEYS = frozenset(
     {
@@ -91,7 +91,15 @@ def _check_url(key: str, value: str) -> httpx.URL:
 DEFAULT_BATCH_INTERVAL: float | None = 0.05
 
 
-def upstream(name: str, section: UpstreamSection, defaults: PolicySection, prefix: str) -> Upstream:
+def instance_voter(instance: str) -> str:
+    """The gateway's voter under a quorum: its instance name (``BREAKER_INSTANCE_NAME``),
+    shared by the replica's workers, with what a voter cannot hold as '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", instance)[:64] or "gateway"
+
+
+def upstream(
+    name: str, section: UpstreamSection, defaults: PolicySection, prefix: str, voter: str
+) -> Upstream:
     key = f"upstreams.{name}"
     url = _check_url(f"{key}.url", section.url)
     if section.breaker is False:
@@ -115,6 +123,7 @@ def upstream(name: str, section: UpstreamSection, defaults: PolicySection, prefi
         breaker = BreakerConfig(
             **breaker_values,
             prefix=prefix,
+            voter=voter,
             record_exceptions=_UPSTREAM_FAILURES,
             failure_predicate=predicate,
         )

@@ -215,7 +215,12 @@ def proxy_failure_answer(failure: ProxyFailure) -> tuple[int, ErrorBody, dict[st
         retry_after = retry_after_header(cause.retry_after)
         headers["Retry-After"] = str(retry_after)
         detail = f"the circuit of {upstream!r} is {cause.state}; the upstream was not called"
-        if attempts:
+        if cause.reason == "isolated":
+            detail = (
+                f"this replica isolated itself from {upstream!r}: its own calls failed, "
+                "not the fleet's (quorum); the upstream was not called"
+            )
+        elif attempts:
             detail = f"the circuit of {upstream!r} opened after {attempts} attempt(s)"
     elif isinstance(cause, BulkheadFullError):
         retry_after = retry_after_header(cause.retry_after)

@@ -53,6 +53,7 @@ from ..telemetry.metrics import (
     EVENTS_SUBSCRIPTIONS,
     FALLBACK_DECISIONS,
     LATENCY,
+    LOCAL_ORIGIN_FAILURES,
     LOOP_LAG,
     RETRIES,
     RETRIES_REFUSED,
@@ -104,6 +105,8 @@ class _Metrics(BreakerListener):
 
     def outcome(self, event: OutcomeEvent) -> None:
         CALLS.labels(event.name, event.outcome).inc()
+        if event.local_origin:
+            LOCAL_ORIGIN_FAILURES.labels(event.name).inc()
         if event.backend == "fallback":
             FALLBACK_DECISIONS.labels(event.name, event.outcome).inc()
         if event.duration is not None:

@@ -58,6 +58,13 @@ CALL_DURATION = Histogram(
     ["upstream", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+LOCAL_ORIGIN_FAILURES = Counter(
+    "fleetbreaker_local_origin_failures_total",
+    "Failures at the connection level (refused, reset before the request was written, "
+    "connect time-out, DNS): the request never reached the upstream. Seen by one "
+    "replica alone, its path is broken, not the upstream. Also in calls_total.",
+    ["upstream"],
+)
 FALLBACK_DECISIONS = Counter(
     "fleetbreaker_fallback_decisions_total",
     "Calls decided by the in-process fallback breaker while Redis could not be reached, "
@@ -155,6 +162,12 @@ class _Scraped(Collector):
             "another app (or version) stored them, and every call runs with them.",
             labels=["upstream"],
         )
+        isolated = GaugeMetricFamily(
+            "fleetbreaker_breaker_isolated_processes",
+            "Processes refusing their own calls to the upstream, its breaker being "
+            "closed for the fleet: under a quorum, their own failures alone would trip it.",
+            labels=["upstream"],
+        )
         for name, snapshot in self._snapshots.items():
             if snapshot is None:
                 continue
@@ -162,6 +175,7 @@ class _Scraped(Collector):
                 state.add_metric([name, each], 1.0 if snapshot.state == each else 0.0)
             failures.add_metric([name], float(snapshot.failures))
             conflict.add_metric([name], 1.0 if self._conflicts.get(name) else 0.0)
+            isolated.add_metric([name], float(len(snapshot.isolated)))
         leases = GaugeMetricFamily(
             "fleetbreaker_bulkhead_leases",
             "Calls in flight to the upstream across the fleet: its bulkhead's leases "
@@ -182,7 +196,7 @@ class _Scraped(Collector):
             "fleetbreaker_backend_up", "1 when the breakers' backend answered the scrape."
         )
         up.add_metric([], 1.0 if self._backend_up else 0.0)
-        yield from (state, failures, conflict, leases, limit, up)
+        yield from (state, failures, conflict, isolated, leases, limit, up)
 
 
 def exposition(
