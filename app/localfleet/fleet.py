@@ -87,6 +87,7 @@ class Fleet:
         redis: str = "standalone",
         config: Path = FLEET_CONFIG,
         upstreams: str | None = None,
+        replica_upstreams: dict[int, str] | None = None,
         admin_token: str | None = None,
         nginx_conf: Path = NGINX_CONF,
         output: TextIO = sys.stdout,
@@ -116,6 +117,9 @@ class Fleet:
         self.upstreams = (
             upstreams if upstreams is not None else f"{UPSTREAM_NAME}={self.upstream_url}"
         )
+        # BREAKER_UPSTREAMS of some replicas (by index, from 1) instead: a replica whose
+        # path to an upstream differs, as a broken network would make it.
+        self.replica_upstreams = dict(replica_upstreams or {})
         if admin_token is not None and len(admin_token.strip()) < MIN_ADMIN_TOKEN_LENGTH:
             raise FleetError(
                 f"BREAKER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters, "
@@ -287,7 +291,7 @@ class Fleet:
             environ=self._environ(
                 BREAKER_REDIS_URL=self.redis_url,
                 BREAKER_CONFIG=str(self.config),
-                BREAKER_UPSTREAMS=self.upstreams,
+                BREAKER_UPSTREAMS=self.replica_upstreams.get(index, self.upstreams),
                 BREAKER_ADMIN_TOKEN=self.admin_token,
                 BREAKER_PUBLIC_URL=self.lb_url,
                 # Every replica runs on this one host: the host name can't tell them apart.
