@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import pytest
 
 from breaker import CircuitBreaker, CircuitOpenError, ConfigurationError, redis_from_url
 from tests.conftest import Harness
+from tests.support.lanes import HARNESS_BACKEND_TIMEOUT
+from tests.support.quorum_worker import Voter
 
 
 def fail(cb: CircuitBreaker) -> str:
@@ -226,3 +229,43 @@ def test_a_trial_the_fleet_refuses_leaves_the_next_call_its_trial(harness: Harne
     assert succeed(sick) == "ok"  # its trial again, and the fleet's: both end
     assert not isolated(sick)
     assert sick.snapshot().state == "closed"
+
+
+def test_with_a_fraction_the_survivor_of_a_kill_9_trips_once_the_dead_expire(
+    redis_url: str, sync_redis: Any
+) -> None:
+    """Three processes, three voters, ``quorum = 0.5``: two are SIGKILLed. At once the
+    survivor's failures are one vote of the three live (it isolates itself); once the
+    dead's heartbeats leave the window (3 s here), it is half of the one voter left,
+    and its next failure (its isolation's trial) trips the fleet."""
+    settings = {
+        "failure_threshold": 3,
+        "quorum": 0.5,
+        "window": 3.0,
+        "window_bucket": 0.5,
+        "reset_timeout": 4.0,
+        "backend_timeout": HARNESS_BACKEND_TIMEOUT,
+    }
+    voters = [Voter(redis_url, f"node-{n}", **settings) for n in "abc"]
+    try:
+        assert [voter.ask("succeed") for voter in voters] == ["ok"] * 3
+        assert voters[0].ask("snapshot").live_voters == 3
+        killed_at = time.monotonic()
+        for dead in voters[1:]:
+            dead.kill()
+        survivor = voters[0]
+        assert [survivor.ask("fail") for _ in range(3)] == ["failed"] * 3
+        assert survivor.ask("snapshot").state == "closed"  # 1 vote of 3 live: no quorum
+        assert survivor.ask("fail") == "isolated"
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:  # bounded: the trial comes after 4 s
+            if survivor.ask("fail") == "failed":  # its trial, with the dead expired
+                break
+            time.sleep(0.1)
+        snapshot = survivor.ask("snapshot")
+        assert snapshot.state == "open"
+        assert snapshot.live_voters == 1
+        assert time.monotonic() - killed_at >= 3.0  # not before the dead's liveness left
+    finally:
+        for voter in voters:
+            voter.close()
