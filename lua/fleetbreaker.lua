@@ -143,16 +143,23 @@ local function load(c)
   if c.args[3] ~= '' then
     local offered = cjson.decode(c.args[3])
     local pairs_out = { 'settings', c.digest, 'settings_at', int(c.now) }
+    local defaulted = {}
     for _, field in ipairs(SETTINGS) do
       local value = offered[field]
       if value == nil then
-        value = DEFAULTS[field]  -- left out at its default (quorum): the digest is older
+        -- Left out at its default (quorum), so that a hash without it reads as before.
+        defaulted[#defaulted + 1] = field
+        h[field] = nil
+      else
+        h[field] = type(value) == 'number' and string.format('%.17g', value) or value
+        pairs_out[#pairs_out + 1] = field
+        pairs_out[#pairs_out + 1] = h[field]
       end
-      h[field] = type(value) == 'number' and string.format('%.17g', value) or value
-      pairs_out[#pairs_out + 1] = field
-      pairs_out[#pairs_out + 1] = h[field]
     end
     redis.call('HSET', c.keys[1], unpack(pairs_out))
+    if #defaulted > 0 then
+      redis.call('HDEL', c.keys[1], unpack(defaulted))
+    end
     c.stored = c.digest
     c.refresh = true
   elseif c.stored == '' and c.digest ~= '' then
@@ -187,9 +194,12 @@ local function save(c)
   if changed(c) then
     local flat = {}
     for _, field in ipairs(STATE) do
-      flat[#flat + 1] = field
       local value = c.s[field]
-      flat[#flat + 1] = type(value) == 'string' and value or int(value)
+      -- No streak's voters without a quorum: the field is written once there are some.
+      if field ~= 'voters' or value ~= '' or c.loaded.voters ~= '' then
+        flat[#flat + 1] = field
+        flat[#flat + 1] = type(value) == 'string' and value or int(value)
+      end
     end
     redis.call('HSET', c.keys[1], unpack(flat))
     c.refresh = true

@@ -97,8 +97,8 @@ def run_block(
 
 
 def test_the_pages_have_the_blocks_these_tests_expect() -> None:
-    assert len(BLOCKS) == 10
-    assert len(TOMLS) == 2
+    assert len(BLOCKS) == 11
+    assert len(TOMLS) == 3
 
 
 def test_every_python_block_keeps_its_breakers_on_db_1() -> None:
@@ -235,6 +235,15 @@ def test_the_static_fallback_example_loads(tmp_path: Path) -> None:
     fallback = load_config({"BREAKER_CONFIG": str(path)}).upstreams["catalog"].fallback
     assert fallback is not None
     assert (fallback.status, fallback.body) == (200, b'{"items": [], "stale": true}')
+
+
+def test_the_quorum_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "fleetbreaker.toml"
+    path.write_text(toml_of("quorum = 2") + '[upstreams.api]\nurl = "http://api.internal"\n')
+    config = load_config({"BREAKER_CONFIG": str(path), "BREAKER_INSTANCE_NAME": "gateway-1"})
+    breaker = config.upstreams["api"].breaker
+    assert breaker is not None
+    assert (breaker.quorum, breaker.voter, breaker.failure_threshold) == (2, "gateway-1", 5)
 
 
 def test_the_gateways_throughput_figures_are_benchmarks_md_s() -> None:
