@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bulkhead, calls, fleet, gateway, model, report, scale
+from . import bulkhead, calls, fleet, gateway, model, quorum, report, scale
 from .peers import PEERS
 from .server import BenchRedis
 
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             profile.bulkhead_adaptive,
             profile.bulkhead_fleet,
         )
+        server.flush()
+        _say("8c. quorum")
+        results.quorum = quorum.section(server, profile.overhead_calls * 4, 3)
         server.flush()
         _say("9. fleet-scale model")
         results.fleet = fleet_model = model.measure(

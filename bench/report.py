@@ -38,6 +38,7 @@ class Results:
     fleet: model.Measured | None = None
     fleet_plot: str | None = None  # the plot's path, relative to the report
     bulkhead: list[str] = field(default_factory=list)  # its section, as bench.bulkhead wrote it
+    quorum: list[str] = field(default_factory=list)  # its section, as bench.quorum wrote it
     seconds: float = 0.0
 
 
@@ -165,6 +166,7 @@ def render(results: Results) -> str:
     lines += _server_time(results)
     lines += _gateway(results)
     lines += results.bulkhead
+    lines += results.quorum
     if results.fleet is not None:
         lines += model.section(results.fleet, results.fleet_plot)
     lines += _setup(results)
