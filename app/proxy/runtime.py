@@ -59,6 +59,7 @@ from ..telemetry.metrics import (
     RETRIES_REFUSED,
     RETRY_SUCCESSES,
     TRANSITIONS,
+    zero_series,
 )
 from ..telemetry.refusals import RefusalLogger
 from . import errors
@@ -197,6 +198,7 @@ class Gateway:
         feed = EventFeed(asyncio.get_running_loop())
         routes: dict[str, Route] = {}
         for name, upstream in config.upstreams.items():
+            zero_series(name, guarded=upstream.breaker is not None)
             # A pool per upstream: one upstream's slow callers never wait for another's
             # connections.
             pool = _Timed(httpx.AsyncHTTPTransport(limits=config.client.limits(), retries=0), name)

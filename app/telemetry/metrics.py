@@ -129,6 +129,62 @@ LOOP_LAG = Histogram(
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Every label value known before the first request, by family: a series that first
+#: appears at 3 is never counted by rate() or increase(), which need two samples, so
+#: each exists at 0 from startup, for every configured upstream.
+_OUTCOMES = ("success", "failure", "ignored", "rejected")
+_RESULTS = (
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "circuit_open",
+    "bulkhead_full",
+    "backend_unavailable",
+    "overloaded",
+    "upstream_timeout",
+    "upstream_unavailable",
+)
+_AUTOMATIC = (
+    ("closed", "open"),
+    ("open", "half_open"),
+    ("half_open", "closed"),
+    ("half_open", "open"),
+)
+#: What an operator can do from any state: reset (to closed), force_open, disable.
+TRANSITION_PAIRS = _AUTOMATIC + tuple(
+    (source, target)
+    for source in STATES
+    for target in ("closed", "forced_open", "disabled")
+    if (source, target) not in _AUTOMATIC and (source != target or target == "closed")
+)
+_REFUSALS = ("attempts", "deadline", "budget")
+_BODY_ERRORS = ("upstream_body_broken", "upstream_body_timeout")
+
+
+def zero_series(upstream: str, *, guarded: bool) -> None:
+    """Every series of ``upstream`` the dashboards and alerts read, at 0 from startup
+    (``guarded``: it has a breaker, so calls, transitions and retries too)."""
+    for result in _RESULTS:
+        REQUESTS.labels(upstream, result)
+    for error in _BODY_ERRORS:
+        BODIES_BROKEN.labels(upstream, error)
+    REQUEST_ATTEMPTS.labels(upstream)
+    if not guarded:
+        return
+    for outcome in _OUTCOMES:
+        CALLS.labels(upstream, outcome)
+        FALLBACK_DECISIONS.labels(upstream, outcome)
+        if outcome != "rejected":  # a rejected call took no time
+            CALL_DURATION.labels(upstream, outcome)
+    for source, target in TRANSITION_PAIRS:
+        TRANSITIONS.labels(upstream, source, target)
+    for reason in _REFUSALS:
+        RETRIES_REFUSED.labels(upstream, reason)
+    RETRIES.labels(upstream)
+    RETRY_SUCCESSES.labels(upstream)
+    LOCAL_ORIGIN_FAILURES.labels(upstream)
+
 
 class _Scraped(Collector):
     """Gauges read at scrape time: the fleet's breaker states and Redis reachability."""
