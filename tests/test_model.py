@@ -529,6 +529,12 @@ class Process:
         self.pending += 1
         return True
 
+    def flush_due(self, now: int) -> bool:
+        """Successes whose interval is up, or rejections whose report is due."""
+        return (self.pending > 0 and now >= self.next_flush) or (
+            self.rejected > 0 and now >= self.next_report
+        )
+
     def take_batch(self, version: Version, now: int) -> Batch:
         count = self.pending if self.pending_version == version else 0
         rejected = self.rejected
@@ -629,7 +635,7 @@ class Fleet:
         extras = process.isolation.extras(outcome, slow, ticket.isolation_trial, now)
         told = extras != ("", "")
         absorbed = outcome == "success" and not slow and process.absorb(ticket, now)
-        if absorbed and not (process.pending > 0 and now >= process.next_flush) and not told:
+        if absorbed and not process.flush_due(now) and not told:
             return
         batch = process.take_batch(ticket.version, now)
         sent = None if absorbed else outcome

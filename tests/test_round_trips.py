@@ -339,3 +339,36 @@ def test_async_batched_successes_reach_redis_on_time_without_another_call(
         return calls
 
     assert asyncio.run(scenario()) == 4
+
+
+def test_rejections_reach_redis_within_a_second_without_another_call(
+    breakers: Breakers, redis_server: RedisServer
+) -> None:
+    """While a breaker is open, each process reports its rejections at most once a
+    second; the periodic flush sends what is due even when no call comes, so the
+    admin view's count equals the clients' within that second (and a poll)."""
+    clock = ManualClock()
+    made = [
+        breakers(
+            "p",
+            redis=redis_server.client(),
+            clock=clock,
+            batch_interval=0.05,
+            failure_threshold=1,
+            reset_timeout=60,
+        )
+        for _ in range(2)
+    ]  # two processes' breakers, each with its own view and counts
+    for cb in made:
+        assert cb.follow_events(timeout=5.0)
+    fail(made[0])
+    rejected = 0
+    for cb in made:
+        for _ in range(6):
+            reject(cb)
+            rejected += 1
+    clock.advance(1.0)  # every report is due now; no call follows
+    deadline = time.monotonic() + 5.0
+    while made[0].snapshot().window_rejections != rejected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made[0].snapshot().window_rejections == rejected

@@ -144,7 +144,13 @@ class BreakerCore:
         return True
 
     def flush_due(self) -> bool:
-        return self._pending > 0 and self.clock.monotonic() >= self._next_flush
+        """Batched successes whose interval is up, or rejections whose report is due
+        (at most once a second): the periodic flush sends them even when no call
+        comes, so the fleet's counts lag this process's by at most that."""
+        now = self.clock.monotonic()
+        return (self._pending > 0 and now >= self._next_flush) or (
+            self._rejected > 0 and now >= self._next_rejection_report
+        )
 
     def take_batch(self, version: Version) -> Batch:
         """Hand over what was counted locally for the next record: the successes of
