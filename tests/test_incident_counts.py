@@ -1,8 +1,12 @@
-"""An incident seen through a real Prometheus (Debian's ``prometheus``, started here on
-a free port, scraping a 2-worker gateway every second): the Grafana panels' own
-expressions, read from deploy/grafana/fleetbreaker.json, count the trip, the
-half-open and the close, and the failure rate peaks above 0. Counters that first
-appeared at their first event were never counted by rate() or increase()."""
+"""An incident, counted from outside a 2-worker gateway.
+
+- Through a real Prometheus (Debian's ``prometheus``, started here on a free port,
+  scraping the gateway every second): the Grafana panels' own expressions, read from
+  deploy/grafana/fleetbreaker.json, count the trip, the half-open and the close, and
+  the failure rate peaks above 0. Counters that first appeared at their first event
+  were never counted by rate() or increase().
+- Through the admin API: every rejection, within a second of the last.
+"""
 
 from __future__ import annotations
 
@@ -187,3 +191,39 @@ breaker = {{ failure_threshold = 3, reset_timeout = 1.0, batch_interval = false 
         )
         assert peak(panel('outcome="failure"}')) > 0  # the failure-rate panel
         assert peak(panel("fleetbreaker_requests_total"), result="5xx") > 0
+
+
+def test_the_admin_view_counts_every_rejection_within_a_second(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """While the breaker is open, 2 workers reject requests; no request follows the
+    last one. The admin view's window_rejections equals the clients' count within the
+    report's second (and a poll), not at each worker's next call."""
+    upstream.plan("/item", Reply(503))
+    config = f"""
+[defaults.retry]
+attempts = 1
+[upstreams.api]
+url = "{upstream.url}"
+breaker = {{ failure_threshold = 1, reset_timeout = 60 }}
+"""
+    with gateway_with_redis(tmp_path, config, workers=2) as gateway:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(timeout=5.0) as client:
+            assert client.get(f"{gateway.url}/proxy/api/item").status_code == 503  # trips
+            answers = [
+                client.get(f"{gateway.url}/proxy/api/item").json()["error"] for _ in range(12)
+            ]
+            assert answers == ["circuit_open"] * 12
+            refused = len(answers)
+            last = time.monotonic()
+            counted = -1
+            while time.monotonic() - last < 5.0:  # bounded; the claim is 1 s and a poll
+                view = client.get(f"{gateway.admin_url}/admin/breakers/api", headers=auth)
+                counted = view.json()["window_rejections"]
+                if counted == refused:
+                    break
+                time.sleep(0.05)
+            took = time.monotonic() - last
+    assert counted == refused
+    assert took < 2.0, took
