@@ -129,27 +129,23 @@ class Engine(Confirming):
         # while the events channel is not followed: a transition made elsewhere would
         # go unheard, so the view could be wrong without knowing it.
         trusted = not self.health.is_suspect() and self._hubs[False].following
+        trial, ticket = False, None
         try:
-            trial = self.isolation.admit()  # this process may have isolated itself
-        except CircuitOpenError:
-            yield from self._count_rejection(self.shared)
-            raise
-        ticket = None
-        try:
-            ticket = yield from self._admit_shared(trusted)
+            try:
+                trial = self.isolation.admit()  # this process may have isolated itself
+                ticket = self.shared.admit_locally(self._epoch) if trusted else None
+            except CircuitOpenError:
+                yield from self._count_rejection(self.shared)
+                raise
+            if ticket is None:
+                ticket = yield from self._acquire()
         finally:
             if trial and (ticket is None or ticket.via_fallback):  # no trial went out
-                self.isolation.note("ignored", False, trial=trial)
+                self.isolation.withdraw_trial()
         return dataclasses.replace(ticket, isolation_trial=True) if trial else ticket
 
-    def _admit_shared(self, trusted: bool) -> Steps[Ticket]:
-        try:
-            ticket = self.shared.admit_locally(self._epoch) if trusted else None
-        except CircuitOpenError:
-            yield from self._count_rejection(self.shared)
-            raise
-        if ticket is not None:
-            return ticket
+    def _acquire(self) -> Steps[Ticket]:
+        """Ask Redis (its view could not decide), or the fallback if it is away."""
         lease_id = uuid.uuid4().hex
         try:
             args = self._acquire_args(self.shared, lease_id)

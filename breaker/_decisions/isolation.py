@@ -74,30 +74,35 @@ class Isolation(BreakerListener):
         (reason ``isolated``) while the process refuses its own calls."""
         if not self._until:
             return False
-        now = self.clock.monotonic()
         with self._lock:
+            self._refuse(self.clock.monotonic())
             if not self._until:
                 return False
-            if now >= self._until and not self._trial:
-                self._trial = True
-                return True
-            retry_after = max(0.0, self._until - now)
-        raise CircuitOpenError(self.name, retry_after, reason=ISOLATED)
+            self._trial = True
+            return True
 
     def refusal(self) -> None:
         """Raise what ``admit`` would, changing nothing (a retrier's early stop)."""
-        now = self.clock.monotonic()
         with self._lock:
-            if self._until and (now < self._until or self._trial):
-                raise CircuitOpenError(self.name, max(0.0, self._until - now), reason=ISOLATED)
+            self._refuse(self.clock.monotonic())
+
+    def withdraw_trial(self) -> None:
+        """The trial ``admit`` granted was not made (the fleet refused it, or Redis went
+        away): the next call is the trial."""
+        with self._lock:
+            self._trial = False
+
+    def _refuse(self, now: float) -> None:
+        """Raise while isolated: before its end, or while its trial is out."""
+        if self._until and (now < self._until or self._trial):
+            raise CircuitOpenError(self.name, max(0.0, self._until - now), reason=ISOLATED)
 
     def note(self, outcome: Outcome, slow: bool, *, trial: bool) -> str | None:
         """Count one of this process's calls; "isolated" when it isolates itself now
         (``remaining_ms`` tells for how long), "ended" when its trial ended an isolation."""
         if not self.enabled or outcome == "ignored":
             if trial:
-                with self._lock:
-                    self._trial = False  # the next call is the trial
+                self.withdraw_trial()  # the next call is the trial
             return None
         now = self.clock.monotonic()
         failed = outcome == "failure"
@@ -105,9 +110,7 @@ class Isolation(BreakerListener):
             if trial:
                 self._trial = False
                 if not failed:
-                    self._until = 0.0
-                    self._streak = 0
-                    self._window.clear()
+                    self._forget()
                     return "ended"
                 self._until = now + self.config.reset_timeout
                 return "isolated"
@@ -158,10 +161,14 @@ class Isolation(BreakerListener):
     def clear(self) -> None:
         """An operator reset the breaker: every process tries again."""
         with self._lock:
-            self._until = 0.0
-            self._trial = False
-            self._streak = 0
-            self._window.clear()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Not isolated, and nothing counted (the lock held)."""
+        self._until = 0.0
+        self._trial = False
+        self._streak = 0
+        self._window.clear()
 
     def _count(self, now: float, failed: bool, slow: bool) -> None:
         self._streak = self._streak + 1 if failed else 0
