@@ -358,19 +358,20 @@ end
 
 -- The voters live in the window (a heartbeat within it), and the "live:" fields of
 -- those that are not (to delete, where the call may write).
-local function live_voters(c)
-  local live, stale = 0, {}
-  local horizon = c.now - c.cfg.buckets * c.cfg.window_bucket
+-- The state hash's fields (as load read them) named "<prefix><id>", each holding an
+-- epoch ms, split at ``horizon``: those after it (id -> ms), and the names of the rest.
+local function timed(c, prefix, horizon)
+  local after, rest = {}, {}
   for field, value in pairs(c.h) do
-    if string.sub(field, 1, 5) == 'live:' then
+    if string.sub(field, 1, #prefix) == prefix then
       if tonumber(value) > horizon then
-        live = live + 1
+        after[string.sub(field, #prefix + 1)] = tonumber(value)
       else
-        stale[#stale + 1] = field
+        rest[#rest + 1] = field
       end
     end
   end
-  return live, stale
+  return after, rest
 end
 
 local function size(set)
@@ -379,6 +380,11 @@ local function size(set)
     n = n + 1
   end
   return n
+end
+
+local function live_voters(c)
+  local live, stale = timed(c, 'live:', c.now - c.cfg.buckets * c.cfg.window_bucket)
+  return size(live), stale
 end
 
 local function streak_voters(voters)
@@ -431,12 +437,7 @@ local function isolation(c, marker)
   end
   local process, lasts = string.match(marker, '^(.+)=(%d+)$')
   local untill = c.now + tonumber(lasts)
-  local gone = {}
-  for field, value in pairs(c.h) do
-    if string.sub(field, 1, 9) == 'isolated:' and tonumber(value) <= c.now then
-      gone[#gone + 1] = field
-    end
-  end
+  local _, gone = timed(c, 'isolated:', c.now)
   if #gone > 0 then
     redis.call('HDEL', c.keys[1], unpack(gone))
   end
@@ -737,12 +738,7 @@ local function control(keys, args)
   local action = args[4]
   local targets = { force_open = 'forced_open', disable = 'disabled' }
   if action == 'reset' then
-    local isolated = {}
-    for field in pairs(c.h) do
-      if string.sub(field, 1, 9) == 'isolated:' then
-        isolated[#isolated + 1] = field
-      end
-    end
+    local _, isolated = timed(c, 'isolated:', math.huge)
     if #isolated > 0 then
       redis.call('HDEL', keys[1], unpack(isolated))  -- every process hears the reset
     end
@@ -778,12 +774,7 @@ local function snapshot(keys, args)
   local s, cfg = c.s, c.cfg
   local sums = window_sums(keys[2], math.floor(c.now / cfg.window_bucket), cfg.buckets, false)
   local leases = redis.call('ZCOUNT', keys[3], '(' .. int(c.now), '+inf')
-  local isolated = {}
-  for field, value in pairs(c.h) do
-    if string.sub(field, 1, 9) == 'isolated:' and tonumber(value) > c.now then
-      isolated[string.sub(field, 10)] = tonumber(value)
-    end
-  end
+  local isolated = timed(c, 'isolated:', c.now)
   return reply(c, 'snapshot', cjson.encode({
     opened_at = s.opened_at, reopens = s.reopens, trial_successes = s.trial_successes,
     leases = leases, calls = sums.c, failed = sums.f, slow = sums.s,
